@@ -1,0 +1,33 @@
+"""Fixtures shared by tests/ and parity_tests/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent
+UPSTREAM = REPO.parent / "shared" / "upstream"
+
+# A pipeline run small enough for CI (seconds) that still exercises every stage and artifact.
+TINY_RUN_ARGS = [
+    "--seed", "7", "--n-train", "512", "--n-val", "128", "--n-test", "128",
+    "--mlp-epochs", "3", "--mlp-log-every", "1", "--sae-epochs", "2", "--sae-log-every", "1", "--dict-size", "512",
+]
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Path:
+    if not (UPSTREAM / "mlp" / "perfect_mlp.pth").exists():
+        pytest.fail(f"upstream fixtures not found at {UPSTREAM} (expected ../shared/upstream beside the repo)")
+    return UPSTREAM
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished `monosem run` with TINY_RUN_ARGS; treat it as read-only."""
+    from jax_impl.cli import main
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    assert main(["run", "--run-dir", str(run_dir), *TINY_RUN_ARGS]) == 0
+    return run_dir

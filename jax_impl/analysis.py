@@ -1,0 +1,139 @@
+"""Evaluation metrics and the feature probe, on models already loaded into JAX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.task import Split, TaskShape, pointer_targets
+
+PROBE_THRESHOLD = 0.01  # upstream counts a feature as active above this
+PROBE_TOP = 5
+
+# The five inputs the seed's probe stage runs (its feature_probe.py).
+SEED_PROBE_INPUTS: tuple[tuple[int, ...], ...] = (
+    (8, 9, 5, 1, 3, 2, 9, 4, 7, 1),
+    (8, 9, 5, 2, 3, 2, 8, 4, 7, 1),
+    (8, 9, 5, 3, 3, 2, 7, 4, 7, 1),
+    (8, 9, 5, 4, 3, 2, 5, 4, 7, 1),
+    (8, 9, 5, 5, 3, 2, 4, 4, 7, 1),
+)
+
+
+@jax.jit
+def _mlp_forward(model: InterpretabilityMLP, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return model(x)
+
+
+@jax.jit
+def _sae_forward(sae: SparseAutoencoder, layer2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return sae(layer2)
+
+
+@jax.jit
+def _readout(model: InterpretabilityMLP, layer2: jax.Array) -> jax.Array:
+    return model.readout(layer2)
+
+
+def mlp_forward(model: InterpretabilityMLP, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode forward. inputs (N, D) -> (prediction (N,) float32, layer2 (N, 512) float32)."""
+    model.eval()
+    prediction, layer2 = _mlp_forward(model, jnp.asarray(inputs, jnp.float32))
+    return np.asarray(prediction)[:, 0], np.asarray(layer2)
+
+
+def sae_forward(sae: SparseAutoencoder, layer2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """layer2 (N, 512) -> (reconstruction (N, 512), features (N, dict_size)), float32."""
+    reconstruction, features = _sae_forward(sae, jnp.asarray(layer2, jnp.float32))
+    return np.asarray(reconstruction), np.asarray(features)
+
+
+def readout(model: InterpretabilityMLP, layer2: np.ndarray) -> np.ndarray:
+    """The MLP's output from a (possibly edited) layer2 (N, 512) -> (N,) float32."""
+    model.eval()
+    return np.asarray(_readout(model, jnp.asarray(layer2, jnp.float32)))[:, 0]
+
+
+def prediction_metrics(prediction: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """`mse` and `exact_match` (share of rows whose rounded prediction equals the target)."""
+    prediction = np.asarray(prediction, np.float64)
+    targets = np.asarray(targets, np.float64)
+    return {
+        "mse": float(np.mean(np.square(prediction - targets))),
+        "exact_match": float(np.mean(np.round(prediction) == targets)),
+    }
+
+
+def evaluate(model: InterpretabilityMLP, split: Split, sae: SparseAutoencoder | None = None) -> dict[str, float]:
+    """MLP metrics on a split and, with an SAE, its reconstruction quality on that split's layer2.
+
+    explained_variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (centred over the rows);
+    l0 = mean count of features > 0 per row; dead_fraction = share of features never > 0 on the rows;
+    spliced_mse = MLP MSE with the reconstruction in place of layer2.
+    """
+    prediction, layer2 = mlp_forward(model, split.inputs)
+    metrics = {"rows": len(split), **prediction_metrics(prediction, split.targets)}
+    if sae is None:
+        return metrics
+    reconstruction, features = sae_forward(sae, layer2)
+    x = layer2.astype(np.float64)
+    residual = np.sum(np.square(x - reconstruction))
+    total = np.sum(np.square(x - x.mean(axis=0)))
+    active = features > 0
+    metrics.update(
+        explained_variance=float(1.0 - residual / total),
+        reconstruction_mse=float(residual / x.size),
+        l0=float(active.sum(axis=1).mean()),
+        dead_fraction=float(np.mean(~active.any(axis=0))),
+        spliced_mse=prediction_metrics(readout(model, reconstruction), split.targets)["mse"],
+    )
+    return metrics
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    inputs: tuple[int, ...]
+    expected: float
+    prediction: float
+    active_count: int
+    top_features: tuple[tuple[int, float], ...]  # (feature id, activation), strongest first
+
+
+def probe(model: InterpretabilityMLP, sae: SparseAutoencoder, inputs: np.ndarray, shape: TaskShape = TaskShape()) -> ProbeReport:
+    """Which SAE features fire on one input row (D,)."""
+    row = np.asarray(inputs).reshape(1, -1)
+    prediction, layer2 = mlp_forward(model, row)
+    _, features = sae_forward(sae, layer2)
+    f = features[0]
+    active = np.flatnonzero(f > PROBE_THRESHOLD)
+    order = active[np.argsort(-f[active], kind="stable")][:PROBE_TOP]
+    return ProbeReport(
+        inputs=tuple(int(v) for v in row[0]),
+        expected=float(pointer_targets(row, shape)[0]),
+        prediction=float(prediction[0]),
+        active_count=int(active.size),
+        top_features=tuple((int(i), float(f[i])) for i in order),
+    )
+
+
+def format_probe(report: ProbeReport, labels: dict[int, str] | None = None) -> str:
+    """The seed's probe report; with `labels`, each feature's concept label beside its id."""
+    lines = [
+        "",
+        "--- Interpretability Report ---",
+        f"Sample Input: {list(report.inputs)}     |     Expected Output: {report.expected}",
+        f"MLP Output: {report.prediction:.4f}",
+        f"Number of active SAE features: {report.active_count}",
+        "",
+        "Top Active Features (Monosemantic Candidates):",
+    ]
+    for feature, activation in report.top_features:
+        line = f"Feature #{feature:4} | Activation: {activation:.4f}"
+        if labels and feature in labels:
+            line += f" | {labels[feature]}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""PyTorch <-> JAX: the one place that knows the upstream state_dict keys.
+
+Each torch key maps to (nnx module path, variable name, transpose?). Torch's Linear stores weight as
+(out, in) and flax's kernel is (in, out); everything else is copied as is. Shapes and dtypes are checked
+in both directions and every error names the key. `.pth` / `.pt` files are read with
+`torch.load(weights_only=True)`, which refuses to unpickle anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+from jax_impl.atomic import atomic_path
+from jax_impl.errors import UserError
+from jax_impl.models import LAYER2_WIDTH, InterpretabilityMLP, SparseAutoencoder
+
+# torch key -> (module attribute path, variable name, is a Linear weight to transpose)
+# (in upstream's order: its nn.ModuleDict is input, bn1, hidden1, bn2, hidden2, output)
+MLP_KEY_MAP: dict[str, tuple[str, str, bool]] = {}
+for _layer in ("input", "bn1", "hidden1", "bn2", "hidden2", "output"):
+    if _layer.startswith("bn"):
+        for _name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            MLP_KEY_MAP[f"layers.{_layer}.{_name}"] = (_layer, _name, False)
+    else:
+        MLP_KEY_MAP[f"layers.{_layer}.weight"] = (_layer, "kernel", True)
+        MLP_KEY_MAP[f"layers.{_layer}.bias"] = (_layer, "bias", False)
+
+SAE_KEY_MAP: dict[str, tuple[str, str, bool]] = {
+    "encoder.weight": ("encoder", "kernel", True),
+    "encoder.bias": ("encoder", "bias", False),
+    "decoder.weight": ("decoder", "kernel", True),
+    "decoder.bias": ("decoder", "bias", False),
+}
+
+# num_batches_tracked is int64 in torch; JAX (without x64) keeps it as int32.
+_INT_KEYS = {k for k in MLP_KEY_MAP if k.endswith("num_batches_tracked")}
+
+
+def _to_state_dict(model: nnx.Module, key_map: Mapping[str, tuple[str, str, bool]]) -> OrderedDict[str, torch.Tensor]:
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, (module, name, transpose) in key_map.items():
+        value = np.asarray(getattr(getattr(model, module), name)[...])
+        if transpose:
+            value = value.T
+        dtype = np.int64 if key in _INT_KEYS else np.float32
+        out[key] = torch.from_numpy(np.array(value, dtype=dtype, order="C"))  # a writable copy
+    return out
+
+
+def _check_keys(sd: Mapping[str, object], key_map: Mapping[str, object], source: str) -> None:
+    missing = [k for k in key_map if k not in sd]
+    extra = [k for k in sd if k not in key_map]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if extra:
+            parts.append(f"unexpected keys {extra}")
+        raise UserError(f"{source}: {'; '.join(parts)} (expected exactly {list(key_map)})")
+
+
+def _as_numpy(value: object, key: str, source: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise UserError(f"{source}: key {key!r} holds a {type(value).__name__}, expected a tensor")
+
+
+def _load_into(
+    template: nnx.Module, sd: Mapping[str, object], key_map: Mapping[str, tuple[str, str, bool]], source: str
+) -> nnx.Module:
+    """Copy `sd` into `template` after checking keys, shapes (torch layout), dtypes and finiteness."""
+    _check_keys(sd, key_map, source)
+    for key, (module, name, transpose) in key_map.items():
+        variable = getattr(getattr(template, module), name)
+        expected_shape = tuple(variable.shape[::-1] if transpose else variable.shape)
+        value = _as_numpy(sd[key], key, source)
+        if value.shape != expected_shape:
+            raise UserError(f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {expected_shape}")
+        if key in _INT_KEYS:
+            if value.dtype.kind not in "iu":
+                raise UserError(f"{source}: key {key!r} has dtype {value.dtype}, expected int64")
+            variable[...] = jnp.asarray(value, jnp.int32)
+            continue
+        if value.dtype != np.float32:
+            raise UserError(f"{source}: key {key!r} has dtype {value.dtype}, expected float32")
+        if not np.all(np.isfinite(value)):
+            raise UserError(f"{source}: key {key!r} contains NaN or infinite values")
+        variable[...] = jnp.asarray(value.T if transpose else value)
+    return template
+
+
+def mlp_to_state_dict(model: InterpretabilityMLP) -> OrderedDict[str, torch.Tensor]:
+    """The upstream InterpretabilityMLP state_dict (load_state_dict(strict=True) works on it)."""
+    return _to_state_dict(model, MLP_KEY_MAP)
+
+
+def sae_to_state_dict(model: SparseAutoencoder) -> OrderedDict[str, torch.Tensor]:
+    return _to_state_dict(model, SAE_KEY_MAP)
+
+
+def _linear_in_out(sd: Mapping[str, object], key: str, source: str) -> tuple[int, int]:
+    if key not in sd:
+        raise UserError(f"{source}: missing key {key!r}")
+    shape = tuple(getattr(sd[key], "shape", ()))
+    if len(shape) != 2:
+        raise UserError(f"{source}: key {key!r} has shape {shape}, expected a 2-D (out, in) weight")
+    return shape[1], shape[0]
+
+
+def mlp_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict") -> InterpretabilityMLP:
+    """Build an eval-mode InterpretabilityMLP from upstream-keyed tensors; the input width is read off the file."""
+    input_dim, _ = _linear_in_out(sd, "layers.input.weight", source)
+    model = _load_into(InterpretabilityMLP(input_dim, rngs=nnx.Rngs(0)), sd, MLP_KEY_MAP, source)
+    model.eval()
+    return model
+
+
+def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict") -> SparseAutoencoder:
+    """Build a SparseAutoencoder from upstream-keyed tensors; the dictionary size is read off the file."""
+    input_dim, dict_size = _linear_in_out(sd, "encoder.weight", source)
+    return _load_into(SparseAutoencoder(input_dim, dict_size, rngs=nnx.Rngs(0)), sd, SAE_KEY_MAP, source)
+
+
+def torch_load(path: Path | str) -> object:
+    """torch.load that cannot execute code from the file, with one-line errors for the usual defects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(
+            f"{path}: refused to load: the file contains objects other than tensors and plain containers, "
+            f"which could run code when unpickled ({first_line[:160]})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - garbage input makes the unpickler fail in many ways
+        raise UserError(
+            f"{path}: not a readable torch file (truncated or another format: {e.__class__.__name__} {str(e).strip()[:100]})"
+        ) from None
+
+
+def _load_state_dict_file(path: Path | str) -> Mapping[str, object]:
+    sd = torch_load(path)
+    if not isinstance(sd, Mapping):
+        raise UserError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(sd).__name__}")
+    return sd
+
+
+def load_mlp(path: Path | str) -> InterpretabilityMLP:
+    return mlp_from_state_dict(_load_state_dict_file(path), source=str(path))
+
+
+def load_sae(path: Path | str) -> SparseAutoencoder:
+    return sae_from_state_dict(_load_state_dict_file(path), source=str(path))
+
+
+def _save(obj: object, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_mlp(model: InterpretabilityMLP, path: Path | str) -> None:
+    _save(mlp_to_state_dict(model), path)
+
+
+def save_sae(model: SparseAutoencoder, path: Path | str) -> None:
+    _save(sae_to_state_dict(model), path)
+
+
+def save_activations(activations: np.ndarray, path: Path | str) -> None:
+    """One float32 tensor (N, 512), as upstream's mlp_activations.pt."""
+    _save(torch.from_numpy(np.array(activations, dtype=np.float32, order="C")), path)
+
+
+def load_activations(path: Path | str, width: int = LAYER2_WIDTH) -> np.ndarray:
+    """(N, width) float32 from a `.pt` holding one tensor; anything else is refused with its shape and dtype."""
+    obj = torch_load(path)
+    if not isinstance(obj, torch.Tensor):
+        raise UserError(f"{path}: expected one tensor of activations, got {type(obj).__name__}")
+    if obj.ndim != 2 or obj.shape[1] != width or obj.shape[0] == 0:
+        raise UserError(f"{path}: activations have shape {tuple(obj.shape)}, expected (N, {width}) with N >= 1")
+    if obj.dtype != torch.float32:
+        raise UserError(f"{path}: activations have dtype {obj.dtype}, expected torch.float32")
+    array = obj.numpy()
+    if not np.all(np.isfinite(array)):
+        raise UserError(f"{path}: activations contain NaN or infinite values")
+    return array

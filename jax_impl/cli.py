@@ -1,0 +1,203 @@
+"""`monosem`: a thin command line over the Python API (jax_impl.pipeline, analysis, bridge, task)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from jax_impl.config import RunConfig, flag_name
+from jax_impl.errors import UserError
+
+DEFAULT_RUN_DIR = Path("runs/default")
+_CONFIG_SECTIONS = ("data", "mlp", "sae")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = RunConfig()
+    group = parser.add_argument_group("configuration (defaults: the seed recipes)")
+    group.add_argument("--seed", type=int, default=defaults.seed, help=f"PRNG seed (default {defaults.seed})")
+    for section in _CONFIG_SECTIONS:
+        for f in dataclasses.fields(getattr(defaults, section)):
+            default = getattr(getattr(defaults, section), f.name)
+            systematic = f"--{section}-{f.name}".replace("_", "-")
+            names = dict.fromkeys([flag_name(section, f.name), systematic])  # alias first, no duplicates
+            group.add_argument(
+                *names, dest=f"{section}.{f.name}", type=type(default), default=default,
+                metavar=type(default).__name__.upper(), help=f"default {default}",
+            )
+
+
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    defaults = RunConfig()
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    sections = {
+        section: dataclasses.replace(
+            getattr(defaults, section),
+            **{f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(getattr(defaults, section))},
+        )
+        for section in _CONFIG_SECTIONS
+    }
+    return RunConfig(seed=args.seed, **sections).validate()
+
+
+def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").strip("[]").split(",")]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected {input_dim} comma-separated integers like 8,9,5,1,3,2,9,4,7,1") from None
+    if len(values) != input_dim:
+        raise UserError(f"{flag} {text!r}: expected {input_dim} integers, got {len(values)}")
+    return values
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jax_impl.pipeline import run_pipeline
+
+    run_pipeline(_config_from_args(args), args.run_dir, resume=args.resume)
+    return 0
+
+
+def _run_config(run_dir: Path) -> RunConfig:
+    from jax_impl.pipeline import MANIFEST, read_manifest
+
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
+    return RunConfig.from_dict(manifest["config"])
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from jax_impl import analysis, bridge
+    from jax_impl.pipeline import MLP_PATH, SAE_PATH, probe_inputs
+    from jax_impl.task import TaskShape, first_invalid_input, read_split
+
+    config = _run_config(args.run_dir)
+    shape = TaskShape(config.data.x_dim, config.data.y_dim)
+    mlp = bridge.load_mlp(args.run_dir / MLP_PATH)
+    sae = bridge.load_sae(args.run_dir / SAE_PATH)
+    if args.input:
+        rows = np.asarray([_parse_input_row(t, "--input", shape.input_dim) for t in args.input])
+        invalid = first_invalid_input(rows, shape)
+        if invalid:
+            raise UserError(f"--input {args.input[invalid[0]]!r}: {invalid[1]}")
+    else:
+        rows = probe_inputs(shape, read_split(args.run_dir / "dataset" / "mlp_test.xlsx", shape))
+    for row in rows:
+        print(analysis.format_probe(analysis.probe(mlp, sae, row, shape)))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from jax_impl import analysis, bridge
+    from jax_impl.atomic import atomic_path
+    from jax_impl.task import TaskShape, read_split
+
+    shape = TaskShape(args.x_dim, args.y_dim)
+    mlp = bridge.load_mlp(args.mlp)
+    if mlp.input.in_features != shape.input_dim:
+        raise UserError(
+            f"{args.mlp}: the MLP takes {mlp.input.in_features} inputs but --x-dim {args.x_dim} x --y-dim {args.y_dim} "
+            f"rows have {shape.input_dim}"
+        )
+    sae = bridge.load_sae(args.sae) if args.sae else None
+    split = read_split(args.data, shape)
+    metrics = analysis.evaluate(mlp, split, sae)
+    if args.predictions:
+        prediction, _ = analysis.mlp_forward(mlp, split.inputs)
+        with atomic_path(args.predictions) as tmp:
+            tmp.write_text("prediction\n" + "".join(f"{v:.9g}\n" for v in prediction.tolist()), encoding="utf-8")
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:<20} {v:.6f}" if isinstance(v, float) else f"{k:<20} {v}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from jax_impl.export import export_run
+
+    for path in export_run(args.run_dir).values():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from jax_impl.parity import compare_run, format_table
+
+    rows = compare_run(args.run_dir)
+    print(format_table(rows))
+    return 0 if all(row.ok for row in rows) else 1
+
+
+# --- parser -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monosem",
+        description="Train the pointer-task MLP in JAX, decompose its hidden layer with a sparse autoencoder, "
+        "and write PyTorch-compatible artifacts.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the whole pipeline into a run directory")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.add_argument("--resume", action="store_true", help="continue after the last completed stage")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("probe", help="print which SAE features fire on given inputs")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.add_argument("--input", action="append", metavar="ROW", help="e.g. 8,9,5,1,3,2,9,4,7,1 (repeatable); "
+                   "default: the seed's five probe inputs")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("evaluate", help="metrics of torch .pth models on an xlsx split")
+    p.add_argument("--mlp", type=Path, required=True, help="InterpretabilityMLP state_dict (.pth)")
+    p.add_argument("--data", type=Path, required=True, help="an upstream-format split (.xlsx)")
+    p.add_argument("--sae", type=Path, help="SparseAutoencoder state_dict (.pth): adds reconstruction metrics")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--predictions", type=Path, metavar="CSV", help="write one prediction per row, in row order")
+    p.add_argument("--x-dim", type=int, default=5, help="task shape: entries per column (default 5)")
+    p.add_argument("--y-dim", type=int, default=2, help="task shape: columns (default 2)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write TorchScript and torch.export programs of a run's models")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parity", help="compare a run's models in JAX and PyTorch on all its rows (exit 1 if off)")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.set_defaults(func=cmd_parity)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"monosem: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("monosem: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""`monosem run`: the seed's pipeline as named stages over one run directory.
+
+data -> mlp -> harvest -> sae -> probe (-> reports -> export, when those modules are present).
+Every stage writes its artifacts atomically and then records itself in `manifest.json`, so a killed
+run leaves only complete files and `--resume` restarts at the first stage not recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jax_impl import analysis, bridge
+from jax_impl.atomic import write_json_atomic, write_text_atomic
+from jax_impl.config import RunConfig
+from jax_impl.errors import UserError
+from jax_impl.export import EXPORT_FILES, export_models
+from jax_impl.harvest import harvest_activations
+from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.task import SPLITS, Split, TaskShape, generate_splits, read_split, split_filename, write_split
+from jax_impl.train import fit_mlp, fit_sae
+
+Log = Callable[[str], None]
+
+MANIFEST = "manifest.json"
+LOCK = ".monosem.lock"
+MLP_PATH = Path("mlp/perfect_mlp.pth")
+ACTIVATIONS_PATH = Path("mlp_activations.pt")
+SAE_PATH = Path("sae/sae_model.pth")
+PROBE_PATH = Path("probe.txt")
+
+# Seconds of the upstream PyTorch pipeline on this project's 2-core machine (spec table).
+REFERENCE_SECONDS = {"data": 0.7, "mlp": 233.0, "harvest": 2.0, "sae": 109.0, "probe": 1.2, "reports": 34.0}
+
+# Independent PRNG streams per purpose, derived from the one user seed.
+_KEY_DATA, _KEY_MLP_INIT, _KEY_MLP_SHUFFLE, _KEY_SAE_INIT, _KEY_SAE_SHUFFLE = range(5)
+
+
+def dataset_path(run_dir: Path, split: str) -> Path:
+    return run_dir / "dataset" / split_filename(split)
+
+
+class Run:
+    """One run directory: its config and its artifacts, loaded from disk on first use when a stage did not
+    just compute them (which is what makes `--resume` work)."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, log: Log = print):
+        self.run_dir = run_dir
+        self.config = config
+        self.log = log
+        self.shape = TaskShape(config.data.x_dim, config.data.y_dim)
+        self.root_key = jax.random.key(config.seed)
+
+    def key(self, stream: int) -> jax.Array:
+        return jax.random.fold_in(self.root_key, stream)
+
+    @cached_property
+    def splits(self) -> dict[str, Split]:
+        return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
+
+    @cached_property
+    def mlp(self) -> InterpretabilityMLP:
+        return bridge.load_mlp(self.run_dir / MLP_PATH)
+
+    @cached_property
+    def activations(self) -> np.ndarray:
+        return bridge.load_activations(self.run_dir / ACTIVATIONS_PATH)
+
+    @cached_property
+    def sae(self) -> SparseAutoencoder:
+        return bridge.load_sae(self.run_dir / SAE_PATH)
+
+
+# --- stages: each returns the metrics it wants recorded in the manifest ---------------------------------
+
+
+def stage_data(run: Run) -> dict:
+    d = run.config.data
+    sizes = {"train": d.n_train, "val": d.n_val, "test": d.n_test}
+    splits = generate_splits(run.key(_KEY_DATA), sizes, run.shape)
+    for name, split in splits.items():
+        path = dataset_path(run.run_dir, name)
+        run.log(f"Generating {len(split)} rows for {path.name}...")
+        write_split(path, split)
+    run.splits = splits
+    return {"rows": sizes}
+
+
+def stage_mlp(run: Run) -> dict:
+    train, val, test = (run.splits[s] for s in SPLITS)
+    model = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(run.key(_KEY_MLP_INIT)))
+    result = fit_mlp(
+        model, train.inputs, train.targets, run.config.mlp,
+        key=run.key(_KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
+    )
+    bridge.save_mlp(result.model, run.run_dir / MLP_PATH)
+    run.mlp = result.model
+    return {s: analysis.evaluate(result.model, run.splits[s]) for s in SPLITS} | {
+        "final_train_loss": float(result.epoch_losses[-1])
+    }
+
+
+def stage_harvest(run: Run) -> dict:
+    activations = harvest_activations(run.mlp, run.splits["train"].inputs)
+    bridge.save_activations(activations, run.run_dir / ACTIVATIONS_PATH)
+    run.log(f"Saved activations of shape: {list(activations.shape)}")
+    run.activations = activations
+    return {"shape": list(activations.shape)}
+
+
+def stage_sae(run: Run) -> dict:
+    cfg = run.config.sae
+    run.log(f"Loaded activations: {list(run.activations.shape)}")
+    sae = SparseAutoencoder(run.activations.shape[1], cfg.dict_size, rngs=nnx.Rngs(run.key(_KEY_SAE_INIT)))
+    result = fit_sae(sae, run.activations, cfg, key=run.key(_KEY_SAE_SHUFFLE), log=run.log)
+    bridge.save_sae(result.model, run.run_dir / SAE_PATH)
+    run.sae = result.model
+    return {"final_loss": float(result.epoch_losses[-1]), "test": analysis.evaluate(run.mlp, run.splits["test"], result.model)}
+
+
+def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
+    """The seed's five probe inputs for the 5x2 task; the first five test rows for other shapes."""
+    if shape == TaskShape():
+        return np.asarray(analysis.SEED_PROBE_INPUTS)
+    return test.inputs[:5]
+
+
+def stage_probe(run: Run) -> dict:
+    reports = [analysis.probe(run.mlp, run.sae, row, run.shape) for row in probe_inputs(run.shape, run.splits["test"])]
+    text = "\n".join(analysis.format_probe(r) for r in reports)
+    run.log(text)
+    write_text_atomic(run.run_dir / PROBE_PATH, text + "\n")
+    return {"active_features": [r.active_count for r in reports]}
+
+
+def stage_export(run: Run) -> dict:
+    paths = export_models(run.mlp, run.sae, run.run_dir)
+    return {"files": [str(p.relative_to(run.run_dir)) for p in paths.values()]}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    title: str
+    fn: Callable[[Run], dict]
+    outputs: tuple[Path, ...]
+
+
+STAGES: list[Stage] = [
+    Stage("data", "Generating Dataset", stage_data, tuple(Path("dataset") / split_filename(s) for s in SPLITS)),
+    Stage("mlp", "Training MLP", stage_mlp, (MLP_PATH,)),
+    Stage("harvest", "Harvesting Activations", stage_harvest, (ACTIVATIONS_PATH,)),
+    Stage("sae", "Training Sparse Autoencoder (SAE)", stage_sae, (SAE_PATH,)),
+    Stage("probe", "Running Feature Probe", stage_probe, (PROBE_PATH,)),
+    Stage("export", "Exporting TorchScript and torch.export programs", stage_export, tuple(EXPORT_FILES.values())),
+]
+
+
+# --- manifest, lock, orchestration ----------------------------------------------------------------------
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("monosemanticity-mlp", "jax", "jaxlib", "flax", "optax", "numpy", "torch", "openpyxl", "plotly"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    versions["jax_backend"] = jax.default_backend()
+    versions["jax_devices"] = [str(d) for d in jax.devices()]
+    return versions
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    path = run_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable manifest ({e}); remove it to start the run over") from None
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Refuse a second process in the same run directory. flock is released by the kernel even on SIGKILL."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"{run_dir}: another monosem process (pid {owner}) is using this run directory; "
+                "wait for it to finish or choose another --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _completed_stages(manifest: dict | None, config: RunConfig, run_dir: Path, resume: bool) -> set[str]:
+    if not resume:
+        return set()
+    if manifest is None:
+        raise UserError(f"{run_dir}: nothing to resume (no {MANIFEST}); run without --resume")
+    diffs = _config_differences(manifest.get("config", {}), config.to_dict())
+    if diffs:
+        raise UserError(
+            f"{run_dir}: cannot resume with a different config ({'; '.join(diffs)}); "
+            "pass the flags of the original run, or start over without --resume"
+        )
+    done = set()
+    for stage in STAGES:
+        if stage.name not in manifest.get("stages", {}) or not all((run_dir / p).exists() for p in stage.outputs):
+            break  # later stages depend on this one, so they rerun too
+        done.add(stage.name)
+    return done
+
+
+def format_summary(stage_seconds: dict[str, float], started: datetime, finished: datetime) -> str:
+    rule = "-" * 54
+    lines = ["", "=" * 54, "Pipeline Complete.", "=" * 54, "", rule, "Execution Summary:"]
+    lines.append(f"{'stage':<10}{'seconds':>10}{'reference':>12}{'speedup':>10}")
+    for name, seconds in stage_seconds.items():
+        ref = REFERENCE_SECONDS.get(name)
+        ref_text = f"{ref:>12.1f}{ref / seconds:>9.1f}x" if ref and seconds > 0 else f"{'':>12}{'':>10}"
+        lines.append(f"{name:<10}{seconds:>10.1f}{ref_text}")
+    total = sum(stage_seconds.values())
+    lines.append(f"{'total':<10}{total:>10.1f}{sum(REFERENCE_SECONDS.values()):>12.1f}")
+    duration = int(round((finished - started).total_seconds()))
+    lines += [
+        f"Started:  {started:%H:%M:%S}",
+        f"Finished: {finished:%H:%M:%S}",
+        f"Duration: {duration // 60} m {duration % 60} s",
+        rule,
+    ]
+    return "\n".join(lines)
+
+
+def run_pipeline(config: RunConfig, run_dir: Path | str, *, resume: bool = False, log: Log = print) -> dict:
+    """Run (or resume) every stage into `run_dir`; returns the final manifest."""
+    config.validate()
+    run_dir = Path(run_dir)
+    started = datetime.now()
+    with run_dir_lock(run_dir):
+        previous = read_manifest(run_dir)
+        done = _completed_stages(previous, config, run_dir, resume)
+        manifest = {
+            "config": config.to_dict(),
+            "seed": config.seed,
+            "versions": package_versions(),
+            "stages": {k: v for k, v in (previous or {}).get("stages", {}).items() if k in done},
+            "metrics": {k: v for k, v in (previous or {}).get("metrics", {}).items() if k in done},
+        }
+        run = Run(run_dir, config, log)
+        for i, stage in enumerate(STAGES, start=1):
+            if stage.name in done:
+                log(f"[{i}/{len(STAGES)}] {stage.title}: already completed, skipped (--resume)")
+                continue
+            log(f"[{i}/{len(STAGES)}] {stage.title}...")
+            t0 = time.perf_counter()
+            metrics = stage.fn(run)
+            seconds = time.perf_counter() - t0
+            manifest["stages"][stage.name] = {"seconds": round(seconds, 3), "completed_at": datetime.now().isoformat()}
+            manifest["metrics"][stage.name] = metrics
+            write_json_atomic(run_dir / MANIFEST, manifest)
+        seconds = {name: s["seconds"] for name, s in manifest["stages"].items()}
+        log(format_summary(seconds, started, datetime.now()))
+    sys.stdout.flush()
+    return manifest

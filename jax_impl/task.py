@@ -1,0 +1,201 @@
+"""The pointer task: generation (seeded, vectorised, on device) and the upstream xlsx split format.
+
+An input is `y_dim` columns of `x_dim` integers, concatenated. In each column the first `x_dim - 1`
+entries are values in 0..9 and the last is a pointer into them (0..x_dim-2). For the default 5x2 shape
+the row is `[a0 a1 a2 a3 p1  b0 b1 b2 b3 p2]` and the target is `|a[p1] - b[p2]|`; with more columns only
+the first and the last take part, exactly as the seed's generator does.
+
+The xlsx format is the upstream one: one sheet, a header row `input_list | output_list`, cells holding
+Python list literals as text (`"[8, 9, 5, 1, 3, 2, 9, 4, 7, 1]"`, `"[8]"`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import openpyxl
+from openpyxl.utils.exceptions import InvalidFileException
+
+from jax_impl.atomic import atomic_path
+from jax_impl.errors import UserError
+
+MAX_VALUE = 9
+INPUT_COLUMN = "input_list"
+TARGET_COLUMN = "output_list"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    x_dim: int = 5
+    y_dim: int = 2
+
+    @property
+    def input_dim(self) -> int:
+        return self.x_dim * self.y_dim
+
+    @property
+    def max_pointer(self) -> int:
+        return self.x_dim - 2
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of the task. `inputs` (N, D) int32, `targets` (N,) float32."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def split_filename(split: str) -> str:
+    return f"mlp_{split}.xlsx"
+
+
+def pointer_targets(inputs, shape: TaskShape = TaskShape()):
+    """`|first[p_first] - last[p_last]|` for each row. inputs (N, D) int (numpy or jax) -> (N,) int."""
+    xp = jnp if isinstance(inputs, jax.Array) else np
+    grid = inputs.reshape(-1, shape.y_dim, shape.x_dim)
+    first, last = grid[:, 0], grid[:, -1]
+    a = xp.take_along_axis(first, first[:, -1:], axis=1)[:, 0]
+    b = xp.take_along_axis(last, last[:, -1:], axis=1)[:, 0]
+    return xp.abs(a - b)
+
+
+def sample_pointer_task(key: jax.Array, n: int, shape: TaskShape = TaskShape()) -> tuple[jax.Array, jax.Array]:
+    """Draw `n` task rows on device. Returns inputs (n, D) int32 and targets (n,) int32.
+
+    Traceable (usable inside jit/scan), so online training can draw fresh rows every step.
+    """
+    value_key, pointer_key = jax.random.split(key)
+    values = jax.random.randint(value_key, (n, shape.y_dim, shape.x_dim - 1), 0, MAX_VALUE + 1)
+    pointers = jax.random.randint(pointer_key, (n, shape.y_dim, 1), 0, shape.max_pointer + 1)
+    inputs = jnp.concatenate([values, pointers], axis=-1).reshape(n, shape.input_dim)
+    return inputs, pointer_targets(inputs, shape)
+
+
+def generate_splits(key: jax.Array, sizes: dict[str, int], shape: TaskShape = TaskShape()) -> dict[str, Split]:
+    """Independent splits drawn from one key, in the order of `sizes`."""
+    out = {}
+    for i, (name, n) in enumerate(sizes.items()):
+        inputs, targets = sample_pointer_task(jax.random.fold_in(key, i), n, shape)
+        out[name] = Split(np.asarray(inputs, np.int32), np.asarray(targets, np.float32))
+    return out
+
+
+def write_split(path: Path | str, split: Split) -> None:
+    """Write one split in the upstream xlsx format (atomically)."""
+    wb = openpyxl.Workbook(write_only=True)
+    ws = wb.create_sheet("Sheet1")
+    ws.append([INPUT_COLUMN, TARGET_COLUMN])
+    for row, target in zip(split.inputs.tolist(), split.targets.tolist()):
+        ws.append([str(row), str([int(target)])])
+    with atomic_path(path) as tmp:
+        wb.save(tmp)
+
+
+def _parse_int_list(text: object, path: Path, row: int, column: str, length: int, example: str) -> list[int]:
+    where = f"{path}: row {row}, column {column}"
+    expected = f"expected a list of {length} integer{'s' if length > 1 else ''} like {example!r}"
+    if not isinstance(text, str):
+        raise UserError(f"{where}: {expected}, got {text!r}")
+    try:
+        # A Python list of ints is valid JSON, and json cannot execute anything (unlike eval).
+        values = json.loads(text)
+    except ValueError:
+        raise UserError(f"{where}: {expected}, got {text!r} (not a list literal)") from None
+    if not isinstance(values, list):
+        raise UserError(f"{where}: {expected}, got {text!r} (not a list)")
+    if len(values) != length:
+        raise UserError(f"{where}: {expected}, got {len(values)} element(s) in {text!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"{where}: {expected}, got non-number {v!r} in {text!r}")
+        if not math.isfinite(v):
+            raise UserError(f"{where}: {expected}, got non-finite {v!r} in {text!r}")
+        if v != int(v):
+            raise UserError(f"{where}: {expected}, got non-integer {v!r} in {text!r}")
+        out.append(int(v))
+    return out
+
+
+def first_invalid_input(inputs: np.ndarray, shape: TaskShape) -> tuple[int, str] | None:
+    """(row index, what is wrong) for the first row with a value or pointer out of range, else None.
+
+    inputs (N, D) int.
+    """
+    grid = inputs.reshape(-1, shape.y_dim, shape.x_dim)
+    value_bad = (grid[:, :, :-1] < 0) | (grid[:, :, :-1] > MAX_VALUE)
+    pointer_bad = (grid[:, :, -1] < 0) | (grid[:, :, -1] > shape.max_pointer)
+    for bad, what, allowed in ((value_bad, "value", f"0..{MAX_VALUE}"), (pointer_bad, "pointer", f"0..{shape.max_pointer}")):
+        if bad.any():
+            r, col, *pos = np.argwhere(bad)[0]
+            position = col * shape.x_dim + (pos[0] if pos else shape.x_dim - 1)
+            return int(r), f"{what} at position {position} is {inputs[r, position]}, expected {allowed}"
+    return None
+
+
+def _check_split(split: Split, row_numbers: np.ndarray, shape: TaskShape, path: Path) -> None:
+    """Range and target checks over the whole split at once; the first offending row is reported."""
+    invalid = first_invalid_input(split.inputs, shape)
+    if invalid:
+        r, problem = invalid
+        raise UserError(f"{path}: row {row_numbers[r]}, column {INPUT_COLUMN}: {problem}")
+    expected = pointer_targets(split.inputs, shape)
+    wrong = np.flatnonzero(expected != split.targets)
+    if wrong.size:
+        r = wrong[0]
+        raise UserError(
+            f"{path}: row {row_numbers[r]}: {TARGET_COLUMN} [{int(split.targets[r])}] contradicts {INPUT_COLUMN}: "
+            f"the task gives {int(expected[r])} (|first column[its pointer] - last column[its pointer]|); "
+            f"{wrong.size} row(s) disagree"
+        )
+
+
+def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
+    """Read and validate an upstream-format xlsx split; any defect raises UserError naming row and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (expected an .xlsx split with columns {INPUT_COLUMN}, {TARGET_COLUMN})")
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as e:
+        raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__})") from None
+    try:
+        rows = wb.worksheets[0].iter_rows(values_only=True)
+        header = next(rows, None)
+        if header is None:
+            raise UserError(f"{path}: the sheet is empty; expected a header row {INPUT_COLUMN} | {TARGET_COLUMN}")
+        header = [h.strip() if isinstance(h, str) else h for h in header]
+        for name in (INPUT_COLUMN, TARGET_COLUMN):
+            if name not in header:
+                raise UserError(f"{path}: missing column {name!r} in the header row (found {[h for h in header if h is not None]})")
+        i_col, t_col = header.index(INPUT_COLUMN), header.index(TARGET_COLUMN)
+        example_input = str([0] * shape.input_dim)
+        inputs, targets, row_numbers = [], [], []
+        for row_number, row in enumerate(rows, start=2):
+            if row is None or all(c is None for c in row):
+                continue  # trailing blank rows that spreadsheet programs leave behind
+            cell = lambda c: row[c] if c < len(row) else None  # noqa: E731
+            x = _parse_int_list(cell(i_col), path, row_number, INPUT_COLUMN, shape.input_dim, example_input)
+            (t,) = _parse_int_list(cell(t_col), path, row_number, TARGET_COLUMN, 1, "[8]")
+            inputs.append(x)
+            targets.append(t)
+            row_numbers.append(row_number)
+    finally:
+        wb.close()
+    if not inputs:
+        raise UserError(f"{path}: no data rows below the header")
+    split = Split(np.asarray(inputs, np.int32), np.asarray(targets, np.float32))
+    _check_split(split, np.asarray(row_numbers), shape, path)
+    return split

@@ -1,0 +1,71 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_impl.models import InterpretabilityMLP, SparseAutoencoder, TorchBatchNorm1d
+
+
+def test_mlp_and_sae_shapes():
+    mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(0))
+    prediction, layer2 = mlp(jnp.ones((7, 10)))
+    assert prediction.shape == (7, 1) and layer2.shape == (7, 512)
+    assert float(layer2.min()) >= 0.0  # after ReLU
+    sae = SparseAutoencoder(512, 2048, rngs=nnx.Rngs(0))
+    reconstruction, features = sae(layer2)
+    assert reconstruction.shape == (7, 512) and features.shape == (7, 2048)
+    assert float(features.min()) >= 0.0
+
+
+def test_torch_like_init_bounds():
+    mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(0))
+    for layer, fan_in in ((mlp.input, 10), (mlp.hidden1, 256), (mlp.hidden2, 512), (mlp.output, 256)):
+        bound = 1 / np.sqrt(fan_in)
+        for v in (np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])):
+            assert np.abs(v).max() <= bound
+            if v.size >= 100:  # uniform over the whole interval, not a narrow normal and not zero biases
+                assert np.abs(v).max() > 0.8 * bound
+    np.testing.assert_array_equal(np.asarray(mlp.bn1.running_var[...]), np.ones(256))
+
+
+def test_batchnorm_training_step_matches_hand_computation():
+    bn = TorchBatchNorm1d(2)
+    bn.weight[...] = jnp.array([2.0, 1.0])
+    bn.bias[...] = jnp.array([0.5, -1.0])
+    x = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0], [7.0, 12.0]], np.float32)
+    y = np.asarray(bn(jnp.asarray(x)))
+    mean = np.array([4.0, 12.0])
+    biased_var = np.array([5.0, 6.0])  # mean of squared deviations: (9+1+1+9)/4, (4+4+16+0)/4
+    expected = (x - mean) / np.sqrt(biased_var + 1e-5) * [2.0, 1.0] + [0.5, -1.0]
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+    # Running stats: momentum 0.1, and the *unbiased* variance n/(n-1) * biased.
+    np.testing.assert_allclose(np.asarray(bn.running_mean[...]), 0.1 * mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn.running_var[...]), 0.9 * 1 + 0.1 * biased_var * 4 / 3, rtol=1e-6)
+    assert int(bn.num_batches_tracked[...]) == 1
+    bn(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(bn.running_mean[...]), 0.1 * mean * (1 + 0.9), rtol=1e-6)
+    assert int(bn.num_batches_tracked[...]) == 2
+
+
+def test_batchnorm_eval_uses_running_stats_and_does_not_update():
+    bn = TorchBatchNorm1d(2)
+    bn.running_mean[...] = jnp.array([1.0, 2.0])
+    bn.running_var[...] = jnp.array([4.0, 9.0])
+    bn.use_running_average = True
+    x = np.array([[3.0, 5.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x))), [[2 / np.sqrt(4 + 1e-5), 3 / np.sqrt(9 + 1e-5)]], rtol=1e-6)
+    assert int(bn.num_batches_tracked[...]) == 0
+    np.testing.assert_array_equal(np.asarray(bn.running_mean[...]), [1.0, 2.0])
+
+
+def test_model_eval_switches_batchnorm_mode():
+    mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(0))
+    mlp.eval()
+    assert mlp.bn1.use_running_average and mlp.bn2.use_running_average
+    mlp.train()
+    assert not mlp.bn1.use_running_average
+
+
+def test_batchnorm_refuses_a_batch_of_one_in_training():
+    with pytest.raises(ValueError, match="N>=2"):
+        TorchBatchNorm1d(3)(jnp.ones((1, 3)))
