@@ -1,0 +1,776 @@
+"""Circuit reports: which hidden neurons and SAE features carry each input's computation.
+
+Input is plain arrays (no model files, no JAX), one row per sample:
+
+- ``inputs``      (N, x_dim * y_dim) int: ``y_dim`` columns of ``x_dim`` integers, concatenated;
+  the last entry of a column points into that column's first ``x_dim - 1`` values.
+  The task only reads the first and the last column: target = |a[p1] - b[p2]|.
+- ``expected``    (N,) float: the target.
+- ``predictions`` (N,) float: the MLP output.
+- ``layer2``      (N, 512) float32: the hooked hidden activation.
+- ``features``    (N, F) float32: the SAE feature activations (sparse, non-negative).
+
+From them :func:`circuit_trace_table` builds the long table (per sample and rank 1..k the
+rank-th strongest neuron and the rank-th strongest feature). The *energy* of a row is
+``neuron_act * feature_act``: the co-activation of the rank-r neuron with the rank-r
+feature of one sample. It pairs by rank, so it measures co-occurrence, not a causal weight.
+:func:`write_reports` writes the workbook and three self-contained HTML pages (plotly.js
+embedded, nothing fetched from the network).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+from plotly.offline import get_plotlyjs
+
+from jax_impl.atomic import atomic_path, write_text_atomic
+
+TRACE_COLUMNS = (
+    "sample_id", "idx_combination", "val_combination", "inputs", "indices", "values",
+    "rank", "neuron_id", "neuron_act", "feature_id", "feature_act",
+    "outputs", "expected", "actual", "delta", "equals",
+)
+REPORT_FILES = {
+    "trace": "circuit_trace_detailed.xlsx",
+    "heatmap": "logic_circuit_map.html",
+    "bell_curves": "circuit_bell_curves.html",
+    "sankey": "uhd_bold_sankey.html",
+}
+HEATMAP_TOP_PAIRS = 10
+BELL_MAX_PAIRS = 1000
+BELL_DEFAULT_SHOWN = 10
+SANKEY_LINKS_PER_STEP = 250
+
+ENERGY_NOTE = (
+    "<b>Energy</b> = neuron activation &times; SAE feature activation of one row of the trace "
+    "table (sample <i>s</i>, rank <i>r</i>: the r-th strongest of the {neurons} hidden neurons paired "
+    "with the r-th strongest SAE feature of that sample, r = 1..{k})."
+)
+
+
+@dataclass(frozen=True)
+class CircuitTrace:
+    """The long table in array form; row (s, r) of the workbook is sample s, rank r + 1.
+
+    Per sample (N,): ``p1, p2`` pointers, ``v1, v2`` the values they point at, ``expected``
+    (target rounded to int), ``target`` (as given), ``actual`` (prediction).
+    Per sample and rank (N, k), strongest first: ``neuron_id`` int64, ``neuron_act`` float64,
+    ``feature_id`` int64, ``feature_act`` float64 (activations rounded to 6 decimals, as written).
+    """
+
+    inputs: np.ndarray
+    p1: np.ndarray
+    p2: np.ndarray
+    v1: np.ndarray
+    v2: np.ndarray
+    expected: np.ndarray
+    target: np.ndarray
+    actual: np.ndarray
+    neuron_id: np.ndarray
+    neuron_act: np.ndarray
+    feature_id: np.ndarray
+    feature_act: np.ndarray
+
+    @property
+    def energy(self) -> np.ndarray:
+        """(N, k) float64: neuron_act * feature_act per row."""
+        return self.neuron_act * self.feature_act
+
+    def per_row(self, per_sample: np.ndarray) -> np.ndarray:
+        """Repeat an (N,) per-sample array to the (N * k,) rows of the long table."""
+        return np.repeat(per_sample, self.neuron_id.shape[1])
+
+
+def top_k_desc(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k largest entries, largest first; ties go to the lower column id.
+
+    x: (N, M) float. Returns ids (N, k) int64 and values (N, k) of x's dtype.
+    A partition over the whole batch finds each row's k-th largest value; the entries
+    equal to it (e.g. the many zero SAE features of a row with fewer than k active) are
+    filled in lowest id first, so the table is reproducible, unlike a bare argpartition.
+    """
+    x = np.asarray(x)
+    k = min(k, x.shape[1])
+    kth = -np.partition(-x, k - 1, axis=1)[:, k - 1:k]              # (N, 1)
+    above, tied = x > kth, x == kth
+    chosen = above | tied
+    crowded = chosen.sum(axis=1) > k                                 # ties straddle the cut
+    if crowded.any():  # only those rows need the (costly) running count of ties
+        t, missing = tied[crowded], k - above[crowded].sum(axis=1, keepdims=True)
+        chosen[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1, dtype=np.int32) <= missing))
+    ids = np.nonzero(chosen)[1].reshape(-1, k)                       # exactly k per row, ascending
+    order = np.argsort(-np.take_along_axis(x, ids, axis=1), axis=1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=1)
+    return ids, np.take_along_axis(x, ids, axis=1)
+
+
+def circuit_trace_table(
+    inputs: np.ndarray,
+    expected: np.ndarray,
+    predictions: np.ndarray,
+    layer2: np.ndarray,
+    features: np.ndarray,
+    *,
+    x_dim: int = 5,
+    y_dim: int = 2,
+    top_k: int = 10,
+) -> CircuitTrace:
+    """Build the long table with array ops over the whole batch.
+
+    inputs (N, x_dim * y_dim) int, expected (N,) float, predictions (N,) float,
+    layer2 (N, 512) float32, features (N, F) float32.
+    """
+    inputs = np.asarray(inputs).astype(np.int64)
+    n = inputs.shape[0]
+    if inputs.shape[1] != x_dim * y_dim:
+        raise ValueError(f"inputs has {inputs.shape[1]} columns, expected x_dim*y_dim = {x_dim * y_dim}")
+    for name, arr, ndim in (("expected", expected, 1), ("predictions", predictions, 1),
+                            ("layer2", layer2, 2), ("features", features, 2)):
+        if np.ndim(arr) != ndim or np.shape(arr)[0] != n:
+            raise ValueError(f"{name} has shape {np.shape(arr)}, expected {ndim}-D with {n} rows")
+        if not np.isfinite(arr).all():  # a NaN would sort arbitrarily and is no valid xlsx number
+            raise ValueError(f"{name} has non-finite values")
+    rows = np.arange(n)
+    last = (y_dim - 1) * x_dim
+    p1, p2 = inputs[:, x_dim - 1], inputs[:, last + x_dim - 1]
+    n_ids, n_acts = top_k_desc(np.asarray(layer2), top_k)
+    f_ids, f_acts = top_k_desc(np.asarray(features), top_k)
+    return CircuitTrace(
+        inputs=inputs,
+        p1=p1,
+        p2=p2,
+        v1=inputs[rows, p1],
+        v2=inputs[rows, last + p2],
+        expected=np.rint(np.asarray(expected, dtype=np.float64)).astype(np.int64),
+        target=np.asarray(expected, dtype=np.float64),
+        actual=np.asarray(predictions, dtype=np.float64),
+        neuron_id=n_ids,
+        neuron_act=np.round(n_acts.astype(np.float64), 6),
+        feature_id=f_ids,
+        feature_act=np.round(f_acts.astype(np.float64), 6),
+    )
+
+
+def _group_sum(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum weights per distinct key. keys (R,) int64 -> unique keys (G,), sums (G,)."""
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return uniq, np.bincount(inv, weights=weights, minlength=len(uniq))
+
+
+# ---------------------------------------------------------------- workbook
+
+_XLSX_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+_REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+_PKG_REL_NS = "http://schemas.openxmlformats.org/package/2006/relationships"
+_CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+# cellXfs: 0 plain (Excel's default), 1 bold centred header, 2 centred, 3 centred "0.0000".
+_CENTRE = '<alignment horizontal="center" vertical="center"/>'
+_FONT = '<sz val="11"/><name val="Calibri"/><family val="2"/>'
+_STYLES = (
+    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<styleSheet xmlns="{_XLSX_NS}">'
+    '<numFmts count="1"><numFmt numFmtId="164" formatCode="0.0000"/></numFmts>'
+    f'<fonts count="2"><font>{_FONT}</font><font><b/>{_FONT}</font></fonts>'
+    '<fills count="2"><fill><patternFill patternType="none"/></fill><fill><patternFill patternType="gray125"/></fill>'
+    '</fills><borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>'
+    '<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>'
+    '<cellXfs count="4"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
+    f'<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1" applyAlignment="1">{_CENTRE}</xf>'
+    f'<xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0" applyAlignment="1">{_CENTRE}</xf>'
+    '<xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1" applyAlignment="1">'
+    f'{_CENTRE}</xf></cellXfs><cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>'
+    "</styleSheet>"
+)
+
+
+def _column_letter(i: int) -> str:
+    """0-based column index -> Excel letters (0 -> A, 26 -> AA)."""
+    letters = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        letters = chr(65 + r) + letters
+    return letters
+
+
+def _list_text(values: np.ndarray) -> str:
+    return "[" + ", ".join(map(str, values)) + "]"
+
+
+def _write_trace_xlsx(path: Path, t: CircuitTrace) -> None:
+    """Write the long table as one sheet, streaming the sheet XML ourselves.
+
+    openpyxl builds a Python object per cell (1.6M here) and takes tens of seconds; the
+    XML is regular, so per sample the six leading and five trailing cells are formatted
+    once and only the five per-rank cells per row. Strings go to the shared-string table.
+    """
+    n, k = t.neuron_id.shape
+    strings: dict[str, int] = {}
+
+    def s_cell(text: str) -> str:
+        return f'<c s="2" t="s"><v>{strings.setdefault(text, len(strings))}</v></c>'
+
+    sample_text = {
+        "idx_combination": [f"{a}-{b}" for a, b in zip(t.p1.tolist(), t.p2.tolist())],
+        "val_combination": [f"{a}-{b}" for a, b in zip(t.v1.tolist(), t.v2.tolist())],
+        "inputs": [_list_text(row) for row in t.inputs.tolist()],
+        "indices": [f"({a}, {b})" for a, b in zip(t.p1.tolist(), t.p2.tolist())],
+        "values": [f"({a}, {b})" for a, b in zip(t.v1.tolist(), t.v2.tolist())],
+        "outputs": [f"[{v!r}]" for v in t.target.tolist()],
+    }
+    actual = np.round(t.actual, 4)
+    delta = np.round(np.abs(t.actual - t.expected), 4)
+    equals = np.rint(t.actual).astype(np.int64) == t.expected
+    prefix = [
+        f'<c s="2"><v>{s + 1}</v></c>' + "".join(s_cell(sample_text[c][s]) for c in TRACE_COLUMNS[1:6])
+        for s in range(n)
+    ]
+    suffix = [
+        s_cell(out) + f'<c s="2"><v>{e}</v></c><c s="3"><v>{a!r}</v></c><c s="3"><v>{d!r}</v></c>'
+        f'<c s="2" t="b"><v>{int(q)}</v></c>'
+        for out, e, a, d, q in zip(sample_text["outputs"], t.expected.tolist(), actual.tolist(),
+                                   delta.tolist(), equals.tolist())
+    ]
+    n_ids, f_ids = t.neuron_id.tolist(), t.feature_id.tolist()
+    n_acts, f_acts = t.neuron_act.tolist(), t.feature_act.tolist()
+
+    def sheet_rows() -> Iterator[str]:
+        yield '<row r="1">' + "".join(
+            f'<c s="1" t="s"><v>{strings.setdefault(c, len(strings))}</v></c>' for c in TRACE_COLUMNS) + "</row>"
+        r = 2
+        for s in range(n):
+            pre, suf = prefix[s], suffix[s]
+            ni, na, fi, fa = n_ids[s], n_acts[s], f_ids[s], f_acts[s]
+            yield "".join(
+                f'<row r="{r + j}">{pre}<c s="2"><v>{j + 1}</v></c><c s="2"><v>{ni[j]}</v></c>'
+                f'<c s="2"><v>{na[j]!r}</v></c><c s="2"><v>{fi[j]}</v></c><c s="2"><v>{fa[j]!r}</v></c>{suf}</row>'
+                for j in range(k))
+            r += k
+
+    # Width = longest shown text + 2, as the reference sizes its columns.
+    def longest(values: list) -> int:
+        return max((len(str(v)) for v in values), default=0)
+
+    widths = [
+        longest([n]), *(longest(sample_text[c]) for c in TRACE_COLUMNS[1:6]), longest([k]),
+        longest(np.unique(t.neuron_id).tolist()), longest(np.unique(t.neuron_act).tolist()),
+        longest(np.unique(t.feature_id).tolist()), longest(np.unique(t.feature_act).tolist()),
+        longest(sample_text["outputs"]), longest(np.unique(t.expected).tolist()),
+        # "0.0000" shows at least 6 characters; a boolean shows as TRUE/FALSE.
+        max(longest(np.unique(actual).tolist()), 6), max(longest(np.unique(delta).tolist()), 6), 5,
+    ]
+    cols = "".join(
+        f'<col min="{i + 1}" max="{i + 1}" width="{max(w, len(name)) + 2}" customWidth="1"/>'
+        for i, (name, w) in enumerate(zip(TRACE_COLUMNS, widths)))
+    last_cell = f"{_column_letter(len(TRACE_COLUMNS) - 1)}{n * k + 1}"
+    sheet_head = (
+        f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<worksheet xmlns="{_XLSX_NS}" '
+        f'xmlns:r="{_REL_NS}"><dimension ref="A1:{last_cell}"/><sheetViews><sheetView workbookViewId="0">'
+        '<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>'
+        '<selection pane="bottomLeft" activeCell="A2" sqref="A2"/></sheetView></sheetViews>'
+        f'<sheetFormatPr defaultRowHeight="15"/><cols>{cols}</cols><sheetData>'
+    )
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as f:
+            f.write(sheet_head.encode())
+            for chunk in sheet_rows():
+                f.write(chunk.encode())
+            f.write(b"</sheetData></worksheet>")
+        shared = "".join(f"<si><t>{escape(s)}</t></si>" for s in strings)
+        zf.writestr("xl/sharedStrings.xml",
+                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<sst xmlns="{_XLSX_NS}" '
+                    f'count="{len(strings)}" uniqueCount="{len(strings)}">{shared}</sst>')
+        zf.writestr("xl/styles.xml", _STYLES)
+        zf.writestr("xl/workbook.xml",
+                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<workbook xmlns="{_XLSX_NS}" '
+                    f'xmlns:r="{_REL_NS}"><bookViews><workbookView activeTab="0"/></bookViews>'
+                    '<sheets><sheet name="Detailed Trace" sheetId="1" r:id="rId1"/></sheets></workbook>')
+        zf.writestr("xl/_rels/workbook.xml.rels",
+                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationships xmlns="{_PKG_REL_NS}">'
+                    f'<Relationship Id="rId1" Type="{_REL_NS}/worksheet" Target="worksheets/sheet1.xml"/>'
+                    f'<Relationship Id="rId2" Type="{_REL_NS}/styles" Target="styles.xml"/>'
+                    f'<Relationship Id="rId3" Type="{_REL_NS}/sharedStrings" Target="sharedStrings.xml"/>'
+                    "</Relationships>")
+        zf.writestr("_rels/.rels",
+                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationships xmlns="{_PKG_REL_NS}">'
+                    f'<Relationship Id="rId1" Type="{_REL_NS}/officeDocument" Target="xl/workbook.xml"/>'
+                    "</Relationships>")
+        zf.writestr("[Content_Types].xml",
+                    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Types xmlns="http://schemas.'
+                    'openxmlformats.org/package/2006/content-types">'
+                    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+                    '<Default Extension="xml" ContentType="application/xml"/>'
+                    f'<Override PartName="/xl/workbook.xml" ContentType="{_CT}.sheet.main+xml"/>'
+                    f'<Override PartName="/xl/worksheets/sheet1.xml" ContentType="{_CT}.worksheet+xml"/>'
+                    f'<Override PartName="/xl/styles.xml" ContentType="{_CT}.styles+xml"/>'
+                    f'<Override PartName="/xl/sharedStrings.xml" ContentType="{_CT}.sharedStrings+xml"/>'
+                    "</Types>")
+
+
+# ---------------------------------------------------------------- pages
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+       margin: 14px 24px; color: #1f2933; background: #fff; }}
+h1 {{ font-size: 20px; margin: 0 0 4px; }}
+.note {{ color: #52606d; font-size: 13px; margin: 2px 0; max-width: 1150px; }}
+.controls {{ font-size: 13px; margin: 8px 0; display: flex; gap: 12px; align-items: flex-start; }}
+.controls select {{ font-size: 12px; }}
+.main {{ display: flex; gap: 16px; align-items: flex-start; }}
+#plot {{ flex: 1; min-width: 0; height: {height}px; }}
+.side {{ width: 340px; font-size: 12px; }}
+.side select {{ width: 100%; font-size: 11px; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+{notes}
+{controls}
+<div class="main"><div id="plot"></div>{sidebar}</div>
+<script>{plotlyjs}</script>
+<script>
+const REPORT = {data};
+{script}
+</script>
+</body></html>
+"""
+
+
+def _write_page(path: Path, *, title: str, notes: list[str], data: dict, script: str,
+                controls: str = "", sidebar: str = "", height: int = 640) -> None:
+    """One self-contained HTML page: plotly.js inline, the data as JSON, a small script.
+
+    ``controls`` (HTML) go above the plot, ``sidebar`` (HTML) to its right.
+    """
+
+    # "</" cannot end the <script> early once escaped; labels are ours, this is belt and braces.
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    html = _PAGE.format(
+        title=escape(title), height=height, controls=controls, sidebar=sidebar, data=payload, script=script,
+        notes="\n".join(f'<p class="note">{n}</p>' for n in notes), plotlyjs=get_plotlyjs())
+    write_text_atomic(path, html)
+
+
+_CONFIG_JS = "const CONFIG = {responsive: true, displaylogo: false};"
+
+
+def heatmap_data(t: CircuitTrace, top_pairs: int = HEATMAP_TOP_PAIRS) -> dict:
+    """Summed energy per (expected output, index combination) cell and its strongest pairs.
+
+    Returns rows (expected outputs, ascending), cols ("p1-p2" labels present, ascending),
+    z (rows x cols) summed energy, samples (rows x cols) sample counts, and pairs: per cell
+    a list of up to ``top_pairs`` (neuron_id, feature_id, summed energy), strongest first.
+    """
+    n_feat, p_base = int(t.feature_id.max()) + 1, int(t.p2.max()) + 1
+    idx_code = t.p1 * p_base + t.p2
+    out_vals, out_pos = np.unique(t.expected, return_inverse=True)
+    idx_vals, idx_pos = np.unique(idx_code, return_inverse=True)
+    cell = out_pos * len(idx_vals) + idx_pos                        # (N,)
+    energy = t.energy.ravel()
+    z = np.bincount(t.per_row(cell), weights=energy, minlength=len(out_vals) * len(idx_vals))
+    samples = np.bincount(cell, minlength=len(z))
+
+    pair = t.neuron_id.ravel() * n_feat + t.feature_id.ravel()
+    pair_space = (int(t.neuron_id.max()) + 1) * n_feat
+    keys, sums = _group_sum(t.per_row(cell) * pair_space + pair, energy)
+    key_cell, key_pair = keys // pair_space, keys % pair_space
+    order = np.lexsort((key_pair, -sums, key_cell))                 # by cell, then energy desc
+    key_cell, key_pair, sums = key_cell[order], key_pair[order], sums[order]
+    starts = np.searchsorted(key_cell, np.arange(len(z)))
+    rank_in_cell = np.arange(len(key_cell)) - starts[key_cell]
+    pairs: list[list] = [[] for _ in range(len(z))]
+    for c, p, e in zip(*(a[rank_in_cell < top_pairs].tolist() for a in (key_cell, key_pair, sums))):
+        pairs[c].append([p // n_feat, p % n_feat, round(e, 4)])
+    return {
+        "rows": out_vals.tolist(),
+        "cols": [f"{c // p_base}-{c % p_base}" for c in idx_vals.tolist()],
+        "z": np.round(z, 4).reshape(len(out_vals), len(idx_vals)).tolist(),
+        "samples": samples.reshape(len(out_vals), len(idx_vals)).tolist(),
+        "pairs": [pairs[i * len(idx_vals):(i + 1) * len(idx_vals)] for i in range(len(out_vals))],
+    }
+
+
+_HEATMAP_JS = _CONFIG_JS + """
+const R = REPORT;
+const hover = R.rows.map((out, i) => R.cols.map((idx, j) => {
+  const lines = R.pairs[i][j].map((p, r) =>
+    `${String(r + 1).padStart(2)}. neuron ${p[0]} \u2194 feature ${p[1]}: ${p[2].toFixed(3)}`);
+  return `<b>expected output ${out}, pointers ${idx}</b><br>` +
+    `${R.samples[i][j]} samples, total energy ${R.z[i][j].toFixed(2)}<br>` +
+    `<b>top neuron \u2194 feature pairs (summed energy)</b><br>` +
+    (lines.length ? lines.join('<br>') : 'no samples');
+}));
+Plotly.newPlot('plot', [{
+  type: 'heatmap', x: R.cols, y: R.rows.map(String), z: R.z, customdata: hover,
+  hovertemplate: '%{customdata}<extra></extra>', texttemplate: '%{z:.1f}',
+  textfont: {size: 11}, xgap: 1, ygap: 1,
+  colorscale: [[0, '#f7fbff'], [0.2, '#c6dbef'], [0.5, '#6baed6'], [0.8, '#2171b5'], [1, '#08306b']],
+  colorbar: {title: {text: 'summed energy', side: 'right'}},
+}], {
+  margin: {l: 70, r: 30, t: 20, b: 60},
+  xaxis: {title: {text: 'index combination p1-p2 (pointer into first column - pointer into last column)'},
+          type: 'category'},
+  yaxis: {title: {text: 'expected output |a[p1] - b[p2]|'}, type: 'category'},
+  hoverlabel: {align: 'left', bgcolor: 'white', font: {family: 'monospace', size: 12}},
+}, CONFIG);
+"""
+
+
+def bell_curve_data(t: CircuitTrace, max_pairs: int = BELL_MAX_PAIRS) -> dict:
+    """Energy statistics per neuron<->feature pair seen in more than 2 rows.
+
+    Returns parallel lists for the ``max_pairs`` pairs with the largest mean * count
+    (descending): neuron, feature, mean, std (sample std, ddof=1), count. Pairs whose
+    energy never varies (std 0) have no curve to draw and are left out.
+    """
+    n_feat = int(t.feature_id.max()) + 1
+    energy = t.energy.ravel()
+    uniq, inv, count = np.unique(t.neuron_id.ravel() * n_feat + t.feature_id.ravel(),
+                                 return_inverse=True, return_counts=True)
+    mean = np.bincount(inv, weights=energy) / count
+    sq = np.bincount(inv, weights=(energy - mean[inv]) ** 2)        # two-pass: no cancellation
+    std = np.sqrt(sq / np.maximum(count - 1, 1))
+    keep = (count > 2) & (std > 0)
+    uniq, mean, std, count = uniq[keep], mean[keep], std[keep], count[keep]
+    order = np.lexsort((uniq, -(mean * count)))[:max_pairs]
+    return {
+        "neuron": (uniq[order] // n_feat).tolist(),
+        "feature": (uniq[order] % n_feat).tolist(),
+        "mean": np.round(mean[order], 6).tolist(),
+        "std": np.round(std[order], 6).tolist(),
+        "count": count[order].tolist(),
+    }
+
+
+_BELL_JS = _CONFIG_JS + """
+const S = REPORT.stats;
+const select = document.getElementById('pairs');
+S.neuron.forEach((n, i) => {
+  const o = document.createElement('option');
+  o.value = i;
+  o.textContent = `${String(i + 1).padStart(4)}. n${String(n).padEnd(3)} \u2194 ` +
+    `f${String(S.feature[i]).padEnd(4)} \u03bc ${S.mean[i].toFixed(3)} ` +
+    `\u03c3 ${S.std[i].toFixed(3)} rows ${S.count[i]}`;
+  select.appendChild(o);
+});
+function curve(i) {
+  // Normal density with the pair's mean and std, drawn over mean +- 4 std.
+  const mu = S.mean[i], sd = S.std[i], x = [], y = [];
+  for (let j = 0; j <= 160; j++) {
+    const v = mu + sd * (j / 20 - 4);
+    x.push(v);
+    y.push(Math.exp(-0.5 * ((v - mu) / sd) ** 2) / (sd * Math.sqrt(2 * Math.PI)));
+  }
+  return {type: 'scatter', mode: 'lines', x, y, fill: 'tozeroy', line: {width: 2},
+          name: `n${S.neuron[i]} \u2194 f${S.feature[i]}`,
+          hovertemplate: `neuron ${S.neuron[i]} \u2194 feature ${S.feature[i]}<br>` +
+            `mean ${mu.toFixed(4)}, std ${sd.toFixed(4)}, rows ${S.count[i]}<br>` +
+            'energy %{x:.4f}, density %{y:.3f}<extra></extra>'};
+}
+function draw() {
+  const chosen = Array.from(select.selectedOptions, o => +o.value);
+  document.getElementById('shown').textContent = `${chosen.length} of ${S.neuron.length} pairs drawn`;
+  return Plotly.react('plot', chosen.map(curve), {
+    margin: {l: 70, r: 20, t: 20, b: 60}, hovermode: 'closest',
+    xaxis: {title: {text: 'energy of one row (neuron activation \u00d7 feature activation)'}},
+    yaxis: {title: {text: 'probability density (normal fit)'}},
+    legend: {title: {text: 'neuron \u2194 feature'}},
+  }, CONFIG);
+}
+function reset() {
+  Array.from(select.options).forEach((o, i) => { o.selected = i < REPORT.default_shown; });
+  return draw();
+}
+select.addEventListener('change', draw);
+document.getElementById('reset').addEventListener('click', reset);
+reset();
+"""
+
+
+def _sankey_view(codes: list[np.ndarray], energy: np.ndarray, labels: list[Callable[[int], str]],
+                 links_per_step: int) -> dict:
+    """Nodes and links of the 5-column Sankey for some rows of the long table.
+
+    codes: per column an (R,) int64 node code per row; energy (R,) float64.
+    Per step (column c -> c + 1) the ``links_per_step`` largest energy sums are kept;
+    the nodes are those these links touch. Node ids are positions in the returned lists.
+    """
+    steps = []
+    for src, tgt in zip(codes[:-1], codes[1:]):
+        base = int(tgt.max()) + 1
+        keys, sums = _group_sum(src * base + tgt, energy)
+        top = np.lexsort((keys, -sums))[:links_per_step]
+        top = top[sums[top] > 0]
+        steps.append((keys[top] // base, keys[top] % base, sums[top]))
+
+    node_id: list[dict[int, int]] = []
+    view: dict[str, list] = {"label": [], "flow": [], "column": []}
+    for c in range(len(codes)):
+        ends = ([(steps[c - 1][1], steps[c - 1][2])] if c > 0 else []) + \
+               ([(steps[c][0], steps[c][2])] if c < len(steps) else [])
+        nodes = np.unique(np.concatenate([e for e, _ in ends]))
+        # A node is as tall as the larger of its in- and out-flow (as plotly draws it).
+        flow = np.max([np.bincount(np.searchsorted(nodes, e), weights=w, minlength=len(nodes))
+                       for e, w in ends], axis=0)
+        # Neurons and features strongest first; the other columns in their natural order.
+        order = np.argsort(-flow, kind="stable") if c in (2, 3) else np.arange(len(nodes))
+        nodes, flow = nodes[order], flow[order]
+        node_id.append({code: len(view["label"]) + i for i, code in enumerate(nodes.tolist())})
+        view["label"] += [labels[c](code) for code in nodes.tolist()]
+        view["flow"] += np.round(flow, 4).tolist()
+        view["column"] += [c] * len(nodes)
+    view["source"] = [node_id[c][s] for c, (src, _, _) in enumerate(steps) for s in src.tolist()]
+    view["target"] = [node_id[c + 1][d] for c, (_, tgt, _) in enumerate(steps) for d in tgt.tolist()]
+    view["value"] = np.round(np.concatenate([v for _, _, v in steps]), 4).tolist()
+    return view
+
+
+def sankey_data(t: CircuitTrace, links_per_step: int = SANKEY_LINKS_PER_STEP) -> dict:
+    """The Sankey for all samples plus one view per expected output and per index combination.
+
+    Returns {"views": {key: view}, "filters": [(group label, [(key, option text), ...])]};
+    a view holds the nodes (label, flow = node height, column; column by column in display
+    order) and the links (source, target: node positions; value: summed energy).
+    """
+    p_base, v_base = int(t.p2.max()) + 1, int(max(t.v1.max(), t.v2.max())) + 1
+    out_min = int(t.expected.min())
+    codes = [t.per_row(t.p1 * p_base + t.p2), t.per_row(t.v1 * v_base + t.v2),
+             t.neuron_id.ravel(), t.feature_id.ravel(), t.per_row(t.expected - out_min)]
+    labels = [lambda c: f"idx {c // p_base}-{c % p_base}", lambda c: f"val {c // v_base}-{c % v_base}",
+              lambda c: f"neuron {c}", lambda c: f"feature {c}", lambda c: f"out {c + out_min}"]
+    energy = t.energy.ravel()
+
+    def view(sample_mask: np.ndarray) -> dict:
+        rows = t.per_row(sample_mask)
+        return _sankey_view([c[rows] for c in codes], energy[rows], labels, links_per_step)
+
+    views = {"all": view(np.ones(len(t.p1), bool))}
+    by_output, by_index = [], []
+    for out in np.unique(t.expected).tolist():
+        views[f"out:{out}"] = view(t.expected == out)
+        by_output.append((f"out:{out}", f"expected output {out}"))
+    for code in np.unique(t.p1 * p_base + t.p2).tolist():
+        p1, p2 = divmod(code, p_base)
+        views[f"idx:{p1}-{p2}"] = view((t.p1 == p1) & (t.p2 == p2))
+        by_index.append((f"idx:{p1}-{p2}", f"index combination {p1}-{p2}"))
+    return {"views": views, "filters": [("expected output (last column)", by_output),
+                                        ("index combination (first column)", by_index)]}
+
+
+_SANKEY_JS = _CONFIG_JS + """
+const COLORS = ['#4e79a7', '#f28e2b', '#59a14f', '#e15759', '#76b7b2'];
+const FADED = ['rgba(78,121,167,0.35)', 'rgba(242,142,43,0.35)', 'rgba(89,161,79,0.35)',
+               'rgba(225,87,89,0.35)'];
+const GAP = 2, MIN_LABEL_PX = 8;
+const MARGIN = {l: 10, r: 10, t: 50, b: 10};
+function trace(v, scale) {
+  // Stack each column top-down in the given order at `scale` px per unit of energy, with
+  // gaps of up to GAP px where the column has room, so nodes never overlap or leave the
+  // plot; nodes thinner than MIN_LABEL_PX keep their name for hover only.
+  const height = document.getElementById('plot').clientHeight - MARGIN.t - MARGIN.b;
+  const used = [0, 0, 0, 0, 0], count = [0, 0, 0, 0, 0];
+  v.flow.forEach((f, i) => { used[v.column[i]] += f * scale; count[v.column[i]] += 1; });
+  const gap = used.map((u, c) => count[c] > 1 ? Math.max(0, Math.min(GAP, (height - u) / (count[c] - 1))) : 0);
+  const x = [], y = [], top = [0, 0, 0, 0, 0];
+  v.flow.forEach((f, i) => {
+    const c = v.column[i], h = f * scale;
+    x[i] = 0.001 + 0.998 * c / 4;
+    y[i] = (top[c] + h / 2) / height;
+    top[c] += h + gap[c];
+  });
+  return {
+    type: 'sankey', arrangement: 'fixed', valueformat: '.3f',
+    node: {label: v.label.map((l, i) => v.flow[i] * scale >= MIN_LABEL_PX ? l : ''), customdata: v.label,
+           x, y, pad: 0, thickness: 16, color: v.column.map(c => COLORS[c]), line: {width: 0},
+           hovertemplate: '%{customdata}<br>summed energy %{value:.3f}<extra></extra>'},
+    link: {source: v.source, target: v.target, value: v.value,
+           customdata: v.source.map((s, i) => `${v.label[s]} \u2192 ${v.label[v.target[i]]}`),
+           color: v.source.map(s => FADED[v.column[s]]),
+           hovertemplate: '%{customdata}<br>summed energy %{value:.3f}<extra></extra>'},
+  };
+}
+function drawnScale() {
+  // Plotly sizes nodes by its own column assignment (by link depth, not our columns):
+  // read its px-per-energy off the drawn nodes.
+  let best = null;
+  document.querySelectorAll('.sankey-node').forEach(el => {
+    const n = el.__data__.node;
+    if (!best || n.value > best.value) best = n;
+  });
+  return best && best.value > 0 ? (best.y1 - best.y0) / best.value : 0;
+}
+const HEADS = ['index combination<br>p1-p2', 'value combination<br>a[p1]-b[p2]',
+               'neuron (top-k by activation)', 'SAE feature (top-k)', 'expected output'];
+const LAYOUT = {
+  margin: MARGIN, font: {size: 11},
+  annotations: HEADS.map((h, c) => ({text: `<b>${h}</b>`, x: c / 4, y: 1.0, yref: 'paper',
+    xref: 'paper', yanchor: 'bottom', xanchor: c === 0 ? 'left' : c === 4 ? 'right' : 'center',
+    showarrow: false, font: {size: 12}})),
+};
+const filter = document.getElementById('filter');
+function show() {
+  const v = REPORT.views[filter.value];
+  document.getElementById('shown').textContent =
+    `${v.label.length} nodes, ${v.source.length} links`;
+  // The first pass only lets plotly size the nodes (its scale depends on the links alone);
+  // the second places them at that scale. data-shown tells scripts and tests it is done.
+  const plot = document.getElementById('plot');
+  delete plot.dataset.shown;
+  if (!v.source.length) {  // plotly's sankey fails on an empty graph
+    return Plotly.react(plot, [], {annotations: [{text: 'no row with energy > 0', showarrow: false}],
+                                   xaxis: {visible: false}, yaxis: {visible: false}}, CONFIG)
+      .then(() => { plot.dataset.shown = filter.value; });
+  }
+  return Plotly.react(plot, [trace(v, 0)], LAYOUT, CONFIG)
+    .then(() => Plotly.react(plot, [trace(v, drawnScale())], LAYOUT, CONFIG))
+    .then(() => { plot.dataset.shown = filter.value; });
+}
+filter.addEventListener('change', show);
+document.getElementById('reset').addEventListener('click', () => { filter.value = 'all'; show(); });
+show();
+"""
+
+
+def _write_heatmap_page(path: Path, t: CircuitTrace, notes: list[str]) -> None:
+    hm = heatmap_data(t)
+    _write_page(
+        path, title="Logic circuit map: summed energy per expected output and pointer pair",
+        notes=[notes[0] + " Colour and cell number: energy summed over all rows of the samples in that cell. "
+               f"Hover a cell for its {HEATMAP_TOP_PAIRS} strongest neuron &harr; feature pairs.", *notes[1:]],
+        data=hm, script=_HEATMAP_JS, height=max(420, 40 * len(hm["rows"]) + 140))
+
+
+def _write_bell_page(path: Path, t: CircuitTrace, notes: list[str]) -> int:
+    """Returns the number of pairs offered."""
+    stats = bell_curve_data(t)
+    n_pairs = len(stats["neuron"])
+    sidebar = (
+        '<div class="side"><label for="pairs"><b>Pairs to draw</b> (ctrl/shift-click for several), '
+        'ranked by mean &times; rows:</label><select id="pairs" multiple size="26"></select>'
+        f'<p><button id="reset" type="button">Reset to top {BELL_DEFAULT_SHOWN}</button> '
+        '<span class="note" id="shown"></span></p></div>')
+    _write_page(
+        path, title="Circuit bell curves: energy distribution per neuron \u2194 feature pair",
+        notes=[notes[0] + " Each curve is the normal density with the mean and standard deviation of one "
+               f"pair's row energies; {n_pairs} pairs seen in more than 2 rows (at most the top "
+               f"{BELL_MAX_PAIRS} by mean &times; rows).", *notes[1:]],
+        data={"stats": stats, "default_shown": BELL_DEFAULT_SHOWN}, script=_BELL_JS,
+        sidebar=sidebar, height=520)
+    return n_pairs
+
+
+def _write_sankey_page(path: Path, t: CircuitTrace, notes: list[str]) -> None:
+    sk = sankey_data(t)
+    options = '<option value="all">all samples</option>' + "".join(
+        f'<optgroup label="{group}">' + "".join(f'<option value="{v}">{text}</option>' for v, text in opts)
+        + "</optgroup>" for group, opts in sk["filters"])
+    controls = (f'<div class="controls"><label for="filter">Only samples with:</label>'
+                f'<select id="filter">{options}</select><button id="reset" type="button">Show all</button>'
+                '<span class="note" id="shown"></span></div>')
+    _write_page(
+        path, title="Circuit flow: index combination \u2192 values \u2192 neuron \u2192 SAE feature "
+                    "\u2192 expected output",
+        notes=[notes[0] + " Link width: energy summed over the rows that pass through both ends; the "
+               f"{SANKEY_LINKS_PER_STEP} largest links of each step are drawn. Hover for values.", *notes[1:]],
+        data={"views": sk["views"]}, script=_SANKEY_JS, controls=controls, height=840)
+
+
+def write_reports(
+    out_dir: Path,
+    inputs: np.ndarray,
+    expected: np.ndarray,
+    predictions: np.ndarray,
+    layer2: np.ndarray,
+    features: np.ndarray,
+    *,
+    x_dim: int = 5,
+    y_dim: int = 2,
+    top_k: int = 10,
+    log: Callable[[str], object] = print,
+) -> dict[str, Path]:
+    """Write the trace workbook and the three circuit pages into ``out_dir``.
+
+    inputs (N, x_dim * y_dim) int, expected (N,) float, predictions (N,) float,
+    layer2 (N, 512) float32, features (N, F) float32.
+    Returns {"trace", "heatmap", "bell_curves", "sankey"} -> written path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / file for name, file in REPORT_FILES.items()}
+    start = clock = time.perf_counter()
+
+    def done(what: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        log(f"{what} ({now - clock:.2f} s)")
+        clock = now
+
+    t = circuit_trace_table(inputs, expected, predictions, layer2, features,
+                            x_dim=x_dim, y_dim=y_dim, top_k=top_k)
+    n, k = t.neuron_id.shape
+    done(f"Traced {n:,} samples x top-{k}")
+    notes = [ENERGY_NOTE.format(k=k, neurons=np.shape(layer2)[1]),
+             f"{n:,} samples &times; top-{k} = {n * k:,} rows. Inputs: {y_dim} columns of {x_dim} integers, "
+             "pointers p1, p2 = last entry of the first and last column; expected output = |a[p1] - b[p2]|."]
+    _write_trace_xlsx(paths["trace"], t)
+    done(f"Circuit trace ({n * k:,} rows) saved to {paths['trace']}")
+    _write_heatmap_page(paths["heatmap"], t, notes)
+    done(f"Logic heatmap saved to {paths['heatmap']}")
+    n_pairs = _write_bell_page(paths["bell_curves"], t, notes)
+    done(f"Bell curves ({n_pairs} pairs) saved to {paths['bell_curves']}")
+    _write_sankey_page(paths["sankey"], t, notes)
+    done(f"Sankey diagram saved to {paths['sankey']}")
+    log(f"Reports written in {time.perf_counter() - start:.1f} s")
+    return paths
+
+
+def demo_arrays(n: int = 10_000, *, n_features: int = 2048, seed: int = 0,
+                x_dim: int = 5, y_dim: int = 2) -> dict[str, np.ndarray]:
+    """Synthetic but task-shaped inputs for :func:`write_reports` (tests, timing, screenshots).
+
+    Inputs and targets follow the task definition; ``layer2`` (N, 512) is a ReLU of a random
+    projection of the one-hot pointers, pointed-at values and target, so neurons depend on
+    the computation; ``features`` (N, n_features) is a sparse non-negative ReLU encoding of
+    layer2 (about 3% active, like the trained SAE's L0 of ~60 of 2048).
+    """
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(0, 10, size=(n, x_dim * y_dim))
+    last = (y_dim - 1) * x_dim
+    inputs[:, x_dim - 1] = rng.integers(0, x_dim - 1, n)
+    inputs[:, last + x_dim - 1] = rng.integers(0, x_dim - 1, n)
+    rows = np.arange(n)
+    a, b = inputs[rows, inputs[:, x_dim - 1]], inputs[rows, last + inputs[:, last + x_dim - 1]]
+    expected = np.abs(a - b).astype(np.float64)
+    codes = np.stack([inputs[:, x_dim - 1], x_dim + inputs[:, last + x_dim - 1],
+                      2 * x_dim + a, 2 * x_dim + 10 + b, 2 * x_dim + 20 + expected.astype(int)], axis=1)
+    onehot = np.zeros((n, 2 * x_dim + 30), np.float32)
+    np.put_along_axis(onehot, codes, 1.0, axis=1)
+    # Five ones per row times N(0, 0.45) weights: pre-activations ~ N(0, 1), like after BatchNorm.
+    layer2 = np.maximum(onehot @ rng.normal(0, 0.45, (onehot.shape[1], 512)).astype(np.float32)
+                        + rng.normal(0, 0.1, (n, 512)).astype(np.float32), 0)
+    pre = layer2 @ (rng.normal(0, 1, (512, n_features)).astype(np.float32) / np.sqrt(512))
+    active = max(1, round(0.03 * n_features))
+    threshold = np.partition(pre, -active - 1, axis=1)[:, -active - 1:-active]
+    features = np.maximum(pre - threshold, 0)
+    features *= 0.6 / np.median(features.max(axis=1))             # strongest feature ~0.6
+    predictions = expected + rng.normal(0, 0.3, n)
+    return {"inputs": inputs, "expected": expected, "predictions": predictions,
+            "layer2": layer2, "features": features.astype(np.float32)}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the four reports for synthetic task-shaped data.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--n", type=int, default=10_000)
+    args = parser.parse_args()
+    write_reports(args.out_dir, **demo_arrays(args.n))
