@@ -1,0 +1,39 @@
+"""Fixtures for the JAX <-> PyTorch parity suite (upstream artifacts live in ../shared/upstream)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from parity_tests.helpers import MEASURED
+
+UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "upstream"
+UPSTREAM_MLP = UPSTREAM / "mlp" / "perfect_mlp.pth"
+UPSTREAM_SPLITS = {s: UPSTREAM / "dataset" / f"mlp_{s}.xlsx" for s in ("train", "val", "test")}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("PARITY_REPORT")
+    if path and MEASURED:
+        Path(path).write_text(json.dumps(MEASURED, indent=1) + "\n")
+
+
+@pytest.fixture(scope="session")
+def upstream_state_dict() -> dict[str, torch.Tensor]:
+    if not UPSTREAM_MLP.is_file():
+        pytest.skip(f"upstream artifact {UPSTREAM_MLP} is not present")
+    return torch.load(UPSTREAM_MLP, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def upstream_splits():
+    """{split: Split} for the three upstream xlsx files, read with the JAX reader."""
+    from jax_impl.task import read_split
+
+    if not all(p.is_file() for p in UPSTREAM_SPLITS.values()):
+        pytest.skip(f"upstream datasets under {UPSTREAM / 'dataset'} are not present")
+    return {name: read_split(path) for name, path in UPSTREAM_SPLITS.items()}
