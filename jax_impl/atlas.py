@@ -1,0 +1,627 @@
+"""Feature atlas: label every SAE feature with a task concept and test the label causally.
+
+The task's ground truth is known, so instead of eyeballing top activations we score every
+feature against a vocabulary of concepts read off the inputs (pointer values, pointed values,
+the target, the order of the two pointed values, raw cells, a pointer together with the value
+it points at), pick its best label, and then check the label by intervening on `layer2`:
+
+- ablation: remove the feature's contribution `f_j * d_j` from `layer2` (the SAE's
+  reconstruction error is kept, so only this feature changes) and compare how much the MLP
+  output moves on rows where the label's concept holds versus rows where it does not;
+- steering: clamp the feature to a typical "on" value on rows where the concept does not hold,
+  and measure how far the output follows the target the *task* gives if the concept were true
+  (e.g. forcing `p1=2` should turn the output into `|a[2] - b[p2]|`).
+
+Everything is computed on arrays; `Dictionary` and `Readout` hold the few weights needed, so
+the analysis can be tested on hand-built models. See docs/atlas.md for the definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import rankdata
+
+from jax_impl import analysis
+from jax_impl.atlas_page import render_page
+from jax_impl.atomic import write_text_atomic
+from jax_impl.errors import UserError
+from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.sae_variants import TiedBiasSAE, keep_top_k
+from jax_impl.task import Split, TaskShape, pointer_targets
+
+ATLAS_JSON = "feature_atlas.json"
+ATLAS_HTML = "feature_atlas.html"
+FAMILIES = ("pointer", "pointed", "target", "order", "cell", "conjunction")
+DENSE_RATE = 0.1  # a feature active on more than this share of rows counts as dense
+MIN_STEER_ROWS = 10  # fewer rows where the label predicts a change: steering is not evidence
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["w_enc", "b_enc", "w_dec", "b_dec", "b_pre"], meta_fields=["k"])
+@dataclass(frozen=True)
+class Dictionary:
+    """SAE weights: features = act((x - b_pre) @ w_enc + b_enc); reconstruction = features @ w_dec + b_dec.
+
+    w_enc (512, F), b_enc (F,), w_dec (F, 512), b_dec (512,) float32; row j of w_dec is
+    feature j's decoder direction. b_pre (512,) is the tied pre-encoder bias of the `topk` and
+    `anthropic` SAEs (None: the seed's SAE has none); act is ReLU, or ReLU of each row's k
+    largest pre-activations when k is set (`topk`).
+    """
+
+    w_enc: jax.Array
+    b_enc: jax.Array
+    w_dec: jax.Array
+    b_dec: jax.Array
+    b_pre: jax.Array | None = None
+    k: int | None = None
+
+    @classmethod
+    def from_sae(cls, sae: SparseAutoencoder | TiedBiasSAE) -> Dictionary:
+        if isinstance(sae, TiedBiasSAE):
+            p = sae.params()
+            return cls(p["w_enc"], p["b_enc"], p["w_dec"], p["b_dec"], b_pre=p["b_dec"], k=sae.k)
+        return cls(sae.encoder.kernel[...], sae.encoder.bias[...], sae.decoder.kernel[...], sae.decoder.bias[...])
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        """(N, 512) -> features (N, F) float32."""
+        pre = (x if self.b_pre is None else x - self.b_pre) @ self.w_enc + self.b_enc
+        return jax.nn.relu(pre) if self.k is None else keep_top_k(pre, self.k)
+
+    def decode(self, features: jax.Array) -> jax.Array:
+        """(N, F) -> reconstruction (N, 512) float32."""
+        return features @ self.w_dec + self.b_dec
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["w1", "b1", "w2", "b2"], meta_fields=[])
+@dataclass(frozen=True)
+class Readout:
+    """The MLP after `layer2`: prediction = ReLU(h @ w1 + b1) @ w2 + b2.
+
+    w1 (512, H), b1 (H,), w2 (H,), b2 () float32. Its first layer is affine, which is what
+    makes the causal analysis cheap: moving `layer2` along a direction d moves the hidden
+    pre-activation along d @ w1.
+    """
+
+    w1: jax.Array
+    b1: jax.Array
+    w2: jax.Array
+    b2: jax.Array
+
+    @classmethod
+    def from_mlp(cls, mlp: InterpretabilityMLP) -> Readout:
+        return cls(mlp.hidden2.kernel[...], mlp.hidden2.bias[...], mlp.output.kernel[...][:, 0], mlp.output.bias[...][0])
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        """layer2 (N, 512) -> prediction (N,) float32."""
+        return jax.nn.relu(h @ self.w1 + self.b1) @ self.w2 + self.b2
+
+
+# --------------------------------------------------------------------------- concepts
+
+
+@dataclass(frozen=True)
+class Concepts:
+    """The task's concept vocabulary evaluated on N input rows.
+
+    names, families: (C,) str. mask (N, C) bool: the concept holds on the row.
+    counterfactual (N, C) float32: the task's target if the concept were made true on that
+    row (NaN where the task does not define one, i.e. for the `>`/`<` order concepts).
+    """
+
+    names: list[str]
+    families: list[str]
+    mask: np.ndarray
+    counterfactual: np.ndarray
+
+
+def _column_letter(c: int) -> str:
+    return string.ascii_lowercase[c]
+
+
+def task_concepts(inputs: np.ndarray, x_dim: int, y_dim: int) -> Concepts:
+    """Build the concept vocabulary for inputs (N, x_dim*y_dim) int.
+
+    Column c holds x_dim-1 values then its pointer; columns are lettered a, b, ... and
+    pointers p1, p2, .... Concepts true on every row or on none are dropped (no score exists).
+    """
+    n = len(inputs)
+    shape = TaskShape(x_dim, y_dim)
+    cols = np.asarray(inputs, dtype=np.int64).reshape(n, y_dim, x_dim)
+    pointers = cols[:, :, -1]
+    pointed = np.take_along_axis(cols[:, :, :-1], pointers[:, :, None], axis=2)[:, :, 0]
+    target = pointer_targets(cols.reshape(n, -1), shape)
+    values = np.unique(cols[:, :, :-1])
+    rows = np.arange(n)
+    names: list[str] = []
+    families: list[str] = []
+    masks: list[np.ndarray] = []
+    cfs: list[np.ndarray] = []
+
+    def add(name: str, family: str, mask: np.ndarray, counterfactual: np.ndarray) -> None:
+        if mask.any() and not mask.all():
+            names.append(name)
+            families.append(family)
+            masks.append(mask)
+            cfs.append(counterfactual.astype(np.float32))
+
+    def edited(c: int, j: np.ndarray | int, v: int) -> np.ndarray:
+        """Target after setting cell j of column c (j may differ per row) to v."""
+        out = cols.copy()
+        out[rows, c, j] = v
+        return pointer_targets(out.reshape(n, -1), shape)
+
+    for c in range(y_dim):
+        for k in range(x_dim - 1):
+            add(f"p{c + 1}={k}", "pointer", pointers[:, c] == k, edited(c, x_dim - 1, k))
+    for c in range(y_dim):
+        for v in values:
+            name = f"{_column_letter(c)}[p{c + 1}]={v}"
+            add(name, "pointed", pointed[:, c] == v, edited(c, pointers[:, c], v))
+    for t in np.unique(target):
+        add(f"target={t}", "target", target == t, np.full(n, t))
+    first, last = "a[p1]", f"{_column_letter(y_dim - 1)}[p{y_dim}]"
+    diff = pointed[:, 0] - pointed[:, -1]
+    nan = np.full(n, np.nan)
+    # Order does not determine the target (it is |diff|), except that equal values give 0.
+    add(f"{first}>{last}", "order", diff > 0, nan)
+    add(f"{first}<{last}", "order", diff < 0, nan)
+    add(f"{first}={last}", "order", diff == 0, np.zeros(n))
+    for c in range(y_dim):
+        for j in range(x_dim - 1):
+            for v in values:
+                name = f"{_column_letter(c)}_{j}={v}"
+                add(name, "cell", cols[:, c, j] == v, edited(c, j, v))
+    # `p1=k & a_k=v`: the pointer and the value it points at. A feature for one of these is `a[p1]=v` split
+    # by pointer (or `p1=k` split by value); without this family it would score low on both and count as noise.
+    for c in range(y_dim):
+        for k in range(x_dim - 1):
+            for v in values:
+                both = cols.copy()
+                both[:, c, -1], both[:, c, k] = k, v
+                holds = (pointers[:, c] == k) & (cols[:, c, k] == v)
+                counterfactual = pointer_targets(both.reshape(n, -1), shape)
+                add(f"p{c + 1}={k} & {_column_letter(c)}_{k}={v}", "conjunction", holds, counterfactual)
+    return Concepts(names, families, np.stack(masks, axis=1), np.stack(cfs, axis=1))
+
+
+# --------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class ConceptScores:
+    """Scores of F features against C concepts, each (F, C) float64.
+
+    precision/recall/f1 treat "feature > 0" as a prediction of the concept; auroc ranks
+    rows by the feature's activation (0.5 = chance; ties, mostly zeros, count half).
+    """
+
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    auroc: np.ndarray
+
+
+def score_features(features: np.ndarray, mask: np.ndarray) -> ConceptScores:
+    """Score features (N, F) float against concepts mask (N, C) bool (each concept on some rows, not all)."""
+    n = len(mask)
+    active = (features > 0).astype(np.float32)
+    concept = mask.astype(np.float32)
+    # Counts as matrix products; float32 sums of 0/1 are exact below 2**24 rows.
+    tp = (active.T @ concept).astype(np.float64)  # (F, C)
+    n_active = active.sum(axis=0, dtype=np.float64)[:, None]  # (F, 1)
+    n_pos = concept.sum(axis=0, dtype=np.float64)[None, :]  # (1, C)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(n_active > 0, tp / n_active, 0.0)
+    recall = tp / n_pos
+    f1 = 2 * tp / (n_active + n_pos)
+    # Mann-Whitney: AUROC = (sum of positive ranks - n_pos(n_pos+1)/2) / (n_pos * n_neg).
+    ranks = rankdata(features, axis=0)  # (N, F) float64, ties averaged
+    rank_sum = ranks.T @ mask.astype(np.float64)  # (F, C)
+    auroc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
+    return ConceptScores(precision, recall, f1, auroc)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@jax.jit
+def _splice(layer2: jax.Array, targets: jax.Array, dictionary: Dictionary, readout: Readout) -> dict[str, jax.Array]:
+    features = dictionary.encode(layer2)
+
+    def mse(h: jax.Array) -> jax.Array:
+        return jnp.mean((readout(h) - targets) ** 2)
+
+    clean, spliced = mse(layer2), mse(dictionary.decode(features))
+    ablated = mse(jnp.broadcast_to(jnp.mean(layer2, axis=0), layer2.shape))
+    return {
+        "dense_fraction": jnp.mean(jnp.mean(features > 0, axis=0) > DENSE_RATE),
+        "mean_ablated_mse": ablated,
+        "mse_recovered": (ablated - spliced) / (ablated - clean),
+    }
+
+
+def splice_metrics(
+    layer2: jax.Array, targets: jax.Array, dictionary: Dictionary, readout: Readout
+) -> dict[str, float]:
+    """The SAE metrics that analysis.evaluate does not give, on N evaluation rows.
+
+    layer2 (N, 512) float32, targets (N,) float32.
+    dense_fraction: share of features active on more than 10% of the rows.
+    mean_ablated_mse: MLP MSE with `layer2` replaced by its mean over the rows (on every row).
+    mse_recovered = (mean_ablated_mse - spliced_mse) / (mean_ablated_mse - mse): 1 when splicing the
+    reconstruction in place of `layer2` costs nothing, 0 when it is as bad as knowing only the mean.
+    """
+    out = _splice(jnp.asarray(layer2, jnp.float32), jnp.asarray(targets, jnp.float32).reshape(-1), dictionary, readout)
+    return {k: float(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- causal
+
+
+@dataclass(frozen=True)
+class CausalEffects:
+    """Per-feature intervention results, each (F,) for the F analysed features.
+
+    ablation_in / ablation_out: mean |change of the MLP output| when the feature is removed,
+    over rows where its label's concept holds / does not hold.
+    steer_gain: with the feature clamped on, on rows where its concept does not hold and the task's
+    counterfactual target differs from the target, how far the output moved to that
+    counterfactual (see _steer_gain): 1 = exactly as the label says, 0 = not at all; NaN
+    where there are fewer than MIN_STEER_ROWS such rows (no counterfactual: `>`/`<` labels).
+    steer_rows: how many rows it was fitted on.
+    """
+
+    ablation_in: np.ndarray
+    ablation_out: np.ndarray
+    steer_gain: np.ndarray
+    steer_rows: np.ndarray
+
+
+def _readout_rest(z: jax.Array, w2: jax.Array, b2: jax.Array) -> jax.Array:
+    """Readout after its first affine layer: pre-activation z (..., H) -> prediction (...)."""
+    return jax.nn.relu(z) @ w2 + b2
+
+
+@jax.jit
+def _ablate_pairs(
+    z: jax.Array, base: jax.Array, u: jax.Array, rows: jax.Array, cols: jax.Array, f: jax.Array, w2: jax.Array, b2: jax.Array
+) -> jax.Array:
+    """|Output change| when one feature is removed, for P (row, feature) pairs.
+
+    z (N, H) readout pre-activations of layer2, base (N,) the clean outputs, u (F, H) decoder
+    directions through the readout's first layer, rows/cols (P,) int, f (P,) the feature's
+    activation -> (P,) float32. Removing f * d from layer2 moves z by -f * u. (Gathering inside
+    jit avoids materialising the gathered rows.)
+    """
+    return jnp.abs(_readout_rest(z[rows] - f[:, None] * u[cols], w2, b2) - base[rows])
+
+
+@jax.jit
+def _steer(
+    z: jax.Array, base: jax.Array, u: jax.Array, sample: jax.Array, shift: jax.Array, w2: jax.Array, b2: jax.Array
+) -> jax.Array:
+    """Output change when each of F features is clamped on S rows.
+
+    z (N, H) and base (N,) as above, u (F, H), sample (F, S) row ids, shift (F, S) = clamp value
+    minus the current activation -> (F, S) float32.
+    """
+    return _readout_rest(z[sample] + shift[:, :, None] * u[:, None, :], w2, b2) - base[sample]
+
+
+def _steer_gain(steered: np.ndarray, clean: np.ndarray, counterfactual: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """How far steering moved the MLP output to the label's counterfactual target, per feature.
+
+    steered, clean (the outputs with and without steering), counterfactual: (F, S) float;
+    weight (F, S) bool marks the rows that count -> (F,) float64, NaN with < MIN_STEER_ROWS rows.
+    Where the counterfactual varies over the rows it is the coefficient of the counterfactual in
+    the least-squares fit steered ~ gain * counterfactual + kept * clean + c: an intervention that
+    only erases information (pulls the output towards a constant) scores 0, one that makes the
+    model compute the counterfactual scores 1. A constant counterfactual T (target=T,
+    a[p1]=b[p2]) is indistinguishable from the intercept, so there the gain is the share of the
+    way to T: sum((steered - clean)(T - clean)) / sum((T - clean)^2).
+    """
+    gain = np.full(len(steered), np.nan)
+    for i, rows in enumerate(weight):
+        if rows.sum() < MIN_STEER_ROWS:
+            continue
+        y, p, t = steered[i, rows], clean[i, rows], counterfactual[i, rows]
+        if np.ptp(t) == 0:
+            gain[i] = np.dot(y - p, t - p) / np.dot(t - p, t - p)
+        else:
+            design = np.stack([t, p, np.ones_like(t)], axis=1)
+            gain[i] = np.linalg.lstsq(design, y, rcond=None)[0][0]
+    return gain
+
+
+def _padded_chunks(n: int, size: int) -> list[np.ndarray]:
+    """Index chunks of a fixed length (the last one repeats its final index) so jit compiles once."""
+    return [np.arange(s, s + size).clip(max=n - 1) for s in range(0, n, size)]
+
+
+def causal_effects(
+    layer2: jax.Array,
+    features: np.ndarray,
+    directions: jax.Array,
+    readout: Readout,
+    holds: np.ndarray,
+    counterfactual: np.ndarray,
+    targets: np.ndarray,
+    steer_scale: float = 1.0,
+    steer_sample: int = 256,
+    seed: int = 0,
+) -> CausalEffects:
+    """Ablate and steer each of F features against its label.
+
+    layer2 (N, 512) float32; features (N, F) float32 the F features' activations and
+    directions (F, 512) their decoder directions; holds (N, F) bool and counterfactual (N, F)
+    float32 are the label concept's mask and counterfactual target per feature.
+    Ablation uses every row (it only changes rows where the feature fires). Steering clamps
+    the feature to steer_scale x its mean activation where it fires with its concept (where
+    it fires at all, if never with it), on at most steer_sample eligible rows per feature
+    drawn with `seed`.
+    """
+    layer2 = jnp.asarray(layer2, jnp.float32)
+    n, n_features = holds.shape
+    z = layer2 @ readout.w1 + readout.b1  # (N, H)
+    u = directions @ readout.w1  # (F, H)
+    base = _readout_rest(z, readout.w2, readout.b2)  # (N,)
+
+    # Ablation over the (row, feature) pairs where the feature fires; elsewhere the change is 0.
+    rows, cols = np.nonzero(features > 0)
+    change = np.zeros(len(rows), np.float32)
+    for idx in _padded_chunks(len(rows), 16384):
+        r, c = rows[idx], cols[idx]
+        change[idx] = np.asarray(_ablate_pairs(z, base, u, r, c, features[r, c], readout.w2, readout.b2))
+    inside = holds[rows, cols]
+    n_in = holds.sum(axis=0)
+    ablation_in = np.bincount(cols[inside], change[inside], n_features) / np.maximum(n_in, 1)
+    ablation_out = np.bincount(cols[~inside], change[~inside], n_features) / np.maximum(n - n_in, 1)
+
+    # Steering on rows where the concept does not hold and the task predicts a different target.
+    delta_target = counterfactual - np.asarray(targets, np.float32)[:, None]  # (N, F), NaN = undefined
+    eligible = ~holds & np.isfinite(delta_target) & (delta_target != 0)
+    order = np.random.default_rng(seed).permutation(n)
+    # Per feature the first steer_sample eligible rows in a random order; if fewer are eligible, the
+    # rest of the sample is ineligible rows that get weight 0.
+    ranked = np.argsort(~eligible[order], axis=0, kind="stable")[:steer_sample]  # (S, F) positions in order
+    sample = order[ranked].T  # (F, S)
+    weight = np.take_along_axis(eligible, sample.T, axis=0).T  # (F, S) bool
+    on_label = (features > 0) & holds
+    fires = features > 0
+    alpha = steer_scale * np.where(
+        on_label.any(axis=0),
+        (features * on_label).sum(axis=0) / np.maximum(on_label.sum(axis=0), 1),
+        (features * fires).sum(axis=0) / np.maximum(fires.sum(axis=0), 1),
+    )
+    f_sample = np.take_along_axis(features, sample.T, axis=0).T  # (F, S)
+    shift = (alpha[:, None] - f_sample).astype(np.float32)
+    moved = np.zeros(sample.shape, np.float32)
+    for idx in _padded_chunks(n_features, 64):
+        moved[idx] = np.asarray(_steer(z, base, u[idx], sample[idx], shift[idx], readout.w2, readout.b2))
+    clean = np.asarray(base)[sample]  # (F, S)
+    target_cf = np.take_along_axis(counterfactual, sample.T, axis=0).T  # (F, S)
+    gain = _steer_gain(moved + clean, clean, target_cf, weight)
+    return CausalEffects(ablation_in, ablation_out, gain, weight.sum(axis=1))
+
+
+# --------------------------------------------------------------------------- atlas
+
+
+def _consistency(effects: CausalEffects, i: int, min_gain: float) -> tuple[str, bool]:
+    """Decide whether feature i's interventions agree with its label (see docs/atlas.md).
+
+    Where the label defines a counterfactual target on enough rows, steering decides:
+    the output must move at least min_gain of the way the task predicts. Otherwise (the
+    `>`/`<` order concepts, or too few rows) ablation decides: removing the feature must
+    move the output by >= 0.05 on its concept's rows and at least twice as much as elsewhere.
+    """
+    if np.isfinite(effects.steer_gain[i]):
+        return "steering", bool(effects.steer_gain[i] >= min_gain)
+    inside, outside = effects.ablation_in[i], effects.ablation_out[i]
+    return "ablation", bool(inside >= 0.05 and inside >= 2 * outside)
+
+
+def _json_number(x: float, digits: int = 4) -> float | None:
+    """Round for the JSON file; NaN becomes null (JSON has no NaN)."""
+    return None if not np.isfinite(x) else round(float(x), digits)
+
+
+def build_atlas(
+    layer2: jax.Array,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    x_dim: int,
+    y_dim: int,
+    dictionary: Dictionary,
+    readout: Readout,
+    metrics: Mapping[str, float],
+    min_f1: float = 0.7,
+    min_gain: float = 0.5,
+    steer_scale: float = 1.0,
+    steer_sample: int = 256,
+    top_k: int = 10,
+    bins: int = 20,
+) -> dict[str, Any]:
+    """Label, score and test every live feature on N rows; returns the feature_atlas.json document.
+
+    layer2 (N, 512) float32, inputs (N, x_dim*y_dim) int, targets (N,) float; metrics (the SAE's
+    quality on these rows) is copied into the document. A feature is monosemantic when the F1 of
+    its best concept is >= min_f1.
+    """
+    layer2 = jnp.asarray(layer2, jnp.float32)
+    inputs = np.asarray(inputs, np.int64)
+    targets = np.asarray(targets, np.float32).reshape(-1)
+    features_all = np.asarray(dictionary.encode(layer2))  # (N, F_total)
+    live_ids = np.flatnonzero(features_all.max(axis=0) > 0)
+    if len(live_ids) == 0:
+        raise UserError(f"no SAE feature fires on any of the {len(inputs)} rows; nothing to label")
+    features = features_all[:, live_ids]  # (N, F)
+    concepts = task_concepts(inputs, x_dim, y_dim)
+    scores = score_features(features, concepts.mask)
+    best = scores.f1.argmax(axis=1)  # (F,)
+    effects = causal_effects(
+        layer2, features, dictionary.w_dec[live_ids], readout,
+        concepts.mask[:, best], concepts.counterfactual[:, best], targets, steer_scale, steer_sample,
+    )
+    predictions = np.asarray(readout(layer2))
+    density = (features > 0).mean(axis=0)
+    best_f1 = scores.f1[np.arange(len(live_ids)), best]
+
+    feature_rows = []
+    for i, fid in enumerate(live_ids):
+        act = features[:, i]
+        fired = act[act > 0]
+        hist, edges = np.histogram(fired, bins=bins, range=(0.0, float(fired.max())))
+        top_rows = np.argpartition(-act, top_k)[:top_k] if len(act) > top_k else np.arange(len(act))
+        top_rows = top_rows[np.argsort(-act[top_rows], kind="stable")]
+        top_rows = top_rows[act[top_rows] > 0]
+        top_concepts = np.argsort(-scores.f1[i], kind="stable")[:8]
+        evidence, consistent = _consistency(effects, i, min_gain)
+        c = best[i]
+        feature_rows.append({
+            "id": int(fid),
+            "label": concepts.names[c],
+            "family": concepts.families[c],
+            "f1": _json_number(best_f1[i]),
+            "precision": _json_number(scores.precision[i, c]),
+            "recall": _json_number(scores.recall[i, c]),
+            "auroc": _json_number(scores.auroc[i, c]),
+            "monosemantic": bool(best_f1[i] >= min_f1),
+            "density": _json_number(density[i], 5),
+            "mean_act": _json_number(fired.mean()),
+            "max_act": _json_number(fired.max()),
+            "ablation_in": _json_number(effects.ablation_in[i]),
+            "ablation_out": _json_number(effects.ablation_out[i]),
+            "steer_gain": _json_number(effects.steer_gain[i]),
+            "steer_rows": int(effects.steer_rows[i]),
+            "evidence": evidence,
+            "consistent": consistent,
+            "hist": hist.tolist(),
+            "hist_max": _json_number(edges[-1]),
+            "top": [
+                {"row": int(r), "input": inputs[r].tolist(), "target": _json_number(targets[r], 2),
+                 "prediction": _json_number(predictions[r], 3), "act": _json_number(act[r])}
+                for r in top_rows
+            ],
+            "scores": [
+                {"concept": concepts.names[k], "precision": _json_number(scores.precision[i, k]),
+                 "recall": _json_number(scores.recall[i, k]), "f1": _json_number(scores.f1[i, k]),
+                 "auroc": _json_number(scores.auroc[i, k])}
+                for k in top_concepts
+            ],
+        })
+
+    concept_best = scores.f1.argmax(axis=0)  # (C,) index into live features
+    concept_rows = [
+        {"concept": name, "family": fam, "support": int(concepts.mask[:, k].sum()),
+         "best_feature": int(live_ids[concept_best[k]]), "best_f1": _json_number(scores.f1[concept_best[k], k])}
+        for k, (name, fam) in enumerate(zip(concepts.names, concepts.families, strict=True))
+    ]
+    mono = best_f1 >= min_f1
+    consistent = np.array([row["consistent"] for row in feature_rows])
+    label_family = np.array(concepts.families)[best]  # (F,)
+    families = {}
+    for fam in FAMILIES:
+        ks = [k for k, f in enumerate(concepts.families) if f == fam]
+        per_concept = scores.f1[:, ks].max(axis=0)
+        families[fam] = {
+            "concepts": len(ks),
+            "covered": int((per_concept >= min_f1).sum()),
+            "mean_best_f1": _json_number(per_concept.mean()),
+            "monosemantic_features": int((mono & (label_family == fam)).sum()),
+        }
+    summary = {
+        "features": int(features_all.shape[1]),
+        "live": int(len(live_ids)),
+        "monosemantic": int(mono.sum()),
+        "monosemantic_share": _json_number(mono.mean()),
+        "share_f1_0_9": _json_number((best_f1 >= 0.9).mean()),
+        "consistent": int(consistent.sum()),
+        "consistent_share_of_monosemantic": _json_number(consistent[mono].mean()) if mono.any() else None,
+        "families": families,
+    }
+    return {
+        "format": "monosem-feature-atlas/1",
+        "rows": int(len(inputs)),
+        "shape": {"x_dim": x_dim, "y_dim": y_dim},
+        "settings": {"min_f1": min_f1, "min_gain": min_gain, "steer_scale": steer_scale,
+                     "steer_sample": steer_sample, "dense_rate": DENSE_RATE, "min_steer_rows": MIN_STEER_ROWS},
+        "metrics": dict(metrics),
+        "summary": summary,
+        "concepts": concept_rows,
+        "features": feature_rows,
+    }
+
+
+# --------------------------------------------------------------------------- models and files
+
+
+def model_splice_metrics(mlp: InterpretabilityMLP, sae: SparseAutoencoder | TiedBiasSAE, split: Split) -> dict[str, float]:
+    """splice_metrics of loaded models on a split (what `monosem evaluate` adds to analysis.evaluate)."""
+    _, layer2 = analysis.mlp_forward(mlp, split.inputs)
+    return splice_metrics(layer2, split.targets, Dictionary.from_sae(sae), Readout.from_mlp(mlp))
+
+
+def atlas_from_models(
+    mlp: InterpretabilityMLP, sae: SparseAutoencoder | TiedBiasSAE, split: Split, shape: TaskShape, source: str,
+    **settings: Any,
+) -> dict[str, Any]:
+    """build_atlas for loaded models on a split; settings are build_atlas's keyword arguments."""
+    _, layer2 = analysis.mlp_forward(mlp, split.inputs)
+    dictionary, readout = Dictionary.from_sae(sae), Readout.from_mlp(mlp)
+    metrics = analysis.evaluate(mlp, split, sae) | splice_metrics(layer2, split.targets, dictionary, readout)
+    atlas = build_atlas(
+        layer2, split.inputs, split.targets, shape.x_dim, shape.y_dim, dictionary, readout, metrics, **settings
+    )
+    return {"source": source, **atlas}
+
+
+def format_summary(atlas: Mapping[str, Any]) -> str:
+    """A few lines for the terminal: coverage, monosemanticity, causal consistency."""
+    s, m, settings = atlas["summary"], atlas["metrics"], atlas["settings"]
+    families = ", ".join(f"{name} {f['covered']}/{f['concepts']}" for name, f in s["families"].items())
+    consistent_mono = s["consistent_share_of_monosemantic"]
+    return "\n".join([
+        f"Feature atlas over {atlas['rows']} rows: {s['live']} of {s['features']} features live "
+        f"(dead {100 * m['dead_fraction']:.1f}%, dense {100 * m['dense_fraction']:.1f}%), "
+        f"explained variance {m['explained_variance']:.4f}, MSE recovered {m['mse_recovered']:.3f}",
+        f"Monosemantic (best F1 >= {settings['min_f1']}): {s['monosemantic']} of {s['live']} live features "
+        f"({100 * s['monosemantic_share']:.1f}%); best F1 >= 0.9: {100 * s['share_f1_0_9']:.1f}%",
+        f"Causally consistent with their label: {s['consistent']} of {s['live']} live features"
+        + ("" if consistent_mono is None else f", {100 * consistent_mono:.1f}% of the monosemantic ones"),
+        f"Concepts with a feature of F1 >= {settings['min_f1']}: {families}",
+    ])
+
+
+def write_atlas(atlas: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write out_dir/feature_atlas.json and out_dir/feature_atlas.html; returns both paths."""
+    json_path, html_path = out_dir / ATLAS_JSON, out_dir / ATLAS_HTML
+    write_text_atomic(json_path, json.dumps(atlas, separators=(",", ":"), allow_nan=False))
+    write_text_atomic(html_path, render_page(atlas))
+    return json_path, html_path
+
+
+def feature_labels(atlas: Mapping[str, Any] | str | Path, min_f1: float | None = None) -> dict[int, str]:
+    """{feature id: best concept label} for live features whose best F1 >= min_f1.
+
+    atlas is a feature_atlas.json document or its path; without min_f1 the monosemantic
+    features (by the atlas's own threshold) get a label.
+    """
+    if not isinstance(atlas, Mapping):
+        atlas = json.loads(Path(atlas).read_text(encoding="utf-8"))
+    return {
+        f["id"]: f["label"] for f in atlas["features"]
+        if (f["monosemantic"] if min_f1 is None else f["f1"] is not None and f["f1"] >= min_f1)
+    }
