@@ -21,6 +21,7 @@ from flax import nnx
 from jax_impl.atomic import atomic_path
 from jax_impl.errors import UserError
 from jax_impl.models import LAYER2_WIDTH, InterpretabilityMLP, SparseAutoencoder
+from jax_impl.sae_variants import TiedBiasSAE, TopKSAE
 
 # torch key -> (module attribute path, variable name, is a Linear weight to transpose)
 # (in upstream's order: its nn.ModuleDict is input, bn1, hidden1, bn2, hidden2, output)
@@ -38,6 +39,14 @@ SAE_KEY_MAP: dict[str, tuple[str, str, bool]] = {
     "encoder.bias": ("encoder", "bias", False),
     "decoder.weight": ("decoder", "kernel", True),
     "decoder.bias": ("decoder", "bias", False),
+}
+
+# The `topk` / `anthropic` SAEs (jax_impl.sae_variants, torch_ref.sae_variants): a bias-free decoder, plus
+# the top-level tensors `b_dec` (D,) float32 and, for topk, `k` (an int64 scalar), handled beside this map.
+TIED_SAE_KEY_MAP: dict[str, tuple[str, str, bool]] = {
+    "encoder.weight": ("encoder", "kernel", True),
+    "encoder.bias": ("encoder", "bias", False),
+    "decoder.weight": ("decoder", "kernel", True),
 }
 
 # num_batches_tracked is int64 in torch; JAX (without x64) keeps it as int32.
@@ -69,7 +78,14 @@ def _check_keys(sd: Mapping[str, object], key_map: Mapping[str, object], source:
 
 def _as_numpy(value: object, key: str, source: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        if value.layout != torch.strided or value.is_meta:
+            kind = "meta" if value.is_meta else str(value.layout).removeprefix("torch.")
+            raise UserError(f"{source}: key {key!r} is a {kind} tensor, expected a dense tensor with data")
+        try:
+            return value.detach().cpu().numpy()
+        except TypeError:  # bfloat16, quantized, ...: no numpy dtype
+            expected = "int64" if key in _INT_KEYS else "float32"
+            raise UserError(f"{source}: key {key!r} has dtype {str(value.dtype).removeprefix('torch.')}, expected {expected}") from None
     if isinstance(value, np.ndarray):
         return value
     raise UserError(f"{source}: key {key!r} holds a {type(value).__name__}, expected a tensor")
@@ -104,7 +120,9 @@ def mlp_to_state_dict(model: InterpretabilityMLP) -> OrderedDict[str, torch.Tens
     return _to_state_dict(model, MLP_KEY_MAP)
 
 
-def sae_to_state_dict(model: SparseAutoencoder) -> OrderedDict[str, torch.Tensor]:
+def sae_to_state_dict(model: SparseAutoencoder | TiedBiasSAE) -> OrderedDict[str, torch.Tensor]:
+    if isinstance(model, TiedBiasSAE):
+        return _tied_sae_to_state_dict(model)
     return _to_state_dict(model, SAE_KEY_MAP)
 
 
@@ -125,10 +143,52 @@ def mlp_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict")
     return model
 
 
-def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict") -> SparseAutoencoder:
-    """Build a SparseAutoencoder from upstream-keyed tensors; the dictionary size is read off the file."""
-    input_dim, dict_size = _linear_in_out(sd, "encoder.weight", source)
-    return _load_into(SparseAutoencoder(input_dim, dict_size, rngs=nnx.Rngs(0)), sd, SAE_KEY_MAP, source)
+def sae_from_state_dict(
+    sd: Mapping[str, object], *, source: str = "state_dict", input_dim: int | None = LAYER2_WIDTH
+) -> SparseAutoencoder | TiedBiasSAE:
+    """Build a SparseAutoencoder from upstream-keyed tensors; the dictionary size is read off the file.
+
+    Its input width must be `input_dim` (the MLP's layer2; None accepts any width).
+    A file with a `b_dec` key is a `topk` or `anthropic` SAE (see TIED_SAE_KEY_MAP) and loads as one.
+    """
+    if "b_dec" in sd:
+        return _tied_sae_from_state_dict(sd, source=source, input_dim=input_dim)
+    width, dict_size = _linear_in_out(sd, "encoder.weight", source)
+    if input_dim is not None and width != input_dim:
+        raise UserError(
+            f"{source}: key 'encoder.weight' has shape ({dict_size}, {width}), expected ({dict_size}, {input_dim}): "
+            f"the SAE must read the MLP's {input_dim}-wide layer2"
+        )
+    return _load_into(SparseAutoencoder(width, dict_size, rngs=nnx.Rngs(0)), sd, SAE_KEY_MAP, source)
+
+
+def _tied_sae_to_state_dict(model: TiedBiasSAE) -> OrderedDict[str, torch.Tensor]:
+    """Keys in torch_ref.sae_variants' state_dict order: b_dec, (k,) encoder.weight, encoder.bias, decoder.weight."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict(b_dec=torch.from_numpy(np.array(model.b_dec[...], np.float32)))
+    if model.k is not None:
+        out["k"] = torch.tensor(model.k, dtype=torch.int64)
+    out.update(_to_state_dict(model, TIED_SAE_KEY_MAP))
+    return out
+
+
+def _tied_sae_from_state_dict(sd: Mapping[str, object], *, source: str, input_dim: int | None) -> TiedBiasSAE:
+    expected = ["b_dec", *(["k"] if "k" in sd else []), *TIED_SAE_KEY_MAP]
+    _check_keys(sd, dict.fromkeys(expected), source)
+    width, dict_size = _linear_in_out(sd, "encoder.weight", source)
+    if input_dim is not None and width != input_dim:
+        raise UserError(f"{source}: key 'encoder.weight' has shape ({dict_size}, {width}), expected ({dict_size}, {input_dim})")
+    if "k" in sd:
+        k = _as_numpy(sd["k"], "k", source)
+        if k.shape != () or k.dtype.kind not in "iu" or not 1 <= int(k) <= dict_size:
+            raise UserError(f"{source}: key 'k' must be an integer scalar in 1..{dict_size}, got {k!r}")
+        template: TiedBiasSAE = TopKSAE(width, dict_size, k=int(k), rngs=nnx.Rngs(0))
+    else:
+        template = TiedBiasSAE(width, dict_size, rngs=nnx.Rngs(0))
+    b_dec = _as_numpy(sd["b_dec"], "b_dec", source)
+    if b_dec.shape != (width,) or b_dec.dtype != np.float32 or not np.all(np.isfinite(b_dec)):
+        raise UserError(f"{source}: key 'b_dec' must be finite float32 of shape ({width},), got {b_dec.dtype} {b_dec.shape}")
+    template.b_dec[...] = jnp.asarray(b_dec)
+    return _load_into(template, {key: sd[key] for key in TIED_SAE_KEY_MAP}, TIED_SAE_KEY_MAP, source)
 
 
 def torch_load(path: Path | str) -> object:
@@ -161,12 +221,14 @@ def load_mlp(path: Path | str) -> InterpretabilityMLP:
     return mlp_from_state_dict(_load_state_dict_file(path), source=str(path))
 
 
-def load_sae(path: Path | str) -> SparseAutoencoder:
+def load_sae(path: Path | str) -> SparseAutoencoder | TiedBiasSAE:
     return sae_from_state_dict(_load_state_dict_file(path), source=str(path))
 
 
 def _save(obj: object, path: Path | str) -> None:
-    with atomic_path(path) as tmp:
+    # keep_name: torch.save names the zip's records after the file it writes ("perfect_mlp/data.pkl", as in
+    # upstream's files); written under a random temporary name, that name would make every run's bytes differ.
+    with atomic_path(path, keep_name=True) as tmp:
         torch.save(obj, tmp)
 
 
@@ -174,7 +236,7 @@ def save_mlp(model: InterpretabilityMLP, path: Path | str) -> None:
     _save(mlp_to_state_dict(model), path)
 
 
-def save_sae(model: SparseAutoencoder, path: Path | str) -> None:
+def save_sae(model: SparseAutoencoder | TiedBiasSAE, path: Path | str) -> None:
     _save(sae_to_state_dict(model), path)
 
 
@@ -192,6 +254,8 @@ def load_activations(path: Path | str, width: int = LAYER2_WIDTH) -> np.ndarray:
         raise UserError(f"{path}: activations have shape {tuple(obj.shape)}, expected (N, {width}) with N >= 1")
     if obj.dtype != torch.float32:
         raise UserError(f"{path}: activations have dtype {obj.dtype}, expected torch.float32")
+    if obj.layout != torch.strided or obj.is_meta:
+        raise UserError(f"{path}: activations are a {'meta' if obj.is_meta else obj.layout} tensor, expected a dense tensor with data")
     array = obj.numpy()
     if not np.all(np.isfinite(array)):
         raise UserError(f"{path}: activations contain NaN or infinite values")

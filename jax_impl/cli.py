@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from jax_impl.config import RunConfig, flag_name
+from jax_impl.config import RECIPES, RunConfig, flag_name, strong_recipe
 from jax_impl.errors import UserError
 
 DEFAULT_RUN_DIR = Path("runs/default")
@@ -21,29 +21,32 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig()
     group = parser.add_argument_group("configuration (defaults: the seed recipes)")
     group.add_argument("--seed", type=int, default=defaults.seed, help=f"PRNG seed (default {defaults.seed})")
+    group.add_argument("--recipe", choices=RECIPES, default=defaults.recipe,
+                       help="defaults for the flags below: the seed's, or the strong recipe's "
+                       "(online-data MLP, TopK SAE; docs/strong_recipe.md) (default seed)")
     for section in _CONFIG_SECTIONS:
         for f in dataclasses.fields(getattr(defaults, section)):
             default = getattr(getattr(defaults, section), f.name)
             systematic = f"--{section}-{f.name}".replace("_", "-")
             names = dict.fromkeys([flag_name(section, f.name), systematic])  # alias first, no duplicates
+            # default None: a flag not given takes the value of the chosen --recipe
             group.add_argument(
-                *names, dest=f"{section}.{f.name}", type=type(default), default=default,
+                *names, dest=f"{section}.{f.name}", type=type(default), default=None,
                 metavar=type(default).__name__.upper(), help=f"default {default}",
             )
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
-    defaults = RunConfig()
+    defaults = strong_recipe() if args.recipe == "strong" else RunConfig()
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    sections = {
-        section: dataclasses.replace(
-            getattr(defaults, section),
-            **{f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(getattr(defaults, section))},
+    sections = {}
+    for section in _CONFIG_SECTIONS:
+        given = {f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(getattr(defaults, section))}
+        sections[section] = dataclasses.replace(
+            getattr(defaults, section), **{name: value for name, value in given.items() if value is not None}
         )
-        for section in _CONFIG_SECTIONS
-    }
-    return RunConfig(seed=args.seed, **sections).validate()
+    return RunConfig(seed=args.seed, recipe=defaults.recipe, **sections).validate()
 
 
 def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
@@ -60,9 +63,10 @@ def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)  # a bad flag is reported before the slow imports (jax, torch)
     from jax_impl.pipeline import run_pipeline
 
-    run_pipeline(_config_from_args(args), args.run_dir, resume=args.resume)
+    run_pipeline(config, args.run_dir, resume=args.resume)
     return 0
 
 
@@ -78,23 +82,18 @@ def _run_config(run_dir: Path) -> RunConfig:
 def cmd_probe(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from jax_impl import analysis, bridge
-    from jax_impl.pipeline import MLP_PATH, SAE_PATH, probe_inputs
-    from jax_impl.task import TaskShape, first_invalid_input, read_split
+    from jax_impl.pipeline import Run, probe_inputs, probe_text
+    from jax_impl.task import first_invalid_input
 
-    config = _run_config(args.run_dir)
-    shape = TaskShape(config.data.x_dim, config.data.y_dim)
-    mlp = bridge.load_mlp(args.run_dir / MLP_PATH)
-    sae = bridge.load_sae(args.run_dir / SAE_PATH)
+    run = Run(args.run_dir, _run_config(args.run_dir))
     if args.input:
-        rows = np.asarray([_parse_input_row(t, "--input", shape.input_dim) for t in args.input])
-        invalid = first_invalid_input(rows, shape)
+        rows = np.asarray([_parse_input_row(t, "--input", run.shape.input_dim) for t in args.input])
+        invalid = first_invalid_input(rows, run.shape)
         if invalid:
             raise UserError(f"--input {args.input[invalid[0]]!r}: {invalid[1]}")
     else:
-        rows = probe_inputs(shape, read_split(args.run_dir / "dataset" / "mlp_test.xlsx", shape))
-    for row in rows:
-        print(analysis.format_probe(analysis.probe(mlp, sae, row, shape)))
+        rows = probe_inputs(run.shape, run.splits["test"])
+    print(probe_text(run, rows))
     return 0
 
 
@@ -113,6 +112,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     sae = bridge.load_sae(args.sae) if args.sae else None
     split = read_split(args.data, shape)
     metrics = analysis.evaluate(mlp, split, sae)
+    if sae is not None:
+        from jax_impl.atlas import model_splice_metrics
+
+        metrics.update(model_splice_metrics(mlp, sae, split))
     if args.predictions:
         prediction, _ = analysis.mlp_forward(mlp, split.inputs)
         with atomic_path(args.predictions) as tmp:
@@ -141,11 +144,45 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if all(row.ok for row in rows) else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from jax_impl.pipeline import Run, stage_reports
+
+    stage_reports(Run(args.run_dir, _run_config(args.run_dir)))
+    return 0
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from jax_impl import atlas
+    from jax_impl.pipeline import Run
+    from jax_impl.task import SPLITS
+
+    if not 0 < args.min_f1 <= 1 or args.steer_scale <= 0:
+        raise UserError(f"--min-f1 must be in (0, 1] and --steer-scale positive, got {args.min_f1} and {args.steer_scale}")
+    run = Run(args.run_dir, _run_config(args.run_dir))
+    names = SPLITS if args.split == "all" else (args.split,)
+    doc = atlas.atlas_from_models(
+        run.mlp, run.sae, run.rows(names), run.shape,
+        source=f"{args.run_dir} ({args.split} split{'s' if args.split == 'all' else ''})",
+        min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
+    )
+    print(atlas.format_summary(doc))
+    for path in atlas.write_atlas(doc, args.run_dir):
+        print(f"Saved {path}")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no multi-line usage block), exit code 2 as usual."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="monosem",
         description="Train the pointer-task MLP in JAX, decompose its hidden layer with a sparse autoencoder, "
         "and write PyTorch-compatible artifacts.",
@@ -182,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="compare a run's models in JAX and PyTorch on all its rows (exit 1 if off)")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
     p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("report", help="write the circuit trace workbook and the three offline HTML reports")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("atlas", help="label every SAE feature with a task concept, test the labels causally, "
+                       "write feature_atlas.html/.json")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all", help="rows to use (default all)")
+    p.add_argument("--min-f1", type=float, default=0.7, help="best-concept F1 for a monosemantic feature (default 0.7)")
+    p.add_argument("--min-gain", type=float, default=0.5, help="steering gain for a causally consistent label (default 0.5)")
+    p.add_argument("--steer-scale", type=float, default=1.0,
+                   help="clamp value in units of the feature's mean activation on its concept (default 1)")
+    p.set_defaults(func=cmd_atlas)
     return parser
 
 
@@ -193,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"monosem: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path given cannot be used: a file where a folder goes, no permission, disk full
+        if args.debug:
+            traceback.print_exc()
+        names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
+        print(f"monosem: error: {names + ': ' if names else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("monosem: interrupted", file=sys.stderr)

@@ -13,6 +13,10 @@ from typing import Any
 
 from jax_impl.errors import UserError
 
+RECIPES = ("seed", "strong")  # see strong_recipe() and docs/strong_recipe.md
+MLP_DATA = ("split", "online")  # train on the fixed split (seed) or on fresh rows every step (jax_impl.online)
+SAE_VARIANTS = ("relu-l1", "topk", "anthropic")  # jax_impl.sae_variants
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -33,6 +37,7 @@ class MLPConfig:
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     log_every: int = 50
+    data: str = "split"  # one of MLP_DATA
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,16 @@ class SAEConfig:
     l1_coeff: float = 1e-4
     dict_size: int = 2048
     log_every: int = 10
+    variant: str = "relu-l1"  # one of SAE_VARIANTS
+    k: int = 32  # topk: features kept per row
+    aux_coeff: float = 1 / 32  # topk: weight of the AuxK loss for dead latents (Gao et al.)
+    resample_every: int = 25  # anthropic: epochs between resamplings of dead features
 
 
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
+    recipe: str = "seed"  # which defaults the other fields started from (one of RECIPES)
     data: DataConfig = field(default_factory=DataConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
@@ -59,6 +69,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return cls(
             seed=d["seed"],
+            recipe=d.get("recipe", "seed"),  # manifests written before the strong recipe existed
             data=DataConfig(**d["data"]),
             mlp=MLPConfig(**d["mlp"]),
             sae=SAEConfig(**d["sae"]),
@@ -69,6 +80,8 @@ class RunConfig:
         for section in ("data", "mlp", "sae"):
             for f in dataclasses.fields(getattr(self, section)):
                 value = getattr(getattr(self, section), f.name)
+                if isinstance(value, str):
+                    continue  # the choices are checked below
                 if value <= 0:
                     raise UserError(f"{flag_name(section, f.name)} must be positive, got {value}")
         d, m, s = self.data, self.mlp, self.sae
@@ -86,7 +99,24 @@ class RunConfig:
             )
         if not 0 < m.pct_start < 1:
             raise UserError(f"--mlp-pct-start must be in (0, 1), got {m.pct_start}")
+        for flag, value, choices in (
+            ("--recipe", self.recipe, RECIPES), ("--mlp-data", m.data, MLP_DATA), ("--sae-variant", s.variant, SAE_VARIANTS)
+        ):
+            if value not in choices:
+                raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        if s.variant == "topk" and s.k > s.dict_size:
+            raise UserError(f"--sae-k {s.k} is larger than the dictionary (--dict-size {s.dict_size})")
         return self
+
+
+def strong_recipe() -> RunConfig:
+    """The `--recipe strong` defaults: online-data MLP, TopK SAE (chosen by scripts/sweep_strong.py;
+    measurements in docs/strong_recipe.md)."""
+    return RunConfig(
+        recipe="strong",
+        mlp=MLPConfig(data="online", batch_size=512, epochs=500),
+        sae=SAEConfig(variant="topk", dict_size=128, k=32, epochs=100),
+    )
 
 
 # Short flag names from the seed/issue, kept beside the systematic ones.

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +26,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_impl import analysis, bridge
+from jax_impl import analysis, atlas, bridge, reports
 from jax_impl.atomic import write_json_atomic, write_text_atomic
 from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
 from jax_impl.harvest import harvest_activations
 from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
-from jax_impl.task import SPLITS, Split, TaskShape, generate_splits, read_split, split_filename, write_split
+from jax_impl.online import fit_mlp_online
+from jax_impl.sae_variants import TiedBiasSAE, fit_variant, make_sae
+from jax_impl.task import SPLITS, Split, TaskShape, concat_splits, generate_splits, read_split, split_filename, write_split
 from jax_impl.train import fit_mlp, fit_sae
 
 Log = Callable[[str], None]
@@ -73,6 +76,10 @@ class Run:
     def splits(self) -> dict[str, Split]:
         return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
 
+    def rows(self, names: tuple[str, ...] = SPLITS) -> Split:
+        """The rows of the named splits (by default train + val + test, 10,000 rows), in that order."""
+        return concat_splits([self.splits[s] for s in names])
+
     @cached_property
     def mlp(self) -> InterpretabilityMLP:
         return bridge.load_mlp(self.run_dir / MLP_PATH)
@@ -82,7 +89,7 @@ class Run:
         return bridge.load_activations(self.run_dir / ACTIVATIONS_PATH)
 
     @cached_property
-    def sae(self) -> SparseAutoencoder:
+    def sae(self) -> SparseAutoencoder | TiedBiasSAE:
         return bridge.load_sae(self.run_dir / SAE_PATH)
 
 
@@ -104,10 +111,16 @@ def stage_data(run: Run) -> dict:
 def stage_mlp(run: Run) -> dict:
     train, val, test = (run.splits[s] for s in SPLITS)
     model = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(run.key(_KEY_MLP_INIT)))
-    result = fit_mlp(
-        model, train.inputs, train.targets, run.config.mlp,
-        key=run.key(_KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
-    )
+    if run.config.mlp.data == "online":  # fresh rows every step; the train split is only harvested
+        result = fit_mlp_online(
+            model, run.config.mlp, run.shape, n_train=len(train),
+            key=run.key(_KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
+        )
+    else:
+        result = fit_mlp(
+            model, train.inputs, train.targets, run.config.mlp,
+            key=run.key(_KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
+        )
     bridge.save_mlp(result.model, run.run_dir / MLP_PATH)
     run.mlp = result.model
     return {s: analysis.evaluate(result.model, run.splits[s]) for s in SPLITS} | {
@@ -126,11 +139,20 @@ def stage_harvest(run: Run) -> dict:
 def stage_sae(run: Run) -> dict:
     cfg = run.config.sae
     run.log(f"Loaded activations: {list(run.activations.shape)}")
-    sae = SparseAutoencoder(run.activations.shape[1], cfg.dict_size, rngs=nnx.Rngs(run.key(_KEY_SAE_INIT)))
-    result = fit_sae(sae, run.activations, cfg, key=run.key(_KEY_SAE_SHUFFLE), log=run.log)
+    rngs = nnx.Rngs(run.key(_KEY_SAE_INIT))
+    if cfg.variant == "relu-l1":
+        sae = SparseAutoencoder(run.activations.shape[1], cfg.dict_size, rngs=rngs)
+        result = fit_sae(sae, run.activations, cfg, key=run.key(_KEY_SAE_SHUFFLE), log=run.log)
+    else:
+        sae = make_sae(cfg.variant, run.activations.shape[1], cfg, rngs=rngs)
+        result = fit_variant(sae, run.activations, cfg, key=run.key(_KEY_SAE_SHUFFLE), log=run.log)
     bridge.save_sae(result.model, run.run_dir / SAE_PATH)
     run.sae = result.model
-    return {"final_loss": float(result.epoch_losses[-1]), "test": analysis.evaluate(run.mlp, run.splits["test"], result.model)}
+    return {
+        "variant": cfg.variant,
+        "final_loss": float(result.epoch_losses[-1]),
+        "test": analysis.evaluate(run.mlp, run.splits["test"], result.model),
+    }
 
 
 def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
@@ -140,12 +162,39 @@ def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
     return test.inputs[:5]
 
 
+def stage_atlas(run: Run) -> dict:
+    """Label every SAE feature on all rows and test the labels causally (a few seconds)."""
+    rows = run.rows()
+    doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source=f"{run.run_dir} (all splits)")
+    atlas.write_atlas(doc, run.run_dir)
+    run.log(atlas.format_summary(doc))
+    return {"metrics": doc["metrics"], "summary": doc["summary"]}
+
+
+def probe_text(run: Run, rows: np.ndarray) -> str:
+    """The seed's probe report for each input row (D,), with the atlas's concept labels when it exists."""
+    atlas_json = run.run_dir / atlas.ATLAS_JSON
+    labels = atlas.feature_labels(atlas_json) if atlas_json.exists() else None
+    return "\n".join(analysis.format_probe(analysis.probe(run.mlp, run.sae, row, run.shape), labels) for row in rows)
+
+
 def stage_probe(run: Run) -> dict:
-    reports = [analysis.probe(run.mlp, run.sae, row, run.shape) for row in probe_inputs(run.shape, run.splits["test"])]
-    text = "\n".join(analysis.format_probe(r) for r in reports)
+    text = probe_text(run, probe_inputs(run.shape, run.splits["test"]))
     run.log(text)
     write_text_atomic(run.run_dir / PROBE_PATH, text + "\n")
-    return {"active_features": [r.active_count for r in reports]}
+    return {}
+
+
+def stage_reports(run: Run) -> dict:
+    """The circuit trace workbook and the three HTML reports, over the train + val + test rows."""
+    rows = run.rows()
+    predictions, layer2 = analysis.mlp_forward(run.mlp, rows.inputs)
+    _, features = analysis.sae_forward(run.sae, layer2)
+    paths = reports.write_reports(
+        run.run_dir, rows.inputs, rows.targets, predictions, layer2, features,
+        x_dim=run.shape.x_dim, y_dim=run.shape.y_dim, log=run.log,
+    )
+    return {"rows": len(rows), "files": [str(p.relative_to(run.run_dir)) for p in paths.values()]}
 
 
 def stage_export(run: Run) -> dict:
@@ -166,7 +215,9 @@ STAGES: list[Stage] = [
     Stage("mlp", "Training MLP", stage_mlp, (MLP_PATH,)),
     Stage("harvest", "Harvesting Activations", stage_harvest, (ACTIVATIONS_PATH,)),
     Stage("sae", "Training Sparse Autoencoder (SAE)", stage_sae, (SAE_PATH,)),
+    Stage("atlas", "Building Feature Atlas", stage_atlas, (Path(atlas.ATLAS_JSON), Path(atlas.ATLAS_HTML))),
     Stage("probe", "Running Feature Probe", stage_probe, (PROBE_PATH,)),
+    Stage("reports", "Generating Feature Reports", stage_reports, tuple(Path(f) for f in reports.REPORT_FILES.values())),
     Stage("export", "Exporting TorchScript and torch.export programs", stage_export, tuple(EXPORT_FILES.values())),
 ]
 
@@ -194,9 +245,25 @@ def read_manifest(run_dir: Path) -> dict | None:
         raise UserError(f"{path}: not a readable manifest ({e}); remove it to start the run over") from None
 
 
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the `.NAME.<random>.tmp` files/folders (jax_impl.atomic) a killed process left in `run_dir`.
+
+    Only called while holding the run directory's lock, so no live writer owns them. Returns what was removed.
+    """
+    stale = sorted(run_dir.rglob(".*.tmp"), reverse=True)  # deepest first
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Refuse a second process in the same run directory. flock is released by the kernel even on SIGKILL."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: is a file; --run-dir must be a folder (new or from an earlier run)")
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -271,6 +338,7 @@ def run_pipeline(config: RunConfig, run_dir: Path | str, *, resume: bool = False
     run_dir = Path(run_dir)
     started = datetime.now()
     with run_dir_lock(run_dir):
+        remove_stale_temporaries(run_dir)
         previous = read_manifest(run_dir)
         done = _completed_stages(previous, config, run_dir, resume)
         manifest = {

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree.ElementTree import ParseError
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+def concat_splits(splits: list[Split]) -> Split:
+    """The rows of several splits, in order, as one Split."""
+    return Split(np.concatenate([s.inputs for s in splits]), np.concatenate([s.targets for s in splits]))
 
 
 def split_filename(split: str) -> str:
@@ -169,8 +176,8 @@ def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
         raise UserError(f"{path}: file not found (expected an .xlsx split with columns {INPUT_COLUMN}, {TARGET_COLUMN})")
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as e:
-        raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__})") from None
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ParseError, zlib.error) as e:
+        raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__}: {str(e).strip()[:100]})") from None
     try:
         rows = wb.worksheets[0].iter_rows(values_only=True)
         header = next(rows, None)
@@ -192,6 +199,9 @@ def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
             inputs.append(x)
             targets.append(t)
             row_numbers.append(row_number)
+    except (ParseError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+        # the sheet is read lazily: a damaged or hostile (entity-expanding) sheet XML surfaces here
+        raise UserError(f"{path}: not a readable .xlsx workbook (its sheet is damaged: {e.__class__.__name__}: {str(e).strip()[:100]})") from None
     finally:
         wb.close()
     if not inputs:

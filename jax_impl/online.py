@@ -1,0 +1,97 @@
+"""Online-data MLP training: fresh task rows for every optimizer step, drawn on device inside the scan.
+
+The seed recipe cycles 500 times over one 8,000-row split and overfits it (train MSE 0.02, test 0.09-0.13).
+The task has 16 * 10**8 possible inputs, so there is no reason to reuse rows: here every step draws its
+own batch with `task.sample_pointer_task`, inside the jitted `lax.scan` of the epoch, so no data crosses
+from the host. The fixed splits stay what they were for: validation during training, harvest and evaluation.
+
+An "epoch" keeps the seed's meaning of "as many rows as the training split": ceil(n_train / batch_size)
+steps, so `--mlp-epochs`, the OneCycle schedule and the `Epoch 50 | Val MSE` log keep their meaning.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jax_impl.config import MLPConfig
+from jax_impl.errors import TrainingDiverged
+from jax_impl.models import InterpretabilityMLP
+from jax_impl.task import TaskShape, sample_pointer_task
+from jax_impl.train import Log, TrainResult, evaluation_mse, mlp_loss, mlp_optimizer, steps_per_epoch
+
+
+def _make_online_epoch_fn(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, batch_size: int, n_steps: int, shape: TaskShape
+):
+    """A jitted `epoch(carry, key) -> (carry, step_losses (n_steps,))`; carry = (params, rest, opt_state)."""
+
+    def step(carry, step_key):
+        params, rest, opt_state = carry
+        inputs, targets = sample_pointer_task(step_key, batch_size, shape)
+        x = inputs.astype(jnp.float32)
+        y = targets.astype(jnp.float32)[:, None]  # (B, 1): a (B,) target would broadcast to (B, B)
+
+        def loss_of(p, r):
+            model = nnx.merge(graphdef, p, r, copy=True)  # fresh Variables, so BatchNorm may update
+            return mlp_loss(model, x, y), nnx.state(model, nnx.Not(nnx.Param))
+
+        (loss, rest), grads = jax.value_and_grad(loss_of, has_aux=True)(params, rest)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), rest, opt_state), loss
+
+    @partial(jax.jit, donate_argnums=0)
+    def epoch(carry, key):
+        return jax.lax.scan(step, carry, jax.random.split(key, n_steps))
+
+    return epoch
+
+
+def fit_mlp_online(
+    model: InterpretabilityMLP,
+    cfg: MLPConfig,
+    shape: TaskShape,
+    *,
+    n_train: int,
+    key: jax.Array,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    log: Log = print,
+) -> TrainResult:
+    """Train the MLP on fresh rows: AdamW + OneCycle as the seed recipe, `cfg.epochs` epochs of
+    ceil(n_train / cfg.batch_size) steps of `cfg.batch_size` new rows each (drawn from `key`).
+
+    Logs `Epoch 50 | Val MSE: 0.000123` every `cfg.log_every` epochs when `val` (inputs (N, D), targets (N,))
+    is given. Returns the trained model in eval mode; `step_losses` is (epochs, steps_per_epoch).
+    """
+    n_steps = steps_per_epoch(n_train, cfg.batch_size)
+    tx = mlp_optimizer(cfg, cfg.epochs * n_steps)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # The epoch donates its carry; copy so the caller's model keeps its (initial) weights.
+    params, rest = jax.tree.map(jnp.copy, (params, rest))
+    carry = (params, rest, tx.init(params))
+    epoch_fn = _make_online_epoch_fn(graphdef, tx, cfg.batch_size, n_steps, shape)
+
+    all_losses, log_lines = [], []
+    for e in range(cfg.epochs):
+        carry, losses = epoch_fn(carry, jax.random.fold_in(key, e))
+        losses = np.asarray(losses)  # the one host sync of the epoch
+        if not np.all(np.isfinite(losses)):
+            step = int(np.flatnonzero(~np.isfinite(losses))[0])
+            raise TrainingDiverged(
+                f"MLP training diverged at epoch {e + 1}, step {step + 1} (loss {losses[step]}); "
+                "no weights were written. Try a smaller learning rate."
+            )
+        all_losses.append(losses)
+        if val is not None and (e + 1) % cfg.log_every == 0:
+            line = f"Epoch {e + 1} | Val MSE: {evaluation_mse(nnx.merge(graphdef, carry[0], carry[1]), *val):.6f}"
+            log(line)
+            log_lines.append(line)
+    model = nnx.merge(graphdef, carry[0], carry[1])
+    model.eval()
+    return TrainResult(model=model, step_losses=np.stack(all_losses), log_lines=log_lines)
