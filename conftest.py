@@ -16,6 +16,17 @@ TINY_RUN_ARGS = [
 ]
 
 
+def xlsx_cells(path: Path) -> list[tuple]:
+    """Every cell value of every sheet, row by row (xlsx files differ in bytes by their timestamps)."""
+    import openpyxl
+
+    wb = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return [tuple(row) for ws in wb.worksheets for row in ws.iter_rows(values_only=True)]
+    finally:
+        wb.close()
+
+
 @pytest.fixture(scope="session")
 def upstream() -> Path:
     if not (UPSTREAM / "mlp" / "perfect_mlp.pth").exists():

@@ -25,10 +25,9 @@ import time
 import zipfile
 from pathlib import Path
 
-import openpyxl
 import pytest
 
-from conftest import TINY_RUN_ARGS
+from conftest import TINY_RUN_ARGS, xlsx_cells
 from jax_impl import bridge
 from jax_impl.cli import main
 from jax_impl.pipeline import MANIFEST, STAGES
@@ -74,14 +73,6 @@ def _temporaries(run_dir: Path) -> list[Path]:
     return sorted(run_dir.rglob(".*.tmp"))
 
 
-def _cells(path: Path) -> list[tuple]:
-    wb = openpyxl.load_workbook(path, read_only=True)
-    try:
-        return [tuple(row) for ws in wb.worksheets for row in ws.iter_rows(values_only=True)]
-    finally:
-        wb.close()
-
-
 def _torchscript_content(path: Path) -> dict[str, object]:
     """A TorchScript archive's members, with each generated code file as its sorted lines.
 
@@ -103,7 +94,7 @@ def check_loads_completely(path: Path) -> None:
     if path.suffix == ".xlsx" and path.parent.name == "dataset":
         read_split(path)
     elif path.suffix == ".xlsx":  # a report workbook: every cell of every sheet
-        assert _cells(path), path
+        assert xlsx_cells(path), path
     elif name == "perfect_mlp.pth":
         bridge.load_mlp(path)
     elif name == "sae_model.pth":
@@ -238,7 +229,7 @@ def test_sigkill_in_every_stage_then_resume_matches_an_uninterrupted_run(tiny_ru
     for rel in (rel for stage in STAGES for rel in stage.outputs):
         ours, reference = run_dir / rel, tiny_run / rel
         if rel.suffix == ".xlsx":
-            assert _cells(ours) == _cells(reference), rel
+            assert xlsx_cells(ours) == xlsx_cells(reference), rel
         elif rel.name.endswith(".torchscript.pt"):
             assert _torchscript_content(ours) == _torchscript_content(reference), rel
         elif rel.suffix in {".json", ".html", ".txt"}:  # these may name their run directory

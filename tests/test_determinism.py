@@ -13,24 +13,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import openpyxl
 import pytest
 import torch
 from flax import nnx
 
-from conftest import TINY_RUN_ARGS
+from conftest import TINY_RUN_ARGS, xlsx_cells
 from jax_impl import bridge
 from jax_impl.cli import main
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.task import generate_splits, write_split
-
-
-def _cells(path: Path) -> list[tuple]:
-    wb = openpyxl.load_workbook(path, read_only=True)
-    try:
-        return [tuple(row) for ws in wb.worksheets for row in ws.iter_rows(values_only=True)]
-    finally:
-        wb.close()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def test_torchscript_files_are_byte_identical(tiny_run, second_run):
 
 def test_xlsx_cells_probe_and_metrics_are_identical(tiny_run, second_run):
     for rel in _files(tiny_run, "*.xlsx"):
-        assert _cells(tiny_run / rel) == _cells(second_run / rel), rel
+        assert xlsx_cells(tiny_run / rel) == xlsx_cells(second_run / rel), rel
     assert (tiny_run / "probe.txt").read_bytes() == (second_run / "probe.txt").read_bytes()
     first, second = (json.loads((d / "manifest.json").read_text()) for d in (tiny_run, second_run))
     assert first["config"] == second["config"]
@@ -97,5 +88,5 @@ def test_the_comparison_can_tell_runs_apart(tmp_path):
     write_split(tmp_path / "a.xlsx", a)
     write_split(tmp_path / "b.xlsx", b)
     write_split(tmp_path / "a2.xlsx", generate_splits(jax.random.key(7), sizes)["train"])
-    assert _cells(tmp_path / "a.xlsx") == _cells(tmp_path / "a2.xlsx")
-    assert _cells(tmp_path / "a.xlsx") != _cells(tmp_path / "b.xlsx")
+    assert xlsx_cells(tmp_path / "a.xlsx") == xlsx_cells(tmp_path / "a2.xlsx")
+    assert xlsx_cells(tmp_path / "a.xlsx") != xlsx_cells(tmp_path / "b.xlsx")
