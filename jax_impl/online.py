@@ -20,10 +20,11 @@ import optax
 from flax import nnx
 
 from jax_impl.config import MLPConfig
-from jax_impl.errors import TrainingDiverged
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.task import TaskShape, sample_pointer_task
-from jax_impl.train import Log, TrainResult, evaluation_mse, mlp_loss, mlp_optimizer, steps_per_epoch
+from jax_impl.train import (
+    Log, TrainResult, evaluation_mse, make_train_step, mlp_loss, mlp_optimizer, raise_if_diverged, steps_per_epoch,
+)
 
 
 def _make_online_epoch_fn(
@@ -31,19 +32,12 @@ def _make_online_epoch_fn(
 ):
     """A jitted `epoch(carry, key) -> (carry, step_losses (n_steps,))`; carry = (params, rest, opt_state)."""
 
+    train_step = make_train_step(graphdef, tx, mlp_loss)
+
     def step(carry, step_key):
-        params, rest, opt_state = carry
         inputs, targets = sample_pointer_task(step_key, batch_size, shape)
-        x = inputs.astype(jnp.float32)
-        y = targets.astype(jnp.float32)[:, None]  # (B, 1): a (B,) target would broadcast to (B, B)
-
-        def loss_of(p, r):
-            model = nnx.merge(graphdef, p, r, copy=True)  # fresh Variables, so BatchNorm may update
-            return mlp_loss(model, x, y), nnx.state(model, nnx.Not(nnx.Param))
-
-        (loss, rest), grads = jax.value_and_grad(loss_of, has_aux=True)(params, rest)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), rest, opt_state), loss
+        # (B, 1) targets: a (B,) target would broadcast to (B, B)
+        return train_step(carry, (inputs.astype(jnp.float32), targets.astype(jnp.float32)[:, None]))
 
     @partial(jax.jit, donate_argnums=0)
     def epoch(carry, key):
@@ -81,12 +75,7 @@ def fit_mlp_online(
     for e in range(cfg.epochs):
         carry, losses = epoch_fn(carry, jax.random.fold_in(key, e))
         losses = np.asarray(losses)  # the one host sync of the epoch
-        if not np.all(np.isfinite(losses)):
-            step = int(np.flatnonzero(~np.isfinite(losses))[0])
-            raise TrainingDiverged(
-                f"MLP training diverged at epoch {e + 1}, step {step + 1} (loss {losses[step]}); "
-                "no weights were written. Try a smaller learning rate."
-            )
+        raise_if_diverged(losses, "MLP", e)
         all_losses.append(losses)
         if val is not None and (e + 1) % cfg.log_every == 0:
             line = f"Epoch {e + 1} | Val MSE: {evaluation_mse(nnx.merge(graphdef, carry[0], carry[1]), *val):.6f}"

@@ -32,9 +32,8 @@ import optax
 from flax import nnx
 
 from jax_impl.config import SAEConfig
-from jax_impl.errors import TrainingDiverged
 from jax_impl.models import LAYER2_WIDTH
-from jax_impl.train import Log, TrainResult
+from jax_impl.train import Log, TrainResult, raise_if_diverged
 
 AUX_K_FACTOR = 4  # dead latents AuxK may use per row, in units of k (Gao et al. use 512 with k = 32)
 RESAMPLE_ENCODER_SCALE = 0.2  # Towards Monosemanticity: resampled encoder rows get 0.2 x the mean live norm
@@ -267,12 +266,7 @@ def fit_variant(
         order = jax.random.permutation(epoch_key, x.shape[0])[: n_steps * cfg.batch_size]
         carry, losses = epoch_fn(carry, x, order.reshape(n_steps, cfg.batch_size))
         losses = np.asarray(losses)  # the one host sync of the epoch
-        if not np.all(np.isfinite(losses)):
-            step = int(np.flatnonzero(~np.isfinite(losses))[0])
-            raise TrainingDiverged(
-                f"SAE training diverged at epoch {e + 1}, step {step + 1} (loss {losses[step]}); "
-                "no weights were written. Try a smaller learning rate."
-            )
+        raise_if_diverged(losses, "SAE", e)
         all_losses.append(losses)
         line = None
         if (e + 1) % cfg.log_every == 0:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,7 @@ Log = Callable[[str], None]
 def mlp_loss(model: InterpretabilityMLP, x: jax.Array, y: jax.Array) -> jax.Array:
     """MSE of the prediction. x (B, D) float32, y (B, 1) float32 (not (B,): that would broadcast to (B, B))."""
     prediction, _ = model(x)
-    assert prediction.shape == y.shape, (prediction.shape, y.shape)
+    chex.assert_equal_shape([prediction, y])
     return jnp.mean(jnp.square(prediction - y))
 
 
@@ -94,8 +95,11 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
 _EPOCH_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
-def _make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn, batch_size: int):
-    """A jitted `epoch(carry, arrays, permutation) -> (carry, step_losses)`; carry = (params, rest, opt_state)."""
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn):
+    """One optimizer step `step(carry, batch) -> (carry, loss)`, traceable inside a scan.
+
+    carry = (params, rest, opt_state) from `nnx.split(model, nnx.Param, ...)`; `loss_fn(model, *batch)`.
+    """
 
     def step(carry, batch):
         params, rest, opt_state = carry
@@ -109,6 +113,23 @@ def _make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, los
         (loss, rest), grads = jax.value_and_grad(loss_of, has_aux=True)(params, rest)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), rest, opt_state), loss
+
+    return step
+
+
+def raise_if_diverged(losses: np.ndarray, stage: str, epoch: int) -> None:
+    """Stop on the first NaN/inf loss of an epoch (losses (steps,)), naming stage, epoch and step (1-based)."""
+    if not np.all(np.isfinite(losses)):
+        step = int(np.flatnonzero(~np.isfinite(losses))[0])
+        raise TrainingDiverged(
+            f"{stage} training diverged at epoch {epoch + 1}, step {step + 1} (loss {losses[step]}); "
+            "no weights were written. Try a smaller learning rate."
+        )
+
+
+def _make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn, batch_size: int):
+    """A jitted `epoch(carry, arrays, permutation) -> (carry, step_losses)`; carry = (params, rest, opt_state)."""
+    step = make_train_step(graphdef, tx, loss_fn)
 
     @partial(jax.jit, donate_argnums=0, compiler_options=_EPOCH_COMPILER_OPTIONS)
     def epoch(carry, arrays, permutation):
@@ -165,12 +186,7 @@ def _fit(
         started = time.perf_counter()
         carry, losses = epoch_fn(carry, arrays, permutation_of(e))
         losses = np.asarray(losses)  # the one host sync of the epoch
-        if not np.all(np.isfinite(losses)):
-            step = int(np.flatnonzero(~np.isfinite(losses))[0])
-            raise TrainingDiverged(
-                f"{stage} training diverged at epoch {e + 1}, step {step + 1} (loss {losses[step]}); "
-                "no weights were written. Try a smaller learning rate."
-            )
+        raise_if_diverged(losses, stage, e)
         all_losses.append(losses)
         bar.set_postfix(loss=f"{losses.mean():.6f}")
         current = nnx.merge(graphdef, carry[0], carry[1])
