@@ -1,6 +1,6 @@
 """`monosem run`: the seed's pipeline as named stages over one run directory.
 
-data -> mlp -> harvest -> sae -> probe (-> reports -> export, when those modules are present).
+data -> mlp -> harvest -> sae -> atlas -> probe -> reports -> export (`STAGES`).
 Every stage writes its artifacts atomically and then records itself in `manifest.json`, so a killed
 run leaves only complete files and `--resume` restarts at the first stage not recorded.
 """
