@@ -422,8 +422,8 @@ def run_benchmark(plan: Plan, log: Callable[[str], None]) -> dict:
         probe_rows = np.asarray(analysis.SEED_PROBE_INPUTS)
         jax_probe, torch_probe_s = Samples(), Samples()
         for _ in range(plan.reps + 1):
-            elapsed, _ = timed(lambda: [analysis.format_probe(analysis.probe(trained["mlp"], trained["sae"], row, shape))
-                                        for row in probe_rows])
+            elapsed, _ = timed(lambda: [analysis.format_probe(report)
+                                        for report in analysis.probe(trained["mlp"], trained["sae"], probe_rows, shape)])
             jax_probe.values.append(elapsed)
             elapsed, _ = timed(lambda: torch_probe(trained["torch_mlp"], trained["torch_sae"], probe_rows))
             torch_probe_s.values.append(elapsed)

@@ -103,21 +103,36 @@ class ProbeReport:
     top_features: tuple[tuple[int, float], ...]  # (feature id, activation), strongest first
 
 
-def probe(model: InterpretabilityMLP, sae: SparseAutoencoder, inputs: np.ndarray, shape: TaskShape = TaskShape()) -> ProbeReport:
-    """Which SAE features fire on one input row (D,)."""
-    row = np.asarray(inputs).reshape(1, -1)
-    prediction, layer2 = mlp_forward(model, row)
-    _, features = sae_forward(sae, layer2)
-    f = features[0]
-    active = np.flatnonzero(f > PROBE_THRESHOLD)
-    order = active[np.argsort(-f[active], kind="stable")][:PROBE_TOP]
-    return ProbeReport(
-        inputs=tuple(int(v) for v in row[0]),
-        expected=float(pointer_targets(row, shape)[0]),
-        prediction=float(prediction[0]),
-        active_count=int(active.size),
-        top_features=tuple((int(i), float(f[i])) for i in order),
-    )
+@jax.jit
+def _probe_forward(model: InterpretabilityMLP, sae: SparseAutoencoder, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    prediction, layer2 = model(x)
+    _, features = sae(layer2)
+    return prediction[:, 0], features
+
+
+def probe(
+    model: InterpretabilityMLP, sae: SparseAutoencoder, inputs: np.ndarray, shape: TaskShape = TaskShape()
+) -> list[ProbeReport]:
+    """Which SAE features fire on each input row. inputs (N, D) or one row (D,); one report per row.
+
+    One jitted call for all rows: per-row dispatch of two forwards cost more than the forwards themselves.
+    """
+    rows = np.asarray(inputs).reshape(-1, shape.input_dim)
+    model.eval()
+    predictions, features = (np.asarray(a) for a in _probe_forward(model, sae, jnp.asarray(rows, jnp.float32)))
+    expected = pointer_targets(rows, shape)
+    reports = []
+    for row, target, prediction, f in zip(rows, expected, predictions, features):
+        active = np.flatnonzero(f > PROBE_THRESHOLD)
+        order = active[np.argsort(-f[active], kind="stable")][:PROBE_TOP]
+        reports.append(ProbeReport(
+            inputs=tuple(int(v) for v in row),
+            expected=float(target),
+            prediction=float(prediction),
+            active_count=int(active.size),
+            top_features=tuple((int(i), float(f[i])) for i in order),
+        ))
+    return reports
 
 
 def format_probe(report: ProbeReport, labels: dict[int, str] | None = None) -> str:

@@ -172,10 +172,10 @@ def stage_atlas(run: Run) -> dict:
 
 
 def probe_text(run: Run, rows: np.ndarray) -> str:
-    """The seed's probe report for each input row (D,), with the atlas's concept labels when it exists."""
+    """The seed's probe report for each input row of rows (N, D), with the atlas's concept labels when it exists."""
     atlas_json = run.run_dir / atlas.ATLAS_JSON
     labels = atlas.feature_labels(atlas_json) if atlas_json.exists() else None
-    return "\n".join(analysis.format_probe(analysis.probe(run.mlp, run.sae, row, run.shape), labels) for row in rows)
+    return "\n".join(analysis.format_probe(report, labels) for report in analysis.probe(run.mlp, run.sae, rows, run.shape))
 
 
 def stage_probe(run: Run) -> dict:
