@@ -16,6 +16,7 @@ import math
 import zipfile
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from xml.etree.ElementTree import ParseError
 
@@ -90,13 +91,28 @@ def sample_pointer_task(key: jax.Array, n: int, shape: TaskShape = TaskShape()) 
     return inputs, pointer_targets(inputs, shape)
 
 
+# This program runs once per pipeline, on 10,000 rows: XLA's compile time is most of its cost, and LLVM's
+# optimisations double it. It is integer arithmetic only, so the rows are bit-identical at any level.
+_GENERATOR_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3), compiler_options=_GENERATOR_COMPILER_OPTIONS)
+def _sample_splits(key: jax.Array, count: int, n: int, shape: TaskShape) -> tuple[jax.Array, jax.Array]:
+    """`sample_pointer_task(fold_in(key, i), n)` for i < count: inputs (count, n, D), targets (count, n) int32."""
+    return jax.vmap(lambda i: sample_pointer_task(jax.random.fold_in(key, i), n, shape))(jnp.arange(count))
+
+
 def generate_splits(key: jax.Array, sizes: dict[str, int], shape: TaskShape = TaskShape()) -> dict[str, Split]:
-    """Independent splits drawn from one key, in the order of `sizes`."""
-    out = {}
-    for i, (name, n) in enumerate(sizes.items()):
-        inputs, targets = sample_pointer_task(jax.random.fold_in(key, i), n, shape)
-        out[name] = Split(np.asarray(inputs, np.int32), np.asarray(targets, np.float32))
-    return out
+    """Independent splits drawn from one key, in the order of `sizes`: split i is `sample_pointer_task(fold_in(key, i))`.
+
+    All splits come from one compiled call at the largest size, cut to each split's size. That is the same
+    as drawing each at its own size (JAX's threefry is partitionable: a row's random bits depend on its
+    index, not on how many rows are drawn) and compiles once instead of once per size, which was most
+    of the data stage's time (tests/test_task.py checks the equality).
+    """
+    inputs, targets = _sample_splits(key, len(sizes), max(sizes.values()), shape)
+    inputs, targets = np.asarray(inputs, np.int32), np.asarray(targets, np.float32)
+    return {name: Split(inputs[i, :n], targets[i, :n]) for i, (name, n) in enumerate(sizes.items())}
 
 
 def write_split(path: Path | str, split: Split) -> None:

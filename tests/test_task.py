@@ -49,6 +49,19 @@ def test_generator_is_seeded():
     assert not np.array_equal(a["train"].inputs[:10], a["val"].inputs)
 
 
+def test_splits_equal_separate_draws_at_their_own_sizes():
+    # generate_splits draws every split at the largest size and cuts it; that must be exactly the split
+    # `sample_pointer_task` gives at the split's own size (a row's bits do not depend on the row count).
+    key = jax.random.key(5)
+    sizes = {"train": 700, "val": 90, "test": 1}
+    splits = generate_splits(key, sizes, TaskShape(6, 3))
+    for i, (name, n) in enumerate(sizes.items()):
+        inputs, targets = sample_pointer_task(jax.random.fold_in(key, i), n, TaskShape(6, 3))
+        np.testing.assert_array_equal(splits[name].inputs, np.asarray(inputs))
+        np.testing.assert_array_equal(splits[name].targets, np.asarray(targets, np.float32))
+        assert splits[name].inputs.dtype == np.int32 and splits[name].targets.dtype == np.float32
+
+
 def test_xlsx_round_trip_and_upstream_loader(tmp_path):
     split = generate_splits(jax.random.key(0), {"train": 300})["train"]
     path = tmp_path / "mlp_train.xlsx"
