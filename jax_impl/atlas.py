@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from scipy.stats import rankdata
 
 from jax_impl import analysis
@@ -231,6 +232,105 @@ def score_features(features: np.ndarray, mask: np.ndarray) -> ConceptScores:
     rank_sum = ranks.T @ mask.astype(np.float64)  # (F, C)
     auroc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
     return ConceptScores(precision, recall, f1, auroc)
+
+
+# --------------------------------------------------------------------------- linear ceiling
+
+
+def best_threshold_f1(scores: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """The highest F1 of "score > threshold" as a detector of mask, over all thresholds.
+
+    scores (N,) float, mask (N,) bool with some positives -> (F1, threshold). Exact: every cut of the
+    rows sorted by score is tried; the threshold is halfway between the last row in and the first out.
+    """
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    tp = np.cumsum(mask[order])  # true positives when the first k+1 rows are called positive
+    f1 = 2 * tp / (np.arange(1, len(scores) + 1) + mask.sum())
+    # A cut can only fall between different scores.
+    f1[:-1][sorted_scores[:-1] == sorted_scores[1:]] = -1.0
+    k = int(np.argmax(f1))
+    below = sorted_scores[k + 1] if k + 1 < len(scores) else sorted_scores[k] - 1.0
+    return float(f1[k]), float((sorted_scores[k] + below) / 2)
+
+
+def _adam_fit(loss, params, steps: int, lr: float):
+    """Minimise loss(params) with full-batch Adam for a fixed number of steps (inside jit)."""
+    tx = optax.adam(lr)
+
+    def step(carry, _):
+        p, state = carry
+        updates, state = tx.update(jax.grad(loss)(p), state)
+        return (optax.apply_updates(p, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+    return params
+
+
+@partial(jax.jit, static_argnames=("steps", "restarts"))
+def _fit_half_spaces(
+    x: jax.Array, y: jax.Array, key: jax.Array, steps: int, restarts: int, lr: float, l2: float
+) -> tuple[jax.Array, jax.Array]:
+    """Half-spaces z = x @ w + b that detect each column of y (N, C) well, `restarts` per concept.
+
+    x (N, D) standardised. Restart 0 is a class-balanced logistic regression; every restart (that one
+    included, from its solution; the others from random directions) then climbs a smooth F1, the mean
+    sigmoid(z) standing in for "z > 0". The random starts matter for band-shaped concepts (|x| < c),
+    where the logistic optimum is the symmetric, useless w = 0. -> w (D, C, R), b (C, R).
+    """
+    n, d = x.shape
+    pos_weight = (1 - y.mean(axis=0)) / y.mean(axis=0)
+
+    def logistic(p):
+        z = x @ p[0] + p[1]
+        per_row = pos_weight * y * jax.nn.softplus(-z) + (1 - y) * jax.nn.softplus(z)
+        return jnp.sum(jnp.mean(per_row, axis=0)) + l2 * jnp.sum(jnp.square(p[0]))
+
+    w0, b0 = _adam_fit(logistic, (jnp.zeros((d, y.shape[1])), jnp.zeros(y.shape[1])), steps, lr)
+    random_w = jax.random.normal(key, (d, y.shape[1], restarts - 1)) / jnp.sqrt(d)
+    w = jnp.concatenate([w0[:, :, None], random_w], axis=2)
+    b = jnp.concatenate([b0[:, None], jnp.zeros((y.shape[1], restarts - 1))], axis=1)
+
+    def negative_soft_f1(p):
+        called = jax.nn.sigmoid(jnp.einsum("nd,dcr->ncr", x, p[0]) + p[1])
+        tp = jnp.einsum("ncr,nc->cr", called, y)
+        return -jnp.sum(2 * tp / (called.sum(axis=0) + y.sum(axis=0)[:, None]))
+
+    return _adam_fit(negative_soft_f1, (w, b), steps, lr)
+
+
+def linear_readout_f1(
+    layer2: np.ndarray, mask: np.ndarray, fit_rows: np.ndarray, *,
+    steps: int = 1000, restarts: int = 8, lr: float = 1e-2, l2: float = 1e-4, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """How well one linear read-out of layer2 can detect each concept: the ceiling on a feature's F1.
+
+    A `relu-l1` or `anthropic` SAE feature is active exactly where an affine function of layer2 is
+    positive, so its F1 for a concept is at most the best F1 of any half-space of layer2. This
+    searches for that half-space (_fit_half_spaces) on the fit_rows and keeps, per concept, the best
+    F1 over the restarts and all thresholds there. It is an estimate from below, not a bound: a search
+    can miss the best half-space. The in-sample F1 errs on the generous side; the same half-space on
+    the held-out rows shows how much of it is overfitting. (A `topk` feature also needs its
+    pre-activation among the row's k largest, which a half-space ignores.)
+
+    layer2 (N, 512) float, mask (N, C) bool, fit_rows (N,) bool (some rows held out; every concept
+    on some fit rows and not all) -> (F1 on the fit rows, F1 on the held-out rows), each (C,) float64.
+    """
+    x = np.asarray(layer2, np.float64)
+    mean, std = x[fit_rows].mean(axis=0), x[fit_rows].std(axis=0) + 1e-6
+    x = ((x - mean) / std).astype(np.float32)
+    w, b = _fit_half_spaces(
+        jnp.asarray(x[fit_rows]), jnp.asarray(mask[fit_rows], jnp.float32), jax.random.key(seed),
+        steps=steps, restarts=restarts, lr=lr, l2=l2,
+    )
+    z = np.asarray(jnp.einsum("nd,dcr->ncr", jnp.asarray(x), w) + b)  # (N, C, R)
+    held = ~fit_rows
+    fit_f1, held_f1 = np.zeros(mask.shape[1]), np.zeros(mask.shape[1])
+    for c in range(mask.shape[1]):
+        (fit_f1[c], threshold), r = max((best_threshold_f1(z[fit_rows, c, r], mask[fit_rows, c]), r) for r in range(restarts))
+        called = z[held, c, r] > threshold
+        held_f1[c] = 2 * np.sum(called & mask[held, c]) / max(called.sum() + mask[held, c].sum(), 1)
+    return fit_f1, held_f1
 
 
 # --------------------------------------------------------------------------- metrics

@@ -109,6 +109,32 @@ def test_scores_match_their_definitions():
             assert s.auroc[i, k] == pytest.approx(auroc)
 
 
+def test_best_threshold_f1_tries_every_cut():
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 6, 60).astype(float)  # ties: a cut may not split equal scores
+    mask = rng.random(60) < 0.4
+    expected = max(
+        2 * np.sum((scores > t) & mask) / (np.sum(scores > t) + mask.sum()) for t in np.unique(scores)[:-1] + 0.5
+    )
+    expected = max(expected, 2 * mask.sum() / (60 + mask.sum()))  # everything called positive
+    f1, threshold = atlas.best_threshold_f1(scores, mask)
+    assert f1 == pytest.approx(expected)
+    called = scores > threshold
+    assert 2 * np.sum(called & mask) / (called.sum() + mask.sum()) == pytest.approx(f1)
+
+
+def test_linear_readout_f1_separates_half_spaces_from_bands():
+    # x0 uniform in (-1, 1). "x0 > 0.2" is a half-space: a read-out detects it perfectly. "|x0| < 0.3" is a
+    # band: the best half-space, x0 > -0.3, calls 65% of rows for a concept on 30%, F1 = 2*0.3/(0.65+0.3) = 0.63.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (6000, 8)).astype(np.float32)
+    mask = np.stack([x[:, 0] > 0.2, np.abs(x[:, 0]) < 0.3], axis=1)
+    fit_rows = np.arange(6000) < 4000
+    fit_f1, held_f1 = atlas.linear_readout_f1(x, mask, fit_rows)
+    assert fit_f1[0] > 0.99 and held_f1[0] > 0.98
+    assert fit_f1[1] == pytest.approx(0.63, abs=0.03) and held_f1[1] == pytest.approx(0.63, abs=0.04)
+
+
 # --- metrics ----------------------------------------------------------------------------------------
 
 
