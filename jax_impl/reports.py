@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
 from plotly.offline import get_plotlyjs
 
-from jax_impl.atomic import atomic_path, write_text_atomic
+from jax_impl import xlsx
+from jax_impl.atomic import write_text_atomic
 
 TRACE_COLUMNS = (
     "sample_id", "idx_combination", "val_combination", "inputs", "indices", "values",
@@ -167,38 +168,6 @@ def _group_sum(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nd
 
 # ---------------------------------------------------------------- workbook
 
-_XLSX_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
-_REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-_PKG_REL_NS = "http://schemas.openxmlformats.org/package/2006/relationships"
-_CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
-# cellXfs: 0 plain (Excel's default), 1 bold centred header, 2 centred, 3 centred "0.0000".
-_CENTRE = '<alignment horizontal="center" vertical="center"/>'
-_FONT = '<sz val="11"/><name val="Calibri"/><family val="2"/>'
-_STYLES = (
-    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<styleSheet xmlns="{_XLSX_NS}">'
-    '<numFmts count="1"><numFmt numFmtId="164" formatCode="0.0000"/></numFmts>'
-    f'<fonts count="2"><font>{_FONT}</font><font><b/>{_FONT}</font></fonts>'
-    '<fills count="2"><fill><patternFill patternType="none"/></fill><fill><patternFill patternType="gray125"/></fill>'
-    '</fills><borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>'
-    '<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>'
-    '<cellXfs count="4"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
-    f'<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1" applyAlignment="1">{_CENTRE}</xf>'
-    f'<xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0" applyAlignment="1">{_CENTRE}</xf>'
-    '<xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1" applyAlignment="1">'
-    f'{_CENTRE}</xf></cellXfs><cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>'
-    "</styleSheet>"
-)
-
-
-def _column_letter(i: int) -> str:
-    """0-based column index -> Excel letters (0 -> A, 26 -> AA)."""
-    letters = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        letters = chr(65 + r) + letters
-    return letters
-
 
 def _list_text(values: np.ndarray) -> str:
     return "[" + ", ".join(map(str, values)) + "]"
@@ -210,6 +179,7 @@ def _write_trace_xlsx(path: Path, t: CircuitTrace) -> None:
     openpyxl builds a Python object per cell (1.6M here) and takes tens of seconds; the
     XML is regular, so per sample the six leading and five trailing cells are formatted
     once and only the five per-rank cells per row. Strings go to the shared-string table.
+    Cell styles (`s`) are jax_impl.xlsx's: 1 header, 2 centred, 3 centred "0.0000".
     """
     n, k = t.neuron_id.shape
     strings: dict[str, int] = {}
@@ -269,49 +239,14 @@ def _write_trace_xlsx(path: Path, t: CircuitTrace) -> None:
     cols = "".join(
         f'<col min="{i + 1}" max="{i + 1}" width="{max(w, len(name)) + 2}" customWidth="1"/>'
         for i, (name, w) in enumerate(zip(TRACE_COLUMNS, widths)))
-    last_cell = f"{_column_letter(len(TRACE_COLUMNS) - 1)}{n * k + 1}"
-    sheet_head = (
-        f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<worksheet xmlns="{_XLSX_NS}" '
-        f'xmlns:r="{_REL_NS}"><dimension ref="A1:{last_cell}"/><sheetViews><sheetView workbookViewId="0">'
+    last_cell = f"{xlsx.column_letter(len(TRACE_COLUMNS) - 1)}{n * k + 1}"
+    sheet_head = xlsx.sheet_start(
+        f'<dimension ref="A1:{last_cell}"/><sheetViews><sheetView workbookViewId="0">'
         '<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>'
         '<selection pane="bottomLeft" activeCell="A2" sqref="A2"/></sheetView></sheetViews>'
-        f'<sheetFormatPr defaultRowHeight="15"/><cols>{cols}</cols><sheetData>'
+        f'<sheetFormatPr defaultRowHeight="15"/><cols>{cols}</cols>'
     )
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        with zf.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as f:
-            f.write(sheet_head.encode())
-            for chunk in sheet_rows():
-                f.write(chunk.encode())
-            f.write(b"</sheetData></worksheet>")
-        shared = "".join(f"<si><t>{escape(s)}</t></si>" for s in strings)
-        zf.writestr("xl/sharedStrings.xml",
-                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<sst xmlns="{_XLSX_NS}" '
-                    f'count="{len(strings)}" uniqueCount="{len(strings)}">{shared}</sst>')
-        zf.writestr("xl/styles.xml", _STYLES)
-        zf.writestr("xl/workbook.xml",
-                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<workbook xmlns="{_XLSX_NS}" '
-                    f'xmlns:r="{_REL_NS}"><bookViews><workbookView activeTab="0"/></bookViews>'
-                    '<sheets><sheet name="Detailed Trace" sheetId="1" r:id="rId1"/></sheets></workbook>')
-        zf.writestr("xl/_rels/workbook.xml.rels",
-                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationships xmlns="{_PKG_REL_NS}">'
-                    f'<Relationship Id="rId1" Type="{_REL_NS}/worksheet" Target="worksheets/sheet1.xml"/>'
-                    f'<Relationship Id="rId2" Type="{_REL_NS}/styles" Target="styles.xml"/>'
-                    f'<Relationship Id="rId3" Type="{_REL_NS}/sharedStrings" Target="sharedStrings.xml"/>'
-                    "</Relationships>")
-        zf.writestr("_rels/.rels",
-                    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationships xmlns="{_PKG_REL_NS}">'
-                    f'<Relationship Id="rId1" Type="{_REL_NS}/officeDocument" Target="xl/workbook.xml"/>'
-                    "</Relationships>")
-        zf.writestr("[Content_Types].xml",
-                    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Types xmlns="http://schemas.'
-                    'openxmlformats.org/package/2006/content-types">'
-                    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
-                    '<Default Extension="xml" ContentType="application/xml"/>'
-                    f'<Override PartName="/xl/workbook.xml" ContentType="{_CT}.sheet.main+xml"/>'
-                    f'<Override PartName="/xl/worksheets/sheet1.xml" ContentType="{_CT}.worksheet+xml"/>'
-                    f'<Override PartName="/xl/styles.xml" ContentType="{_CT}.styles+xml"/>'
-                    f'<Override PartName="/xl/sharedStrings.xml" ContentType="{_CT}.sharedStrings+xml"/>'
-                    "</Types>")
+    xlsx.write_workbook(path, "Detailed Trace", chain([sheet_head], sheet_rows(), [xlsx.SHEET_END]), strings)
 
 
 # ---------------------------------------------------------------- pages

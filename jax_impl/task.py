@@ -15,6 +15,7 @@ import json
 import math
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 
-from jax_impl.atomic import atomic_path
+from jax_impl import xlsx
 from jax_impl.errors import UserError
 
 MAX_VALUE = 9
@@ -116,14 +117,16 @@ def generate_splits(key: jax.Array, sizes: dict[str, int], shape: TaskShape = Ta
 
 
 def write_split(path: Path | str, split: Split) -> None:
-    """Write one split in the upstream xlsx format (atomically)."""
-    wb = openpyxl.Workbook(write_only=True)
-    ws = wb.create_sheet("Sheet1")
-    ws.append([INPUT_COLUMN, TARGET_COLUMN])
-    for row, target in zip(split.inputs.tolist(), split.targets.tolist()):
-        ws.append([str(row), str([int(target)])])
-    with atomic_path(path) as tmp:
-        wb.save(tmp)
+    """Write one split in the upstream xlsx format (atomically): sheet `Sheet1`, the header, then per row
+    the two list literals as text, as pandas' `to_excel` writes them."""
+    def rows() -> Iterator[str]:
+        yield xlsx.sheet_start()
+        yield f'<row r="1">{xlsx.text_cell(INPUT_COLUMN)}{xlsx.text_cell(TARGET_COLUMN)}</row>'
+        for r, (row, target) in enumerate(zip(split.inputs.tolist(), split.targets.tolist()), start=2):
+            yield f'<row r="{r}">{xlsx.text_cell(str(row))}{xlsx.text_cell(str([int(target)]))}</row>'
+        yield xlsx.SHEET_END
+
+    xlsx.write_workbook(path, "Sheet1", rows())
 
 
 def _parse_int_list(text: object, path: Path, row: int, column: str, length: int, example: str) -> list[int]:

@@ -76,9 +76,12 @@ def test_xlsx_round_trip_and_upstream_loader(tmp_path):
     y = np.array([ast.literal_eval(v) for v in df["output_list"]], np.float32)
     assert X.shape == (300, 10) and y.shape == (300, 1)
     np.testing.assert_array_equal(X, split.inputs)
-    # Cell text exactly as upstream writes it.
-    ws = openpyxl.load_workbook(path).active
+    # Cell text exactly as upstream writes it, on one sheet named as pandas names it, with nothing else in it.
+    wb = openpyxl.load_workbook(path)
+    assert wb.sheetnames == ["Sheet1"]
+    ws = wb.active
     assert ws["A2"].value == str(split.inputs[0].tolist()) and ws["B2"].value == f"[{int(split.targets[0])}]"
+    assert (ws.max_row, ws.max_column) == (301, 2)
 
 
 @pytest.mark.parametrize("name,rows", [("train", 8000), ("val", 1000), ("test", 1000)])
