@@ -23,7 +23,7 @@ from jax_impl.config import MLPConfig
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.task import TaskShape, sample_pointer_task
 from jax_impl.train import (
-    Log, TrainResult, evaluation_mse, make_train_step, mlp_loss, mlp_optimizer, raise_if_diverged, steps_per_epoch,
+    Log, TrainResult, evaluation_mse, make_train_step, mlp_loss, mlp_optimizer, run_epochs, steps_per_epoch,
 )
 
 
@@ -71,16 +71,17 @@ def fit_mlp_online(
     carry = (params, rest, tx.init(params))
     epoch_fn = _make_online_epoch_fn(graphdef, tx, cfg.batch_size, n_steps, shape)
 
-    all_losses, log_lines = [], []
-    for e in range(cfg.epochs):
+    def run_epoch(e: int) -> jax.Array:
+        nonlocal carry
         carry, losses = epoch_fn(carry, jax.random.fold_in(key, e))
-        losses = np.asarray(losses)  # the one host sync of the epoch
-        raise_if_diverged(losses, "MLP", e)
-        all_losses.append(losses)
-        if val is not None and (e + 1) % cfg.log_every == 0:
-            line = f"Epoch {e + 1} | Val MSE: {evaluation_mse(nnx.merge(graphdef, carry[0], carry[1]), *val):.6f}"
-            log(line)
-            log_lines.append(line)
+        return losses
+
+    def on_epoch_end(e: int, losses: np.ndarray) -> str | None:
+        if val is None or (e + 1) % cfg.log_every:
+            return None
+        return f"Epoch {e + 1} | Val MSE: {evaluation_mse(nnx.merge(graphdef, carry[0], carry[1]), *val):.6f}"
+
+    step_losses, log_lines, epoch_seconds = run_epochs(cfg.epochs, "MLP", run_epoch, on_epoch_end, log)
     model = nnx.merge(graphdef, carry[0], carry[1])
     model.eval()
-    return TrainResult(model=model, step_losses=np.stack(all_losses), log_lines=log_lines)
+    return TrainResult(model=model, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)

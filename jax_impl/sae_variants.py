@@ -33,7 +33,7 @@ from flax import nnx
 
 from jax_impl.config import SAEConfig
 from jax_impl.models import LAYER2_WIDTH
-from jax_impl.train import Log, TrainResult, raise_if_diverged
+from jax_impl.train import Log, TrainResult, run_epochs
 
 AUX_K_FACTOR = 4  # dead latents AuxK may use per row, in units of k (Gao et al. use 512 with k = 32)
 RESAMPLE_ENCODER_SCALE = 0.2  # Towards Monosemanticity: resampled encoder rows get 0.2 x the mean live norm
@@ -260,25 +260,23 @@ def fit_variant(
     carry = (p, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32))
     epoch_fn = _make_epoch_fn(sae, cfg, tx, dead_after=n_steps)  # dead: silent for a whole epoch of batches
 
-    all_losses, log_lines = [], []
-    for e in range(cfg.epochs):
-        epoch_key = jax.random.fold_in(key, e)
-        order = jax.random.permutation(epoch_key, x.shape[0])[: n_steps * cfg.batch_size]
+    def run_epoch(e: int) -> jax.Array:
+        nonlocal carry
+        order = jax.random.permutation(jax.random.fold_in(key, e), x.shape[0])[: n_steps * cfg.batch_size]
         carry, losses = epoch_fn(carry, x, order.reshape(n_steps, cfg.batch_size))
-        losses = np.asarray(losses)  # the one host sync of the epoch
-        raise_if_diverged(losses, "SAE", e)
-        all_losses.append(losses)
-        line = None
-        if (e + 1) % cfg.log_every == 0:
-            line = f"SAE Epoch [{e + 1}/{cfg.epochs}] | Loss: {losses.mean():.6f}"
+        return losses
+
+    def on_epoch_end(e: int, losses: np.ndarray) -> str | None:
+        nonlocal carry
+        line = f"SAE Epoch [{e + 1}/{cfg.epochs}] | Loss: {losses.mean():.6f}" if (e + 1) % cfg.log_every == 0 else None
         # Resample on schedule, but leave the last interval to settle (the paper stops resampling late too).
         if sae.k is None and (e + 1) % cfg.resample_every == 0 and e + 1 + cfg.resample_every <= cfg.epochs:
-            p, opt_state, n = resample_dead(carry[0], carry[1], x, jax.random.fold_in(epoch_key, 1))
+            p, opt_state, n = resample_dead(carry[0], carry[1], x, jax.random.fold_in(jax.random.fold_in(key, e), 1))
             carry = (p, opt_state, carry[2])
             line = f"{line or f'SAE Epoch [{e + 1}/{cfg.epochs}]'} | resampled {n} dead features"
-        if line:
-            log(line)
-            log_lines.append(line)
+        return line
+
+    step_losses, log_lines, epoch_seconds = run_epochs(cfg.epochs, "SAE", run_epoch, on_epoch_end, log)
     trained = nnx.clone(sae)
     trained.set_params(carry[0])
-    return TrainResult(model=trained, step_losses=np.stack(all_losses), log_lines=log_lines)
+    return TrainResult(model=trained, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)

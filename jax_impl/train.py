@@ -178,29 +178,49 @@ def _fit(
     carry = (params, rest, tx.init(params))
     epoch_fn = _make_epoch_fn(graphdef, tx, loss_fn, batch_size)
 
+    def run_epoch(e: int) -> jax.Array:
+        nonlocal carry
+        carry, losses = epoch_fn(carry, arrays, permutation_of(e))
+        return losses
+
+    step_losses, log_lines, epoch_seconds = run_epochs(
+        epochs, stage, run_epoch, lambda e, losses: on_epoch_end(nnx.merge(graphdef, carry[0], carry[1]), e, losses), log
+    )
+    model = nnx.merge(graphdef, carry[0], carry[1])
+    model.eval()
+    return TrainResult(model=model, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)
+
+
+def run_epochs(
+    epochs: int,
+    stage: str,
+    run_epoch: Callable[[int], jax.Array],
+    on_epoch_end: Callable[[int, np.ndarray], str | None],
+    log: Log,
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The host loop of every trainer: run_epoch(e) -> the epoch's step losses (steps,), fetched once.
+
+    Stops on a NaN/inf loss (raise_if_diverged). On a terminal, a progress bar with the running loss and
+    on_epoch_end's lines above it; otherwise just those lines, through `log`.
+    Returns (step losses (epochs, steps), the lines, wall seconds of each epoch (epochs,)).
+    """
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
     bar = tqdm(range(epochs), desc=stage, unit="epoch", disable=not interactive, dynamic_ncols=True)
     emit = tqdm.write if interactive else log
     all_losses, log_lines, epoch_seconds = [], [], []
     for e in bar:
         started = time.perf_counter()
-        carry, losses = epoch_fn(carry, arrays, permutation_of(e))
-        losses = np.asarray(losses)  # the one host sync of the epoch
+        losses = np.asarray(run_epoch(e))  # the one host sync of the epoch
         raise_if_diverged(losses, stage, e)
         all_losses.append(losses)
         bar.set_postfix(loss=f"{losses.mean():.6f}")
-        current = nnx.merge(graphdef, carry[0], carry[1])
-        line = on_epoch_end(current, e, losses)
+        line = on_epoch_end(e, losses)
         if line:
             emit(line)
             log_lines.append(line)
         epoch_seconds.append(time.perf_counter() - started)
     bar.close()
-    model = nnx.merge(graphdef, carry[0], carry[1])
-    model.eval()
-    return TrainResult(
-        model=model, step_losses=np.stack(all_losses), log_lines=log_lines, epoch_seconds=np.asarray(epoch_seconds)
-    )
+    return np.stack(all_losses), log_lines, np.asarray(epoch_seconds)
 
 
 @jax.jit
