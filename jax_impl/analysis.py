@@ -105,6 +105,8 @@ class ProbeReport:
 
 @jax.jit
 def _probe_forward(model: InterpretabilityMLP, sae: SparseAutoencoder, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # eval() here switches the traced copy, once per trace: outside jit it walks the module graph on every call.
+    model.eval()
     prediction, layer2 = model(x)
     _, features = sae(layer2)
     return prediction[:, 0], features
@@ -113,26 +115,27 @@ def _probe_forward(model: InterpretabilityMLP, sae: SparseAutoencoder, x: jax.Ar
 def probe(
     model: InterpretabilityMLP, sae: SparseAutoencoder, inputs: np.ndarray, shape: TaskShape = TaskShape()
 ) -> list[ProbeReport]:
-    """Which SAE features fire on each input row. inputs (N, D) or one row (D,); one report per row.
+    """Which SAE features fire on each input row, with the MLP in eval mode. inputs (N, D) or one row (D,).
 
     One jitted call for all rows: per-row dispatch of two forwards cost more than the forwards themselves.
     """
     rows = np.asarray(inputs).reshape(-1, shape.input_dim)
-    model.eval()
     predictions, features = (np.asarray(a) for a in _probe_forward(model, sae, jnp.asarray(rows, jnp.float32)))
-    expected = pointer_targets(rows, shape)
-    reports = []
-    for row, target, prediction, f in zip(rows, expected, predictions, features):
-        active = np.flatnonzero(f > PROBE_THRESHOLD)
-        order = active[np.argsort(-f[active], kind="stable")][:PROBE_TOP]
-        reports.append(ProbeReport(
-            inputs=tuple(int(v) for v in row),
+    active = features > PROBE_THRESHOLD
+    # Strongest first, ties in id order; inactive features sort last and are cut below.
+    order = np.argsort(-np.where(active, features, -np.inf), axis=1, kind="stable")[:, :PROBE_TOP]
+    return [
+        ProbeReport(
+            inputs=tuple(row.tolist()),
             expected=float(target),
             prediction=float(prediction),
-            active_count=int(active.size),
-            top_features=tuple((int(i), float(f[i])) for i in order),
-        ))
-    return reports
+            active_count=int(count),
+            top_features=tuple((int(i), float(f[i])) for i in top[f[top] > PROBE_THRESHOLD]),
+        )
+        for row, target, prediction, count, f, top in zip(
+            rows, pointer_targets(rows, shape), predictions, active.sum(axis=1), features, order
+        )
+    ]
 
 
 def format_probe(report: ProbeReport, labels: dict[int, str] | None = None) -> str:

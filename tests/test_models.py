@@ -69,3 +69,27 @@ def test_model_eval_switches_batchnorm_mode():
 def test_batchnorm_refuses_a_batch_of_one_in_training():
     with pytest.raises(ValueError, match="N>=2"):
         TorchBatchNorm1d(3)(jnp.ones((1, 3)))
+
+
+def test_probe_reports_the_strongest_features_in_eval_mode():
+    """The probe against a direct eval-mode forward: threshold, order (ties by id), count, expected output."""
+    from jax_impl import analysis
+
+    mlp = InterpretabilityMLP(rngs=nnx.Rngs(0))
+    sae = SparseAutoencoder(dict_size=64, rngs=nnx.Rngs(1))
+    rows = np.array([[8, 9, 5, 1, 3, 2, 9, 4, 7, 1], [0, 0, 0, 0, 0, 9, 9, 9, 9, 2]])
+    mlp.train()
+    reports = analysis.probe(mlp, sae, rows)
+    assert mlp.bn1.use_running_average is False  # the caller's module keeps its mode
+    mlp.eval()
+    prediction, layer2 = mlp(jnp.asarray(rows, jnp.float32))
+    _, features = sae(layer2)
+    for report, row, p, f in zip(reports, rows, np.asarray(prediction)[:, 0], np.asarray(features)):
+        active = [i for i in range(64) if f[i] > analysis.PROBE_THRESHOLD]
+        expected_top = sorted(active, key=lambda i: (-f[i], i))[: analysis.PROBE_TOP]
+        assert report.inputs == tuple(row.tolist())
+        assert report.prediction == pytest.approx(float(p), abs=1e-6)
+        assert report.active_count == len(active)
+        assert [i for i, _ in report.top_features] == expected_top
+        assert [a for _, a in report.top_features] == pytest.approx([float(f[i]) for i in expected_top], abs=1e-6)
+    assert [r.expected for r in reports] == [8.0, 9.0]
