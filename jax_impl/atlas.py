@@ -278,7 +278,7 @@ def _fit_half_spaces(
     sigmoid(z) standing in for "z > 0". The random starts matter for band-shaped concepts (|x| < c),
     where the logistic optimum is the symmetric, useless w = 0. -> w (D, C, R), b (C, R).
     """
-    n, d = x.shape
+    d = x.shape[1]
     pos_weight = (1 - y.mean(axis=0)) / y.mean(axis=0)
 
     def logistic(p):

@@ -119,6 +119,7 @@ def generate_splits(key: jax.Array, sizes: dict[str, int], shape: TaskShape = Ta
 def write_split(path: Path | str, split: Split) -> None:
     """Write one split in the upstream xlsx format (atomically): sheet `Sheet1`, the header, then per row
     the two list literals as text, as pandas' `to_excel` writes them."""
+
     def rows() -> Iterator[str]:
         yield xlsx.sheet_start()
         yield f'<row r="1">{xlsx.text_cell(INPUT_COLUMN)}{xlsx.text_cell(TARGET_COLUMN)}</row>'

@@ -72,7 +72,7 @@ class TrainResult:
     """`step_losses` (epochs, steps_per_epoch) float32: the loss of every optimizer step, in order.
 
     `epoch_seconds` (epochs,): wall time of each epoch as the host loop saw it (the first includes tracing
-    and compilation); benchmarks/bench.py reads it. None for trainers that do not record it.
+    and compilation); benchmarks/bench.py reads it.
     """
 
     model: nnx.Module
