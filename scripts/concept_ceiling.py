@@ -8,8 +8,9 @@ A `relu-l1` or `anthropic` SAE feature is active exactly where an affine functio
 so no such feature detects a concept better than the best half-space of `layer2` does. For each concept
 of the chosen families this prints the run's best SAE feature F1 (from the atlas) beside that ceiling,
 estimated by `atlas.linear_readout_f1` on the run's MLP: fitted on the train rows (in-sample, the generous
-number) and checked on the val + test rows. A concept whose ceiling is below a target F1 cannot get a
-feature at that F1 from any such SAE on this MLP. docs/strong_recipe.md keeps the table of the strong run.
+number) and checked on the val + test rows. The estimate comes from a search, so the true ceiling can be
+somewhat higher; a concept far below a target F1 even in-sample will not get a feature at that F1 from
+any such SAE on this MLP. docs/strong_recipe.md keeps the table of the strong run.
 """
 
 from __future__ import annotations
