@@ -36,8 +36,8 @@ from jax_impl import analysis
 from jax_impl.atlas_page import render_page
 from jax_impl.atomic import write_text_atomic
 from jax_impl.errors import UserError
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
-from jax_impl.sae_variants import TiedBiasSAE, keep_top_k
+from jax_impl.models import InterpretabilityMLP
+from jax_impl.saes import SAE, Architecture
 from jax_impl.task import Split, TaskShape, pointer_targets
 
 ATLAS_JSON = "feature_atlas.json"
@@ -50,15 +50,18 @@ MIN_STEER_ROWS = 10  # fewer rows where the label predicts a change: steering is
 # --------------------------------------------------------------------------- weights
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["w_enc", "b_enc", "w_dec", "b_dec", "b_pre"], meta_fields=["k"])
+@partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["w_enc", "b_enc", "w_dec", "b_dec", "b_pre", "threshold"], meta_fields=["arch", "cfg"],
+)
 @dataclass(frozen=True)
 class Dictionary:
     """SAE weights: features = act((x - b_pre) @ w_enc + b_enc); reconstruction = features @ w_dec + b_dec.
 
     w_enc (512, F), b_enc (F,), w_dec (F, 512), b_dec (512,) float32; row j of w_dec is
-    feature j's decoder direction. b_pre (512,) is the tied pre-encoder bias of the `topk` and
-    `anthropic` SAEs (None: the seed's SAE has none); act is ReLU, or ReLU of each row's k
-    largest pre-activations when k is set (`topk`).
+    feature j's decoder direction. b_pre (512,) is the tied pre-encoder bias (None: the seed's SAE has none);
+    act is the SAE architecture's inference activation (`arch`, with its config `cfg` and its `threshold`
+    where it has one), or ReLU when arch is None.
     """
 
     w_enc: jax.Array
@@ -66,19 +69,24 @@ class Dictionary:
     w_dec: jax.Array
     b_dec: jax.Array
     b_pre: jax.Array | None = None
-    k: int | None = None
+    threshold: jax.Array | None = None
+    arch: Architecture | None = None
+    cfg: Any = None
 
     @classmethod
-    def from_sae(cls, sae: SparseAutoencoder | TiedBiasSAE) -> Dictionary:
-        if isinstance(sae, TiedBiasSAE):
-            p = sae.params()
-            return cls(p["w_enc"], p["b_enc"], p["w_dec"], p["b_dec"], b_pre=p["b_dec"], k=sae.k)
-        return cls(sae.encoder.kernel[...], sae.encoder.bias[...], sae.decoder.kernel[...], sae.decoder.bias[...])
+    def from_sae(cls, sae: SAE) -> Dictionary:
+        p, buffers = sae.params(), sae.buffers()
+        threshold = p.get("threshold", buffers.get("threshold"))
+        b_pre = p["b_dec"] if sae.arch.tied_bias else None
+        return cls(p["w_enc"], p["b_enc"], p["w_dec"], p["b_dec"], b_pre, threshold, sae.arch, sae.cfg)
 
     def encode(self, x: jax.Array) -> jax.Array:
         """(N, 512) -> features (N, F) float32."""
         pre = (x if self.b_pre is None else x - self.b_pre) @ self.w_enc + self.b_enc
-        return jax.nn.relu(pre) if self.k is None else keep_top_k(pre, self.k)
+        if self.arch is None:
+            return jax.nn.relu(pre)
+        extra = {} if self.threshold is None else {"threshold": self.threshold}
+        return self.arch.activate(pre, extra, extra, self.cfg)
 
     def decode(self, features: jax.Array) -> jax.Array:
         """(N, F) -> reconstruction (N, 512) float32."""
@@ -668,14 +676,14 @@ def build_atlas(
 # --------------------------------------------------------------------------- models and files
 
 
-def model_splice_metrics(mlp: InterpretabilityMLP, sae: SparseAutoencoder | TiedBiasSAE, split: Split) -> dict[str, float]:
+def model_splice_metrics(mlp: InterpretabilityMLP, sae: SAE, split: Split) -> dict[str, float]:
     """splice_metrics of loaded models on a split (what `monosem evaluate` adds to analysis.evaluate)."""
     _, layer2 = analysis.mlp_forward(mlp, split.inputs)
     return splice_metrics(layer2, split.targets, Dictionary.from_sae(sae), Readout.from_mlp(mlp))
 
 
 def atlas_from_models(
-    mlp: InterpretabilityMLP, sae: SparseAutoencoder | TiedBiasSAE, split: Split, shape: TaskShape, source: str,
+    mlp: InterpretabilityMLP, sae: SAE, split: Split, shape: TaskShape, source: str,
     **settings: Any,
 ) -> dict[str, Any]:
     """build_atlas for loaded models on a split; settings are build_atlas's keyword arguments."""

@@ -8,11 +8,13 @@ in both directions and every error names the key. `.pth` / `.pt` files are read 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -21,7 +23,8 @@ from flax import nnx
 from jax_impl.atomic import atomic_path
 from jax_impl.errors import UserError
 from jax_impl.models import LAYER2_WIDTH, InterpretabilityMLP, SparseAutoencoder
-from jax_impl.sae_variants import TiedBiasSAE, TopKSAE
+from jax_impl import saes
+from jax_impl.saes import SAE
 
 # torch key -> (module attribute path, variable name, is a Linear weight to transpose)
 # (in upstream's order: its nn.ModuleDict is input, bn1, hidden1, bn2, hidden2, output)
@@ -39,14 +42,6 @@ SAE_KEY_MAP: dict[str, tuple[str, str, bool]] = {
     "encoder.bias": ("encoder", "bias", False),
     "decoder.weight": ("decoder", "kernel", True),
     "decoder.bias": ("decoder", "bias", False),
-}
-
-# The `topk` / `anthropic` SAEs (jax_impl.sae_variants, torch_ref.sae_variants): a bias-free decoder, plus
-# the top-level tensors `b_dec` (D,) float32 and, for topk, `k` (an int64 scalar), handled beside this map.
-TIED_SAE_KEY_MAP: dict[str, tuple[str, str, bool]] = {
-    "encoder.weight": ("encoder", "kernel", True),
-    "encoder.bias": ("encoder", "bias", False),
-    "decoder.weight": ("decoder", "kernel", True),
 }
 
 # num_batches_tracked is int64 in torch; JAX (without x64) keeps it as int32.
@@ -120,10 +115,11 @@ def mlp_to_state_dict(model: InterpretabilityMLP) -> OrderedDict[str, torch.Tens
     return _to_state_dict(model, MLP_KEY_MAP)
 
 
-def sae_to_state_dict(model: SparseAutoencoder | TiedBiasSAE) -> OrderedDict[str, torch.Tensor]:
-    if isinstance(model, TiedBiasSAE):
-        return _tied_sae_to_state_dict(model)
-    return _to_state_dict(model, SAE_KEY_MAP)
+def sae_to_state_dict(model: SAE | SparseAutoencoder) -> OrderedDict[str, torch.Tensor]:
+    """The SAE's torch state_dict, in its architecture's key order (torch_ref.saes loads it strictly)."""
+    if isinstance(model, SparseAutoencoder):  # the seed's nnx module, as the parity tests build it
+        return _to_state_dict(model, SAE_KEY_MAP)
+    return OrderedDict((k, torch.from_numpy(v)) for k, v in saes.base.numpy_state(model).items())
 
 
 def _linear_in_out(sd: Mapping[str, object], key: str, source: str) -> tuple[int, int]:
@@ -143,52 +139,63 @@ def mlp_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict")
     return model
 
 
-def sae_from_state_dict(
-    sd: Mapping[str, object], *, source: str = "state_dict", input_dim: int | None = LAYER2_WIDTH
-) -> SparseAutoencoder | TiedBiasSAE:
-    """Build a SparseAutoencoder from upstream-keyed tensors; the dictionary size is read off the file.
+def seed_sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict") -> SparseAutoencoder:
+    """The seed's nnx SparseAutoencoder from upstream `encoder.*`/`decoder.*` tensors (parity tests of the
+    seed's module); every other caller wants `sae_from_state_dict`."""
+    width, dict_size = _linear_in_out(sd, "encoder.weight", source)
+    return _load_into(SparseAutoencoder(width, dict_size, rngs=nnx.Rngs(0)), sd, SAE_KEY_MAP, source)
 
-    Its input width must be `input_dim` (the MLP's layer2; None accepts any width).
-    A file with a `b_dec` key is a `topk` or `anthropic` SAE (see TIED_SAE_KEY_MAP) and loads as one.
+
+def _known_key_sets() -> str:
+    return "; ".join(f"{a.name}: {list(a.config_keys())}" for a in saes.REGISTRY.values())
+
+
+def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict", input_dim: int | None = LAYER2_WIDTH) -> SAE:
+    """An SAE of any architecture of the family, told apart by its exact key set (saes.architecture_of_keys).
+
+    Every tensor's shape (torch layout), dtype and finiteness is checked against the architecture's key map;
+    the dictionary size and width are read off `encoder.weight`, which must read `input_dim` features
+    (None accepts any width). Config keys (`k`, `group_ends`) restore the architecture's config.
     """
-    if "b_dec" in sd:
-        return _tied_sae_from_state_dict(sd, source=source, input_dim=input_dim)
+    arch = saes.architecture_of_keys(sd)
+    if arch is None:
+        raise UserError(f"{source}: keys {sorted(sd)} are not those of any SAE architecture ({_known_key_sets()})")
     width, dict_size = _linear_in_out(sd, "encoder.weight", source)
     if input_dim is not None and width != input_dim:
         raise UserError(
             f"{source}: key 'encoder.weight' has shape ({dict_size}, {width}), expected ({dict_size}, {input_dim}): "
-            f"the SAE must read the MLP's {input_dim}-wide layer2"
+            f"the SAE must read the MLP's {input_dim}-wide activations"
         )
-    return _load_into(SparseAutoencoder(width, dict_size, rngs=nnx.Rngs(0)), sd, SAE_KEY_MAP, source)
+    template = saes.create(arch.name, width, dict_size, _template_config(arch, dict_size), key=jax.random.key(0))
+    expected = saes.base.numpy_state(template)
+    params, buffers, config_values = template.params(), template.buffers(), {}
+    for entry in arch.key_map:
+        value = _as_numpy(sd[entry.torch_key], entry.torch_key, source)
+        want = expected[entry.torch_key]
+        if entry.source == "config":
+            if value.dtype.kind not in "iu" or value.ndim != want.ndim:
+                raise UserError(f"{source}: key {entry.torch_key!r} must be an integer tensor of rank {want.ndim}, got {value.dtype} {value.shape}")
+            config_values[entry.name] = value.tolist()
+            continue
+        if value.shape != want.shape:
+            raise UserError(f"{source}: key {entry.torch_key!r} has shape {tuple(value.shape)}, expected {want.shape}")
+        if value.dtype != np.float32:
+            raise UserError(f"{source}: key {entry.torch_key!r} has dtype {value.dtype}, expected float32")
+        if not np.all(np.isfinite(value)):
+            raise UserError(f"{source}: key {entry.torch_key!r} contains NaN or infinite values")
+        (params if entry.source == "param" else buffers)[entry.name] = jnp.asarray(value.T if entry.transpose else value)
+    cfg = arch.config_from_file(config_values)
+    try:
+        cfg.validate(dict_size)
+    except ValueError as e:
+        raise UserError(f"{source}: {e}") from None
+    return SAE(arch, cfg, params, buffers)
 
 
-def _tied_sae_to_state_dict(model: TiedBiasSAE) -> OrderedDict[str, torch.Tensor]:
-    """Keys in torch_ref.sae_variants' state_dict order: b_dec, (k,) encoder.weight, encoder.bias, decoder.weight."""
-    out: OrderedDict[str, torch.Tensor] = OrderedDict(b_dec=torch.from_numpy(np.array(model.b_dec[...], np.float32)))
-    if model.k is not None:
-        out["k"] = torch.tensor(model.k, dtype=torch.int64)
-    out.update(_to_state_dict(model, TIED_SAE_KEY_MAP))
-    return out
-
-
-def _tied_sae_from_state_dict(sd: Mapping[str, object], *, source: str, input_dim: int | None) -> TiedBiasSAE:
-    expected = ["b_dec", *(["k"] if "k" in sd else []), *TIED_SAE_KEY_MAP]
-    _check_keys(sd, dict.fromkeys(expected), source)
-    width, dict_size = _linear_in_out(sd, "encoder.weight", source)
-    if input_dim is not None and width != input_dim:
-        raise UserError(f"{source}: key 'encoder.weight' has shape ({dict_size}, {width}), expected ({dict_size}, {input_dim})")
-    if "k" in sd:
-        k = _as_numpy(sd["k"], "k", source)
-        if k.shape != () or k.dtype.kind not in "iu" or not 1 <= int(k) <= dict_size:
-            raise UserError(f"{source}: key 'k' must be an integer scalar in 1..{dict_size}, got {k!r}")
-        template: TiedBiasSAE = TopKSAE(width, dict_size, k=int(k), rngs=nnx.Rngs(0))
-    else:
-        template = TiedBiasSAE(width, dict_size, rngs=nnx.Rngs(0))
-    b_dec = _as_numpy(sd["b_dec"], "b_dec", source)
-    if b_dec.shape != (width,) or b_dec.dtype != np.float32 or not np.all(np.isfinite(b_dec)):
-        raise UserError(f"{source}: key 'b_dec' must be finite float32 of shape ({width},), got {b_dec.dtype} {b_dec.shape}")
-    template.b_dec[...] = jnp.asarray(b_dec)
-    return _load_into(template, {key: sd[key] for key in TIED_SAE_KEY_MAP}, TIED_SAE_KEY_MAP, source)
+def _template_config(arch: saes.Architecture, dict_size: int):
+    """A config valid for any dictionary size, for the template whose shapes the file is checked against."""
+    fields = {f.name for f in dataclasses.fields(arch.config)}
+    return arch.config(**({"k": 1} if "k" in fields else {}), **({"groups": (dict_size,)} if "groups" in fields else {}))
 
 
 def torch_load(path: Path | str) -> object:
@@ -221,8 +228,8 @@ def load_mlp(path: Path | str) -> InterpretabilityMLP:
     return mlp_from_state_dict(_load_state_dict_file(path), source=str(path))
 
 
-def load_sae(path: Path | str) -> SparseAutoencoder | TiedBiasSAE:
-    return sae_from_state_dict(_load_state_dict_file(path), source=str(path))
+def load_sae(path: Path | str, input_dim: int | None = LAYER2_WIDTH) -> SAE:
+    return sae_from_state_dict(_load_state_dict_file(path), source=str(path), input_dim=input_dim)
 
 
 def _save(obj: object, path: Path | str) -> None:
@@ -236,7 +243,7 @@ def save_mlp(model: InterpretabilityMLP, path: Path | str) -> None:
     _save(mlp_to_state_dict(model), path)
 
 
-def save_sae(model: SparseAutoencoder | TiedBiasSAE, path: Path | str) -> None:
+def save_sae(model: SAE, path: Path | str) -> None:
     _save(sae_to_state_dict(model), path)
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 from jax_impl.config import RECIPES, RunConfig, flag_name, strong_recipe
@@ -71,18 +72,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_config(run_dir: Path) -> RunConfig:
-    from jax_impl.pipeline import MANIFEST, read_manifest
+    from jax_impl.rundir import run_config
 
-    manifest = read_manifest(run_dir)
-    if manifest is None:
-        raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
-    return RunConfig.from_dict(manifest["config"])
+    return run_config(run_dir)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from jax_impl.pipeline import Run, probe_inputs, probe_text
+    from jax_impl.pipeline import probe_inputs, probe_text
+    from jax_impl.rundir import Run
     from jax_impl.task import first_invalid_input
 
     run = Run(args.run_dir, _run_config(args.run_dir))
@@ -145,7 +144,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from jax_impl.pipeline import Run, stage_reports
+    from jax_impl.pipeline import stage_reports
+    from jax_impl.rundir import Run
 
     stage_reports(Run(args.run_dir, _run_config(args.run_dir)))
     return 0
@@ -153,7 +153,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_atlas(args: argparse.Namespace) -> int:
     from jax_impl import atlas
-    from jax_impl.pipeline import Run
+    from jax_impl.rundir import Run
     from jax_impl.task import SPLITS
 
     if not 0 < args.min_f1 <= 1 or args.steer_scale <= 0:
@@ -168,6 +168,57 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     print(atlas.format_summary(doc))
     for path in atlas.write_atlas(doc, args.run_dir):
         print(f"Saved {path}")
+    return 0
+
+
+def _architecture_fields() -> dict[str, tuple[type, Any, list[str]]]:
+    """Every architecture config field: name -> (type, default, architectures that have it)."""
+    from jax_impl import saes
+
+    fields: dict[str, tuple[type, Any, list[str]]] = {}
+    for arch in saes.REGISTRY.values():
+        for f in dataclasses.fields(arch.config):
+            default = f.default
+            kind, _, owners = fields.get(f.name, (type(default), default, []))
+            fields[f.name] = (kind, default, [*owners, arch.name])
+    return fields
+
+
+_ARCH_FLAG_ALIASES = {"groups": "--matryoshka-groups"}
+
+
+def _arch_flag(name: str) -> str:
+    return _ARCH_FLAG_ALIASES.get(name, f"--{name.replace('_', '-')}")
+
+
+def _parse_int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 16,48,128, got {text!r}") from None
+
+
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from jax_impl import saes
+    from jax_impl.sae_training import SAETrainConfig
+    from jax_impl.train_sae import train_sae
+
+    try:
+        arch = saes.get(args.variant)
+    except ValueError as e:
+        raise UserError(f"--variant: {e}") from None
+    own = {f.name for f in dataclasses.fields(arch.config)}
+    given = {name: getattr(args, f"arch.{name}") for name in _architecture_fields()}
+    foreign = [_arch_flag(name) for name, value in given.items() if value is not None and name not in own]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)} does not apply to --variant {args.variant} "
+                        f"(its flags: {', '.join(_arch_flag(n) for n in sorted(own)) or 'none'})")
+    cfg = arch.config(**{name: value for name, value in given.items() if value is not None})
+    train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
+              train=train, seed=args.seed, chunk_rows=args.chunk_rows)
     return 0
 
 
@@ -233,6 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steer-scale", type=float, default=1.0,
                    help="clamp value in units of the feature's mean activation on its concept (default 1)")
     p.set_defaults(func=cmd_atlas)
+
+    from jax_impl.saes import NAMES  # the registry: its names and its configs' fields are the flags below
+
+    p = sub.add_parser("train-sae", help="train an SAE of any architecture on an (N, d) float32 activation file")
+    p.add_argument("--activations", type=Path, required=True, metavar="FILE",
+                   help=".pt (one tensor), .npy (memory-mapped, streamed in chunks) or .safetensors (one tensor)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes sae.pth, sae_config.json, metrics.json")
+    p.add_argument("--variant", choices=NAMES, default="topk", help="SAE architecture (default topk)")
+    p.add_argument("--dict-size", type=int, default=2048, help="features (default 2048)")
+    p.add_argument("--epochs", type=int, default=20, help="default 20")
+    p.add_argument("--batch-size", type=int, default=256, help="default 256")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--log-every", type=int, default=1, help="epochs between log lines (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed for init and shuffling (default 0)")
+    p.add_argument("--chunk-rows", type=int, default=1 << 18,
+                   help="rows per streamed chunk, one compiled program each (default 262144)")
+    group = p.add_argument_group("architecture flags (each applies to the architectures named)")
+    for name, (kind, default, owners) in _architecture_fields().items():
+        group.add_argument(
+            _arch_flag(name), dest=f"arch.{name}", default=None,
+            type=_parse_int_list if kind is tuple else kind, metavar="N,N,..." if kind is tuple else kind.__name__.upper(),
+            help=f"{', '.join(owners)} (default {default if default != () else 'dict_size/8, /4, /2, all'})",
+        )
+    p.set_defaults(func=cmd_train_sae)
     return parser
 
 

@@ -15,7 +15,7 @@ from jax_impl.errors import UserError
 
 RECIPES = ("seed", "strong")  # see strong_recipe() and docs/strong_recipe.md
 MLP_DATA = ("split", "online")  # train on the fixed split (seed) or on fresh rows every step (jax_impl.online)
-SAE_VARIANTS = ("relu-l1", "topk", "anthropic")  # jax_impl.sae_variants
+from jax_impl.saes import NAMES as SAE_VARIANTS  # noqa: E402  (the architecture registry)
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,20 @@ class SAEConfig:
     k: int = 32  # topk: features kept per row
     aux_coeff: float = 1 / 32  # topk: weight of the AuxK loss for dead latents (Gao et al.)
     resample_every: int = 25  # anthropic: epochs between resamplings of dead features
+
+    def architecture_config(self):
+        """The chosen architecture's config (jax_impl.saes): its fields that this section has take their
+        value from here, the others (e.g. matryoshka's groups, jumprelu's l0_coeff) their defaults."""
+        from jax_impl import saes
+
+        arch = saes.get(self.variant)
+        names = {f.name for f in dataclasses.fields(arch.config)} & {f.name for f in dataclasses.fields(self)}
+        return arch.config(**{name: getattr(self, name) for name in names})
+
+    def train_config(self):
+        from jax_impl.sae_training import SAETrainConfig
+
+        return SAETrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, log_every=self.log_every)
 
 
 @dataclass(frozen=True)
@@ -104,8 +118,10 @@ class RunConfig:
         ):
             if value not in choices:
                 raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
-        if s.variant == "topk" and s.k > s.dict_size:
-            raise UserError(f"--sae-k {s.k} is larger than the dictionary (--dict-size {s.dict_size})")
+        try:
+            s.architecture_config().validate(s.dict_size)
+        except ValueError as e:
+            raise UserError(f"--sae-variant {s.variant}: {e} (--dict-size {s.dict_size}, --sae-k {s.k})") from None
         return self
 
 

@@ -15,10 +15,11 @@ import torch
 
 from jax_impl import bridge
 from jax_impl.atomic import atomic_path
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
-from jax_impl.sae_variants import TiedBiasSAE
+from jax_impl.rundir import MLP_PATH, SAE_PATH
+from jax_impl.models import InterpretabilityMLP
+from jax_impl.saes import SAE
 from torch_ref.models import mlp_from_state_dict
-from torch_ref.sae_variants import sae_from_state_dict  # any SAE variant, told apart by its keys
+from torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
 
 EXPORT_DIR = Path("export")
 EXPORT_FILES = {
@@ -63,20 +64,18 @@ def _export(module: torch.nn.Module, in_features: int, torchscript_path: Path, p
     _write_pt2(module, torch.zeros(_EXAMPLE_ROWS, in_features), pt2_path)
 
 
-def export_models(mlp: InterpretabilityMLP, sae: SparseAutoencoder | TiedBiasSAE, run_dir: Path | str) -> dict[str, Path]:
+def export_models(mlp: InterpretabilityMLP, sae: SAE, run_dir: Path | str) -> dict[str, Path]:
     """Write the four EXPORT_FILES under `run_dir` (each atomically); returns their paths by name."""
     run_dir = Path(run_dir)
     paths = {name: run_dir / rel for name, rel in EXPORT_FILES.items()}
     torch_mlp = mlp_from_state_dict(bridge.mlp_to_state_dict(mlp))
     torch_sae = sae_from_state_dict(bridge.sae_to_state_dict(sae))
     _export(torch_mlp, mlp.input.in_features, paths["mlp_torchscript"], paths["mlp_pt2"])
-    _export(torch_sae, sae.encoder.in_features, paths["sae_torchscript"], paths["sae_pt2"])
+    _export(torch_sae, sae.input_dim, paths["sae_torchscript"], paths["sae_pt2"])
     return paths
 
 
 def export_run(run_dir: Path | str) -> dict[str, Path]:
     """Export the `.pth` models of a finished run (read with weights_only=True, validated by the bridge)."""
-    from jax_impl.pipeline import MLP_PATH, SAE_PATH
-
     run_dir = Path(run_dir)
     return export_models(bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH), run_dir)

@@ -17,10 +17,10 @@ import torch
 from jax_impl import analysis, bridge
 from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
-from jax_impl.pipeline import MANIFEST, MLP_PATH, SAE_PATH, dataset_path, read_manifest
+from jax_impl.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path, read_manifest
 from jax_impl.task import SPLITS, TaskShape, read_split
 from torch_ref.models import mlp_from_state_dict
-from torch_ref.sae_variants import sae_from_state_dict  # any SAE variant, told apart by its keys
+from torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
 
 QUANTITIES = ("prediction", "layer2", "features", "reconstruction")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import platform
 import shutil
@@ -18,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 
@@ -26,71 +24,25 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_impl import analysis, atlas, bridge, reports
+from jax_impl import analysis, atlas, bridge, reports, sae_training, saes
 from jax_impl.atomic import write_json_atomic, write_text_atomic
 from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
 from jax_impl.harvest import harvest_activations
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.rundir import (  # noqa: F401  (re-exported: the layout names callers knew from here)
+    ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE, LOCK, MANIFEST, MLP_PATH,
+    PROBE_PATH, SAE_PATH, Run, dataset_path, read_manifest,
+)
+from jax_impl.models import InterpretabilityMLP
 from jax_impl.online import fit_mlp_online
-from jax_impl.sae_variants import TiedBiasSAE, fit_variant, make_sae
-from jax_impl.task import SPLITS, Split, TaskShape, concat_splits, generate_splits, read_split, split_filename, write_split
-from jax_impl.train import fit_mlp, fit_sae
+from jax_impl.task import SPLITS, Split, TaskShape, generate_splits, split_filename, write_split
+from jax_impl.train import fit_mlp
 
 Log = Callable[[str], None]
 
-MANIFEST = "manifest.json"
-LOCK = ".monosem.lock"
-MLP_PATH = Path("mlp/perfect_mlp.pth")
-ACTIVATIONS_PATH = Path("mlp_activations.pt")
-SAE_PATH = Path("sae/sae_model.pth")
-PROBE_PATH = Path("probe.txt")
-
 # Seconds of the upstream PyTorch pipeline on this project's 2-core machine (spec table).
 REFERENCE_SECONDS = {"data": 0.7, "mlp": 233.0, "harvest": 2.0, "sae": 109.0, "probe": 1.2, "reports": 34.0}
-
-# Independent PRNG streams per purpose, derived from the one user seed.
-_KEY_DATA, _KEY_MLP_INIT, _KEY_MLP_SHUFFLE, _KEY_SAE_INIT, _KEY_SAE_SHUFFLE = range(5)
-
-
-def dataset_path(run_dir: Path, split: str) -> Path:
-    return run_dir / "dataset" / split_filename(split)
-
-
-class Run:
-    """One run directory: its config and its artifacts, loaded from disk on first use when a stage did not
-    just compute them (which is what makes `--resume` work)."""
-
-    def __init__(self, run_dir: Path, config: RunConfig, log: Log = print):
-        self.run_dir = run_dir
-        self.config = config
-        self.log = log
-        self.shape = TaskShape(config.data.x_dim, config.data.y_dim)
-        self.root_key = jax.random.key(config.seed)
-
-    def key(self, stream: int) -> jax.Array:
-        return jax.random.fold_in(self.root_key, stream)
-
-    @cached_property
-    def splits(self) -> dict[str, Split]:
-        return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
-
-    def rows(self, names: tuple[str, ...] = SPLITS) -> Split:
-        """The rows of the named splits (by default train + val + test, 10,000 rows), in that order."""
-        return concat_splits([self.splits[s] for s in names])
-
-    @cached_property
-    def mlp(self) -> InterpretabilityMLP:
-        return bridge.load_mlp(self.run_dir / MLP_PATH)
-
-    @cached_property
-    def activations(self) -> np.ndarray:
-        return bridge.load_activations(self.run_dir / ACTIVATIONS_PATH)
-
-    @cached_property
-    def sae(self) -> SparseAutoencoder | TiedBiasSAE:
-        return bridge.load_sae(self.run_dir / SAE_PATH)
 
 
 # --- stages: each returns the metrics it wants recorded in the manifest ---------------------------------
@@ -99,7 +51,7 @@ class Run:
 def stage_data(run: Run) -> dict:
     d = run.config.data
     sizes = {"train": d.n_train, "val": d.n_val, "test": d.n_test}
-    splits = generate_splits(run.key(_KEY_DATA), sizes, run.shape)
+    splits = generate_splits(run.key(KEY_DATA), sizes, run.shape)
     for name, split in splits.items():
         path = dataset_path(run.run_dir, name)
         run.log(f"Generating {len(split)} rows for {path.name}...")
@@ -110,16 +62,16 @@ def stage_data(run: Run) -> dict:
 
 def stage_mlp(run: Run) -> dict:
     train, val, test = (run.splits[s] for s in SPLITS)
-    model = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(run.key(_KEY_MLP_INIT)))
+    model = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(run.key(KEY_MLP_INIT)))
     if run.config.mlp.data == "online":  # fresh rows every step; the train split is only harvested
         result = fit_mlp_online(
             model, run.config.mlp, run.shape, n_train=len(train),
-            key=run.key(_KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
+            key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
         )
     else:
         result = fit_mlp(
             model, train.inputs, train.targets, run.config.mlp,
-            key=run.key(_KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
+            key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
         )
     bridge.save_mlp(result.model, run.run_dir / MLP_PATH)
     run.mlp = result.model
@@ -139,13 +91,10 @@ def stage_harvest(run: Run) -> dict:
 def stage_sae(run: Run) -> dict:
     cfg = run.config.sae
     run.log(f"Loaded activations: {list(run.activations.shape)}")
-    rngs = nnx.Rngs(run.key(_KEY_SAE_INIT))
-    if cfg.variant == "relu-l1":
-        sae = SparseAutoencoder(run.activations.shape[1], cfg.dict_size, rngs=rngs)
-        result = fit_sae(sae, run.activations, cfg, key=run.key(_KEY_SAE_SHUFFLE), log=run.log)
-    else:
-        sae = make_sae(cfg.variant, run.activations.shape[1], cfg, rngs=rngs)
-        result = fit_variant(sae, run.activations, cfg, key=run.key(_KEY_SAE_SHUFFLE), log=run.log)
+    sae = saes.create(
+        cfg.variant, run.activations.shape[1], cfg.dict_size, cfg.architecture_config(), key=run.key(KEY_SAE_INIT)
+    )
+    result = sae_training.fit(sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log)
     bridge.save_sae(result.model, run.run_dir / SAE_PATH)
     run.sae = result.model
     return {
@@ -233,16 +182,6 @@ def package_versions() -> dict[str, str]:
     versions["jax_backend"] = jax.default_backend()
     versions["jax_devices"] = [str(d) for d in jax.devices()]
     return versions
-
-
-def read_manifest(run_dir: Path) -> dict | None:
-    path = run_dir / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path}: not a readable manifest ({e}); remove it to start the run over") from None
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:

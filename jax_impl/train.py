@@ -92,7 +92,7 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
 # XLA:CPU's default copy insertion copies every loop-carried weight once per scan step (11 copy kernels per
 # MLP step); region analysis proves the updates can happen in place and drops them: about 7% less CPU time
 # per MLP epoch, 4% per SAE epoch, bitwise-identical results (docs/performance.md). Other backends ignore it.
-_EPOCH_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+EPOCH_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn):
@@ -131,7 +131,7 @@ def _make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, los
     """A jitted `epoch(carry, arrays, permutation) -> (carry, step_losses)`; carry = (params, rest, opt_state)."""
     step = make_train_step(graphdef, tx, loss_fn)
 
-    @partial(jax.jit, donate_argnums=0, compiler_options=_EPOCH_COMPILER_OPTIONS)
+    @partial(jax.jit, donate_argnums=0, compiler_options=EPOCH_COMPILER_OPTIONS)
     def epoch(carry, arrays, permutation):
         n_full = permutation.shape[0] // batch_size
         full = permutation[: n_full * batch_size].reshape(n_full, batch_size)

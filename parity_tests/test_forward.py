@@ -92,7 +92,7 @@ def test_mlp_upstream_weights_train_mode(upstream_state_dict, upstream_splits):
 def test_sae_random_weights(dict_size):
     torch.manual_seed(2)
     reference = SparseAutoencoder(512, dict_size)
-    model = bridge.sae_from_state_dict(reference.state_dict())
+    model = bridge.seed_sae_from_state_dict(reference.state_dict())
     # Non-negative, sparse-ish inputs like ReLU activations, at the scale of a trained layer2 (up to ~5).
     x = torch.relu(torch.randn(256, 512, generator=torch.Generator().manual_seed(3)) * 2.0)
     reconstruction, features = reference(x)

@@ -58,7 +58,7 @@ def test_mlp_loss_gradients():
 def test_sae_loss_gradients():
     torch.manual_seed(5)
     reference = SparseAutoencoder(512, 2048)
-    model = bridge.sae_from_state_dict(reference.state_dict())
+    model = bridge.seed_sae_from_state_dict(reference.state_dict())
     x = torch.relu(torch.randn(128, 512, generator=torch.Generator().manual_seed(6)) * 2.0)
     l1_coeff = 1e-4
 

@@ -88,7 +88,7 @@ def weight_decay(request) -> float:
 def test_sae_recipe_steps_match_torch():
     torch.manual_seed(8)
     reference = SparseAutoencoder(512, 2048)
-    model = bridge.sae_from_state_dict(reference.state_dict())
+    model = bridge.seed_sae_from_state_dict(reference.state_dict())
     cfg = SAEConfig()
     optimizer = torch.optim.Adam(reference.parameters(), lr=cfg.lr)
     tx = sae_optimizer(cfg)
@@ -99,7 +99,7 @@ def test_sae_recipe_steps_match_torch():
         optimizer.zero_grad()
         torch_train.sae_loss(*reference(x), x, cfg.l1_coeff).backward()
         optimizer.step()
-        grads = torch_grads_as_jax(reference, bridge.sae_from_state_dict)
+        grads = torch_grads_as_jax(reference, bridge.seed_sae_from_state_dict)
         params = nnx.state(model, nnx.Param)
         updates, opt_state = tx.update(grads, opt_state, params)
         nnx.update(model, optax.apply_updates(params, updates))

@@ -83,7 +83,7 @@ def _run_sae(data, dtype):
     _, _, _, activations, sae = data
     reference = copy.deepcopy(sae).to(dtype)
     losses = train_sae(reference, activations.to(dtype), permutations(33))
-    model = bridge.sae_from_state_dict(sae.state_dict())
+    model = bridge.seed_sae_from_state_dict(sae.state_dict())
     if dtype == torch.float64:
         model = _to_float64(model)
     # float32 activations: exact in float64 too, so both sides see the same numbers.

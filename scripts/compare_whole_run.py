@@ -95,7 +95,7 @@ def main() -> None:
     mlp = fit_mlp(bridge.mlp_from_state_dict(init_mlp.state_dict()), train.inputs, train.targets, mlp_cfg,
                   permutations=mlp_perms, log=lambda _: None).model
     acts = harvest_activations(mlp, train.inputs)
-    sae_result = fit_sae(bridge.sae_from_state_dict(init_sae.state_dict()), acts, sae_cfg, permutations=sae_perms, log=lambda _: None)
+    sae_result = fit_sae(bridge.seed_sae_from_state_dict(init_sae.state_dict()), acts, sae_cfg, permutations=sae_perms, log=lambda _: None)
     jax_mlp, jax_sae = bridge.mlp_to_state_dict(mlp), bridge.sae_to_state_dict(sae_result.model)
     # Evaluated through torch modules holding the JAX weights, so both columns use one evaluation code path.
     as_torch = InterpretabilityMLP()

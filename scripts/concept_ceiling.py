@@ -23,7 +23,7 @@ import numpy as np
 
 from jax_impl import analysis, atlas
 from jax_impl.cli import _run_config
-from jax_impl.pipeline import Run
+from jax_impl.rundir import Run
 
 
 def main() -> None:

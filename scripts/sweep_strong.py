@@ -32,13 +32,12 @@ from flax import nnx
 from jax_impl import analysis, atlas, bridge
 from jax_impl.atomic import write_json_atomic
 from jax_impl.config import MLPConfig, RunConfig, SAEConfig
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.models import InterpretabilityMLP
 from jax_impl.online import fit_mlp_online
-from jax_impl.pipeline import ACTIVATIONS_PATH, MLP_PATH, Run, dataset_path
-from jax_impl.pipeline import _KEY_DATA, _KEY_MLP_INIT, _KEY_MLP_SHUFFLE  # the pipeline's PRNG streams
-from jax_impl.sae_variants import fit_variant, make_sae
+from jax_impl.rundir import ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, dataset_path
+from jax_impl import sae_training, saes
 from jax_impl.task import SPLITS, TaskShape, concat_splits, generate_splits, read_split
-from jax_impl.train import fit_mlp, fit_sae
+from jax_impl.train import fit_mlp
 
 MIN_F1 = 0.7  # the atlas's default threshold for a monosemantic feature
 
@@ -66,17 +65,17 @@ MLP_GRID = [("split", 64, 500), ("online", 256, 250), ("online", 256, 500), ("on
 def sweep_mlp(seed: int) -> None:
     run = Run(Path("."), RunConfig(seed=seed), log=lambda _: None)  # only for its keys
     d = run.config.data
-    splits = generate_splits(run.key(_KEY_DATA), {"train": d.n_train, "val": d.n_val, "test": d.n_test})
+    splits = generate_splits(run.key(KEY_DATA), {"train": d.n_train, "val": d.n_val, "test": d.n_test})
     print("| data | batch | epochs | steps | rows seen | s | test MSE | test exact |\n|---|---|---|---|---|---|---|---|")
     for data, batch, epochs in MLP_GRID:
         cfg = dataclasses.replace(MLPConfig(), data=data, batch_size=batch, epochs=epochs)
-        model = InterpretabilityMLP(10, rngs=nnx.Rngs(run.key(_KEY_MLP_INIT)))
+        model = InterpretabilityMLP(10, rngs=nnx.Rngs(run.key(KEY_MLP_INIT)))
         t0 = time.perf_counter()
         if data == "online":
-            result = fit_mlp_online(model, cfg, TaskShape(), n_train=d.n_train, key=run.key(_KEY_MLP_SHUFFLE), log=print)
+            result = fit_mlp_online(model, cfg, TaskShape(), n_train=d.n_train, key=run.key(KEY_MLP_SHUFFLE), log=print)
         else:
             train = splits["train"]
-            result = fit_mlp(model, train.inputs, train.targets, cfg, key=run.key(_KEY_MLP_SHUFFLE), log=print)
+            result = fit_mlp(model, train.inputs, train.targets, cfg, key=run.key(KEY_MLP_SHUFFLE), log=print)
         seconds = time.perf_counter() - t0
         test = analysis.evaluate(result.model, splits["test"])
         steps = result.step_losses.size
@@ -117,12 +116,8 @@ def score(mlp, sae, split, shape: TaskShape) -> dict:
 
 def train(setting: dict, activations: np.ndarray, epochs: int, seed: int):
     cfg = dataclasses.replace(SAEConfig(), epochs=epochs, log_every=epochs, **setting)
-    rngs, key = nnx.Rngs(jax.random.key(seed)), jax.random.key(seed + 1)
-    if cfg.variant == "relu-l1":
-        return fit_sae(SparseAutoencoder(activations.shape[1], cfg.dict_size, rngs=rngs), activations, cfg,
-                       key=key, log=lambda _: None).model
-    return fit_variant(make_sae(cfg.variant, activations.shape[1], cfg, rngs=rngs), activations, cfg,
-                       key=key, log=lambda _: None).model
+    sae = saes.create(cfg.variant, activations.shape[1], cfg.dict_size, cfg.architecture_config(), key=jax.random.key(seed))
+    return sae_training.fit(sae, activations, cfg.train_config(), key=jax.random.key(seed + 1), log=lambda _: None).model
 
 
 def main() -> None:

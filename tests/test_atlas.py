@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from flax import nnx
 from jax_impl import analysis, atlas
 from jax_impl.atlas_page import render_page
 from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
-from jax_impl.sae_variants import TopKSAE
+from jax_impl import saes
 from jax_impl.task import TaskShape, pointer_targets
 
 ROW = [8, 9, 5, 1, 3, 2, 9, 4, 7, 1]  # the seed's first probe input: p1=3, p2=1, a[p1]=1, b[p2]=9, target 8
@@ -167,7 +168,8 @@ def test_weights_from_nnx_modules_match_the_modules():
     mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(0))
     _, layer2 = analysis.mlp_forward(mlp, _random_rows(16, 5))
     np.testing.assert_allclose(atlas.Readout.from_mlp(mlp)(layer2), analysis.readout(mlp, layer2), rtol=1e-5, atol=1e-5)
-    for sae in (SparseAutoencoder(512, 64, rngs=nnx.Rngs(1)), TopKSAE(512, 64, k=5, rngs=nnx.Rngs(2))):
+    for sae in (saes.create("relu-l1", 512, 64, key=jax.random.key(1)),
+                saes.create("topk", 512, 64, saes.topk.Config(k=5), key=jax.random.key(2))):
         reconstruction, features = analysis.sae_forward(sae, layer2)
         d = atlas.Dictionary.from_sae(sae)
         np.testing.assert_allclose(d.encode(layer2), features, rtol=1e-5, atol=1e-5)

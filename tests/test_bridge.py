@@ -28,7 +28,8 @@ def test_sae_round_trip(tmp_path):
         "encoder.weight": (64, 512), "encoder.bias": (64,), "decoder.weight": (512, 64), "decoder.bias": (512,)
     }
     back = bridge.load_sae(tmp_path / "sae.pth")
-    np.testing.assert_array_equal(np.asarray(back.decoder.kernel[...]), np.asarray(sae.decoder.kernel[...]))
+    assert back.arch.name == "relu-l1"
+    np.testing.assert_array_equal(np.asarray(back.params()["w_dec"]), np.asarray(sae.decoder.kernel[...]))
 
 
 def _mlp_sd():

@@ -126,6 +126,7 @@ COMMANDS_READING_TORCH_FILES = {
     "parity": [(["parity", "--run-dir", "RUN"], "mlp"), (["parity", "--run-dir", "RUN"], "sae")],
     "atlas": [(["atlas", "--run-dir", "RUN"], "mlp"), (["atlas", "--run-dir", "RUN"], "sae")],
     "report": [(["report", "--run-dir", "RUN"], "mlp"), (["report", "--run-dir", "RUN"], "sae")],
+    "train-sae": [(["train-sae", "--activations", "RUN/mlp_activations.pt", "--out", "RUN/trained"], "activations")],
     # --resume reloads the artifacts of the completed stages: the MLP for harvest, the activations for
     # the SAE, the SAE for the probe.
     "run": [
@@ -364,7 +365,7 @@ PTH_CASES = {
                    ["key 'layers.hidden1.weight' contains NaN or infinite values"]),
     "inf_running_var": ("--mlp", lambda p: torch.save(_nan_at(_mlp_sd(), "layers.bn2.running_var", math.inf), p),
                         ["key 'layers.bn2.running_var' contains NaN or infinite values"]),
-    "sae_given_an_mlp": ("--sae", lambda p: torch.save(_mlp_sd(), p), ["missing key 'encoder.weight'"]),
+    "sae_given_an_mlp": ("--sae", lambda p: torch.save(_mlp_sd(), p), ["are not those of any SAE architecture"]),
     "sae_wrong_decoder_shape": ("--sae", lambda p: torch.save(_edited(_sae_sd(), decoder__weight=torch.zeros(512, 65)), p),
                                 ["key 'decoder.weight' has shape (512, 65), expected (512, 64)"]),
     "sae_nan": ("--sae", lambda p: torch.save(_nan_at(_sae_sd(), "encoder.bias"), p), ["key 'encoder.bias' contains NaN"]),

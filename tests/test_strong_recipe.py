@@ -13,11 +13,14 @@ from flax import nnx
 
 from jax_impl import bridge
 from jax_impl.cli import _config_from_args, build_parser
-from jax_impl.config import MLPConfig, RunConfig, SAEConfig, strong_recipe
+from jax_impl.config import MLPConfig, RunConfig, strong_recipe
 from jax_impl.errors import UserError
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.online import fit_mlp_online
-from jax_impl.sae_variants import TiedBiasSAE, TopKSAE, fit_variant, resample_dead, topk_loss
+from jax_impl import sae_training, saes
+from jax_impl.sae_training import SAETrainConfig
+from jax_impl.saes.anthropic import resample_dead
+from jax_impl.saes.base import TrainContext
 from jax_impl.task import TaskShape, generate_splits
 from jax_impl.train import evaluation_mse
 
@@ -47,7 +50,7 @@ def test_recipe_strong_sets_defaults_that_flags_override():
     [
         (("--sae-variant", "gated"), "--sae-variant must be one of relu-l1, topk, anthropic"),
         (("--mlp-data", "stream"), "--mlp-data must be one of split, online"),
-        (("--sae-variant", "topk", "--sae-k", "600", "--dict-size", "512"), "--sae-k 600 is larger"),
+        (("--sae-variant", "topk", "--sae-k", "600", "--dict-size", "512"), r"--sae-variant topk: k must be in 1\.\.512 \(the dictionary size\), got 600"),
     ],
 )
 def test_bad_choices_are_named(argv, fragment):
@@ -105,24 +108,24 @@ def _activations(n: int = 256, d: int = 32) -> np.ndarray:
 
 def test_topk_keeps_k_features_and_unit_decoder_rows():
     x = _activations()
-    cfg = dataclasses.replace(SAEConfig(), epochs=3, batch_size=64, dict_size=48, k=5, variant="topk")
-    result = fit_variant(TopKSAE(32, 48, k=5, rngs=nnx.Rngs(0)), x, cfg, key=jax.random.key(0), log=lambda _: None)
+    sae = saes.create("topk", 32, 48, saes.topk.Config(k=5), key=jax.random.key(0))
+    result = sae_training.fit(sae, x, SAETrainConfig(epochs=3, batch_size=64), key=jax.random.key(0), log=lambda _: None)
     reconstruction, features = result.model(jnp.asarray(x))
     assert int((np.asarray(features) > 0).sum(axis=1).max()) <= 5
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(result.model.decoder.kernel[...]), axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(result.model.params()["w_dec"]), axis=1), 1.0, atol=1e-5)
     assert result.epoch_losses[-1] < result.epoch_losses[0]
 
 
 def test_auxk_gives_dead_latents_a_gradient_only_when_they_are_dead():
     x = jnp.asarray(_activations(64))
-    sae = TopKSAE(32, 48, k=4, rngs=nnx.Rngs(0))
+    sae = saes.create("topk", 32, 48, saes.topk.Config(k=4, aux_coeff=1 / 32), key=jax.random.key(0))
     p = sae.params() | {"b_dec": jnp.mean(x, axis=0)}
     # Latents 40..47 never reach the top k, and their pre-activations are negative on every row.
     p["b_enc"] = p["b_enc"].at[40:].set(-100.0)
     dead = jnp.arange(48) >= 40
 
     def grad_b_enc(dead_mask):
-        return jax.grad(lambda q: topk_loss(q, x, dead_mask, 4, 16, 1 / 32)[0])(p)["b_enc"]
+        return jax.grad(lambda q: sae.arch.loss(q, {}, x, TrainContext(dead_mask), sae.cfg)[0])(p)["b_enc"]
 
     assert np.all(np.asarray(grad_b_enc(dead))[40:] != 0)
     np.testing.assert_array_equal(np.asarray(grad_b_enc(jnp.zeros(48, bool)))[40:], 0.0)
@@ -132,7 +135,7 @@ def test_anthropic_resampling_revives_dead_features_with_fresh_moments():
     import optax
 
     x = jnp.asarray(_activations(128))
-    sae = TiedBiasSAE(32, 48, rngs=nnx.Rngs(0))
+    sae = saes.create("anthropic", 32, 48, key=jax.random.key(0))
     p = sae.params() | {"b_dec": jnp.mean(x, axis=0)}
     p["b_enc"] = p["b_enc"].at[:6].set(-1e3)  # dead on every row
     tx = optax.adam(1e-3)
@@ -171,14 +174,14 @@ def strong_run(tmp_path_factory):
 @pytest.mark.parametrize("variant", ["topk", "anthropic"])
 def test_pipeline_stages_train_save_and_reload_a_variant(variant, strong_run, tmp_path):
     from jax_impl import pipeline
-    from torch_ref.sae_variants import sae_from_state_dict
+    from torch_ref.saes import sae_from_state_dict
 
     run = pipeline.Run(tmp_path, _config(*TINY_STRONG, "--sae-variant", variant), log=lambda _: None)
     run.splits, run.mlp, run.activations = strong_run.splits, strong_run.mlp, strong_run.activations
     metrics = pipeline.stage_sae(run)
     assert metrics["variant"] == variant and 0 <= metrics["test"]["dead_fraction"] <= 1
     loaded = bridge.load_sae(tmp_path / pipeline.SAE_PATH)
-    assert type(loaded) is (TopKSAE if variant == "topk" else TiedBiasSAE)
+    assert loaded.arch.name == variant
     torch_sae = sae_from_state_dict(torch.load(tmp_path / pipeline.SAE_PATH, weights_only=True))
     _, features = torch_sae(torch.tensor(run.activations))
     _, jax_features = loaded(jnp.asarray(run.activations))

@@ -1,0 +1,102 @@
+"""A run directory's layout: where each artifact lives, its manifest, and `Run`, its artifacts loaded on
+first use. `pipeline` writes run directories; `export`, `parity`, `cli` and `scripts/` read them through
+this module only.
+
+    RUN_DIR/manifest.json               config, versions, completed stages and their metrics
+    RUN_DIR/dataset/mlp_{split}.xlsx    the task rows
+    RUN_DIR/mlp/perfect_mlp.pth         the MLP
+    RUN_DIR/mlp_activations.pt          the harvested activations (N, d) float32
+    RUN_DIR/sae/sae_model.pth           the SAE (any architecture of jax_impl.saes)
+    RUN_DIR/probe.txt                   the feature probe
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jax_impl import bridge, saes
+from jax_impl.config import RunConfig
+from jax_impl.errors import UserError
+from jax_impl.models import InterpretabilityMLP
+from jax_impl.task import SPLITS, Split, TaskShape, concat_splits, read_split, split_filename
+
+Log = Callable[[str], None]
+
+MANIFEST = "manifest.json"
+LOCK = ".monosem.lock"
+MLP_PATH = Path("mlp/perfect_mlp.pth")
+ACTIVATIONS_PATH = Path("mlp_activations.pt")
+SAE_PATH = Path("sae/sae_model.pth")
+PROBE_PATH = Path("probe.txt")
+
+# Independent PRNG streams per purpose, derived from the one user seed (`Run.key(stream)`).
+KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE = range(5)
+
+
+def dataset_path(run_dir: Path, split: str) -> Path:
+    return Path(run_dir) / "dataset" / split_filename(split)
+
+
+def read_manifest(run_dir: Path | str) -> dict | None:
+    """The run's manifest, or None when there is none; UserError when it cannot be read."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable manifest ({e}); remove it to start the run over") from None
+
+
+def run_config(run_dir: Path | str) -> RunConfig:
+    """The config a finished (or partial) run was written with."""
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
+    return RunConfig.from_dict(manifest["config"])
+
+
+class Run:
+    """One run directory: its config and its artifacts, loaded from disk on first use when a stage did not
+    just compute them (which is what makes `--resume` work)."""
+
+    def __init__(self, run_dir: Path | str, config: RunConfig, log: Log = print):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.log = log
+        self.shape = TaskShape(config.data.x_dim, config.data.y_dim)
+        self.root_key = jax.random.key(config.seed)
+
+    def key(self, stream: int) -> jax.Array:
+        return jax.random.fold_in(self.root_key, stream)
+
+    @cached_property
+    def splits(self) -> dict[str, Split]:
+        return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
+
+    def rows(self, names: tuple[str, ...] = SPLITS) -> Split:
+        """The rows of the named splits (by default train + val + test, 10,000 rows), in that order."""
+        return concat_splits([self.splits[s] for s in names])
+
+    @cached_property
+    def mlp(self) -> InterpretabilityMLP:
+        return bridge.load_mlp(self.run_dir / MLP_PATH)
+
+    @cached_property
+    def activations(self) -> np.ndarray:
+        return bridge.load_activations(self.run_dir / ACTIVATIONS_PATH)
+
+    @cached_property
+    def sae(self) -> saes.SAE:
+        return bridge.load_sae(self.run_dir / SAE_PATH)
+
+
+def load_run(run_dir: Path | str, log: Log = print) -> Run:
+    """A finished run directory, its config read from its manifest."""
+    return Run(run_dir, run_config(run_dir), log)

@@ -1,0 +1,221 @@
+"""What every SAE architecture of the family shares: the interface, the tied-bias parameterisation, the hooks.
+
+An architecture (one module of this package each) is an `Architecture`: its config dataclass, its
+initialisation, its inference activation, its training loss, its extra buffers and its torch key map.
+The trainer (jax_impl.sae_training) and the bridge, atlas, export and CLI only ever ask the registry
+(jax_impl.saes) for one; none of them branches on a name.
+
+Tied-bias parameterisation (all architectures but the seed's `relu-l1`):
+
+    pre = (x - b_dec) @ w_enc + b_enc            x (N, D), w_enc (D, F), b_enc (F,)
+    features = activate(pre)                     (N, F), non-negative
+    reconstruction = features @ w_dec + b_dec    w_dec (F, D), each row a unit-norm feature direction
+
+After every optimizer step the component of each decoder row's gradient along that row is removed and the
+rows are renormalised: with free norms a sparsity penalty is dodged by shrinking f and growing w_dec, and
+unit norms make activations comparable across features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Params = dict[str, jax.Array]  # trained: w_enc (D, F), b_enc (F,), w_dec (F, D), b_dec (D,) (+ e.g. threshold (F,))
+Buffers = dict[str, jax.Array]  # saved but not trained (e.g. batchtopk's inference threshold ())
+
+AUX_K_FACTOR = 4  # dead latents AuxK may use per row, in units of k (Gao et al. use 512 with k = 32)
+
+
+# --------------------------------------------------------------------------- shared math
+
+
+def unit_rows(w: jax.Array) -> jax.Array:
+    """Each row of w (F, D) scaled to unit L2 norm."""
+    return w / jnp.linalg.norm(w, axis=-1, keepdims=True)
+
+
+def pre_activation(p: Params, x: jax.Array) -> jax.Array:
+    """x (..., D) -> encoder pre-activations (..., F), after subtracting the pre-encoder bias b_dec."""
+    return (x - p["b_dec"]) @ p["w_enc"] + p["b_enc"]
+
+
+def decode(p: Params, features: jax.Array) -> jax.Array:
+    """features (..., F) -> reconstruction (..., D)."""
+    return features @ p["w_dec"] + p["b_dec"]
+
+
+def keep_top_k(pre: jax.Array, k: int) -> jax.Array:
+    """ReLU of the k largest entries of each row of pre (..., F), zero elsewhere."""
+    values, indices = jax.lax.top_k(pre, k)
+    return jnp.put_along_axis(jnp.zeros_like(pre), indices, jax.nn.relu(values), axis=-1, inplace=False)
+
+
+def keep_batch_top_k(pre: jax.Array, k: int) -> jax.Array:
+    """ReLU of the k x B largest entries of the whole batch pre (B, F), zero elsewhere (Bussmann et al. 2024)."""
+    flat = pre.reshape(-1)
+    values, indices = jax.lax.top_k(flat, k * pre.shape[0])
+    return jnp.zeros_like(flat).at[indices].set(jax.nn.relu(values)).reshape(pre.shape)
+
+
+def jump(pre: jax.Array, threshold: jax.Array) -> jax.Array:
+    """pre where pre > threshold, else 0 (threshold () or (F,), positive): the inference activation of the
+    threshold architectures."""
+    return jnp.where(pre > threshold, pre, 0.0)
+
+
+def mse(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.square(a - b))
+
+
+def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array, dead: jax.Array, aux_k: int) -> jax.Array:
+    """Gao et al.'s AuxK: MSE(the aux_k largest dead pre-activations decoded without bias, x - reconstruction).
+
+    pre (B, F), dead (F,) bool. 0 when nothing is dead. No ReLU on the dead pre-activations: a latent whose
+    pre-activation is negative on every row would get no gradient through one, and those are the ones to revive.
+    """
+    residual = jax.lax.stop_gradient(x - reconstruction)  # a target for the dead latents, not a loss to lower
+    values, indices = jax.lax.top_k(jnp.where(dead, pre, -jnp.inf), aux_k)
+    values = jnp.where(jnp.isfinite(values), values, 0.0)  # fewer than aux_k dead latents: the rest are -inf
+    dead_features = jnp.put_along_axis(jnp.zeros_like(pre), indices, values, axis=-1, inplace=False)
+    return jnp.where(jnp.any(dead), mse(dead_features @ p["w_dec"], residual), 0.0)
+
+
+def project_out_parallel(grads: Params, p: Params) -> Params:
+    """Remove from each decoder row's gradient its component along the (unit) row: the norm stays 1."""
+    g, w = grads["w_dec"], p["w_dec"]
+    return grads | {"w_dec": g - jnp.sum(g * w, axis=1, keepdims=True) * w}
+
+
+def renormalise_decoder(p: Params) -> Params:
+    return p | {"w_dec": unit_rows(p["w_dec"])}
+
+
+def tied_init(key: jax.Array, input_dim: int, dict_size: int) -> Params:
+    """Gao et al.'s init: random unit decoder rows, encoder = their transpose, zero biases."""
+    directions = unit_rows(jax.random.normal(key, (dict_size, input_dim), jnp.float32))
+    return {
+        "w_enc": directions.T, "b_enc": jnp.zeros((dict_size,), jnp.float32),
+        "w_dec": directions, "b_dec": jnp.zeros((input_dim,), jnp.float32),
+    }
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+@dataclass(frozen=True)
+class KeyMapEntry:
+    """One torch state_dict key: where its value lives here and how it is stored there.
+
+    source: "param" (trained, in Params), "buffer" (in Buffers) or "config" (a field of the architecture
+    config, saved so the file says what it was trained with, e.g. `k`). transpose: a Linear weight (torch
+    (out, in) vs our (in, out)). dtype: the torch dtype's numpy name.
+    """
+
+    torch_key: str
+    name: str
+    source: str = "param"
+    transpose: bool = False
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What a loss may depend on beside the batch: dead (F,) bool latents silent for `dead_after` steps."""
+
+    dead: jax.Array
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One SAE architecture. Functions take `cfg`, an instance of `config` (static under jit: frozen, hashable).
+
+    init(key, input_dim, dict_size, cfg) -> (Params, Buffers)
+    activate(pre (N, F), params, buffers, cfg) -> features (N, F)   (inference: needs no batch)
+    loss(params, buffers, x (B, D), ctx, cfg) -> (loss, (features (B, F), new buffers))   (training)
+    epoch_hook(params, opt_state, rows (M, D), key, epoch, cfg, train_cfg) -> (params, opt_state, line | None)
+    unit_decoder: remove the parallel gradient and renormalise the decoder rows after each step.
+    keep_partial_batch: train on the last, shorter batch of an epoch too (torch DataLoader's default, the
+    seed recipe's), instead of dropping the remainder (needed where the batch size enters the loss).
+    """
+
+    name: str
+    summary: str
+    config: type
+    init: Callable[..., tuple[Params, Buffers]]
+    activate: Callable[..., jax.Array]
+    loss: Callable[..., tuple[jax.Array, tuple[jax.Array, Buffers]]]
+    key_map: tuple[KeyMapEntry, ...]
+    unit_decoder: bool = True
+    keep_partial_batch: bool = False
+    epoch_hook: Callable[..., tuple[Params, Any, str | None]] | None = None
+    post_update: Callable[[Params], Params] | None = None  # e.g. keep jumprelu's thresholds positive
+    tied_bias: bool = True  # pre-encoder bias b_dec subtracted, and b_dec initialised to the mean row
+
+    def config_from_file(self, values: Mapping[str, Any]) -> Any:
+        """The config recorded in a state_dict (its "config" keys, e.g. k), other fields at their defaults."""
+        return self.config(**{name: (tuple(v) if isinstance(v, list) else v) for name, v in values.items()})
+
+    def pre_activation(self, params: Params, x: jax.Array) -> jax.Array:
+        if self.tied_bias:
+            return pre_activation(params, x)
+        return x @ params["w_enc"] + params["b_enc"]
+
+    def encode(self, params: Params, buffers: Buffers, x: jax.Array, cfg: Any) -> jax.Array:
+        """x (..., D) -> features (..., F) at inference."""
+        return self.activate(self.pre_activation(params, x), params, buffers, cfg)
+
+    def config_keys(self) -> tuple[str, ...]:
+        return tuple(e.torch_key for e in self.key_map)
+
+
+class SAE(nnx.Module):
+    """Any architecture's SAE as one nnx module: trained tensors as nnx.Param, buffers as nnx.BatchStat.
+
+    `sae(x)` -> (reconstruction (N, D), features (N, F)) at inference, like models.SparseAutoencoder.
+    """
+
+    def __init__(self, arch: Architecture, cfg: Any, params: Params, buffers: Buffers):
+        self.arch = arch
+        self.cfg = cfg  # frozen dataclass: static
+        self.input_dim, self.dict_size = (int(s) for s in params["w_enc"].shape)
+        self.p = nnx.Dict({k: nnx.Param(jnp.asarray(v)) for k, v in params.items()})
+        self.b = nnx.Dict({k: nnx.BatchStat(jnp.asarray(v)) for k, v in buffers.items()})
+
+    @property
+    def variant(self) -> str:
+        return self.arch.name
+
+    def params(self) -> Params:
+        return {k: v[...] for k, v in self.p.items()}
+
+    def buffers(self) -> Buffers:
+        return {k: v[...] for k, v in self.b.items()}
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        """x (..., D) -> features (..., F), non-negative."""
+        return self.arch.encode(self.params(), self.buffers(), x, self.cfg)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        features = self.encode(x)
+        return decode(self.params(), features), features
+
+
+def numpy_state(sae: SAE) -> dict[str, np.ndarray]:
+    """The SAE's tensors by torch key (torch layout and dtype), in the architecture's key order."""
+    p, b = sae.params(), sae.buffers()
+    out = {}
+    for e in sae.arch.key_map:
+        if e.source == "config":
+            value = np.asarray(getattr(sae.cfg, e.name), dtype=e.dtype)
+        else:
+            value = np.asarray((p if e.source == "param" else b)[e.name])
+            value = value.T if e.transpose else value
+        out[e.torch_key] = np.array(value, dtype=e.dtype, order="C")
+    return out

@@ -1,0 +1,63 @@
+"""`relu-l1`: the seed's SAE. features = ReLU(x @ w_enc + b_enc), reconstruction = features @ w_dec + b_dec,
+loss = MSE + l1_coeff * batch mean of each row's L1 norm; free decoder norms, no pre-encoder bias.
+
+Keys are upstream's `SparseAutoencoder` (encoder.{weight,bias}, decoder.{weight,bias}); init is torch's
+Linear init drawn exactly as models.SparseAutoencoder draws it, so the seed recipe's bytes do not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_impl.models import SparseAutoencoder
+from jax_impl.saes.base import Architecture, KeyMapEntry, Params, TrainContext, decode, mse
+
+
+@dataclass(frozen=True)
+class Config:
+    l1_coeff: float = 1e-4
+
+    def validate(self, dict_size: int) -> None:
+        if self.l1_coeff < 0:
+            raise ValueError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
+
+
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config) -> tuple[Params, dict]:
+    sae = SparseAutoencoder(input_dim, dict_size, rngs=nnx.Rngs(key))
+    return {
+        "w_enc": sae.encoder.kernel[...], "b_enc": sae.encoder.bias[...],
+        "w_dec": sae.decoder.kernel[...], "b_dec": sae.decoder.bias[...],
+    }, {}
+
+
+def activate(pre: jax.Array, params: Params, buffers: dict, cfg: Config) -> jax.Array:
+    return jax.nn.relu(pre)
+
+
+def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
+    features = jax.nn.relu(x @ p["w_enc"] + p["b_enc"])
+    value = mse(decode(p, features), x) + cfg.l1_coeff * jnp.mean(jnp.sum(jnp.abs(features), axis=1))
+    return value, (features, buffers)
+
+
+ARCHITECTURE = Architecture(
+    name="relu-l1",
+    summary="the seed's SAE: ReLU + L1, free decoder norms (Towards Monosemanticity's basic setup)",
+    config=Config,
+    init=init,
+    activate=activate,
+    loss=loss,
+    key_map=(
+        KeyMapEntry("encoder.weight", "w_enc", transpose=True),
+        KeyMapEntry("encoder.bias", "b_enc"),
+        KeyMapEntry("decoder.weight", "w_dec", transpose=True),
+        KeyMapEntry("decoder.bias", "b_dec"),
+    ),
+    unit_decoder=False,
+    keep_partial_batch=True,  # the seed's DataLoader(shuffle=True, drop_last=False)
+    tied_bias=False,
+)

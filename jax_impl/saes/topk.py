@@ -1,0 +1,59 @@
+"""`topk` (Gao et al. 2024): each row keeps its k largest pre-activations (ReLU'd), so L0 <= k by construction
+and no penalty shrinks the features; AuxK gives latents silent for an epoch a gradient back towards the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+from flax import nnx
+
+from jax_impl.saes.anthropic import TIED_KEYS
+from jax_impl.saes.base import (
+    AUX_K_FACTOR, Architecture, KeyMapEntry, Params, TrainContext, aux_k_loss, decode, keep_top_k, mse,
+    pre_activation, tied_init,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    k: int = 32  # features kept per row
+    aux_coeff: float = 1 / 32  # weight of the AuxK loss (Gao et al.)
+
+    def validate(self, dict_size: int) -> None:
+        if not 1 <= self.k <= dict_size:
+            raise ValueError(f"k must be in 1..{dict_size} (the dictionary size), got {self.k}")
+        if self.aux_coeff < 0:
+            raise ValueError(f"aux_coeff must be >= 0, got {self.aux_coeff}")
+
+
+def aux_k(cfg, dict_size: int) -> int:
+    return min(AUX_K_FACTOR * cfg.k, dict_size)
+
+
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg) -> tuple[Params, dict]:
+    return tied_init(nnx.Rngs(key).params(), input_dim, dict_size), {}
+
+
+def activate(pre: jax.Array, params: Params, buffers: dict, cfg: Config) -> jax.Array:
+    return keep_top_k(pre, cfg.k)
+
+
+def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
+    """MSE(reconstruction, x) + aux_coeff * AuxK over the dead latents. x (B, D)."""
+    pre = pre_activation(p, x)
+    features = keep_top_k(pre, cfg.k)
+    reconstruction = decode(p, features)
+    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]))
+    return mse(reconstruction, x) + cfg.aux_coeff * aux, (features, buffers)
+
+
+ARCHITECTURE = Architecture(
+    name="topk",
+    summary="Gao et al. 2024: per-row TopK activation, AuxK for dead latents, unit decoder rows",
+    config=Config,
+    init=init,
+    activate=activate,
+    loss=loss,
+    key_map=(KeyMapEntry("b_dec", "b_dec"), KeyMapEntry("k", "k", source="config", dtype="int64"), *TIED_KEYS),
+)

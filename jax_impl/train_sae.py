@@ -1,0 +1,146 @@
+"""`monosem train-sae`: train any SAE architecture of the family on any (N, d) float32 activations.
+
+Reads a `.pt` (one tensor, weights_only), a `.npy` (memory-mapped and streamed in shuffled chunks, so peak
+memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tensor), and writes into `out_dir`:
+
+  sae.pth           the SAE's torch state_dict (torch_ref.saes loads it strictly)
+  sae_config.json   architecture, its config, the training config, widths, seed, the activation file
+  metrics.json      explained variance, L0, dead fraction and MSE over every row, training seconds
+
+each written atomically (temporary file, then rename), the JSONs after the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_impl import bridge, sae_training, saes
+from jax_impl.activations import ActivationFile, open_activations
+from jax_impl.atomic import write_json_atomic
+from jax_impl.errors import UserError
+from jax_impl.sae_training import SAETrainConfig
+from jax_impl.train import Log
+
+SAE_FILE = "sae.pth"
+CONFIG_FILE = "sae_config.json"
+METRICS_FILE = "metrics.json"
+DEFAULT_CHUNK_ROWS = 1 << 18  # 262,144 rows: 512 MiB of float32 at d = 512
+
+_KEY_INIT, _KEY_SHUFFLE = range(2)
+
+
+@jax.jit
+def _chunk_sums(sae: saes.SAE, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    reconstruction, features = sae(x)
+    active = features > 0
+    return (
+        jnp.sum(jnp.square(reconstruction - x), dtype=jnp.float32),
+        jnp.sum(active, dtype=jnp.float32),
+        jnp.any(active, axis=0),
+        jnp.sum(x, axis=0),
+        jnp.sum(jnp.square(x), axis=0),
+    )
+
+
+def reconstruction_metrics(sae: saes.SAE, source: ActivationFile, chunk_rows: int) -> dict[str, float]:
+    """Over every row, chunk by chunk: mse (per element), explained_variance (1 - SSE / centred SS), l0 (mean
+    active features per row), dead_fraction (features active on no row)."""
+    sse = active = 0.0
+    fired = np.zeros(sae.dict_size, bool)
+    col_sum = np.zeros(source.width, np.float64)
+    col_sq = np.zeros(source.width, np.float64)
+    for start in range(0, source.n_rows, chunk_rows):
+        x = jnp.asarray(source.rows(start, min(start + chunk_rows, source.n_rows)))
+        s, a, f, cs, cq = _chunk_sums(sae, x)
+        sse, active = sse + float(s), active + float(a)
+        fired |= np.asarray(f)
+        col_sum += np.asarray(cs, np.float64)
+        col_sq += np.asarray(cq, np.float64)
+    n = source.n_rows
+    centred = float(np.sum(col_sq - col_sum**2 / n))
+    return {
+        "rows": n,
+        "mse": sse / (n * source.width),
+        "explained_variance": 1.0 - sse / centred if centred > 0 else float("nan"),
+        "l0": active / n,
+        "dead_fraction": float(1.0 - fired.mean()),
+    }
+
+
+def train_sae(
+    activations: Path | str,
+    out_dir: Path | str,
+    *,
+    variant: str = "topk",
+    dict_size: int = 2048,
+    arch_config: Any = None,
+    train: SAETrainConfig = SAETrainConfig(),
+    seed: int = 0,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train a `variant` SAE of `dict_size` features on the (N, d) float32 rows of `activations`; write
+    SAE_FILE, CONFIG_FILE and METRICS_FILE into out_dir. Returns the metrics.
+
+    arch_config: the architecture's config (None: its defaults). Bad input raises UserError naming the file
+    or the setting; nothing is written before the activations are validated and the training has finished.
+    """
+    try:
+        arch = saes.get(variant)
+    except ValueError as e:
+        raise UserError(f"--variant: {e}") from None
+    cfg = arch.config() if arch_config is None else arch_config
+    try:
+        cfg.validate(dict_size)
+        train.validate()
+    except ValueError as e:
+        raise UserError(f"--variant {variant}: {e}") from None
+    if chunk_rows < 1:
+        raise UserError(f"--chunk-rows must be >= 1, got {chunk_rows}")
+    source = open_activations(activations)
+    if train.batch_size > min(source.n_rows, chunk_rows):
+        raise UserError(
+            f"--batch-size {train.batch_size} is larger than {'the file' if source.n_rows <= chunk_rows else 'a chunk'} "
+            f"({min(source.n_rows, chunk_rows)} rows of {source.path})"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file; --out must be a folder")
+    root = jax.random.key(seed)
+    sae = saes.create(variant, source.width, dict_size, cfg, key=jax.random.fold_in(root, _KEY_INIT))
+    log(f"Training a {variant} SAE ({dict_size} features) on {source.n_rows} x {source.width} activations from {source.path}")
+    in_memory = source.n_rows <= chunk_rows
+    rows = source.rows(0, source.n_rows) if in_memory else source
+    started = time.perf_counter()
+    result = sae_training.fit(
+        sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), chunk_rows=None if in_memory else chunk_rows, log=log
+    )
+    seconds = time.perf_counter() - started
+    metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
+        "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bridge.save_sae(result.model, out_dir / SAE_FILE)
+    write_json_atomic(out_dir / CONFIG_FILE, {
+        "architecture": variant,
+        "config": dataclasses.asdict(cfg),
+        "training": dataclasses.asdict(train),
+        "input_dim": source.width,
+        "dict_size": dict_size,
+        "seed": seed,
+        "chunk_rows": chunk_rows,
+        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+    })
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    log(
+        f"explained variance {metrics['explained_variance']:.4f} | L0 {metrics['l0']:.1f} | "
+        f"dead {metrics['dead_fraction']:.1%} | MSE {metrics['mse']:.6g} | {seconds:.1f} s -> {out_dir / SAE_FILE}"
+    )
+    return metrics
