@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_saes.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -63,15 +63,7 @@ def torch_epoch(name: str, sae: saes.SAE, x: np.ndarray, batch: int):
     aux_k = min(4 * getattr(cfg, "k", 1), sae.dict_size)
 
     def loss_of(xb):
-        if name == "relu-l1":
-            recon, f = model(xb)
-            return torch.mean((recon - xb) ** 2) + cfg.l1_coeff * f.abs().sum(-1).mean()
-        if name == "anthropic":
-            return ref.anthropic_loss(model, xb, cfg.l1_coeff)
-        if name == "jumprelu":
-            return ref.jumprelu_loss(model, xb, cfg.l0_coeff, cfg.bandwidth)
-        loss = {"topk": ref.topk_loss, "batchtopk": ref.batchtopk_loss, "matryoshka": ref.matryoshka_loss}[name]
-        return loss(model, xb, dead, aux_k, cfg.aux_coeff)
+        return ref.training_loss(name, model, xb, dead, cfg, aux_k)
 
     def epoch(e: int) -> None:
         order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(e))

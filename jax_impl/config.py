@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jax_impl.errors import UserError
+from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
 
 RECIPES = ("seed", "strong")  # see strong_recipe() and docs/strong_recipe.md
 MLP_DATA = ("split", "online")  # train on the fixed split (seed) or on fresh rows every step (jax_impl.online)
-from jax_impl.saes import NAMES as SAE_VARIANTS  # noqa: E402  (the architecture registry)
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def train_sae(
     bridge.save_sae(result.model, out_dir / SAE_FILE)
     write_json_atomic(out_dir / CONFIG_FILE, {
         "architecture": variant,
-        "config": dataclasses.asdict(cfg),
+        "config": dataclasses.asdict(result.model.cfg),
         "training": dataclasses.asdict(train),
         "input_dim": source.width,
         "dict_size": dict_size,

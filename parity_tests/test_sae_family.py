@@ -95,13 +95,7 @@ def test_architectures_are_told_apart_by_keys() -> None:
 
 
 def _torch_loss(name: str, torch_sae, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-    cfg = CONFIGS[name]
-    if name == "anthropic":
-        return ref.anthropic_loss(torch_sae, x, cfg.l1_coeff)
-    if name == "jumprelu":
-        return ref.jumprelu_loss(torch_sae, x, cfg.l0_coeff, cfg.bandwidth)
-    loss = {"topk": ref.topk_loss, "batchtopk": ref.batchtopk_loss, "matryoshka": ref.matryoshka_loss}[name]
-    return loss(torch_sae, x, dead, AUX_K, cfg.aux_coeff)
+    return ref.training_loss(name, torch_sae, x, dead, CONFIGS[name], AUX_K)
 
 
 def _torch_grads(torch_sae: torch.nn.Module) -> dict[str, torch.Tensor]:

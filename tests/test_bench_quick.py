@@ -48,3 +48,18 @@ def test_quick_bench_writes_results(tmp_path):
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| stage |" in markdown and "MLP training (per epoch)" in markdown
+
+
+def test_sae_family_bench_quick_writes_every_architecture(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jax_impl import saes
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_saes.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], check=True, capture_output=True)
+    results = json.loads((tmp_path / "saes.json").read_text())
+    assert set(results["archs"]) == set(saes.NAMES)
+    assert all(a["jax_epoch_s"] > 0 and a["torch_epoch_s"] > 0 for a in results["archs"].values())

@@ -144,3 +144,16 @@ def test_registry_names_every_architecture_once():
     assert set(saes.NAMES) == {"relu-l1", "topk", "anthropic", "batchtopk", "matryoshka", "jumprelu"}
     keys = [frozenset(a.config_keys()) for a in saes.REGISTRY.values()]
     assert len(set(keys)) == len(keys)
+
+
+def test_default_matryoshka_groups_are_saved_resolved(tmp_path):
+    import jax
+
+    from jax_impl import bridge
+    from torch_ref.saes import sae_from_state_dict
+
+    sae = saes.create("matryoshka", WIDTH, 64, key=jax.random.key(0))
+    assert sae.cfg.groups == (8, 16, 32, 64)
+    bridge.save_sae(sae, tmp_path / "m.pth")
+    assert sae_from_state_dict(torch.load(tmp_path / "m.pth", weights_only=True)).group_ends.tolist() == [8, 16, 32, 64]
+    assert bridge.load_sae(tmp_path / "m.pth", input_dim=WIDTH).cfg == sae.cfg

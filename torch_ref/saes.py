@@ -227,3 +227,17 @@ def jumprelu_loss(sae: JumpReLUSAE, x: torch.Tensor, l0_coeff: float, bandwidth:
     features = _JumpReLU.apply(pre, sae.threshold, bandwidth)
     l0 = _Heaviside.apply(pre, sae.threshold, bandwidth).sum(dim=-1).mean()
     return _mse(sae.decode(features), x) + l0_coeff * l0
+
+
+def training_loss(name: str, sae: nn.Module, x: torch.Tensor, dead: torch.Tensor, cfg, aux_k: int) -> torch.Tensor:
+    """The training loss of architecture `name` on a batch x (B, D); `cfg` is any object with that
+    architecture's fields (l1_coeff; aux_coeff; l0_coeff and bandwidth), dead (F,) bool for AuxK."""
+    if name == "relu-l1":
+        reconstruction, features = sae(x)
+        return _mse(reconstruction, x) + cfg.l1_coeff * features.abs().sum(dim=-1).mean()
+    if name == "anthropic":
+        return anthropic_loss(sae, x, cfg.l1_coeff)
+    if name == "jumprelu":
+        return jumprelu_loss(sae, x, cfg.l0_coeff, cfg.bandwidth)
+    loss = {"topk": topk_loss, "batchtopk": batchtopk_loss, "matryoshka": matryoshka_loss}[name]
+    return loss(sae, x, dead, aux_k, cfg.aux_coeff)

@@ -42,6 +42,8 @@ def create(name: str, input_dim: int, dict_size: int, cfg=None, *, key: jax.Arra
     arch = get(name)
     cfg = arch.config() if cfg is None else cfg
     cfg.validate(dict_size)
+    if arch.resolve is not None:
+        cfg = arch.resolve(cfg, dict_size)
     params, buffers = arch.init(key, input_dim, dict_size, cfg)
     return SAE(arch, cfg, params, buffers)
 

@@ -156,6 +156,7 @@ class Architecture:
     keep_partial_batch: bool = False
     epoch_hook: Callable[..., tuple[Params, Any, str | None]] | None = None
     post_update: Callable[[Params], Params] | None = None  # e.g. keep jumprelu's thresholds positive
+    resolve: Callable[[Any, int], Any] | None = None  # cfg, dict_size -> cfg with its defaults made explicit
     tied_bias: bool = True  # pre-encoder bias b_dec subtracted, and b_dec initialised to the mean row
 
     def config_from_file(self, values: Mapping[str, Any]) -> Any:

@@ -6,6 +6,7 @@ must be the dictionary size (saved as the int64 buffer `group_ends`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -37,6 +38,11 @@ def group_ends(cfg: Config, dict_size: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, dict_size // 8), max(1, dict_size // 4), max(1, dict_size // 2), dict_size}))
 
 
+def resolve(cfg: Config, dict_size: int) -> Config:
+    """The config with its prefix ends written out (what the state_dict's `group_ends` records)."""
+    return dataclasses.replace(cfg, groups=group_ends(cfg, dict_size))
+
+
 def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config) -> tuple[Params, dict]:
     return batchtopk.init(key, input_dim, dict_size, cfg)
 
@@ -61,4 +67,5 @@ ARCHITECTURE = Architecture(
     loss=loss,
     key_map=(*batchtopk.KEY_MAP[:3], KeyMapEntry("group_ends", "groups", source="config", dtype="int64"),
              *batchtopk.KEY_MAP[3:]),
+    resolve=resolve,
 )
