@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent
-UPSTREAM = REPO.parent / "shared" / "upstream"
 
 # A pipeline run small enough for CI (seconds) that still exercises every stage and artifact.
 TINY_RUN_ARGS = [
@@ -29,8 +28,10 @@ def xlsx_cells(path: Path) -> list[tuple]:
 
 @pytest.fixture(scope="session")
 def upstream() -> Path:
+    from parity_tests.helpers import UPSTREAM, missing_upstream
+
     if not (UPSTREAM / "mlp" / "perfect_mlp.pth").exists():
-        pytest.fail(f"upstream fixtures not found at {UPSTREAM} (expected ../shared/upstream beside the repo)")
+        missing_upstream(UPSTREAM / "mlp" / "perfect_mlp.pth")
     return UPSTREAM
 
 

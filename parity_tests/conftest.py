@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from parity_tests.helpers import MEASURED
+from parity_tests.helpers import MEASURED, UPSTREAM, missing_upstream
 
-UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "upstream"
 UPSTREAM_MLP = UPSTREAM / "mlp" / "perfect_mlp.pth"
 UPSTREAM_SPLITS = {s: UPSTREAM / "dataset" / f"mlp_{s}.xlsx" for s in ("train", "val", "test")}
 
@@ -25,7 +24,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def upstream_state_dict() -> dict[str, torch.Tensor]:
     if not UPSTREAM_MLP.is_file():
-        pytest.skip(f"upstream artifact {UPSTREAM_MLP} is not present")
+        missing_upstream(UPSTREAM_MLP)
     return torch.load(UPSTREAM_MLP, weights_only=True)
 
 
@@ -35,5 +34,5 @@ def upstream_splits():
     from jax_impl.task import read_split
 
     if not all(p.is_file() for p in UPSTREAM_SPLITS.values()):
-        pytest.skip(f"upstream datasets under {UPSTREAM / 'dataset'} are not present")
+        missing_upstream(UPSTREAM / "dataset")
     return {name: read_split(path) for name, path in UPSTREAM_SPLITS.items()}

@@ -7,14 +7,28 @@ tolerance; `PARITY_REPORT=path.json pytest parity_tests` writes them out (docs/p
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 # float32 machine epsilon (2**-23): the unit most tolerances below are expressed in.
 EPS32 = float(np.finfo(np.float32).eps)
 
 MEASURED: list[dict] = []
+
+# The reference's published artifacts (tests read them; the product never does). MONOSEM_UPSTREAM=DIR points
+# elsewhere; without them the tests that need them skip, except under CI=true, where they fail.
+UPSTREAM = Path(os.environ.get("MONOSEM_UPSTREAM", Path(__file__).resolve().parents[2] / "shared" / "upstream"))
+
+
+def missing_upstream(what: Path) -> None:
+    """Skip (fail under CI=true) because the upstream fixture `what` is absent, saying how to provide it."""
+    message = f"upstream fixture {what} not found: set MONOSEM_UPSTREAM=DIR (default ../shared/upstream beside the repo)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def to_numpy(x) -> np.ndarray:

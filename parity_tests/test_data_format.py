@@ -8,6 +8,7 @@ import pytest
 
 from jax_impl.task import Split, read_split, write_split
 from parity_tests.conftest import UPSTREAM_SPLITS
+from parity_tests.helpers import missing_upstream
 from parity_tests.helpers import task_rows
 
 pytest.importorskip("pandas", reason="the upstream loader needs pandas")
@@ -29,7 +30,7 @@ def test_written_split_loads_in_upstream_loader(tmp_path):
 def test_upstream_split_reads_the_same_in_both_loaders(name):
     path = UPSTREAM_SPLITS[name]
     if not path.is_file():
-        pytest.skip(f"{path} is not present")
+        missing_upstream(path)
     X, Y = load_excel_split(path)
     ours = read_split(path)
     np.testing.assert_array_equal(X.numpy(), ours.inputs.astype(np.float32))
