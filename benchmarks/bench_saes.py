@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from jax_impl import bridge, saes
-from jax_impl.sae_training import SAETrainConfig, make_chunk_fn, make_sae_step, sae_optimizer
+from jax_impl.sae_training import SAETrainConfig, make_chunk_fn, make_sae_step
+from jax_impl.train import sae_optimizer
 from torch_ref import saes as ref
 
 HERE = Path(__file__).resolve().parent

@@ -8,7 +8,6 @@ in both directions and every error names the key. `.pth` / `.pt` files are read 
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -166,7 +165,9 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
             f"{source}: key 'encoder.weight' has shape ({dict_size}, {width}), expected ({dict_size}, {input_dim}): "
             f"the SAE must read the MLP's {input_dim}-wide activations"
         )
-    template = saes.create(arch.name, width, dict_size, _template_config(arch, dict_size), key=jax.random.key(0))
+    # A template for the tensors' shapes only: the default config, unvalidated (its k may exceed dict_size);
+    # the file's own config is restored and validated below.
+    template = SAE(arch, arch.config(), *arch.init(jax.random.key(0), width, dict_size, arch.config()))
     expected = saes.base.numpy_state(template)
     params, buffers, config_values = template.params(), template.buffers(), {}
     for entry in arch.key_map:
@@ -190,12 +191,6 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
     except ValueError as e:
         raise UserError(f"{source}: {e}") from None
     return SAE(arch, cfg, params, buffers)
-
-
-def _template_config(arch: saes.Architecture, dict_size: int):
-    """A config valid for any dictionary size, for the template whose shapes the file is checked against."""
-    fields = {f.name for f in dataclasses.fields(arch.config)}
-    return arch.config(**({"k": 1} if "k" in fields else {}), **({"groups": (dict_size,)} if "groups" in fields else {}))
 
 
 def torch_load(path: Path | str) -> object:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import jax
@@ -28,7 +27,7 @@ import optax
 from jax_impl.activations import ActivationFile, iter_chunks, sample_rows
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
-from jax_impl.train import EPOCH_COMPILER_OPTIONS, Log, TrainResult, run_epochs
+from jax_impl.train import Log, TrainResult, make_batched_epoch, run_epochs, sae_optimizer
 
 HOOK_SAMPLE_ROWS = 65536  # rows an epoch hook (resampling) sees when the activations are streamed
 
@@ -49,10 +48,6 @@ class SAETrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         return self
-
-
-def sae_optimizer(train: SAETrainConfig) -> optax.GradientTransformation:
-    return optax.adam(train.lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
 def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int):
@@ -78,19 +73,8 @@ def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation
 
 def make_chunk_fn(step, batch_size: int, keep_partial_batch: bool):
     """A jitted `run(carry, rows (n, D), permutation (n,)) -> (carry, step losses (S,))` over one chunk."""
-
-    @partial(jax.jit, donate_argnums=0, compiler_options=EPOCH_COMPILER_OPTIONS)
-    def run(carry, rows, permutation):
-        n_full = permutation.shape[0] // batch_size
-        full = permutation[: n_full * batch_size].reshape(n_full, batch_size)
-        carry, losses = jax.lax.scan(lambda c, idx: step(c, rows[idx]), carry, full)
-        tail = permutation[n_full * batch_size :]
-        if keep_partial_batch and tail.shape[0]:
-            carry, last = step(carry, rows[tail])
-            losses = jnp.concatenate([losses, last[None]])
-        return carry, losses
-
-    return run
+    epoch = make_batched_epoch(lambda carry, batch: step(carry, *batch), batch_size, keep_partial_batch)
+    return lambda carry, rows, permutation: epoch(carry, (rows,), permutation)
 
 
 def steps_in(n_rows: int, batch_size: int, keep_partial_batch: bool) -> int:
@@ -137,7 +121,8 @@ def fit(
     p, b = jax.tree.map(jnp.copy, (sae.params(), sae.buffers()))
     if arch.tied_bias:
         p = p | {"b_dec": _column_mean(rows, chunk_rows)}  # centre (papers: geometric median)
-    n_steps = sum(steps_in(len(c), train.batch_size, arch.keep_partial_batch) for c in _chunk_sizes(n, chunk_rows))
+    chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
+    n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
     carry = (p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32))
     step = make_sae_step(arch, cfg, tx, dead_after=n_steps)  # dead: silent for a whole epoch of batches
     run_chunk = make_chunk_fn(step, train.batch_size, arch.keep_partial_batch)
@@ -179,6 +164,3 @@ def fit(
     trained = SAE(arch, cfg, carry[0], carry[1])
     return TrainResult(model=trained, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)
 
-
-def _chunk_sizes(n: int, chunk_rows: int) -> list[range]:
-    return [range(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]

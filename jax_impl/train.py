@@ -64,6 +64,7 @@ def mlp_optimizer(cfg: MLPConfig, total_steps: int) -> optax.GradientTransformat
 
 
 def sae_optimizer(cfg: SAEConfig) -> optax.GradientTransformation:
+    """Adam at cfg.lr (any config with an `lr`: SAEConfig, sae_training.SAETrainConfig)."""
     return optax.adam(cfg.lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
@@ -127,9 +128,14 @@ def raise_if_diverged(losses: np.ndarray, stage: str, epoch: int) -> None:
         )
 
 
-def _make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn, batch_size: int):
-    """A jitted `epoch(carry, arrays, permutation) -> (carry, step_losses)`; carry = (params, rest, opt_state)."""
-    step = make_train_step(graphdef, tx, loss_fn)
+def make_batched_epoch(step, batch_size: int, keep_partial_batch: bool = True):
+    """A jitted `epoch(carry, arrays, permutation (n,)) -> (carry, step_losses (S,))` for any
+    `step(carry, batch) -> (carry, loss)`, batch = the tuple of `arrays` gathered at a batch of indices.
+
+    Consecutive slices of the permutation are the batches (torch's DataLoader order), scanned; the last,
+    shorter batch is one more step when keep_partial_batch (DataLoader's drop_last=False), else dropped.
+    The carry is donated.
+    """
 
     @partial(jax.jit, donate_argnums=0, compiler_options=EPOCH_COMPILER_OPTIONS)
     def epoch(carry, arrays, permutation):
@@ -137,12 +143,17 @@ def _make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, los
         full = permutation[: n_full * batch_size].reshape(n_full, batch_size)
         carry, losses = jax.lax.scan(lambda c, idx: step(c, tuple(a[idx] for a in arrays)), carry, full)
         tail = permutation[n_full * batch_size :]
-        if tail.shape[0]:
+        if keep_partial_batch and tail.shape[0]:
             carry, last = step(carry, tuple(a[tail] for a in arrays))
             losses = jnp.concatenate([losses, last[None]])
         return carry, losses
 
     return epoch
+
+
+def _make_epoch_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn, batch_size: int):
+    """A jitted `epoch(carry, arrays, permutation) -> (carry, step_losses)`; carry = (params, rest, opt_state)."""
+    return make_batched_epoch(make_train_step(graphdef, tx, loss_fn), batch_size)
 
 
 def _fit(

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from jax_impl import bridge, saes
-from jax_impl.sae_training import SAETrainConfig, make_sae_step, sae_optimizer
+from jax_impl.sae_training import SAETrainConfig, make_sae_step
+from jax_impl.train import sae_optimizer
 from jax_impl.saes.base import TrainContext
 from parity_tests.helpers import assert_close, ulps
 from torch_ref import saes as ref

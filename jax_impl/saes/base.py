@@ -189,10 +189,6 @@ class SAE(nnx.Module):
         self.p = nnx.Dict({k: nnx.Param(jnp.asarray(v)) for k, v in params.items()})
         self.b = nnx.Dict({k: nnx.BatchStat(jnp.asarray(v)) for k, v in buffers.items()})
 
-    @property
-    def variant(self) -> str:
-        return self.arch.name
-
     def params(self) -> Params:
         return {k: v[...] for k, v in self.p.items()}
 
