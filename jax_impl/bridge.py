@@ -4,6 +4,9 @@ Each torch key maps to (nnx module path, variable name, transpose?). Torch's Lin
 (out, in) and flax's kernel is (in, out); everything else is copied as is. Shapes and dtypes are checked
 in both directions and every error names the key. `.pth` / `.pt` files are read with
 `torch.load(weights_only=True)`, which refuses to unpickle anything but tensors and plain containers.
+
+Every file saved here also gets a `.safetensors` twin beside it (same name, same keys and tensors), which
+loads with no unpickler at all; every loader takes either, with the same checks and messages.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
+from safetensors.torch import load_file as _read_safetensors
+from safetensors.torch import save_file as _write_safetensors
 
 from jax_impl.atomic import atomic_path
 from jax_impl.errors import UserError
@@ -212,7 +217,37 @@ def torch_load(path: Path | str) -> object:
         ) from None
 
 
+SAFETENSORS = ".safetensors"
+ACTIVATIONS_KEY = "activations"  # the one tensor of an activations .safetensors file
+
+
+def safetensors_twin(path: Path | str) -> Path:
+    """The `.safetensors` file written beside a `.pth` / `.pt` (same stem)."""
+    return Path(path).with_suffix(SAFETENSORS)
+
+
+def read_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
+    """All tensors of a `.safetensors` file, by name; one-line UserError for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return _read_safetensors(str(path), device="cpu")
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ... for garbage or truncated files
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"{path}: not a readable .safetensors file (truncated or another format: {detail})") from None
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Write `tensors` as `.safetensors`, atomically. Deterministic: the header lists names in sorted order."""
+    contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        _write_safetensors(contiguous, str(tmp), metadata={"format": "pt"})  # "pt": HF's loaders expect it
+
+
 def _load_state_dict_file(path: Path | str) -> Mapping[str, object]:
+    if Path(path).suffix == SAFETENSORS:
+        return read_safetensors(path)
     sd = torch_load(path)
     if not isinstance(sd, Mapping):
         raise UserError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(sd).__name__}")
@@ -235,21 +270,37 @@ def _save(obj: object, path: Path | str) -> None:
 
 
 def save_mlp(model: InterpretabilityMLP, path: Path | str) -> None:
-    _save(mlp_to_state_dict(model), path)
+    """The MLP's state_dict at `path` (.pth) and at its `.safetensors` twin."""
+    sd = mlp_to_state_dict(model)
+    _save(sd, path)
+    write_safetensors(sd, safetensors_twin(path))
 
 
 def save_sae(model: SAE, path: Path | str) -> None:
-    _save(sae_to_state_dict(model), path)
+    """The SAE's state_dict at `path` (.pth) and at its `.safetensors` twin."""
+    sd = sae_to_state_dict(model)
+    _save(sd, path)
+    write_safetensors(sd, safetensors_twin(path))
 
 
 def save_activations(activations: np.ndarray, path: Path | str) -> None:
-    """One float32 tensor (N, 512), as upstream's mlp_activations.pt."""
-    _save(torch.from_numpy(np.array(activations, dtype=np.float32, order="C")), path)
+    """One float32 tensor (N, 512), as upstream's mlp_activations.pt, and its `.safetensors` twin (one tensor
+    named "activations")."""
+    tensor = torch.from_numpy(np.array(activations, dtype=np.float32, order="C"))
+    _save(tensor, path)
+    write_safetensors({ACTIVATIONS_KEY: tensor}, safetensors_twin(path))
 
 
 def load_activations(path: Path | str, width: int = LAYER2_WIDTH) -> np.ndarray:
-    """(N, width) float32 from a `.pt` holding one tensor; anything else is refused with its shape and dtype."""
-    obj = torch_load(path)
+    """(N, width) float32 from a `.pt` holding one tensor or a `.safetensors` holding one; anything else is
+    refused with its shape and dtype."""
+    if Path(path).suffix == SAFETENSORS:
+        tensors = read_safetensors(path)
+        if len(tensors) != 1:
+            raise UserError(f"{path}: holds {len(tensors)} tensors {sorted(tensors)[:8]}, expected exactly one (N, {width}) float32 tensor")
+        (obj,) = tensors.values()
+    else:
+        obj = torch_load(path)
     if not isinstance(obj, torch.Tensor):
         raise UserError(f"{path}: expected one tensor of activations, got {type(obj).__name__}")
     if obj.ndim != 2 or obj.shape[1] != width or obj.shape[0] == 0:

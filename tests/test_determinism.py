@@ -72,7 +72,9 @@ def test_torch_save_bytes_do_not_depend_on_the_temporary_name_or_folder(tmp_path
     with zipfile.ZipFile(paths[0]) as z:
         # the same record names as `torch.save(sd, "perfect_mlp.pth")`, as in upstream's published file
         assert {name.split("/")[0] for name in z.namelist()} == {"perfect_mlp"}
-    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["perfect_mlp.pth"]  # no temporary left
+    # no temporary left: the .pth and its safetensors twin, nothing else
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["perfect_mlp.pth", "perfect_mlp.safetensors"]
+    assert paths[0].with_suffix(".safetensors").read_bytes() == paths[1].with_suffix(".safetensors").read_bytes()
     acts = np.arange(6 * 512, dtype=np.float32).reshape(6, 512)
     for d in ("x", "y"):
         bridge.save_activations(acts, tmp_path / d / "mlp_activations.pt")
