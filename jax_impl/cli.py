@@ -77,14 +77,26 @@ def _run_config(run_dir: Path) -> RunConfig:
     return run_config(run_dir)
 
 
+def _run_with_sae(args: argparse.Namespace, writes: bool):
+    """The run of --run-dir, with --sae in place of its own SAE; where the command writes files, --sae needs
+    --out so that the run's own atlas and reports are never overwritten with another SAE's."""
+    from jax_impl.rundir import Run
+
+    sae, out = getattr(args, "sae", None), getattr(args, "out", None)
+    if writes and sae is not None and out is None:
+        raise UserError(f"--sae {sae}: give --out DIR for the files (the run's own, of its own SAE, stay as they are)")
+    if sae is not None and not sae.exists():
+        raise UserError(f"--sae {sae}: no such file or folder")
+    return Run(args.run_dir, _run_config(args.run_dir), sae_path=sae, out_dir=out)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import numpy as np
 
     from jax_impl.pipeline import probe_inputs, probe_text
-    from jax_impl.rundir import Run
     from jax_impl.task import first_invalid_input
 
-    run = Run(args.run_dir, _run_config(args.run_dir))
+    run = _run_with_sae(args, writes=False)
     if args.input:
         rows = np.asarray([_parse_input_row(t, "--input", run.shape.input_dim) for t in args.input])
         invalid = first_invalid_input(rows, run.shape)
@@ -97,7 +109,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jax_impl import analysis, bridge
+    from jax_impl import analysis, bridge, saelens
     from jax_impl.atomic import atomic_path
     from jax_impl.task import TaskShape, read_split
 
@@ -108,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.mlp}: the MLP takes {mlp.input.in_features} inputs but --x-dim {args.x_dim} x --y-dim {args.y_dim} "
             f"rows have {shape.input_dim}"
         )
-    sae = bridge.load_sae(args.sae) if args.sae else None
+    sae = saelens.load_sae(args.sae) if args.sae else None
     split = read_split(args.data, shape)
     metrics = analysis.evaluate(mlp, split, sae)
     if sae is not None:
@@ -145,28 +157,27 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from jax_impl.pipeline import stage_reports
-    from jax_impl.rundir import Run
 
-    stage_reports(Run(args.run_dir, _run_config(args.run_dir)))
+    stage_reports(_run_with_sae(args, writes=True))
     return 0
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
     from jax_impl import atlas
-    from jax_impl.rundir import Run
     from jax_impl.task import SPLITS
 
     if not 0 < args.min_f1 <= 1 or args.steer_scale <= 0:
         raise UserError(f"--min-f1 must be in (0, 1] and --steer-scale positive, got {args.min_f1} and {args.steer_scale}")
-    run = Run(args.run_dir, _run_config(args.run_dir))
+    run = _run_with_sae(args, writes=True)
     names = SPLITS if args.split == "all" else (args.split,)
     doc = atlas.atlas_from_models(
         run.mlp, run.sae, run.rows(names), run.shape,
-        source=f"{args.run_dir} ({args.split} split{'s' if args.split == 'all' else ''})",
+        source=f"{args.run_dir} ({args.split} split{'s' if args.split == 'all' else ''})"
+        + (f" with the SAE {args.sae.name}" if args.sae else ""),
         min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
     print(atlas.format_summary(doc))
-    for path in atlas.write_atlas(doc, args.run_dir):
+    for path in atlas.write_atlas(doc, run.out_dir):
         print(f"Saved {path}")
     return 0
 
@@ -182,6 +193,14 @@ def _architecture_fields() -> dict[str, tuple[type, Any, list[str]]]:
             kind, _, owners = fields.get(f.name, (type(default), default, []))
             fields[f.name] = (kind, default, [*owners, arch.name])
     return fields
+
+
+def _add_sae_flag(p: argparse.ArgumentParser, writes: bool) -> None:
+    p.add_argument("--sae", type=Path, metavar="PATH", help="use this SAE with the run's MLP instead of the run's own: "
+                   "a .pth, a .safetensors or a SAELens folder (cfg.json + sae_weights.safetensors)")
+    if writes:
+        p.add_argument("--out", type=Path, metavar="DIR", help="where to write (default the run directory; "
+                       "required with --sae)")
 
 
 _ARCH_FLAG_ALIASES = {"groups": "--matryoshka-groups"}
@@ -251,12 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
     p.add_argument("--input", action="append", metavar="ROW", help="e.g. 8,9,5,1,3,2,9,4,7,1 (repeatable); "
                    "default: the seed's five probe inputs")
+    _add_sae_flag(p, writes=False)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("evaluate", help="metrics of torch .pth models on an xlsx split")
     p.add_argument("--mlp", type=Path, required=True, help="InterpretabilityMLP state_dict (.pth)")
     p.add_argument("--data", type=Path, required=True, help="an upstream-format split (.xlsx)")
-    p.add_argument("--sae", type=Path, help="SparseAutoencoder state_dict (.pth): adds reconstruction metrics")
+    p.add_argument("--sae", type=Path, help="an SAE (.pth, .safetensors or a SAELens folder): adds reconstruction metrics")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--predictions", type=Path, metavar="CSV", help="write one prediction per row, in row order")
     p.add_argument("--x-dim", type=int, default=5, help="task shape: entries per column (default 5)")
@@ -273,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write the circuit trace workbook and the three offline HTML reports")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    _add_sae_flag(p, writes=True)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("atlas", help="label every SAE feature with a task concept, test the labels causally, "
@@ -283,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-gain", type=float, default=0.5, help="steering gain for a causally consistent label (default 0.5)")
     p.add_argument("--steer-scale", type=float, default=1.0,
                    help="clamp value in units of the feature's mean activation on its concept (default 1)")
+    _add_sae_flag(p, writes=True)
     p.set_defaults(func=cmd_atlas)
 
     from jax_impl.saes import NAMES  # the registry: its names and its configs' fields are the flags below

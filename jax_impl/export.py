@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from jax_impl import bridge
+from jax_impl import bridge, saelens
 from jax_impl.atomic import atomic_path
-from jax_impl.rundir import MLP_PATH, SAE_PATH
+from jax_impl.rundir import MLP_PATH, SAE_PATH, SAELENS_DIR
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.saes import SAE
 from torch_ref.models import mlp_from_state_dict
@@ -76,6 +76,13 @@ def export_models(mlp: InterpretabilityMLP, sae: SAE, run_dir: Path | str) -> di
 
 
 def export_run(run_dir: Path | str) -> dict[str, Path]:
-    """Export the `.pth` models of a finished run (read with weights_only=True, validated by the bridge)."""
+    """Export the `.pth` models of a finished run (read with weights_only=True, validated by the bridge), and
+    (re)write the SAE's SAELens folder and the `.safetensors` twins, for runs written before they existed."""
     run_dir = Path(run_dir)
-    return export_models(bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH), run_dir)
+    mlp, sae = bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH)
+    paths = export_models(mlp, sae, run_dir)
+    for path, state in ((MLP_PATH, bridge.mlp_to_state_dict(mlp)), (SAE_PATH, bridge.sae_to_state_dict(sae))):
+        paths[f"{path.stem}_safetensors"] = run_dir / bridge.safetensors_twin(path)
+        bridge.write_safetensors(state, paths[f"{path.stem}_safetensors"])
+    paths["sae_saelens"] = saelens.save_saelens(sae, run_dir / SAELENS_DIR)
+    return paths

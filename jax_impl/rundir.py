@@ -4,9 +4,10 @@ this module only.
 
     RUN_DIR/manifest.json               config, versions, completed stages and their metrics
     RUN_DIR/dataset/mlp_{split}.xlsx    the task rows
-    RUN_DIR/mlp/perfect_mlp.pth         the MLP
-    RUN_DIR/mlp_activations.pt          the harvested activations (N, d) float32
-    RUN_DIR/sae/sae_model.pth           the SAE (any architecture of jax_impl.saes)
+    RUN_DIR/mlp/perfect_mlp.pth         the MLP (and perfect_mlp.safetensors: the same tensors, no pickle)
+    RUN_DIR/mlp_activations.pt          the harvested activations (N, d) float32 (and .safetensors)
+    RUN_DIR/sae/sae_model.pth           the SAE (any architecture of jax_impl.saes; and .safetensors)
+    RUN_DIR/sae/saelens/                the SAE in SAELens's format (cfg.json + sae_weights.safetensors)
     RUN_DIR/probe.txt                   the feature probe
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax_impl import bridge, saes
+from jax_impl import bridge, saelens, saes
 from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
 from jax_impl.models import InterpretabilityMLP
@@ -33,6 +34,7 @@ LOCK = ".monosem.lock"
 MLP_PATH = Path("mlp/perfect_mlp.pth")
 ACTIVATIONS_PATH = Path("mlp_activations.pt")
 SAE_PATH = Path("sae/sae_model.pth")
+SAELENS_DIR = Path("sae/saelens")
 PROBE_PATH = Path("probe.txt")
 
 # Independent PRNG streams per purpose, derived from the one user seed (`Run.key(stream)`).
@@ -64,14 +66,28 @@ def run_config(run_dir: Path | str) -> RunConfig:
 
 class Run:
     """One run directory: its config and its artifacts, loaded from disk on first use when a stage did not
-    just compute them (which is what makes `--resume` work)."""
+    just compute them (which is what makes `--resume` work).
 
-    def __init__(self, run_dir: Path | str, config: RunConfig, log: Log = print):
+    sae_path: another SAE to use with the run's MLP (a `.pth`, a `.safetensors` or a SAELens folder) instead
+    of the run's own; out_dir: where the atlas and reports are written (default the run directory).
+    """
+
+    def __init__(
+        self, run_dir: Path | str, config: RunConfig, log: Log = print, *,
+        sae_path: Path | str | None = None, out_dir: Path | str | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.config = config
         self.log = log
+        self.sae_path = self.run_dir / SAE_PATH if sae_path is None else Path(sae_path)
+        self.out_dir = self.run_dir if out_dir is None else Path(out_dir)
         self.shape = TaskShape(config.data.x_dim, config.data.y_dim)
         self.root_key = jax.random.key(config.seed)
+
+    @property
+    def atlas_matches_sae(self) -> bool:
+        """Whether an atlas in out_dir describes this run's SAE (not so for another SAE with the run's atlas)."""
+        return self.sae_path == self.run_dir / SAE_PATH or self.out_dir != self.run_dir
 
     def key(self, stream: int) -> jax.Array:
         return jax.random.fold_in(self.root_key, stream)
@@ -94,7 +110,7 @@ class Run:
 
     @cached_property
     def sae(self) -> saes.SAE:
-        return bridge.load_sae(self.run_dir / SAE_PATH)
+        return saelens.load_sae(self.sae_path)
 
 
 def load_run(run_dir: Path | str, log: Log = print) -> Run:

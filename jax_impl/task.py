@@ -198,6 +198,14 @@ def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ParseError, zlib.error) as e:
         raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__}: {str(e).strip()[:100]})") from None
+    except ValueError as e:
+        # openpyxl wraps what its XML parser refused ("Unable to read workbook"); with defusedxml installed
+        # (sae-lens brings it), an entity-expanding sheet is refused as EntitiesForbidden: name the cause.
+        cause = e.__cause__ or e.__context__ or e
+        raise UserError(
+            f"{path}: not a readable .xlsx workbook (its XML is damaged or hostile: {cause.__class__.__name__}: "
+            f"{str(cause).strip().splitlines()[0][:100] if str(cause).strip() else ''})"
+        ) from None
     try:
         rows = wb.worksheets[0].iter_rows(values_only=True)
         header = next(rows, None)

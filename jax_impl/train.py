@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: the bar shows on terminals only, and Jupyter would warn about widgets
 
 from jax_impl.config import MLPConfig, SAEConfig
 from jax_impl.errors import TrainingDiverged

@@ -4,6 +4,8 @@ Reads a `.pt` (one tensor, weights_only), a `.npy` (memory-mapped and streamed i
 memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tensor), and writes into `out_dir`:
 
   sae.pth           the SAE's torch state_dict (torch_ref.saes loads it strictly)
+  sae.safetensors   the same tensors, loadable without an unpickler
+  saelens/          the SAE in SAELens's format (cfg.json + sae_weights.safetensors; sae_lens.SAE.load_from_disk)
   sae_config.json   architecture, its config, the training config, widths, seed, the activation file
   metrics.json      explained variance, L0, dead fraction and MSE over every row, training seconds
 
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_impl import bridge, sae_training, saes
+from jax_impl import bridge, sae_training, saelens, saes
 from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
 from jax_impl.errors import UserError
@@ -29,6 +31,7 @@ from jax_impl.sae_training import SAETrainConfig
 from jax_impl.train import Log
 
 SAE_FILE = "sae.pth"
+SAELENS_DIR = "saelens"
 CONFIG_FILE = "sae_config.json"
 METRICS_FILE = "metrics.json"
 DEFAULT_CHUNK_ROWS = 1 << 18  # 262,144 rows: 512 MiB of float32 at d = 512
@@ -51,7 +54,8 @@ def _chunk_sums(sae: saes.SAE, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.
 
 def reconstruction_metrics(sae: saes.SAE, source: ActivationFile, chunk_rows: int) -> dict[str, float]:
     """Over every row, chunk by chunk: mse (per element), explained_variance (1 - SSE / centred SS), l0 (mean
-    active features per row), dead_fraction (features active on no row)."""
+    active features per row), dead_fraction (features active on no row). explained_variance is None where
+    every row is the same (nothing to explain)."""
     sse = active = 0.0
     fired = np.zeros(sae.dict_size, bool)
     col_sum = np.zeros(source.width, np.float64)
@@ -68,7 +72,7 @@ def reconstruction_metrics(sae: saes.SAE, source: ActivationFile, chunk_rows: in
     return {
         "rows": n,
         "mse": sse / (n * source.width),
-        "explained_variance": 1.0 - sse / centred if centred > 0 else float("nan"),
+        "explained_variance": 1.0 - sse / centred if centred > 0 else None,
         "l0": active / n,
         "dead_fraction": float(1.0 - fired.mean()),
     }
@@ -128,6 +132,7 @@ def train_sae(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     bridge.save_sae(result.model, out_dir / SAE_FILE)
+    saelens.save_saelens(result.model, out_dir / SAELENS_DIR, hook_name=None)
     write_json_atomic(out_dir / CONFIG_FILE, {
         "architecture": variant,
         "config": dataclasses.asdict(result.model.cfg),
@@ -139,8 +144,9 @@ def train_sae(
         "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
     })
     write_json_atomic(out_dir / METRICS_FILE, metrics)
+    ev = metrics["explained_variance"]
     log(
-        f"explained variance {metrics['explained_variance']:.4f} | L0 {metrics['l0']:.1f} | "
+        f"explained variance {'n/a' if ev is None else f'{ev:.4f}'} | L0 {metrics['l0']:.1f} | "
         f"dead {metrics['dead_fraction']:.1%} | MSE {metrics['mse']:.6g} | {seconds:.1f} s -> {out_dir / SAE_FILE}"
     )
     return metrics

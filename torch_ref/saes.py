@@ -74,7 +74,7 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.tensor(-1.0))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return torch.where(pre > self.threshold, pre, torch.zeros_like(pre))
+        return torch.where(pre > self.threshold.clamp(min=0.0), pre, torch.zeros_like(pre))  # UNSET (< 0): ReLU
 
     def batch_activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Training: ReLU of the k x B largest pre-activations of the whole batch (B, F)."""

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.saes.base import (
-    Architecture, KeyMapEntry, Params, TrainContext, decode, mse, pre_activation, tied_init, unit_rows,
+    Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, mse, pre_activation, tied_init, unit_rows,
 )
 
 RESAMPLE_ENCODER_SCALE = 0.2  # Towards Monosemanticity: resampled encoder rows get 0.2 x the mean live norm
@@ -112,4 +112,5 @@ ARCHITECTURE = Architecture(
     loss=loss,
     key_map=(KeyMapEntry("b_dec", "b_dec"), *TIED_KEYS),
     epoch_hook=epoch_hook,
+    saelens=SaeLensFormat("standard", reads=("standard",)),
 )

@@ -126,6 +126,21 @@ class KeyMapEntry:
 
 
 @dataclass(frozen=True)
+class SaeLensFormat:
+    """How an architecture is written in SAELens's on-disk format (jax_impl.saelens) and read back from it.
+
+    architecture: the SAELens architecture written to cfg.json (the inference one: SAELens itself saves a
+    trained BatchTopK as "jumprelu" with its threshold in every feature). reads: the SAELens architectures
+    built as this one when a file carries none of our metadata, for the SAELens `apply_b_dec_to_input` that
+    equals our `tied_bias`. SAELens's tensors are ours by name, in our layout (W_enc (D, F), W_dec (F, D)):
+    w_enc -> W_enc, b_enc -> b_enc, w_dec -> W_dec, b_dec -> b_dec, threshold -> threshold.
+    """
+
+    architecture: str
+    reads: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TrainContext:
     """What a loss may depend on beside the batch: dead (F,) bool latents silent for `dead_after` steps."""
 
@@ -158,6 +173,7 @@ class Architecture:
     post_update: Callable[[Params], Params] | None = None  # e.g. keep jumprelu's thresholds positive
     resolve: Callable[[Any, int], Any] | None = None  # cfg, dict_size -> cfg with its defaults made explicit
     tied_bias: bool = True  # pre-encoder bias b_dec subtracted, and b_dec initialised to the mean row
+    saelens: SaeLensFormat | None = None  # None: not expressible in SAELens's format
 
     def config_from_file(self, values: Mapping[str, Any]) -> Any:
         """The config recorded in a state_dict (its "config" keys, e.g. k), other fields at their defaults."""

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
-    Architecture, KeyMapEntry, Params, TrainContext, aux_k_loss, decode, jump, keep_batch_top_k, mse, pre_activation,
+    Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, decode, jump, keep_batch_top_k, mse, pre_activation,
 )
 
 UNSET = -1.0  # threshold before the first batch: the first estimate replaces it instead of averaging with it
@@ -37,7 +37,8 @@ def init(key: jax.Array, input_dim: int, dict_size: int, cfg) -> tuple[Params, d
 
 
 def activate(pre: jax.Array, params: Params, buffers: dict, cfg) -> jax.Array:
-    return jump(pre, buffers["threshold"])
+    # Before any training step the threshold is UNSET (< 0): then ReLU, so that features are never negative.
+    return jump(pre, jnp.maximum(buffers["threshold"], 0.0))
 
 
 def updated_threshold(threshold: jax.Array, features: jax.Array, lr: float) -> jax.Array:
@@ -77,4 +78,5 @@ ARCHITECTURE = Architecture(
     activate=activate,
     loss=loss,
     key_map=KEY_MAP,
+    saelens=SaeLensFormat("jumprelu", reads=("batchtopk",)),  # as SAELens saves a trained BatchTopK
 )

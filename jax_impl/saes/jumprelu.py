@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
-from jax_impl.saes.base import Architecture, KeyMapEntry, Params, TrainContext, decode, jump, mse, pre_activation
+from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, jump, mse, pre_activation
 
 MIN_THRESHOLD = 1e-6
 
@@ -112,4 +112,5 @@ ARCHITECTURE = Architecture(
     loss=loss,
     key_map=(KeyMapEntry("b_dec", "b_dec"), KeyMapEntry("threshold", "threshold"), *TIED_KEYS),
     post_update=keep_thresholds_positive,
+    saelens=SaeLensFormat("jumprelu", reads=("jumprelu",)),
 )

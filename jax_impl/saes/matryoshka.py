@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_impl.saes import batchtopk, topk
-from jax_impl.saes.base import Architecture, KeyMapEntry, Params, TrainContext, aux_k_loss, mse
+from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, mse
 
 
 @dataclass(frozen=True)
@@ -68,4 +68,5 @@ ARCHITECTURE = Architecture(
     key_map=(*batchtopk.KEY_MAP[:3], KeyMapEntry("group_ends", "groups", source="config", dtype="int64"),
              *batchtopk.KEY_MAP[3:]),
     resolve=resolve,
+    saelens=SaeLensFormat("jumprelu", reads=("matryoshka_batchtopk",)),
 )

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_impl.models import SparseAutoencoder
-from jax_impl.saes.base import Architecture, KeyMapEntry, Params, TrainContext, decode, mse
+from jax_impl.saes.base import Architecture, KeyMapEntry, SaeLensFormat, Params, TrainContext, decode, mse
 
 
 @dataclass(frozen=True)
@@ -60,4 +60,5 @@ ARCHITECTURE = Architecture(
     unit_decoder=False,
     keep_partial_batch=True,  # the seed's DataLoader(shuffle=True, drop_last=False)
     tied_bias=False,
+    saelens=SaeLensFormat("standard", reads=("standard",)),  # with apply_b_dec_to_input false
 )

@@ -11,7 +11,7 @@ from flax import nnx
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
     AUX_K_FACTOR, Architecture, KeyMapEntry, Params, TrainContext, aux_k_loss, decode, keep_top_k, mse,
-    pre_activation, tied_init,
+    SaeLensFormat, pre_activation, tied_init,
 )
 
 
@@ -56,4 +56,5 @@ ARCHITECTURE = Architecture(
     activate=activate,
     loss=loss,
     key_map=(KeyMapEntry("b_dec", "b_dec"), KeyMapEntry("k", "k", source="config", dtype="int64"), *TIED_KEYS),
+    saelens=SaeLensFormat("topk", reads=("topk",)),
 )
