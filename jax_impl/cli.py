@@ -241,6 +241,33 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from jax_impl.synthetic import SyntheticConfig, write_synthetic
+
+    fields = {f.name: getattr(args, f"synthetic.{f.name}") for f in dataclasses.fields(SyntheticConfig)}
+    cfg = SyntheticConfig(**{name: value for name, value in fields.items() if value is not None})
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(f"monosem synthetic: {e}") from None
+    out = write_synthetic(cfg, args.out)
+    print(f"Wrote {cfg.rows} x {cfg.dim} activations with {cfg.n_features} planted features to {out} "
+          f"(train: monosem train-sae --activations {out / 'activations.npy'}; score: monosem synthetic-score)")
+    return 0
+
+
+def cmd_synthetic_score(args: argparse.Namespace) -> int:
+    from jax_impl.groundtruth import score_file
+
+    scores = score_file(args.sae, args.data)
+    if args.json:
+        print(json.dumps(scores))
+        return 0
+    for name, value in scores.items():
+        print(f"{name:<20} {'n/a' if value is None else f'{value:.4f}'}")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------------------
 
 
@@ -330,6 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{', '.join(owners)} (default {default if default != () else 'dict_size/8, /4, /2, all'})",
         )
     p.set_defaults(func=cmd_train_sae)
+
+    from jax_impl.synthetic import SyntheticConfig
+
+    p = sub.add_parser("synthetic", help="write activations built from planted features (a ground truth to score SAEs on)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="writes activations.npy, ground_truth.npz, synthetic_config.json")
+    group = p.add_argument_group("the planted problem")
+    for f in dataclasses.fields(SyntheticConfig):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"synthetic.{f.name}", type=type(f.default),
+                           default=None, metavar=type(f.default).__name__.upper(), help=f"default {f.default}")
+    p.set_defaults(func=cmd_synthetic)
+
+    p = sub.add_parser("synthetic-score", help="score an SAE against the features planted by `monosem synthetic`")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="a folder written by `monosem synthetic`")
+    p.add_argument("--sae", type=Path, required=True, metavar="PATH",
+                   help="a .pth, a .safetensors or a SAELens folder (e.g. train-sae's --out DIR/sae.pth)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_synthetic_score)
     return parser
 
 

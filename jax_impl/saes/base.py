@@ -80,11 +80,16 @@ def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Arra
     pre (B, F), dead (F,) bool. 0 when nothing is dead. No ReLU on the dead pre-activations: a latent whose
     pre-activation is negative on every row would get no gradient through one, and those are the ones to revive.
     """
-    residual = jax.lax.stop_gradient(x - reconstruction)  # a target for the dead latents, not a loss to lower
-    values, indices = jax.lax.top_k(jnp.where(dead, pre, -jnp.inf), aux_k)
-    values = jnp.where(jnp.isfinite(values), values, 0.0)  # fewer than aux_k dead latents: the rest are -inf
-    dead_features = jnp.put_along_axis(jnp.zeros_like(pre), indices, values, axis=-1, inplace=False)
-    return jnp.where(jnp.any(dead), mse(dead_features @ p["w_dec"], residual), 0.0)
+    def dead_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array) -> jax.Array:
+        residual = jax.lax.stop_gradient(x - reconstruction)  # a target for the dead latents, not a loss to lower
+        values, indices = jax.lax.top_k(jnp.where(dead, pre, -jnp.inf), aux_k)
+        values = jnp.where(jnp.isfinite(values), values, 0.0)  # fewer than aux_k dead latents: the rest are -inf
+        dead_features = jnp.put_along_axis(jnp.zeros_like(pre), indices, values, axis=-1, inplace=False)
+        return mse(dead_features @ p["w_dec"], residual)
+
+    # A cond, not a where: with no dead latent (most steps) the top-k over (B, F), the step's costliest
+    # operation on CPU, is not run at all.
+    return jax.lax.cond(jnp.any(dead), dead_loss, lambda *_: jnp.zeros((), pre.dtype), p, pre, x, reconstruction)
 
 
 def project_out_parallel(grads: Params, p: Params) -> Params:
