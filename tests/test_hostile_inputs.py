@@ -128,6 +128,8 @@ COMMANDS_READING_TORCH_FILES = {
     "atlas": [(["atlas", "--run-dir", "RUN"], "mlp"), (["atlas", "--run-dir", "RUN"], "sae")],
     "report": [(["report", "--run-dir", "RUN"], "mlp"), (["report", "--run-dir", "RUN"], "sae")],
     "train-sae": [(["train-sae", "--activations", "RUN/mlp_activations.pt", "--out", "RUN/trained"], "activations")],
+    # RUN/synthetic is written by `monosem synthetic` before the bomb is planted (see _SYNTHETIC_DIM).
+    "synthetic-score": [(["synthetic-score", "--data", "RUN/synthetic", "--sae", "RUN/sae/sae_model.pth"], "sae")],
     # --resume reloads the artifacts of the completed stages: the MLP for harvest, the activations for
     # the SAE, the SAE for the probe.
     "run": [
@@ -143,7 +145,7 @@ _RESUME_STAGES = {"mlp": ("data", "mlp"), "activations": ("data", "mlp", "harves
 
 def test_every_command_that_reads_torch_files_is_covered():
     """A new subcommand must be added to COMMANDS_READING_TORCH_FILES (or listed here as reading none)."""
-    reads_none: set[str] = set()
+    reads_none = {"synthetic"}  # writes planted activations from a config; reads no file
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS_READING_TORCH_FILES) | reads_none
 
@@ -156,6 +158,9 @@ def test_every_command_that_reads_torch_files_is_covered():
 def test_pickled_code_is_refused_by_every_command(argv, kind, tmp_path, capsys):
     stages = _RESUME_STAGES[kind] if argv[0] == "run" else ("data", "mlp", "harvest", "sae", "probe")
     run_dir = fabricate_run(tmp_path / "run", stages=stages)
+    if "RUN/synthetic" in argv:
+        assert main(["synthetic", "--out", str(run_dir / "synthetic"), "--n-features", "8", "--dim", "512",
+                     "--rows", "32", "--parents", "0"]) == 0
     marker = tmp_path / "marker"
     bombed = run_dir / _BOMBED_PATH[kind]
     write_code_bomb(bombed, marker, kind)
