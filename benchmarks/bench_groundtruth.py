@@ -48,7 +48,7 @@ SETTINGS: list[tuple[str, dict, str, dict]] = [
     *[("topk", {"k": k}, "topk", {"k": k}) for k in (3, 5, 8)],
     *[("batchtopk", {"k": k}, "batchtopk", {"k": k}) for k in (3, 5, 8)],
     *[("matryoshka", {"k": k}, "matryoshka_batchtopk", {"k": k}) for k in (3, 5, 8)],
-    *[("jumprelu", {"l0_coeff": c}, "jumprelu", {"l0_coefficient": (c, PER_DIM)}) for c in (3e-4, 1e-3, 3e-3)],
+    *[("jumprelu", {"l0_coeff": c}, "jumprelu", {"l0_coefficient": (c, PER_DIM)}) for c in (6e-4, 1e-3, 3e-3)],
     *[("anthropic", {"l1_coeff": c}, "standard", {"l1_coefficient": (c, PER_DIM)}) for c in (3e-3, 1e-2, 3e-2)],
 ]
 QUICK = [s for s in SETTINGS if s[0] in ("topk", "batchtopk") and s[1].get("k") == 5]
@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated architectures of ours to run")
     ap.add_argument("--no-saelens", action="store_true", help="ours only")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "groundtruth")
+    ap.add_argument("--replot", action="store_true", help="only redraw OUT.html from OUT.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        _plot(json.loads(args.out.with_suffix(".json").read_text())["results"], args.out.with_suffix(".html"))
+        return 0
 
     torch.set_num_threads(torch.get_num_threads())
     settings = QUICK if args.quick else SETTINGS
@@ -173,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     args.out.with_suffix(".md").write_text(_table(meta, results))
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    _plot(results, args.out.with_suffix(".html"))
+    print(f"wrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')} and {args.out.with_suffix('.html')}")
     return 0
 
 
@@ -181,6 +186,28 @@ def _line(r: dict) -> str:
     return (f"{r['architecture']:<11} {r['library']:<30} {json.dumps(r['config']):<24} MCC {r['mcc']:.3f} "
             f"F1 {r['f1']:.3f} absorption {r['absorption']:.3f} EV {r['explained_variance']:.3f} "
             f"L0 {r['l0']:.2f} dead {r['dead_fraction']:.1%} {r['train_seconds']:.1f} s")
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    """MCC vs L0, one panel per architecture, ours vs SAELens; offline HTML (plotly.js inlined)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    archs = list(dict.fromkeys(r["architecture"] for r in results))
+    fig = make_subplots(rows=1, cols=len(archs), subplot_titles=archs, shared_yaxes=True)
+    for col, arch in enumerate(archs, start=1):
+        for library, colour in (("ours", "#1f77b4"), ("sae_lens", "#ff7f0e")):
+            rows = sorted((r for r in results if r["architecture"] == arch and r["library"].startswith(library)),
+                          key=lambda r: r["l0"])
+            fig.add_trace(go.Scatter(x=[r["l0"] for r in rows], y=[r["mcc"] for r in rows], mode="lines+markers",
+                                     name=library, legendgroup=library, showlegend=col == 1,
+                                     line={"color": colour}, text=[json.dumps(r["config"]) for r in rows]),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="L0", type="log", row=1, col=col)
+    fig.update_yaxes(title_text="MCC (true vs learned directions)", row=1, col=1)
+    fig.update_layout(title="Ground-truth recovery at matched L0: ours vs SAELens' trainers", height=380,
+                      width=260 * len(archs) + 120, margin={"t": 70})
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
 
 
 def _table(meta: dict, results: list[dict]) -> str:

@@ -8,10 +8,7 @@ run leaves only complete files and `--resume` restarts at the first stage not re
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +27,7 @@ from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
 from jax_impl.harvest import harvest_activations
+from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.rundir import (  # noqa: F401  (re-exported: the layout names callers knew from here)
     ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE, LOCK, MANIFEST, MLP_PATH,
     PROBE_PATH, SAE_PATH, SAELENS_DIR, Run, dataset_path, read_manifest,
@@ -184,41 +182,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the `.NAME.<random>.tmp` files/folders (jax_impl.atomic) a killed process left in `run_dir`.
-
-    Only called while holding the run directory's lock, so no live writer owns them. Returns what was removed.
-    """
-    stale = sorted(run_dir.rglob(".*.tmp"), reverse=True)  # deepest first
-    for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return stale
-
-
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Refuse a second process in the same run directory. flock is released by the kernel even on SIGKILL."""
+    """Refuse a second process in the same run directory (jax_impl.locks)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: is a file; --run-dir must be a folder (new or from an earlier run)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(
-                f"{run_dir}: another monosem process (pid {owner}) is using this run directory; "
-                "wait for it to finish or choose another --run-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    with folder_lock(run_dir, flag="--run-dir", what="run directory"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

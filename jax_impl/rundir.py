@@ -24,13 +24,14 @@ import numpy as np
 from jax_impl import bridge, saelens, saes
 from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
+from jax_impl.locks import LOCK_FILE
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.task import SPLITS, Split, TaskShape, concat_splits, read_split, split_filename
 
 Log = Callable[[str], None]
 
 MANIFEST = "manifest.json"
-LOCK = ".monosem.lock"
+LOCK = LOCK_FILE
 MLP_PATH = Path("mlp/perfect_mlp.pth")
 ACTIVATIONS_PATH = Path("mlp_activations.pt")
 SAE_PATH = Path("sae/sae_model.pth")

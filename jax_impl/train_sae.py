@@ -27,6 +27,7 @@ from jax_impl import bridge, sae_training, saelens, saes
 from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
 from jax_impl.errors import UserError
+from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.sae_training import SAETrainConfig
 from jax_impl.train import Log
 
@@ -94,7 +95,8 @@ def train_sae(
     SAE_FILE, CONFIG_FILE and METRICS_FILE into out_dir. Returns the metrics.
 
     arch_config: the architecture's config (None: its defaults). Bad input raises UserError naming the file
-    or the setting; nothing is written before the activations are validated and the training has finished.
+    or the setting; nothing but out_dir's lock file (jax_impl.locks: a second process writing into the same
+    out_dir is refused) is written before the activations are validated and the training has finished.
     """
     try:
         arch = saes.get(variant)
@@ -117,6 +119,14 @@ def train_sae(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
+    with folder_lock(out_dir, flag="--out", what="output folder"):
+        remove_stale_temporaries(out_dir)
+        return _train_and_write(source, out_dir, variant, cfg, dict_size, train, seed, chunk_rows, log)
+
+
+def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: Any, dict_size: int,
+                     train: SAETrainConfig, seed: int, chunk_rows: int, log: Log) -> dict[str, Any]:
+    """train_sae's work once the inputs are checked and out_dir's lock is held."""
     root = jax.random.key(seed)
     sae = saes.create(variant, source.width, dict_size, cfg, key=jax.random.fold_in(root, _KEY_INIT))
     log(f"Training a {variant} SAE ({dict_size} features) on {source.n_rows} x {source.width} activations from {source.path}")
@@ -130,7 +140,6 @@ def train_sae(
     metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
         "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     bridge.save_sae(result.model, out_dir / SAE_FILE)
     saelens.save_saelens(result.model, out_dir / SAELENS_DIR, hook_name=None)
     write_json_atomic(out_dir / CONFIG_FILE, {

@@ -244,7 +244,7 @@ def test_sigkill_in_every_stage_then_resume_matches_an_uninterrupted_run(tiny_ru
 
 def test_stale_temporaries_are_swept_only_under_the_lock(tmp_path):
     """What SIGKILL leaves (`.NAME.<random>.tmp` files and folders) goes at the next run; real files stay."""
-    from jax_impl.pipeline import remove_stale_temporaries
+    from jax_impl.locks import remove_stale_temporaries
 
     (tmp_path / "mlp").mkdir()
     keep = [tmp_path / "mlp" / "perfect_mlp.pth", tmp_path / ".monosem.lock", tmp_path / "notes.tmp"]

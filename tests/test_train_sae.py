@@ -157,3 +157,30 @@ def test_default_matryoshka_groups_are_saved_resolved(tmp_path):
     bridge.save_sae(sae, tmp_path / "m.pth")
     assert sae_from_state_dict(torch.load(tmp_path / "m.pth", weights_only=True)).group_ends.tolist() == [8, 16, 32, 64]
     assert bridge.load_sae(tmp_path / "m.pth", input_dim=WIDTH).cfg == sae.cfg
+
+
+@pytest.mark.parametrize("variant", list(ARCH_FLAGS))
+def test_same_seed_same_bytes(variant, activations, tmp_path):
+    argv = ["--activations", str(activations), "--variant", variant, "--dict-size", str(DICT), "--epochs", "2",
+            "--batch-size", "100", *ARCH_FLAGS[variant]]
+    for name in ("a", "b"):
+        assert main(["train-sae", *argv, "--out", str(tmp_path / name)]) == 0
+    files = [SAE_FILE, "sae.safetensors", "saelens/sae_weights.safetensors", "saelens/cfg.json", CONFIG_FILE]
+    for file in files:
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+    metrics = [json.loads((tmp_path / n / METRICS_FILE).read_text()) for n in ("a", "b")]
+    assert [{k: v for k, v in m.items() if k != "train_seconds"} for m in metrics] == [
+        {k: v for k, v in metrics[0].items() if k != "train_seconds"}] * 2
+
+
+def test_a_second_writer_into_the_same_out_folder_is_refused(activations, tmp_path, capsys):
+    from jax_impl.locks import LOCK_FILE, folder_lock
+
+    out = tmp_path / "out"
+    argv = ["train-sae", "--activations", str(activations), "--out", str(out), "--epochs", "1", "--batch-size", "100"]
+    with folder_lock(out, flag="--out", what="output folder"):  # another open file: flock refuses it as another process
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "is using this output folder" in err, err
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # nothing written
+    assert main(argv) == 0 and (out / SAE_FILE).exists()  # released: the next one trains
