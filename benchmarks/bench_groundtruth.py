@@ -207,7 +207,7 @@ def _plot(results: list[dict], path: Path) -> None:
     fig.update_yaxes(title_text="MCC (true vs learned directions)", row=1, col=1)
     fig.update_layout(title="Ground-truth recovery at matched L0: ours vs SAELens' trainers", height=380,
                       width=260 * len(archs) + 120, margin={"t": 70})
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
 
 
 def _table(meta: dict, results: list[dict]) -> str:
