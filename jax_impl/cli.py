@@ -237,7 +237,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
-              train=train, seed=args.seed, chunk_rows=args.chunk_rows)
+              train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices)
     return 0
 
 
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for init and shuffling (default 0)")
     p.add_argument("--chunk-rows", type=int, default=1 << 18,
                    help="rows per streamed chunk, one compiled program each (default 262144)")
+    p.add_argument("--devices", metavar="N|all", help="data parallel: split each batch over N local devices "
+                   "(parameters replicated, gradients reduced by the compiler); default one device")
     group = p.add_argument_group("architecture flags (each applies to the architectures named)")
     for name, (kind, default, owners) in _architecture_fields().items():
         group.add_argument(

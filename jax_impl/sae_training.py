@@ -24,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.sharding import Mesh
+
 from jax_impl.activations import ActivationFile, iter_chunks, sample_rows
+from jax_impl.devices import replicate, shard_batch
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
 from jax_impl.train import Log, TrainResult, make_batched_epoch, run_epochs, sae_optimizer
@@ -50,10 +53,14 @@ class SAETrainConfig:
         return self
 
 
-def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int):
-    """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32)."""
+def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int,
+                  mesh: Mesh | None = None):
+    """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32).
+
+    mesh: split each batch over its devices (jax_impl.devices), the carry replicated."""
 
     def step(carry, x):
+        x = shard_batch(x, mesh)
         p, b, opt_state, since_fired = carry
         ctx = TrainContext(dead=since_fired >= dead_after)
         (loss, (features, b)), grads = jax.value_and_grad(arch.loss, has_aux=True)(p, b, x, ctx, cfg)
@@ -100,12 +107,14 @@ def fit(
     chunk_rows: int | None = None,
     log: Log = print,
     line_prefix: Callable[[int], str] | None = None,
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Train `sae` (any architecture; it is left untouched) on rows (N, D) float32 or a streamed file.
 
     key: the shuffling stream (epoch e's permutation is drawn from fold_in(key, e)); `permutations`
     (epochs, N) replaces it for parity tests (in-memory rows only). chunk_rows: stream an ActivationFile in
-    chunks of this many rows (default: all rows in one chunk). Logs `SAE Epoch [10/100] | Loss: 0.004299`
+    chunks of this many rows (default: all rows in one chunk). mesh: data parallel over its devices
+    (jax_impl.devices.data_mesh; None: one device). Logs `SAE Epoch [10/100] | Loss: 0.004299`
     every train.log_every epochs. Returns TrainResult(model = the trained SAE in a new module).
     """
     arch, cfg = sae.arch, sae.cfg
@@ -113,7 +122,7 @@ def fit(
     n = rows.n_rows if streamed else rows.shape[0]
     chunk_rows = n if chunk_rows is None else min(chunk_rows, n)
     if not streamed:
-        rows = jnp.asarray(rows, jnp.float32)
+        rows = replicate(jnp.asarray(rows, jnp.float32), mesh)
     if steps_in(min(chunk_rows, n), train.batch_size, arch.keep_partial_batch) == 0:
         raise ValueError(f"batch size {train.batch_size} is larger than a chunk of {chunk_rows} rows")
     tx = sae_optimizer(train)
@@ -123,8 +132,8 @@ def fit(
         p = p | {"b_dec": _column_mean(rows, chunk_rows)}  # centre (papers: geometric median)
     chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
     n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
-    carry = (p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32))
-    step = make_sae_step(arch, cfg, tx, dead_after=n_steps)  # dead: silent for a whole epoch of batches
+    carry = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)
+    step = make_sae_step(arch, cfg, tx, dead_after=n_steps, mesh=mesh)  # dead: silent for a whole epoch of batches
     run_chunk = make_chunk_fn(step, train.batch_size, arch.keep_partial_batch)
     if permutations is not None:
         permutations = np.asarray(permutations)
@@ -136,13 +145,13 @@ def fit(
         nonlocal carry
         if not streamed:
             order = jnp.asarray(permutations[e]) if permutations is not None else draw(key, e, n)
-            carry, losses = run_chunk(carry, rows, order)
+            carry, losses = run_chunk(carry, rows, replicate(order, mesh))
             return losses
         epoch_key = jax.random.fold_in(key, e)
         rng = np.random.default_rng(np.asarray(jax.random.key_data(epoch_key)))
         losses = []
         for i, chunk in enumerate(iter_chunks(rows, chunk_rows, rng)):
-            carry, chunk_losses = run_chunk(carry, jnp.asarray(chunk), draw(epoch_key, i, len(chunk)))
+            carry, chunk_losses = run_chunk(carry, *replicate((jnp.asarray(chunk), draw(epoch_key, i, len(chunk))), mesh))
             losses.append(chunk_losses)
         return jnp.concatenate(losses)
 

@@ -22,10 +22,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jax_impl import bridge, sae_training, saelens, saes
 from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
+from jax_impl.devices import data_mesh
 from jax_impl.errors import UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.sae_training import SAETrainConfig
@@ -89,11 +91,13 @@ def train_sae(
     train: SAETrainConfig = SAETrainConfig(),
     seed: int = 0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    devices: int | str | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
     """Train a `variant` SAE of `dict_size` features on the (N, d) float32 rows of `activations`; write
     SAE_FILE, CONFIG_FILE and METRICS_FILE into out_dir. Returns the metrics.
 
+    devices: data parallel over this many local devices, or "all" (jax_impl.devices; None: one device).
     arch_config: the architecture's config (None: its defaults). Bad input raises UserError naming the file
     or the setting; nothing but out_dir's lock file (jax_impl.locks: a second process writing into the same
     out_dir is refused) is written before the activations are validated and the training has finished.
@@ -116,16 +120,17 @@ def train_sae(
             f"--batch-size {train.batch_size} is larger than {'the file' if source.n_rows <= chunk_rows else 'a chunk'} "
             f"({min(source.n_rows, chunk_rows)} rows of {source.path})"
         )
+    mesh = data_mesh(devices, batch_size=train.batch_size)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
     with folder_lock(out_dir, flag="--out", what="output folder"):
         remove_stale_temporaries(out_dir)
-        return _train_and_write(source, out_dir, variant, cfg, dict_size, train, seed, chunk_rows, log)
+        return _train_and_write(source, out_dir, variant, cfg, dict_size, train, seed, chunk_rows, mesh, log)
 
 
 def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: Any, dict_size: int,
-                     train: SAETrainConfig, seed: int, chunk_rows: int, log: Log) -> dict[str, Any]:
+                     train: SAETrainConfig, seed: int, chunk_rows: int, mesh: Mesh | None, log: Log) -> dict[str, Any]:
     """train_sae's work once the inputs are checked and out_dir's lock is held."""
     root = jax.random.key(seed)
     sae = saes.create(variant, source.width, dict_size, cfg, key=jax.random.fold_in(root, _KEY_INIT))
@@ -134,7 +139,8 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
     rows = source.rows(0, source.n_rows) if in_memory else source
     started = time.perf_counter()
     result = sae_training.fit(
-        sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), chunk_rows=None if in_memory else chunk_rows, log=log
+        sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), chunk_rows=None if in_memory else chunk_rows, log=log,
+        mesh=mesh,
     )
     seconds = time.perf_counter() - started
     metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
@@ -150,6 +156,7 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
         "dict_size": dict_size,
         "seed": seed,
         "chunk_rows": chunk_rows,
+        "devices": 1 if mesh is None else mesh.size,
         "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
     })
     write_json_atomic(out_dir / METRICS_FILE, metrics)
