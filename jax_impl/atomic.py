@@ -28,6 +28,9 @@ def atomic_path(path: Path | str, *, keep_name: bool = False) -> Iterator[Path]:
     temporary folder beside `path`. For writers that record the file's own name in what they write
     (torch.save names the records of its zip archive after the file: `perfect_mlp/data.pkl`), so the
     bytes do not depend on the random temporary name.
+
+    A failed write (ENOSPC and other OSErrors) is raised as OSError naming `path`, which the CLI prints as
+    one line; the old file, if any, is untouched.
     """
     path = Path(path)
     if path.is_dir():
@@ -48,6 +51,10 @@ def atomic_path(path: Path | str, *, keep_name: bool = False) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, I/O error: named after the artifact, not its temporary
+        if e.filename is None or str(e.filename).startswith(str(path.parent / f".{path.name}.")):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
         if tmp_dir is not None:

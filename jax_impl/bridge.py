@@ -11,7 +11,10 @@ loads with no unpickler at all; every loader takes either, with the same checks 
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import shutil
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -266,7 +269,13 @@ def _save(obj: object, path: Path | str) -> None:
     # keep_name: torch.save names the zip's records after the file it writes ("perfect_mlp/data.pkl", as in
     # upstream's files); written under a random temporary name, that name would make every run's bytes differ.
     with atomic_path(path, keep_name=True) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            # torch's C++ zip writer reports a failed write (ENOSPC, EIO) as a RuntimeError ("file write
+            # failed", "basic_ios::clear: iostream error"): an OSError naming the artifact, like any other write.
+            code = errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < 1 << 20 else errno.EIO
+            raise OSError(code, f"{os.strerror(code)} ({str(e).splitlines()[0]})", str(path)) from None
 
 
 def save_mlp(model: InterpretabilityMLP, path: Path | str) -> None:
