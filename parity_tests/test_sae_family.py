@@ -126,6 +126,40 @@ def test_loss_and_gradients(name: str, x: np.ndarray) -> None:
         assert_close(f"{name} grad {key}", grads[key], t_grad, ulps(t_grad, 256))
 
 
+@pytest.mark.parametrize("n_dead", [0, 1, AUX_K - 1, AUX_K, AUX_K + 1, 2 * AUX_K + 3, F])
+def test_aux_k_on_the_dead_latents_alone(n_dead: int, x: np.ndarray) -> None:
+    """AuxK computed on a compacted block of dead latents (one compiled size per bound: aux_k, 2 aux_k, ..., F;
+    the top-k skipped with at most aux_k dead) against torch's top-k over the whole masked row, for dead
+    counts on both sides of every bound: the loss and its gradients to the pre-activations and the decoder."""
+    from jax_impl.saes.base import aux_k_loss
+
+    rng = np.random.default_rng(n_dead)
+    dead = np.zeros(F, bool)
+    dead[rng.choice(F, n_dead, replace=False)] = True
+    pre = rng.normal(size=(ROWS, F)).astype(np.float32)
+    w_dec = rng.normal(size=(F, D)).astype(np.float32) / np.sqrt(D)
+    reconstruction = rng.normal(size=(ROWS, D)).astype(np.float32)
+
+    def loss_of(w, pre):
+        return aux_k_loss({"w_dec": w}, pre, jnp.asarray(x), jnp.asarray(reconstruction), jnp.asarray(dead), AUX_K)
+
+    loss, (g_w, g_pre) = jax.value_and_grad(loss_of, argnums=(0, 1))(jnp.asarray(w_dec), jnp.asarray(pre))
+    torch_sae = ref.TopKSAE(D, F, K)
+    with torch.no_grad():
+        torch_sae.decoder.weight.copy_(torch.from_numpy(w_dec.T))
+    t_pre = torch.from_numpy(pre).requires_grad_(True)
+    t_loss = ref.aux_k_loss(torch_sae, t_pre, torch.from_numpy(x), torch.from_numpy(reconstruction),
+                            torch.from_numpy(dead), AUX_K)
+    if n_dead == 0:
+        assert float(loss) == 0.0 and float(t_loss) == 0.0
+        return
+    t_loss.backward()
+    assert_close("aux loss", loss, t_loss, ulps(t_loss, 64))
+    assert_close("aux grad w_dec", g_w, torch_sae.decoder.weight.grad.T, ulps(torch_sae.decoder.weight.grad, 256))
+    assert_close("aux grad pre", g_pre, t_pre.grad, ulps(t_pre.grad, 256))
+    assert (np.asarray(g_pre)[:, ~dead] == 0).all() and (np.abs(np.asarray(g_pre)[:, dead]) > 0).sum() >= ROWS
+
+
 @pytest.mark.parametrize("name", TIED)
 def test_one_optimizer_step_with_hooks(name: str, x: np.ndarray) -> None:
     """Adam after the parallel-gradient removal, then unit decoder rows (and jumprelu's threshold clip,

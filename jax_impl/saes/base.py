@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -53,8 +54,22 @@ def decode(p: Params, features: jax.Array) -> jax.Array:
 
 def keep_top_k(pre: jax.Array, k: int) -> jax.Array:
     """ReLU of the k largest entries of each row of pre (..., F), zero elsewhere."""
+    values, indices = top_k_sparse(pre, k)
+    return jnp.put_along_axis(jnp.zeros_like(pre), indices, values, axis=-1, inplace=False)
+
+
+def top_k_sparse(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """The k largest entries of each row of pre (B, F), ReLU'd, and their latents: ((B, k), (B, k) int32)."""
     values, indices = jax.lax.top_k(pre, k)
-    return jnp.put_along_axis(jnp.zeros_like(pre), indices, jax.nn.relu(values), axis=-1, inplace=False)
+    return jax.nn.relu(values), indices
+
+
+def decode_sparse(p: Params, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """The reconstruction (B, D) from k active latents per row: values (B, k), indices (B, k).
+
+    Equal to decode() of the dense features, at k/F of its cost: the decoder rows are gathered instead of
+    multiplying the F - k zeros of every row (the backward pass is a scatter-add into those k rows)."""
+    return jnp.einsum("bk,bkd->bd", values, p["w_dec"][indices]) + p["b_dec"]
 
 
 def keep_batch_top_k(pre: jax.Array, k: int) -> jax.Array:
@@ -79,17 +94,73 @@ def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Arra
 
     pre (B, F), dead (F,) bool. 0 when nothing is dead. No ReLU on the dead pre-activations: a latent whose
     pre-activation is negative on every row would get no gradient through one, and those are the ones to revive.
+    The residual x - reconstruction is a target for the dead latents, not a loss to lower: no gradient flows
+    into the reconstruction.
     """
-    def dead_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array) -> jax.Array:
-        residual = jax.lax.stop_gradient(x - reconstruction)  # a target for the dead latents, not a loss to lower
-        values, indices = jax.lax.top_k(jnp.where(dead, pre, -jnp.inf), aux_k)
-        values = jnp.where(jnp.isfinite(values), values, 0.0)  # fewer than aux_k dead latents: the rest are -inf
-        dead_features = jnp.put_along_axis(jnp.zeros_like(pre), indices, values, axis=-1, inplace=False)
-        return mse(dead_features @ p["w_dec"], residual)
+    residual = jax.lax.stop_gradient(x - reconstruction)
+    return _dead_latent_loss(p["w_dec"], pre, residual, dead, aux_k)
 
-    # A cond, not a where: with no dead latent (most steps) the top-k over (B, F), the step's costliest
-    # operation on CPU, is not run at all.
-    return jax.lax.cond(jnp.any(dead), dead_loss, lambda *_: jnp.zeros((), pre.dtype), p, pre, x, reconstruction)
+
+def _dead_latent_branches(dead: jax.Array, aux_k: int) -> tuple[jax.Array, list[Callable]]:
+    """(branch index, branches): AuxK on the dead latents only, each branch `loss(w_dec, pre, residual)`.
+
+    The dead latents' columns of pre are gathered into a block of `cap` columns, the smallest of aux_k,
+    2 aux_k, 4 aux_k, ..., F that holds them all (one compiled branch per size, chosen per step), so the top-k
+    and the decoding cost cap/F of the whole dictionary's. With at most aux_k dead latents (most of training)
+    the top-k would keep all of them and is skipped. Branch 0: nothing is dead, nothing is computed. Equal to
+    the top-k over the whole masked row up to float32 summation order (parity_tests/test_sae_family.py).
+    """
+    dict_size = dead.shape[0]
+    caps = sorted({min(aux_k << i, dict_size) for i in range(dict_size.bit_length() + 1)})
+    n_dead = jnp.sum(dead, dtype=jnp.int32)
+
+    def compact_loss(cap: int) -> Callable:
+        def loss_of(w_dec: jax.Array, pre: jax.Array, residual: jax.Array) -> jax.Array:
+            latents = jnp.nonzero(dead, size=cap, fill_value=0)[0]  # (cap,) the dead latents first, ascending
+            valid = jnp.arange(cap) < n_dead
+            dead_pre = pre[:, latents]  # (B, cap)
+            if cap > aux_k:  # keep each row's aux_k largest among the dead
+                values, positions = jax.lax.top_k(jnp.where(valid, dead_pre, -jnp.inf), aux_k)
+                values = jnp.where(jnp.isfinite(values), values, 0.0)
+                dead_features = jnp.put_along_axis(jnp.zeros_like(dead_pre), positions, values, axis=-1, inplace=False)
+            else:
+                dead_features = jnp.where(valid, dead_pre, 0.0)
+            return mse(dead_features @ w_dec[latents], residual)
+
+        return loss_of
+
+    branches = [lambda w_dec, pre, residual: jnp.zeros((), pre.dtype)] + [compact_loss(cap) for cap in caps]
+    index = jnp.where(n_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps, jnp.int32), n_dead))
+    return index, branches
+
+
+# A custom VJP so that the backward pass runs only the chosen branch's own backward: differentiating a
+# lax.switch directly makes every step materialise the (zero-filled) intermediates of all branches.
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _dead_latent_loss(w_dec: jax.Array, pre: jax.Array, residual: jax.Array, dead: jax.Array, aux_k: int) -> jax.Array:
+    index, branches = _dead_latent_branches(dead, aux_k)
+    return jax.lax.switch(index, branches, w_dec, pre, residual)
+
+
+def _dead_latent_loss_fwd(w_dec, pre, residual, dead, aux_k):
+    return _dead_latent_loss(w_dec, pre, residual, dead, aux_k), (w_dec, pre, residual, dead)
+
+
+def _dead_latent_loss_bwd(aux_k, saved, g):
+    w_dec, pre, residual, dead = saved
+    index, branches = _dead_latent_branches(dead, aux_k)
+
+    def backward(branch: Callable) -> Callable:
+        def grads(w_dec, pre, residual):
+            _, vjp = jax.vjp(lambda w, a: branch(w, a, residual), w_dec, pre)
+            return vjp(g)
+        return grads
+
+    grad_w_dec, grad_pre = jax.lax.switch(index, [backward(b) for b in branches], w_dec, pre, residual)
+    return grad_w_dec, grad_pre, jnp.zeros_like(residual), None
+
+
+_dead_latent_loss.defvjp(_dead_latent_loss_fwd, _dead_latent_loss_bwd)
 
 
 def project_out_parallel(grads: Params, p: Params) -> Params:

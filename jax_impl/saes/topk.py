@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
-    AUX_K_FACTOR, Architecture, KeyMapEntry, Params, TrainContext, aux_k_loss, decode, keep_top_k, mse,
-    SaeLensFormat, pre_activation, tied_init,
+    AUX_K_FACTOR, Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, decode_sparse,
+    keep_top_k, mse, pre_activation, tied_init, top_k_sparse,
 )
 
 
@@ -42,9 +43,10 @@ def activate(pre: jax.Array, params: Params, buffers: dict, cfg: Config) -> jax.
 def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
     """MSE(reconstruction, x) + aux_coeff * AuxK over the dead latents. x (B, D)."""
     pre = pre_activation(p, x)
-    features = keep_top_k(pre, cfg.k)
-    reconstruction = decode(p, features)
+    values, indices = top_k_sparse(pre, cfg.k)
+    reconstruction = decode_sparse(p, values, indices)
     aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]))
+    features = jnp.put_along_axis(jnp.zeros_like(pre), indices, jax.lax.stop_gradient(values), axis=-1, inplace=False)
     return mse(reconstruction, x) + cfg.aux_coeff * aux, (features, buffers)
 
 
