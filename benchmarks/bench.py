@@ -408,7 +408,7 @@ def run_benchmark(plan: Plan, log: Callable[[str], None]) -> dict:
             def fit(permutations: np.ndarray) -> None:
                 sae = torch_models.SparseAutoencoder(LAYER2_WIDTH, cfg.dict_size)
                 torch_train.train_sae(sae, acts, permutations, batch_size=cfg.batch_size, lr=cfg.lr,
-                                      l1_coeff=cfg.l1_coeff)
+                                      l1_coeff=cfg.architecture.l1_coeff)
                 trained["torch_sae"] = sae
             return fit
 

@@ -102,7 +102,7 @@ def main() -> int:
                              train.mlp_optimizer(mlp_cfg, total_steps), (x, y), mlp_cfg.batch_size,
                              training_flops_per_row(mlp_layers(10)) * N_ROWS),
         "sae": profile_epoch(SparseAutoencoder(512, sae_cfg.dict_size, rngs=nnx.Rngs(0)),
-                             partial(train.sae_loss, l1_coeff=sae_cfg.l1_coeff), train.sae_optimizer(sae_cfg),
+                             partial(train.sae_loss, l1_coeff=sae_cfg.architecture.l1_coeff), train.sae_optimizer(sae_cfg),
                              (activations,), sae_cfg.batch_size,
                              training_flops_per_row(sae_layers(sae_cfg.dict_size)) * N_ROWS),
     }

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
-from jax_impl.config import RECIPES, RunConfig, flag_name, strong_recipe
+from jax_impl.config import RECIPES, SAE_VARIANTS, RunConfig, flag_name, strong_recipe
 from jax_impl.errors import UserError
 
 DEFAULT_RUN_DIR = Path("runs/default")
@@ -27,6 +27,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                        "(online-data MLP, TopK SAE; docs/strong_recipe.md) (default seed)")
     for section in _CONFIG_SECTIONS:
         for f in dataclasses.fields(getattr(defaults, section)):
+            if f.name == "architecture":
+                continue  # its fields are the architecture flags below
             default = getattr(getattr(defaults, section), f.name)
             systematic = f"--{section}-{f.name}".replace("_", "-")
             names = dict.fromkeys([flag_name(section, f.name), systematic])  # alias first, no duplicates
@@ -35,6 +37,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 *names, dest=f"{section}.{f.name}", type=type(default), default=None,
                 metavar=type(default).__name__.upper(), help=f"default {default}",
             )
+    group = parser.add_argument_group("SAE architecture flags (each applies to the --sae-variant architectures named)")
+    for name, (kind, default, owners) in _architecture_fields().items():
+        names = dict.fromkeys([flag_name("sae", name), f"--sae-{name}".replace("_", "-")])
+        group.add_argument(*names, dest=f"arch.{name}", default=None, **_arch_flag_kwargs(kind, default, owners))
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -43,10 +49,18 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     sections = {}
     for section in _CONFIG_SECTIONS:
-        given = {f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(getattr(defaults, section))}
+        given = {f.name: getattr(args, f"{section}.{f.name}", None) for f in dataclasses.fields(getattr(defaults, section))}
         sections[section] = dataclasses.replace(
             getattr(defaults, section), **{name: value for name, value in given.items() if value is not None}
         )
+    sae = sections["sae"]
+    if sae.variant in SAE_VARIANTS:
+        # The recipe's architecture config when the variant is the recipe's own, else the variant's defaults,
+        # with the architecture flags given on top (a flag of another architecture is an error).
+        base = defaults.sae.architecture if sae.variant == defaults.sae.variant else None
+        arch_config = _architecture_config(args, sae.variant, base, flag=lambda name: flag_name("sae", name),
+                                           variant_flag="--sae-variant")
+        sections["sae"] = dataclasses.replace(sae, architecture=arch_config)
     return RunConfig(seed=args.seed, recipe=defaults.recipe, **sections).validate()
 
 
@@ -182,6 +196,29 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _architecture_config(args: argparse.Namespace, variant: str, base: Any, flag, variant_flag: str) -> Any:
+    """The architecture config of `variant` from `base` (None: its defaults) and the architecture flags given
+    (`arch.NAME` in args); UserError naming the flags that belong to other architectures."""
+    from jax_impl import saes
+
+    arch = saes.get(variant)
+    own = {f.name for f in dataclasses.fields(arch.config)}
+    given = {name: getattr(args, f"arch.{name}") for name in _architecture_fields()}
+    foreign = [flag(name) for name, value in given.items() if value is not None and name not in own]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)} does not apply to {variant_flag} {variant} "
+                        f"(its flags: {', '.join(flag(n) for n in sorted(own)) or 'none'})")
+    return dataclasses.replace(arch.config() if base is None else base,
+                               **{name: value for name, value in given.items() if value is not None})
+
+
+def _arch_flag_kwargs(kind: type, default: Any, owners: list[str]) -> dict[str, Any]:
+    return dict(
+        type=_parse_int_list if kind is tuple else kind, metavar="N,N,..." if kind is tuple else kind.__name__.upper(),
+        help=f"{', '.join(owners)} (default {default if default != () else 'dict_size/8, /4, /2, all'})",
+    )
+
+
 def _architecture_fields() -> dict[str, tuple[type, Any, list[str]]]:
     """Every architecture config field: name -> (type, default, architectures that have it)."""
     from jax_impl import saes
@@ -223,16 +260,10 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from jax_impl.train_sae import train_sae
 
     try:
-        arch = saes.get(args.variant)
+        saes.get(args.variant)
     except ValueError as e:
         raise UserError(f"--variant: {e}") from None
-    own = {f.name for f in dataclasses.fields(arch.config)}
-    given = {name: getattr(args, f"arch.{name}") for name in _architecture_fields()}
-    foreign = [_arch_flag(name) for name, value in given.items() if value is not None and name not in own]
-    if foreign:
-        raise UserError(f"{', '.join(foreign)} does not apply to --variant {args.variant} "
-                        f"(its flags: {', '.join(_arch_flag(n) for n in sorted(own)) or 'none'})")
-    cfg = arch.config(**{name: value for name, value in given.items() if value is not None})
+    cfg = _architecture_config(args, args.variant, None, flag=_arch_flag, variant_flag="--variant")
     train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
@@ -353,11 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(parameters replicated, gradients reduced by the compiler); default one device")
     group = p.add_argument_group("architecture flags (each applies to the architectures named)")
     for name, (kind, default, owners) in _architecture_fields().items():
-        group.add_argument(
-            _arch_flag(name), dest=f"arch.{name}", default=None,
-            type=_parse_int_list if kind is tuple else kind, metavar="N,N,..." if kind is tuple else kind.__name__.upper(),
-            help=f"{', '.join(owners)} (default {default if default != () else 'dict_size/8, /4, /2, all'})",
-        )
+        group.add_argument(_arch_flag(name), dest=f"arch.{name}", default=None, **_arch_flag_kwargs(kind, default, owners))
     p.set_defaults(func=cmd_train_sae)
 
     from jax_impl.synthetic import SyntheticConfig

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from jax_impl import saes
 from jax_impl.errors import UserError
 from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
 
@@ -42,30 +43,38 @@ class MLPConfig:
 
 @dataclass(frozen=True)
 class SAEConfig:
+    """What `monosem run`'s SAE stage trains: the trainer's fields here, the architecture's own in `architecture`
+    (an instance of `jax_impl.saes.<variant>.Config`, e.g. topk's `k`; None = that architecture's defaults)."""
+
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
-    l1_coeff: float = 1e-4
     dict_size: int = 2048
     log_every: int = 10
     variant: str = "relu-l1"  # one of SAE_VARIANTS
-    k: int = 32  # topk: features kept per row
-    aux_coeff: float = 1 / 32  # topk: weight of the AuxK loss for dead latents (Gao et al.)
-    resample_every: int = 25  # anthropic: epochs between resamplings of dead features
+    architecture: Any = None
 
-    def architecture_config(self):
-        """The chosen architecture's config (jax_impl.saes): its fields that this section has take their
-        value from here, the others (e.g. matryoshka's groups, jumprelu's l0_coeff) their defaults."""
-        from jax_impl import saes
-
-        arch = saes.get(self.variant)
-        names = {f.name for f in dataclasses.fields(arch.config)} & {f.name for f in dataclasses.fields(self)}
-        return arch.config(**{name: getattr(self, name) for name in names})
+    def __post_init__(self) -> None:
+        if self.architecture is None and self.variant in SAE_VARIANTS:
+            object.__setattr__(self, "architecture", saes.get(self.variant).config())
 
     def train_config(self):
         from jax_impl.sae_training import SAETrainConfig
 
         return SAETrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, log_every=self.log_every)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        """From `to_dict()`'s form; also from manifests written before the architecture had its own config
+        (flat `k`, `aux_coeff`, `l1_coeff`, `resample_every` beside the trainer's fields)."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        variant = d.get("variant", cls.variant)
+        arch_values = d.get("architecture")
+        if arch_values is None:  # the flat form: the fields the variant's config has
+            names = {f.name for f in dataclasses.fields(saes.get(variant).config)}
+            arch_values = {k: v for k, v in d.items() if k in names}
+        return cls(**{k: v for k, v in d.items() if k in own - {"architecture"}},
+                   architecture=saes.get(variant).config_from_file(arch_values))
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ class RunConfig:
             recipe=d.get("recipe", "seed"),  # manifests written before the strong recipe existed
             data=DataConfig(**d["data"]),
             mlp=MLPConfig(**d["mlp"]),
-            sae=SAEConfig(**d["sae"]),
+            sae=SAEConfig.from_dict(d["sae"]),
         )
 
     def validate(self) -> RunConfig:
@@ -94,8 +103,8 @@ class RunConfig:
         for section in ("data", "mlp", "sae"):
             for f in dataclasses.fields(getattr(self, section)):
                 value = getattr(getattr(self, section), f.name)
-                if isinstance(value, str):
-                    continue  # the choices are checked below
+                if isinstance(value, str) or f.name == "architecture":
+                    continue  # the choices and the architecture's own fields are checked below
                 if value <= 0:
                     raise UserError(f"{flag_name(section, f.name)} must be positive, got {value}")
         d, m, s = self.data, self.mlp, self.sae
@@ -118,10 +127,14 @@ class RunConfig:
         ):
             if value not in choices:
                 raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        arch_config_type = saes.get(s.variant).config
+        if not isinstance(s.architecture, arch_config_type):
+            raise UserError(f"sae.architecture must be a {arch_config_type.__module__}.Config for --sae-variant "
+                            f"{s.variant}, got {type(s.architecture).__name__}")
         try:
-            s.architecture_config().validate(s.dict_size)
+            s.architecture.validate(s.dict_size)
         except ValueError as e:
-            raise UserError(f"--sae-variant {s.variant}: {e} (--dict-size {s.dict_size}, --sae-k {s.k})") from None
+            raise UserError(f"--sae-variant {s.variant}: {e} (--dict-size {s.dict_size})") from None
         return self
 
 
@@ -131,7 +144,7 @@ def strong_recipe() -> RunConfig:
     return RunConfig(
         recipe="strong",
         mlp=MLPConfig(data="online", batch_size=512, epochs=500),
-        sae=SAEConfig(variant="topk", dict_size=128, k=32, epochs=100),
+        sae=SAEConfig(variant="topk", dict_size=128, architecture=saes.topk.Config(k=32), epochs=100),
     )
 
 
@@ -140,7 +153,8 @@ FLAG_ALIASES: dict[tuple[str, str], str] = {
     ("data", "n_train"): "--n-train",
     ("data", "n_val"): "--n-val",
     ("data", "n_test"): "--n-test",
-    ("sae", "l1_coeff"): "--l1-coeff",
+    ("sae", "l1_coeff"): "--l1-coeff",  # an architecture field (relu-l1, anthropic): --sae-l1-coeff too
+    ("sae", "groups"): "--matryoshka-groups",
     ("sae", "dict_size"): "--dict-size",
 }
 

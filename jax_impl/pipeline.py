@@ -87,7 +87,7 @@ def stage_sae(run: Run) -> dict:
     cfg = run.config.sae
     run.log(f"Loaded activations: {list(run.activations.shape)}")
     sae = saes.create(
-        cfg.variant, run.activations.shape[1], cfg.dict_size, cfg.architecture_config(), key=run.key(KEY_SAE_INIT)
+        cfg.variant, run.activations.shape[1], cfg.dict_size, cfg.architecture, key=run.key(KEY_SAE_INIT)
     )
     result = sae_training.fit(sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log)
     bridge.save_sae(result.model, run.run_dir / SAE_PATH)

@@ -294,7 +294,7 @@ def fit_sae(
     Prints `SAE Epoch [10/100] | Loss: 0.004299` (mean of the epoch's batch losses) every `cfg.log_every`.
     """
     x = jnp.asarray(activations, jnp.float32)
-    loss_fn = partial(sae_loss, l1_coeff=cfg.l1_coeff)
+    loss_fn = partial(sae_loss, l1_coeff=cfg.architecture.l1_coeff)
 
     def on_epoch_end(current: SparseAutoencoder, e: int, losses: np.ndarray) -> str | None:
         if (e + 1) % cfg.log_every:

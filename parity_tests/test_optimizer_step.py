@@ -97,7 +97,7 @@ def test_sae_recipe_steps_match_torch():
     for _ in range(STEPS):
         x = torch.relu(torch.randn(128, 512, generator=generator) * 2.0)
         optimizer.zero_grad()
-        torch_train.sae_loss(*reference(x), x, cfg.l1_coeff).backward()
+        torch_train.sae_loss(*reference(x), x, cfg.architecture.l1_coeff).backward()
         optimizer.step()
         grads = torch_grads_as_jax(reference, bridge.seed_sae_from_state_dict)
         params = nnx.state(model, nnx.Param)

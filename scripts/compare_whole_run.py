@@ -82,12 +82,12 @@ def main() -> None:
         train_mlp(mlp, x.to(dtype), y.to(dtype), mlp_perms)
         acts = harvest_layer2(mlp, x.to(dtype))
         sae = copy.deepcopy(init_sae).to(dtype)
-        sae_losses = train_sae(sae, acts, sae_perms, l1_coeff=sae_cfg.l1_coeff)
+        sae_losses = train_sae(sae, acts, sae_perms, l1_coeff=sae_cfg.architecture.l1_coeff)
         runs[name] = {
             "mlp": {k: v for k, v in mlp.state_dict().items()}, "sae": sae.state_dict(), "seconds": time.perf_counter() - t0,
             "val": torch_mse(mlp, splits["val"].inputs, splits["val"].targets),
             "test": torch_mse(mlp, splits["test"].inputs, splits["test"].targets),
-            "sae_train_loss": float(sae_losses[-1].mean()), "sae_eval": sae_eval_loss(sae, acts, sae_cfg.l1_coeff),
+            "sae_train_loss": float(sae_losses[-1].mean()), "sae_eval": sae_eval_loss(sae, acts, sae_cfg.architecture.l1_coeff),
             "test_prediction": mlp(torch.as_tensor(splits["test"].inputs, dtype=dtype))[0][:, 0].detach().double().numpy(),
         }
 
@@ -107,7 +107,7 @@ def main() -> None:
         "val": torch_mse(as_torch, splits["val"].inputs, splits["val"].targets),
         "test": torch_mse(as_torch, splits["test"].inputs, splits["test"].targets),
         "sae_train_loss": float(sae_result.step_losses[-1].mean()),
-        "sae_eval": sae_eval_loss(sae_as_torch, torch.tensor(acts), sae_cfg.l1_coeff),
+        "sae_eval": sae_eval_loss(sae_as_torch, torch.tensor(acts), sae_cfg.architecture.l1_coeff),
         "test_prediction": mlp_forward(mlp, splits["test"].inputs)[0].astype(np.float64),
     }
     run_torch("torch float32", torch.float32)

@@ -115,8 +115,12 @@ def score(mlp, sae, split, shape: TaskShape) -> dict:
 
 
 def train(setting: dict, activations: np.ndarray, epochs: int, seed: int):
-    cfg = dataclasses.replace(SAEConfig(), epochs=epochs, log_every=epochs, **setting)
-    sae = saes.create(cfg.variant, activations.shape[1], cfg.dict_size, cfg.architecture_config(), key=jax.random.key(seed))
+    trainer = {f.name for f in dataclasses.fields(SAEConfig)}
+    variant = setting["variant"]
+    arch_config = saes.get(variant).config(**{k: v for k, v in setting.items() if k not in trainer})
+    cfg = SAEConfig(epochs=epochs, log_every=epochs, architecture=arch_config,
+                    **{k: v for k, v in setting.items() if k in trainer})
+    sae = saes.create(cfg.variant, activations.shape[1], cfg.dict_size, cfg.architecture, key=jax.random.key(seed))
     return sae_training.fit(sae, activations, cfg.train_config(), key=jax.random.key(seed + 1), log=lambda _: None).model
 
 

@@ -40,7 +40,7 @@ def test_seed_recipe_stays_the_default():
 def test_recipe_strong_sets_defaults_that_flags_override():
     assert _config("--recipe", "strong") == strong_recipe()
     config = _config("--recipe", "strong", "--sae-k", "3", "--mlp-epochs", "2")
-    assert config.recipe == "strong" and config.sae.k == 3 and config.mlp.epochs == 2
+    assert config.recipe == "strong" and config.sae.architecture.k == 3 and config.mlp.epochs == 2
     assert config.mlp.data == "online" and config.sae.variant == "topk"
     assert _config("--sae-variant", "anthropic").sae.variant == "anthropic"
 
@@ -56,6 +56,34 @@ def test_recipe_strong_sets_defaults_that_flags_override():
 def test_bad_choices_are_named(argv, fragment):
     with pytest.raises(UserError, match=fragment):
         _config(*argv)
+
+
+def test_architecture_fields_live_in_the_architecture_config():
+    from jax_impl import saes
+
+    assert RunConfig().sae.architecture == saes.relu_l1.Config()
+    config = _config("--sae-variant", "matryoshka", "--matryoshka-groups", "64,256,2048", "--sae-k", "16")
+    assert config.sae.architecture == saes.matryoshka.Config(groups=(64, 256, 2048), k=16)
+    assert _config("--sae-variant", "jumprelu", "--sae-l0-coeff", "0.01").sae.architecture.l0_coeff == 0.01
+    # the strong recipe's topk settings do not leak into another variant: it starts from its own defaults
+    assert _config("--recipe", "strong", "--sae-variant", "anthropic").sae.architecture == saes.anthropic.Config()
+    with pytest.raises(UserError, match=r"--sae-k does not apply to --sae-variant relu-l1 \(its flags: --l1-coeff\)"):
+        _config("--sae-k", "8")
+    with pytest.raises(UserError, match="--l1-coeff does not apply to --sae-variant topk"):
+        _config("--recipe", "strong", "--l1-coeff", "1e-3")
+
+
+def test_configs_round_trip_through_the_manifest_and_old_flat_manifests_read():
+    import json
+
+    from jax_impl import saes
+
+    for config in (RunConfig(), strong_recipe(), _config("--sae-variant", "matryoshka", "--matryoshka-groups", "8,2048")):
+        assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    flat = RunConfig().to_dict()  # as manifests were written before the architectures had configs of their own
+    del flat["sae"]["architecture"]
+    flat["sae"] |= {"variant": "topk", "k": 12, "aux_coeff": 0.5, "l1_coeff": 1e-4, "resample_every": 25}
+    assert RunConfig.from_dict(flat).sae.architecture == saes.topk.Config(k=12, aux_coeff=0.5)
 
 
 def test_manifests_from_before_the_recipe_field_still_read():
@@ -155,9 +183,9 @@ def test_anthropic_resampling_revives_dead_features_with_fresh_moments():
 
 TINY_STRONG = (
     "--recipe", "strong", "--n-train", "256", "--n-val", "64", "--n-test", "64", "--mlp-epochs", "2",
-    "--mlp-batch-size", "64", "--sae-epochs", "2", "--dict-size", "64", "--sae-k", "4", "--sae-batch-size", "64",
-    "--sae-resample-every", "1",
+    "--mlp-batch-size", "64", "--sae-epochs", "2", "--dict-size", "64", "--sae-batch-size", "64",
 )
+VARIANT_FLAGS = {"topk": ("--sae-k", "4"), "anthropic": ("--sae-resample-every", "1")}
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +193,7 @@ def strong_run(tmp_path_factory):
     """The data, (online) mlp and harvest stages of a tiny strong run."""
     from jax_impl import pipeline
 
-    run = pipeline.Run(tmp_path_factory.mktemp("strong"), _config(*TINY_STRONG), log=lambda _: None)
+    run = pipeline.Run(tmp_path_factory.mktemp("strong"), _config(*TINY_STRONG, *VARIANT_FLAGS["topk"]), log=lambda _: None)
     for stage in (pipeline.stage_data, pipeline.stage_mlp, pipeline.stage_harvest):
         stage(run)
     return run
@@ -176,7 +204,7 @@ def test_pipeline_stages_train_save_and_reload_a_variant(variant, strong_run, tm
     from jax_impl import pipeline
     from torch_ref.saes import sae_from_state_dict
 
-    run = pipeline.Run(tmp_path, _config(*TINY_STRONG, "--sae-variant", variant), log=lambda _: None)
+    run = pipeline.Run(tmp_path, _config(*TINY_STRONG, "--sae-variant", variant, *VARIANT_FLAGS[variant]), log=lambda _: None)
     run.splits, run.mlp, run.activations = strong_run.splits, strong_run.mlp, strong_run.activations
     metrics = pipeline.stage_sae(run)
     assert metrics["variant"] == variant and 0 <= metrics["test"]["dead_fraction"] <= 1
