@@ -55,19 +55,19 @@ def jax_epoch(name: str, x: np.ndarray, dict_size: int, batch: int):
     return sae, epoch
 
 
-def torch_epoch(name: str, sae: saes.SAE, x: np.ndarray, batch: int):
-    model = ref.sae_from_state_dict(bridge.sae_to_state_dict(sae)).train()
+def torch_epoch(name: str, sae: saes.SAE, x: np.ndarray, batch: int, device: str = "cpu"):
+    model = ref.sae_from_state_dict(bridge.sae_to_state_dict(sae)).train().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rows = torch.from_numpy(x)
+    rows = torch.from_numpy(x).to(device)
     cfg = CONFIGS[name]
-    dead = torch.zeros(sae.dict_size, dtype=torch.bool)
+    dead = torch.zeros(sae.dict_size, dtype=torch.bool, device=device)
     aux_k = min(4 * getattr(cfg, "k", 1), sae.dict_size)
 
     def loss_of(xb):
         return ref.training_loss(name, model, xb, dead, cfg, aux_k)
 
     def epoch(e: int) -> None:
-        order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(e))
+        order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(e)).to(device)
         steps = rows.shape[0] // batch if not sae.arch.keep_partial_batch else -(-rows.shape[0] // batch)
         for s in range(steps):
             xb = rows[order[s * batch : (s + 1) * batch]]
@@ -81,6 +81,8 @@ def torch_epoch(name: str, sae: saes.SAE, x: np.ndarray, batch: int):
             if sae.arch.unit_decoder:
                 with torch.no_grad():
                     model.decoder.weight /= model.decoder.weight.norm(dim=0, keepdim=True)
+        if device != "cpu":
+            torch.cuda.synchronize()  # the epoch's kernels are queued asynchronously: time them, not their launch
 
     return epoch
 
@@ -123,14 +125,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--torch-device", default="cpu", help="where the torch loop runs: cpu (default) or cuda "
+                        "(scripts/accelerator_check.sh; JAX uses its default device)")
+    parser.add_argument("--no-streaming", action="store_true", help="skip the streaming peak-RSS measurement")
     args = parser.parse_args()
     rows, dict_size, batch, reps = (args.rows, 2048, 128, args.reps) if not args.quick else (512, 256, 128, 1)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     x = np.abs(np.random.default_rng(0).normal(size=(rows, 512))).astype(np.float32)
-    results = {"rows": rows, "width": 512, "dict_size": dict_size, "batch_size": batch, "reps": reps, "archs": {}}
+    results = {"rows": rows, "width": 512, "dict_size": dict_size, "batch_size": batch, "reps": reps, "archs": {},
+               "jax_device": str(jax.devices()[0]), "torch_device": args.torch_device}
     for name in saes.NAMES:
         sae, jax_fn = jax_epoch(name, x, dict_size, batch)
-        torch_fn = torch_epoch(name, sae, x, batch)
+        torch_fn = torch_epoch(name, sae, x, batch, args.torch_device)
         compile_s = timed(jax_fn, 0)
         jax_s, torch_s = [], []
         for r in range(reps):  # interleaved, so background load slows both alike
@@ -139,7 +145,7 @@ def main() -> None:
         j, t = statistics.median(jax_s), statistics.median(torch_s)
         results["archs"][name] = {"jax_epoch_s": j, "torch_epoch_s": t, "speedup": t / j, "jax_first_epoch_s": compile_s}
         print(f"{name:<11} jax {j:7.3f} s  torch {t:7.3f} s  speedup {t / j:5.2f}x  (first jax epoch {compile_s:.2f} s)", flush=True)
-    if not args.quick:
+    if not (args.quick or args.no_streaming):
         results["streaming"] = streaming_rss(rows=2_000_000, width=128, chunk_rows=100_000)
         print("streaming:", results["streaming"], flush=True)
     results["self_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

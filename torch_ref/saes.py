@@ -153,7 +153,7 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def aux_k_loss(sae: TiedBiasSAE, pre, x, reconstruction, dead: torch.Tensor, aux_k: int) -> torch.Tensor:
     """Gao et al.'s AuxK over the dead (F,) bool latents (no ReLU), 0 when none is dead."""
     if not bool(dead.any()):
-        return torch.zeros(())
+        return pre.new_zeros(())
     residual = (x - reconstruction).detach()
     dead_values, dead_indices = pre.masked_fill(~dead, float("-inf")).topk(aux_k, dim=-1)
     dead_values = torch.where(torch.isfinite(dead_values), dead_values, torch.zeros_like(dead_values))
@@ -180,7 +180,7 @@ def batchtopk_loss(sae: BatchTopKSAE, x: torch.Tensor, dead: torch.Tensor, aux_k
 def matryoshka_loss(sae: MatryoshkaSAE, x: torch.Tensor, dead: torch.Tensor, aux_k: int, aux_coeff: float) -> torch.Tensor:
     pre = sae.pre_activation(x)
     features = sae.batch_activate(pre)
-    total, start, partial = torch.zeros(()), 0, sae.b_dec.expand_as(x)
+    total, start, partial = x.new_zeros(()), 0, sae.b_dec.expand_as(x)
     weight = sae.decoder.weight  # (D, F)
     for end in sae.group_ends.tolist():
         partial = partial + features[:, start:end] @ weight[:, start:end].T
