@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.models import DEFAULT_HOOK, InterpretabilityMLP, SparseAutoencoder
 from jax_impl.task import Split, TaskShape, pointer_targets
 
 PROBE_THRESHOLD = 0.01  # upstream counts a feature as active above this
@@ -24,9 +25,9 @@ SEED_PROBE_INPUTS: tuple[tuple[int, ...], ...] = (
 )
 
 
-@jax.jit
-def _mlp_forward(model: InterpretabilityMLP, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return model(x)
+@partial(jax.jit, static_argnames="hook")
+def _mlp_forward(model: InterpretabilityMLP, x: jax.Array, hook: str) -> tuple[jax.Array, jax.Array]:
+    return model.forward_at(x, hook)
 
 
 @jax.jit
@@ -34,16 +35,17 @@ def _sae_forward(sae: SparseAutoencoder, layer2: jax.Array) -> tuple[jax.Array, 
     return sae(layer2)
 
 
-@jax.jit
-def _readout(model: InterpretabilityMLP, layer2: jax.Array) -> jax.Array:
-    return model.readout(layer2)
+@partial(jax.jit, static_argnames="hook")
+def _readout(model: InterpretabilityMLP, h: jax.Array, hook: str) -> jax.Array:
+    return model.readout_from(h, hook)
 
 
-def mlp_forward(model: InterpretabilityMLP, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode forward. inputs (N, D) -> (prediction (N,) float32, layer2 (N, 512) float32)."""
+def mlp_forward(model: InterpretabilityMLP, inputs: np.ndarray, hook: str = DEFAULT_HOOK) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode forward. inputs (N, D) -> (prediction (N,) float32, the activation at `hook` (N, width)
+    float32: layer2 (N, 512) by default)."""
     model.eval()
-    prediction, layer2 = _mlp_forward(model, jnp.asarray(inputs, jnp.float32))
-    return np.asarray(prediction)[:, 0], np.asarray(layer2)
+    prediction, h = _mlp_forward(model, jnp.asarray(inputs, jnp.float32), hook)
+    return np.asarray(prediction)[:, 0], np.asarray(h)
 
 
 def sae_forward(sae: SparseAutoencoder, layer2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,10 +54,10 @@ def sae_forward(sae: SparseAutoencoder, layer2: np.ndarray) -> tuple[np.ndarray,
     return np.asarray(reconstruction), np.asarray(features)
 
 
-def readout(model: InterpretabilityMLP, layer2: np.ndarray) -> np.ndarray:
-    """The MLP's output from a (possibly edited) layer2 (N, 512) -> (N,) float32."""
+def readout(model: InterpretabilityMLP, h: np.ndarray, hook: str = DEFAULT_HOOK) -> np.ndarray:
+    """The MLP's output from a (possibly edited) activation at `hook` (N, width) -> (N,) float32."""
     model.eval()
-    return np.asarray(_readout(model, jnp.asarray(layer2, jnp.float32)))[:, 0]
+    return np.asarray(_readout(model, jnp.asarray(h, jnp.float32), hook))[:, 0]
 
 
 def prediction_metrics(prediction: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -68,14 +70,17 @@ def prediction_metrics(prediction: np.ndarray, targets: np.ndarray) -> dict[str,
     }
 
 
-def evaluate(model: InterpretabilityMLP, split: Split, sae: SparseAutoencoder | None = None) -> dict[str, float]:
-    """MLP metrics on a split and, with an SAE, its reconstruction quality on that split's layer2.
+def evaluate(
+    model: InterpretabilityMLP, split: Split, sae: SparseAutoencoder | None = None, hook: str = DEFAULT_HOOK
+) -> dict[str, float]:
+    """MLP metrics on a split and, with an SAE, its reconstruction quality on that split's activations at
+    `hook` (layer2 by default).
 
     explained_variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (centred over the rows);
     l0 = mean count of features > 0 per row; dead_fraction = share of features never > 0 on the rows;
-    spliced_mse = MLP MSE with the reconstruction in place of layer2.
+    spliced_mse = MLP MSE with the reconstruction in place of the hook's activation.
     """
-    prediction, layer2 = mlp_forward(model, split.inputs)
+    prediction, layer2 = mlp_forward(model, split.inputs, hook)
     metrics = {"rows": len(split), **prediction_metrics(prediction, split.targets)}
     if sae is None:
         return metrics
@@ -89,7 +94,7 @@ def evaluate(model: InterpretabilityMLP, split: Split, sae: SparseAutoencoder | 
         reconstruction_mse=float(residual / x.size),
         l0=float(active.sum(axis=1).mean()),
         dead_fraction=float(np.mean(~active.any(axis=0))),
-        spliced_mse=prediction_metrics(readout(model, reconstruction), split.targets)["mse"],
+        spliced_mse=prediction_metrics(readout(model, reconstruction, hook), split.targets)["mse"],
     )
     return metrics
 
@@ -103,24 +108,28 @@ class ProbeReport:
     top_features: tuple[tuple[int, float], ...]  # (feature id, activation), strongest first
 
 
-@jax.jit
-def _probe_forward(model: InterpretabilityMLP, sae: SparseAutoencoder, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+@partial(jax.jit, static_argnames="hook")
+def _probe_forward(
+    model: InterpretabilityMLP, sae: SparseAutoencoder, x: jax.Array, hook: str
+) -> tuple[jax.Array, jax.Array]:
     # eval() here switches the traced copy, once per trace: outside jit it walks the module graph on every call.
     model.eval()
-    prediction, layer2 = model(x)
-    _, features = sae(layer2)
+    prediction, h = model.forward_at(x, hook)
+    _, features = sae(h)
     return prediction[:, 0], features
 
 
 def probe(
-    model: InterpretabilityMLP, sae: SparseAutoencoder, inputs: np.ndarray, shape: TaskShape = TaskShape()
+    model: InterpretabilityMLP, sae: SparseAutoencoder, inputs: np.ndarray, shape: TaskShape = TaskShape(),
+    hook: str = DEFAULT_HOOK,
 ) -> list[ProbeReport]:
-    """Which SAE features fire on each input row, with the MLP in eval mode. inputs (N, D) or one row (D,).
+    """Which SAE features (of an SAE on the activations at `hook`) fire on each input row, with the MLP in
+    eval mode. inputs (N, D) or one row (D,).
 
     One jitted call for all rows: per-row dispatch of two forwards cost more than the forwards themselves.
     """
     rows = np.asarray(inputs).reshape(-1, shape.input_dim)
-    predictions, features = (np.asarray(a) for a in _probe_forward(model, sae, jnp.asarray(rows, jnp.float32)))
+    predictions, features = (np.asarray(a) for a in _probe_forward(model, sae, jnp.asarray(rows, jnp.float32), hook))
     active = features > PROBE_THRESHOLD
     # Strongest first, ties in id order; inactive features sort last and are cut below.
     order = np.argsort(-np.where(active, features, -np.inf), axis=1, kind="stable")[:, :PROBE_TOP]

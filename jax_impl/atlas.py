@@ -36,7 +36,7 @@ from jax_impl import analysis
 from jax_impl.atlas_page import render_page
 from jax_impl.atomic import write_text_atomic
 from jax_impl.errors import UserError
-from jax_impl.models import InterpretabilityMLP
+from jax_impl.models import DEFAULT_HOOK, HOOKS, InterpretabilityMLP, check_hook
 from jax_impl.saes import SAE, Architecture
 from jax_impl.task import Split, TaskShape, pointer_targets
 
@@ -93,28 +93,52 @@ class Dictionary:
         return features @ self.w_dec + self.b_dec
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["w1", "b1", "w2", "b2"], meta_fields=[])
+@partial(jax.tree_util.register_dataclass, data_fields=["w1", "b1", "tail_w", "tail_b"], meta_fields=[])
 @dataclass(frozen=True)
 class Readout:
-    """The MLP after `layer2`: prediction = ReLU(h @ w1 + b1) @ w2 + b2.
+    """The MLP after the hook point: prediction = rest(h @ w1 + b1), rest(z) = the tail layers applied to
+    ReLU(z): a = ReLU(z); a = ReLU(a @ W + b) for each tail layer but the last; prediction = a @ w + b.
 
-    w1 (512, H), b1 (H,), w2 (H,), b2 () float32. Its first layer is affine, which is what
-    makes the causal analysis cheap: moving `layer2` along a direction d moves the hidden
-    pre-activation along d @ w1.
+    w1 (W, H), b1 (H,) float32; tail_w / tail_b: the tail's weights, the last one (H', ) and () (one output).
+    Its first layer is affine, which is what makes the causal analysis cheap: moving the hook's activation
+    along a direction d moves the first pre-activation along d @ w1.
+
+    From `layer2`: w1 = hidden2, tail = output. From `layer1`: w1 = hidden1 with bn2 (eval mode, affine)
+    folded in, tail = hidden2, output. From `layer3` the rest of the MLP is one affine map h @ w + b, written
+    exactly in this form as ReLU(h @ [I, -I]) @ [w; -w] + b (ReLU(t) - ReLU(-t) = t).
     """
 
     w1: jax.Array
     b1: jax.Array
-    w2: jax.Array
-    b2: jax.Array
+    tail_w: tuple[jax.Array, ...]
+    tail_b: tuple[jax.Array, ...]
 
     @classmethod
-    def from_mlp(cls, mlp: InterpretabilityMLP) -> Readout:
-        return cls(mlp.hidden2.kernel[...], mlp.hidden2.bias[...], mlp.output.kernel[...][:, 0], mlp.output.bias[...][0])
+    def from_mlp(cls, mlp: InterpretabilityMLP, hook: str = DEFAULT_HOOK) -> Readout:
+        w_out, b_out = mlp.output.kernel[...][:, 0], mlp.output.bias[...][0]
+        if check_hook(hook) == "layer3":
+            eye = jnp.eye(w_out.shape[0], dtype=w_out.dtype)
+            return cls(jnp.concatenate([eye, -eye], axis=1), jnp.zeros(2 * w_out.shape[0], w_out.dtype),
+                       (jnp.concatenate([w_out, -w_out]),), (b_out,))
+        w2, b2 = mlp.hidden2.kernel[...], mlp.hidden2.bias[...]
+        if hook == "layer2":
+            return cls(w2, b2, (w_out,), (b_out,))
+        bn = mlp.bn2  # eval mode: y = (x - mean) / sqrt(var + eps) * weight + bias, an affine map per column
+        scale = bn.weight[...] * jax.lax.rsqrt(bn.running_var[...] + bn.eps)
+        w1 = mlp.hidden1.kernel[...] * scale
+        b1 = (mlp.hidden1.bias[...] - bn.running_mean[...]) * scale + bn.bias[...]
+        return cls(w1, b1, (w2, w_out), (b2, b_out))
+
+    def rest(self, z: jax.Array) -> jax.Array:
+        """After the first affine layer: pre-activation z (..., H) -> prediction (...)."""
+        a = jax.nn.relu(z)
+        for w, b in zip(self.tail_w[:-1], self.tail_b[:-1]):
+            a = jax.nn.relu(a @ w + b)
+        return a @ self.tail_w[-1] + self.tail_b[-1]
 
     def __call__(self, h: jax.Array) -> jax.Array:
-        """layer2 (N, 512) -> prediction (N,) float32."""
-        return jax.nn.relu(h @ self.w1 + self.b1) @ self.w2 + self.b2
+        """The hook's activation (N, W) -> prediction (N,) float32."""
+        return self.rest(h @ self.w1 + self.b1)
 
 
 # --------------------------------------------------------------------------- concepts
@@ -341,6 +365,27 @@ def linear_readout_f1(
     return fit_f1, held_f1
 
 
+def ceilings_by_hook(
+    mlp: InterpretabilityMLP, rows: Split, shape: TaskShape, fit_rows: np.ndarray,
+    hooks: tuple[str, ...] = HOOKS, families: tuple[str, ...] = ("pointer", "pointed", "target", "order"),
+) -> dict[str, Any]:
+    """The linear ceiling of every concept of `families` at each hook point: where each concept lives.
+
+    rows: N task rows, fit_rows (N,) bool (the others held out). Returns {"concepts": names (C,),
+    "families": (C,), "rows": (C,) counts, "hooks": {hook: {"fit": (C,), "held_out": (C,)} F1 float64}}.
+    """
+    concepts = task_concepts(rows.inputs, shape.x_dim, shape.y_dim)
+    chosen = [k for k, family in enumerate(concepts.families) if family in families]
+    mask = concepts.mask[:, chosen]
+    by_hook = {}
+    for hook in hooks:
+        _, h = analysis.mlp_forward(mlp, rows.inputs, hook)
+        fit_f1, held_f1 = linear_readout_f1(h, mask, fit_rows)
+        by_hook[hook] = {"fit": fit_f1, "held_out": held_f1}
+    return {"concepts": [concepts.names[k] for k in chosen], "families": [concepts.families[k] for k in chosen],
+            "rows": mask.sum(axis=0), "hooks": by_hook}
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -397,14 +442,9 @@ class CausalEffects:
     steer_rows: np.ndarray
 
 
-def _readout_rest(z: jax.Array, w2: jax.Array, b2: jax.Array) -> jax.Array:
-    """Readout after its first affine layer: pre-activation z (..., H) -> prediction (...)."""
-    return jax.nn.relu(z) @ w2 + b2
-
-
 @jax.jit
 def _ablate_pairs(
-    z: jax.Array, base: jax.Array, u: jax.Array, rows: jax.Array, cols: jax.Array, f: jax.Array, w2: jax.Array, b2: jax.Array
+    z: jax.Array, base: jax.Array, u: jax.Array, rows: jax.Array, cols: jax.Array, f: jax.Array, readout: Readout
 ) -> jax.Array:
     """|Output change| when one feature is removed, for P (row, feature) pairs.
 
@@ -413,19 +453,19 @@ def _ablate_pairs(
     activation -> (P,) float32. Removing f * d from layer2 moves z by -f * u. (Gathering inside
     jit avoids materialising the gathered rows.)
     """
-    return jnp.abs(_readout_rest(z[rows] - f[:, None] * u[cols], w2, b2) - base[rows])
+    return jnp.abs(readout.rest(z[rows] - f[:, None] * u[cols]) - base[rows])
 
 
 @jax.jit
 def _steer(
-    z: jax.Array, base: jax.Array, u: jax.Array, sample: jax.Array, shift: jax.Array, w2: jax.Array, b2: jax.Array
+    z: jax.Array, base: jax.Array, u: jax.Array, sample: jax.Array, shift: jax.Array, readout: Readout
 ) -> jax.Array:
     """Output change when each of F features is clamped on S rows.
 
     z (N, H) and base (N,) as above, u (F, H), sample (F, S) row ids, shift (F, S) = clamp value
     minus the current activation -> (F, S) float32.
     """
-    return _readout_rest(z[sample] + shift[:, :, None] * u[:, None, :], w2, b2) - base[sample]
+    return readout.rest(z[sample] + shift[:, :, None] * u[:, None, :]) - base[sample]
 
 
 def _steer_gain(steered: np.ndarray, clean: np.ndarray, counterfactual: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -484,14 +524,14 @@ def causal_effects(
     n, n_features = holds.shape
     z = layer2 @ readout.w1 + readout.b1  # (N, H)
     u = directions @ readout.w1  # (F, H)
-    base = _readout_rest(z, readout.w2, readout.b2)  # (N,)
+    base = readout.rest(z)  # (N,)
 
     # Ablation over the (row, feature) pairs where the feature fires; elsewhere the change is 0.
     rows, cols = np.nonzero(features > 0)
     change = np.zeros(len(rows), np.float32)
     for idx in _padded_chunks(len(rows), 16384):
         r, c = rows[idx], cols[idx]
-        change[idx] = np.asarray(_ablate_pairs(z, base, u, r, c, features[r, c], readout.w2, readout.b2))
+        change[idx] = np.asarray(_ablate_pairs(z, base, u, r, c, features[r, c], readout))
     inside = holds[rows, cols]
     n_in = holds.sum(axis=0)
     ablation_in = np.bincount(cols[inside], change[inside], n_features) / np.maximum(n_in, 1)
@@ -517,7 +557,7 @@ def causal_effects(
     shift = (alpha[:, None] - f_sample).astype(np.float32)
     moved = np.zeros(sample.shape, np.float32)
     for idx in _padded_chunks(n_features, 64):
-        moved[idx] = np.asarray(_steer(z, base, u[idx], sample[idx], shift[idx], readout.w2, readout.b2))
+        moved[idx] = np.asarray(_steer(z, base, u[idx], sample[idx], shift[idx], readout))
     clean = np.asarray(base)[sample]  # (F, S)
     target_cf = np.take_along_axis(counterfactual, sample.T, axis=0).T  # (F, S)
     gain = _steer_gain(moved + clean, clean, target_cf, weight)
@@ -676,24 +716,23 @@ def build_atlas(
 # --------------------------------------------------------------------------- models and files
 
 
-def model_splice_metrics(mlp: InterpretabilityMLP, sae: SAE, split: Split) -> dict[str, float]:
+def model_splice_metrics(mlp: InterpretabilityMLP, sae: SAE, split: Split, hook: str = DEFAULT_HOOK) -> dict[str, float]:
     """splice_metrics of loaded models on a split (what `monosem evaluate` adds to analysis.evaluate)."""
-    _, layer2 = analysis.mlp_forward(mlp, split.inputs)
-    return splice_metrics(layer2, split.targets, Dictionary.from_sae(sae), Readout.from_mlp(mlp))
+    _, h = analysis.mlp_forward(mlp, split.inputs, hook)
+    return splice_metrics(h, split.targets, Dictionary.from_sae(sae), Readout.from_mlp(mlp, hook))
 
 
 def atlas_from_models(
-    mlp: InterpretabilityMLP, sae: SAE, split: Split, shape: TaskShape, source: str,
+    mlp: InterpretabilityMLP, sae: SAE, split: Split, shape: TaskShape, source: str, hook: str = DEFAULT_HOOK,
     **settings: Any,
 ) -> dict[str, Any]:
-    """build_atlas for loaded models on a split; settings are build_atlas's keyword arguments."""
-    _, layer2 = analysis.mlp_forward(mlp, split.inputs)
-    dictionary, readout = Dictionary.from_sae(sae), Readout.from_mlp(mlp)
-    metrics = analysis.evaluate(mlp, split, sae) | splice_metrics(layer2, split.targets, dictionary, readout)
-    atlas = build_atlas(
-        layer2, split.inputs, split.targets, shape.x_dim, shape.y_dim, dictionary, readout, metrics, **settings
-    )
-    return {"source": source, **atlas}
+    """build_atlas for loaded models on a split, the SAE reading the activations at `hook`; settings are
+    build_atlas's keyword arguments."""
+    _, h = analysis.mlp_forward(mlp, split.inputs, hook)
+    dictionary, readout = Dictionary.from_sae(sae), Readout.from_mlp(mlp, hook)
+    metrics = analysis.evaluate(mlp, split, sae, hook) | splice_metrics(h, split.targets, dictionary, readout)
+    atlas = build_atlas(h, split.inputs, split.targets, shape.x_dim, shape.y_dim, dictionary, readout, metrics, **settings)
+    return {"source": source, "hook": hook, **atlas}
 
 
 def format_summary(atlas: Mapping[str, Any]) -> str:

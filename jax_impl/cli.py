@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jax_impl.config import RECIPES, SAE_VARIANTS, RunConfig, flag_name, strong_recipe
 from jax_impl.errors import UserError
+from jax_impl.models import HOOK_WIDTHS, HOOKS
 
 DEFAULT_RUN_DIR = Path("runs/default")
 _CONFIG_SECTIONS = ("data", "mlp", "sae")
@@ -25,6 +26,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--recipe", choices=RECIPES, default=defaults.recipe,
                        help="defaults for the flags below: the seed's, or the strong recipe's "
                        "(online-data MLP, TopK SAE; docs/strong_recipe.md) (default seed)")
+    group.add_argument("--hook", choices=HOOKS, default=None,
+                       help="the MLP activation the SAE decomposes: layer1 (after bn1, 256), layer2 (after bn2, 512; "
+                       "the seed's) or layer3 (after hidden2, 256) (default: the recipe's, layer2)")
     for section in _CONFIG_SECTIONS:
         for f in dataclasses.fields(getattr(defaults, section)):
             if f.name == "architecture":
@@ -61,7 +65,8 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         arch_config = _architecture_config(args, sae.variant, base, flag=lambda name: flag_name("sae", name),
                                            variant_flag="--sae-variant")
         sections["sae"] = dataclasses.replace(sae, architecture=arch_config)
-    return RunConfig(seed=args.seed, recipe=defaults.recipe, **sections).validate()
+    hook = defaults.hook if args.hook is None else args.hook
+    return RunConfig(seed=args.seed, recipe=defaults.recipe, hook=hook, **sections).validate()
 
 
 def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
@@ -134,13 +139,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.mlp}: the MLP takes {mlp.input.in_features} inputs but --x-dim {args.x_dim} x --y-dim {args.y_dim} "
             f"rows have {shape.input_dim}"
         )
-    sae = saelens.load_sae(args.sae) if args.sae else None
+    sae = saelens.load_sae(args.sae, input_dim=HOOK_WIDTHS[args.hook]) if args.sae else None
     split = read_split(args.data, shape)
-    metrics = analysis.evaluate(mlp, split, sae)
+    metrics = analysis.evaluate(mlp, split, sae, args.hook)
     if sae is not None:
         from jax_impl.atlas import model_splice_metrics
 
-        metrics.update(model_splice_metrics(mlp, sae, split))
+        metrics.update(model_splice_metrics(mlp, sae, split, args.hook))
     if args.predictions:
         prediction, _ = analysis.mlp_forward(mlp, split.inputs)
         with atomic_path(args.predictions) as tmp:
@@ -188,7 +193,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         run.mlp, run.sae, run.rows(names), run.shape,
         source=f"{args.run_dir} ({args.split} split{'s' if args.split == 'all' else ''})"
         + (f" with the SAE {args.sae.name}" if args.sae else ""),
-        min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
+        hook=run.hook, min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
     print(atlas.format_summary(doc))
     for path in atlas.write_atlas(doc, run.out_dir):
@@ -335,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlp", type=Path, required=True, help="InterpretabilityMLP state_dict (.pth)")
     p.add_argument("--data", type=Path, required=True, help="an upstream-format split (.xlsx)")
     p.add_argument("--sae", type=Path, help="an SAE (.pth, .safetensors or a SAELens folder): adds reconstruction metrics")
+    p.add_argument("--hook", choices=HOOKS, default="layer2", help="the activation --sae reads (default layer2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--predictions", type=Path, metavar="CSV", help="write one prediction per row, in row order")
     p.add_argument("--x-dim", type=int, default=5, help="task shape: entries per column (default 5)")

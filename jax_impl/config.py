@@ -13,6 +13,7 @@ from typing import Any
 
 from jax_impl import saes
 from jax_impl.errors import UserError
+from jax_impl.models import DEFAULT_HOOK, HOOKS
 from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
 
 RECIPES = ("seed", "strong")  # see strong_recipe() and docs/strong_recipe.md
@@ -81,6 +82,7 @@ class SAEConfig:
 class RunConfig:
     seed: int = 0
     recipe: str = "seed"  # which defaults the other fields started from (one of RECIPES)
+    hook: str = DEFAULT_HOOK  # the MLP activation harvested and decomposed (one of HOOKS)
     data: DataConfig = field(default_factory=DataConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
@@ -93,6 +95,7 @@ class RunConfig:
         return cls(
             seed=d["seed"],
             recipe=d.get("recipe", "seed"),  # manifests written before the strong recipe existed
+            hook=d.get("hook", DEFAULT_HOOK),  # manifests written before the hook points existed
             data=DataConfig(**d["data"]),
             mlp=MLPConfig(**d["mlp"]),
             sae=SAEConfig.from_dict(d["sae"]),
@@ -123,7 +126,8 @@ class RunConfig:
         if not 0 < m.pct_start < 1:
             raise UserError(f"--mlp-pct-start must be in (0, 1), got {m.pct_start}")
         for flag, value, choices in (
-            ("--recipe", self.recipe, RECIPES), ("--mlp-data", m.data, MLP_DATA), ("--sae-variant", s.variant, SAE_VARIANTS)
+            ("--recipe", self.recipe, RECIPES), ("--hook", self.hook, HOOKS), ("--mlp-data", m.data, MLP_DATA),
+            ("--sae-variant", s.variant, SAE_VARIANTS),
         ):
             if value not in choices:
                 raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")

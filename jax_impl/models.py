@@ -16,6 +16,18 @@ LAYER1_WIDTH = 256
 LAYER2_WIDTH = 512  # the hooked `layer2` activation the SAE decomposes
 LAYER3_WIDTH = 256
 
+# Hook points: the post-ReLU activations an SAE can decompose (`--hook`), and their widths. layer2 (after bn2)
+# is the seed's; layer1 is after bn1, layer3 after hidden2.
+HOOKS = ("layer1", "layer2", "layer3")
+HOOK_WIDTHS = {"layer1": LAYER1_WIDTH, "layer2": LAYER2_WIDTH, "layer3": LAYER3_WIDTH}
+DEFAULT_HOOK = "layer2"
+
+
+def check_hook(hook: str) -> str:
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook {hook!r}; expected one of {', '.join(HOOKS)}")
+    return hook
+
 
 def _torch_uniform(fan_in: int):
     """torch.nn.Linear's default init for both weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -94,6 +106,29 @@ class InterpretabilityMLP(nnx.Module):
         """x (N, D) -> (prediction (N, 1), layer2 (N, 512))."""
         layer2 = self.hidden_activation(x)
         return self.readout(layer2), layer2
+
+    def activation_at(self, x: jax.Array, hook: str = DEFAULT_HOOK) -> jax.Array:
+        """x (N, D) -> the activation at `hook` (N, HOOK_WIDTHS[hook]) float32."""
+        check_hook(hook)
+        layer1 = jax.nn.relu(self.bn1(self.input(x)))
+        if hook == "layer1":
+            return layer1
+        layer2 = jax.nn.relu(self.bn2(self.hidden1(layer1)))
+        return layer2 if hook == "layer2" else jax.nn.relu(self.hidden2(layer2))
+
+    def readout_from(self, h: jax.Array, hook: str = DEFAULT_HOOK) -> jax.Array:
+        """The activation at `hook` (N, width), possibly edited (an SAE's reconstruction spliced in) ->
+        prediction (N, 1)."""
+        if check_hook(hook) == "layer1":
+            h = jax.nn.relu(self.bn2(self.hidden1(h)))
+        if hook in ("layer1", "layer2"):
+            h = jax.nn.relu(self.hidden2(h))
+        return self.output(h)
+
+    def forward_at(self, x: jax.Array, hook: str = DEFAULT_HOOK) -> tuple[jax.Array, jax.Array]:
+        """x (N, D) -> (prediction (N, 1), the activation at `hook` (N, width))."""
+        h = self.activation_at(x, hook)
+        return self.readout_from(h, hook), h
 
 
 class SparseAutoencoder(nnx.Module):

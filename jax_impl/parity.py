@@ -3,7 +3,8 @@
 The JAX side is the project's own code path (bridge -> models, eval mode). The torch side never touches
 JAX: `torch.load(weights_only=True)` and a strict `load_state_dict` into the reference modules of
 `torch_ref`. Both get the same float32 rows of all three splits; each SAE decomposes its own
-framework's `layer2`, so a difference anywhere upstream shows up downstream too.
+framework's activation at the run's hook (`layer2` unless the run chose another), so a difference anywhere
+upstream shows up downstream too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from jax_impl import analysis, bridge
 from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
+from jax_impl.models import DEFAULT_HOOK, HOOK_WIDTHS
 from jax_impl.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path, read_manifest
 from jax_impl.task import SPLITS, TaskShape, read_split
 from torch_ref.models import mlp_from_state_dict
@@ -32,7 +34,14 @@ QUANTITIES = ("prediction", "layer2", "features", "reconstruction")
 # (K = 512 and 256 terms for the prediction, 512 and 2048 through the SAE). Measured: 2-4e-6, i.e. a few
 # ulps (docs/parity.md). The bounds allow ~50 such ulps, and remain far below what a semantic slip does
 # (a biased running_var, a missing transpose, train-mode BatchNorm: >= 1e-2).
-TOLERANCES = {"prediction": 1e-4, "layer2": 5e-5, "features": 5e-5, "reconstruction": 5e-5}
+# layer1 and layer3 (the other hook points) carry the same few-ulp error as layer2 (layer1 before it, layer3
+# one 512-term layer after it, with weights < 1).
+TOLERANCES = {"prediction": 1e-4, "layer1": 5e-5, "layer2": 5e-5, "layer3": 5e-5, "features": 5e-5, "reconstruction": 5e-5}
+
+
+def quantities(hook: str) -> tuple[str, ...]:
+    """What is compared for a run at `hook`: the hook's activation is added where it is not layer2."""
+    return ("prediction", "layer2", *((hook,) if hook != "layer2" else ()), "features", "reconstruction")
 
 
 @dataclass(frozen=True)
@@ -52,18 +61,19 @@ class ParityRow:
         return self.worst <= self.tolerance
 
 
-def jax_outputs(run_dir: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The four quantities from the project's JAX code. inputs (N, D) -> prediction (N,), layer2 (N, 512),
-    features (N, dict_size), reconstruction (N, 512), all float32."""
-    mlp, sae = bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH)
+def jax_outputs(run_dir: Path, inputs: np.ndarray, hook: str = DEFAULT_HOOK) -> dict[str, np.ndarray]:
+    """The quantities from the project's JAX code. inputs (N, D) -> prediction (N,), layer2 (N, 512), the
+    hook's activation (N, W), features (N, dict_size), reconstruction (N, W), all float32."""
+    mlp, sae = bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH, input_dim=HOOK_WIDTHS[hook])
     prediction, layer2 = analysis.mlp_forward(mlp, inputs)
-    reconstruction, features = analysis.sae_forward(sae, layer2)
-    return {"prediction": prediction, "layer2": layer2, "features": features, "reconstruction": reconstruction}
+    _, h = analysis.mlp_forward(mlp, inputs, hook)
+    reconstruction, features = analysis.sae_forward(sae, h)
+    return {"prediction": prediction, "layer2": layer2, hook: h, "features": features, "reconstruction": reconstruction}
 
 
 @torch.no_grad()
-def torch_outputs(run_dir: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The same four quantities from the PyTorch reference modules, without any JAX code involved."""
+def torch_outputs(run_dir: Path, inputs: np.ndarray, hook: str = DEFAULT_HOOK) -> dict[str, np.ndarray]:
+    """The same quantities from the PyTorch reference modules, without any JAX code involved."""
     state_dicts = {}
     for name, rel in (("mlp", MLP_PATH), ("sae", SAE_PATH)):
         state_dicts[name] = bridge.torch_load(run_dir / rel)  # weights_only=True; a one-line error if unreadable
@@ -71,9 +81,11 @@ def torch_outputs(run_dir: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
         mlp, sae = mlp_from_state_dict(state_dicts["mlp"]), sae_from_state_dict(state_dicts["sae"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{run_dir}: torch cannot load the run's models strictly: {str(e).splitlines()[0]}") from None
-    prediction, layer2 = mlp(torch.as_tensor(inputs, dtype=torch.float32))
-    reconstruction, features = sae(layer2)
-    out = {"prediction": prediction[:, 0], "layer2": layer2, "features": features, "reconstruction": reconstruction}
+    x = torch.as_tensor(inputs, dtype=torch.float32)
+    prediction, layer2 = mlp(x)
+    h = mlp.hook_activations(x)[hook]
+    reconstruction, features = sae(h)
+    out = {"prediction": prediction[:, 0], "layer2": layer2, hook: h, "features": features, "reconstruction": reconstruction}
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -83,15 +95,16 @@ def compare_run(run_dir: Path | str, tolerances: dict[str, float] = TOLERANCES) 
     manifest = read_manifest(run_dir)
     if manifest is None:
         raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
-    data = RunConfig.from_dict(manifest["config"]).data
-    shape = TaskShape(data.x_dim, data.y_dim)
-    diffs: dict[str, dict[str, float]] = {q: {} for q in QUANTITIES}
+    config = RunConfig.from_dict(manifest["config"])
+    shape = TaskShape(config.data.x_dim, config.data.y_dim)
+    names = quantities(config.hook)
+    diffs: dict[str, dict[str, float]] = {q: {} for q in names}
     for split in SPLITS:
         inputs = read_split(dataset_path(run_dir, split), shape).inputs
-        ours, reference = jax_outputs(run_dir, inputs), torch_outputs(run_dir, inputs)
-        for q in QUANTITIES:
+        ours, reference = jax_outputs(run_dir, inputs, config.hook), torch_outputs(run_dir, inputs, config.hook)
+        for q in names:
             diffs[q][split] = float(np.max(np.abs(ours[q].astype(np.float64) - reference[q])))
-    return [ParityRow(q, diffs[q], tolerances[q]) for q in QUANTITIES]
+    return [ParityRow(q, diffs[q], tolerances[q]) for q in names]
 
 
 def format_table(rows: list[ParityRow]) -> str:

@@ -76,11 +76,11 @@ def stage_mlp(run: Run) -> dict:
 
 
 def stage_harvest(run: Run) -> dict:
-    activations = harvest_activations(run.mlp, run.splits["train"].inputs)
+    activations = harvest_activations(run.mlp, run.splits["train"].inputs, run.hook)
     bridge.save_activations(activations, run.run_dir / ACTIVATIONS_PATH)
     run.log(f"Saved activations of shape: {list(activations.shape)}")
     run.activations = activations
-    return {"shape": list(activations.shape)}
+    return {"shape": list(activations.shape), "hook": run.hook}
 
 
 def stage_sae(run: Run) -> dict:
@@ -91,12 +91,12 @@ def stage_sae(run: Run) -> dict:
     )
     result = sae_training.fit(sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log)
     bridge.save_sae(result.model, run.run_dir / SAE_PATH)
-    saelens.save_saelens(result.model, run.run_dir / SAELENS_DIR)
+    saelens.save_saelens(result.model, run.run_dir / SAELENS_DIR, hook_name=run.hook)
     run.sae = result.model
     return {
         "variant": cfg.variant,
         "final_loss": float(result.epoch_losses[-1]),
-        "test": analysis.evaluate(run.mlp, run.splits["test"], result.model),
+        "test": analysis.evaluate(run.mlp, run.splits["test"], result.model, run.hook),
     }
 
 
@@ -110,7 +110,7 @@ def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
 def stage_atlas(run: Run) -> dict:
     """Label every SAE feature on all rows and test the labels causally (a few seconds)."""
     rows = run.rows()
-    doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source=f"{run.run_dir} (all splits)")
+    doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source=f"{run.run_dir} (all splits)", hook=run.hook)
     atlas.write_atlas(doc, run.out_dir)
     run.log(atlas.format_summary(doc))
     return {"metrics": doc["metrics"], "summary": doc["summary"]}
@@ -120,7 +120,8 @@ def probe_text(run: Run, rows: np.ndarray) -> str:
     """The seed's probe report for each input row of rows (N, D), with the atlas's concept labels when it exists."""
     atlas_json = run.out_dir / atlas.ATLAS_JSON
     labels = atlas.feature_labels(atlas_json) if atlas_json.exists() and run.atlas_matches_sae else None
-    return "\n".join(analysis.format_probe(report, labels) for report in analysis.probe(run.mlp, run.sae, rows, run.shape))
+    reports = analysis.probe(run.mlp, run.sae, rows, run.shape, run.hook)
+    return "\n".join(analysis.format_probe(report, labels) for report in reports)
 
 
 def stage_probe(run: Run) -> dict:
@@ -133,7 +134,7 @@ def stage_probe(run: Run) -> dict:
 def stage_reports(run: Run) -> dict:
     """The circuit trace workbook and the three HTML reports, over the train + val + test rows."""
     rows = run.rows()
-    predictions, layer2 = analysis.mlp_forward(run.mlp, rows.inputs)
+    predictions, layer2 = analysis.mlp_forward(run.mlp, rows.inputs, run.hook)  # the hook's activation
     _, features = analysis.sae_forward(run.sae, layer2)
     paths = reports.write_reports(
         run.out_dir, rows.inputs, rows.targets, predictions, layer2, features,

@@ -5,7 +5,7 @@ this module only.
     RUN_DIR/manifest.json               config, versions, completed stages and their metrics
     RUN_DIR/dataset/mlp_{split}.xlsx    the task rows
     RUN_DIR/mlp/perfect_mlp.pth         the MLP (and perfect_mlp.safetensors: the same tensors, no pickle)
-    RUN_DIR/mlp_activations.pt          the harvested activations (N, d) float32 (and .safetensors)
+    RUN_DIR/mlp_activations.pt          the harvested activations at the run's hook (N, d) float32 (and .safetensors)
     RUN_DIR/sae/sae_model.pth           the SAE (any architecture of jax_impl.saes; and .safetensors)
     RUN_DIR/sae/saelens/                the SAE in SAELens's format (cfg.json + sae_weights.safetensors)
     RUN_DIR/probe.txt                   the feature probe
@@ -25,7 +25,7 @@ from jax_impl import bridge, saelens, saes
 from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
 from jax_impl.locks import LOCK_FILE
-from jax_impl.models import InterpretabilityMLP
+from jax_impl.models import HOOK_WIDTHS, InterpretabilityMLP
 from jax_impl.task import SPLITS, Split, TaskShape, concat_splits, read_split, split_filename
 
 Log = Callable[[str], None]
@@ -105,13 +105,22 @@ class Run:
     def mlp(self) -> InterpretabilityMLP:
         return bridge.load_mlp(self.run_dir / MLP_PATH)
 
+    @property
+    def hook(self) -> str:
+        """The MLP activation the run's SAE decomposes (config.hook: layer1, layer2 or layer3)."""
+        return self.config.hook
+
+    @property
+    def hook_width(self) -> int:
+        return HOOK_WIDTHS[self.config.hook]
+
     @cached_property
     def activations(self) -> np.ndarray:
-        return bridge.load_activations(self.run_dir / ACTIVATIONS_PATH)
+        return bridge.load_activations(self.run_dir / ACTIVATIONS_PATH, width=self.hook_width)
 
     @cached_property
     def sae(self) -> saes.SAE:
-        return saelens.load_sae(self.sae_path)
+        return saelens.load_sae(self.sae_path, input_dim=self.hook_width)
 
 
 def load_run(run_dir: Path | str, log: Log = print) -> Run:

@@ -148,7 +148,7 @@ def test_splice_metrics_perfect_and_mean_reconstruction():
     rng = np.random.default_rng(4)
     layer2 = np.abs(rng.normal(size=(200, 6))).astype(np.float32)
     targets = rng.normal(size=200).astype(np.float32)
-    readout = atlas.Readout(jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), jnp.zeros(5), jnp.ones(5), jnp.array(0.5))
+    readout = atlas.Readout(jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), jnp.zeros(5), (jnp.ones(5),), (jnp.array(0.5),))
     # A lossless SAE (identity on non-negative inputs): splicing costs nothing.
     exact = atlas.splice_metrics(layer2, targets, _identity_dictionary(6), readout)
     assert exact["mse_recovered"] == pytest.approx(1.0, abs=1e-5)
@@ -190,7 +190,7 @@ def _pointer_circuit(n: int = 1200, seed: int = 6):
     w1 = np.zeros((8, 4), np.float32)
     w1[np.arange(4), np.arange(4)] = GATE
     w1[4 + np.arange(4), np.arange(4)] = 1.0
-    readout = atlas.Readout(jnp.asarray(w1), jnp.full(4, -GATE), jnp.ones(4), jnp.array(0.0))
+    readout = atlas.Readout(jnp.asarray(w1), jnp.full(4, -GATE), (jnp.ones(4),), (jnp.array(0.0),))
     # Features 0-3: "p1=k" (read onehot_k; write onehot_k minus the other pointers' one-hots),
     # 4: a copy of "p1=0" that writes nothing, 5: fires when a_0 >= 7 (no concept of the vocabulary),
     # 6: a copy of "p1=1" that writes minus every one-hot (closes all gates: the output becomes 0), 7: dead.
@@ -268,8 +268,11 @@ def test_causal_effects_match_direct_interventions():
     layer2 = np.abs(rng.normal(size=(n, width))).astype(np.float32)
     dictionary = atlas.Dictionary(*(jnp.asarray(x, jnp.float32) for x in (
         rng.normal(size=(width, n_feat)), rng.normal(size=n_feat) - 1, rng.normal(size=(n_feat, width)), rng.normal(size=width))))
-    readout = atlas.Readout(*(jnp.asarray(x, jnp.float32) for x in (
-        rng.normal(size=(width, hidden)), rng.normal(size=hidden), rng.normal(size=hidden), 0.3)))
+    w1, b1, w_mid, b_mid, w2 = (jnp.asarray(x, jnp.float32) for x in (
+        rng.normal(size=(width, hidden)), rng.normal(size=hidden), rng.normal(size=(hidden, 7)), rng.normal(size=7),
+        rng.normal(size=7)))
+    # a readout with a hidden layer after its first (like the one from layer1)
+    readout = atlas.Readout(w1, b1, (w_mid, w2), (b_mid, jnp.asarray(0.3, jnp.float32)))
     ids = np.array([1, 3, 4, 8])
     holds = rng.random((n, 4)) < 0.3
     targets = rng.integers(0, 10, n).astype(np.float32)
@@ -354,3 +357,32 @@ def test_atlas_command_on_a_run_directory(tmp_path, capsys):
     assert (tmp_path / atlas.ATLAS_HTML).exists()
     assert "Monosemantic (best F1 >= 0.7)" in capsys.readouterr().out
     assert cli.main(["atlas", "--run-dir", str(tmp_path), "--min-f1", "0"]) == 2
+
+
+@pytest.mark.parametrize("hook", ["layer1", "layer2", "layer3"])
+def test_every_hook_reads_out_to_the_models_prediction(hook):
+    """At each hook point the activation, read out by the model (readout_from) and by the atlas's Readout (bn2
+    folded into hidden1 for layer1, the linear output written as ReLU pairs for layer3), gives the MLP's own
+    prediction; and an edit of the activation moves both alike."""
+    from flax import nnx
+
+    from jax_impl import analysis
+    from jax_impl.harvest import harvest_activations
+    from jax_impl.models import HOOK_WIDTHS, InterpretabilityMLP
+
+    mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(5)
+    for bn in (mlp.bn1, mlp.bn2):  # statistics as after training, so that folding bn2 is really tested
+        bn.running_mean[...] = jnp.asarray(rng.normal(size=bn.running_mean.shape), jnp.float32)
+        bn.running_var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=bn.running_var.shape), jnp.float32)
+    inputs = rng.integers(0, 4, size=(64, 10))
+    prediction, h = analysis.mlp_forward(mlp, inputs, hook)
+    assert h.shape == (64, HOOK_WIDTHS[hook])
+    np.testing.assert_array_equal(harvest_activations(mlp, inputs, hook), h)
+    reference, _ = analysis.mlp_forward(mlp, inputs)  # the plain forward (through layer2)
+    np.testing.assert_allclose(prediction, reference, rtol=1e-6, atol=1e-6)
+    readout = atlas.Readout.from_mlp(mlp, hook)
+    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(h))), prediction, rtol=1e-5, atol=1e-5)
+    edited = h - 0.5 * np.abs(rng.normal(size=h.shape)).astype(np.float32)  # negative entries too
+    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(edited))), analysis.readout(mlp, edited, hook),
+                               rtol=1e-5, atol=1e-5)

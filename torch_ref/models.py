@@ -43,6 +43,22 @@ class InterpretabilityMLP(nn.Module):
         prediction = self.layers["output"](self.act3(self.layers["hidden2"](layer2)))
         return prediction, layer2
 
+    @torch.jit.unused
+    def hook_activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, D) -> the three post-ReLU hook points: layer1 (N, 256), layer2 (N, 512), layer3 (N, 256)."""
+        layer1 = self.act1(self.layers["bn1"](self.layers["input"](x)))
+        layer2 = self.act2(self.layers["bn2"](self.layers["hidden1"](layer1)))
+        return {"layer1": layer1, "layer2": layer2, "layer3": self.act3(self.layers["hidden2"](layer2))}
+
+    @torch.jit.unused
+    def readout_from(self, h: torch.Tensor, hook: str) -> torch.Tensor:
+        """The activation at `hook` (N, width) -> prediction (N, 1)."""
+        if hook == "layer1":
+            h = self.act2(self.layers["bn2"](self.layers["hidden1"](h)))
+        if hook in ("layer1", "layer2"):
+            h = self.act3(self.layers["hidden2"](h))
+        return self.layers["output"](h)
+
 
 class SparseAutoencoder(nn.Module):
     """features = ReLU(encoder(x)); reconstruction = decoder(features)."""
