@@ -493,6 +493,60 @@ def _steer_gain(steered: np.ndarray, clean: np.ndarray, counterfactual: np.ndarr
     return gain
 
 
+@jax.jit
+def _swap_outputs(h: jax.Array, removed: jax.Array, added: jax.Array, readout: Readout) -> tuple[jax.Array, jax.Array]:
+    """(clean, swapped) outputs (R,): h (R, W) with `removed` (R, W) taken out and `added` (W,) put in."""
+    return readout(h), readout(h - removed + added)
+
+
+def pointer_swaps(
+    h: jax.Array, features: np.ndarray, directions: jax.Array, best: np.ndarray, concepts: Concepts,
+    targets: np.ndarray, readout: Readout, min_gain: float = 0.5,
+) -> dict[str, Any]:
+    """The intervention a pointer concept implies: swap `p1=k` for `p1=j` and see the answer follow.
+
+    On the rows where pointer concept c (`pI=k`) holds and setting the pointer to j would change the target,
+    the contribution of every feature labelled c (best concept; features split a pointer across several) is
+    removed from the hook's activation and the mean contribution of the features labelled `pI=j` (over the
+    rows where `pI=j` holds) is added; the MLP should then answer the task's counterfactual `|a[j] - b[p2]|`.
+    Per (k, j): the steering gain of _steer_gain (1 = the model computes the counterfactual, 0 = not at all)
+    and the share of rows whose rounded output equals it. A concept's swap works when its mean gain over the
+    other values j is >= min_gain.
+
+    h (N, W), features (N, F) of the live features, directions (F, W), best (F,) concept index of each,
+    targets (N,). -> {"concepts": [per pointer concept], "pointer_concepts", "swappable", "works", "share"}.
+    """
+    pointer = [c for c, family in enumerate(concepts.families) if family == "pointer"]
+    contribution = {c: (features[:, best == c], np.asarray(directions)[best == c]) for c in pointer}
+    rows_out = []
+    for c in pointer:
+        slot = concepts.names[c].split("=")[0]
+        partners = [j for j in pointer if j != c and concepts.names[j].split("=")[0] == slot]
+        f_c, d_c = contribution[c]
+        swaps = []
+        for j in partners:
+            f_j, d_j = contribution[j]
+            cf = concepts.counterfactual[:, j]
+            rows = concepts.mask[:, c] & (cf != targets)
+            if f_c.shape[1] == 0 or f_j.shape[1] == 0 or rows.sum() < MIN_STEER_ROWS:
+                continue
+            added = (f_j[concepts.mask[:, j]] @ d_j).mean(axis=0)
+            clean, swapped = (np.asarray(a) for a in _swap_outputs(
+                jnp.asarray(h)[rows], jnp.asarray(f_c[rows] @ d_c), jnp.asarray(added, jnp.float32), readout))
+            gain = _steer_gain(swapped[None], clean[None], cf[rows][None], np.ones((1, rows.sum()), bool))[0]
+            swaps.append({"to": concepts.names[j], "rows": int(rows.sum()), "gain": _json_number(gain),
+                          "exact": _json_number(np.mean(np.round(swapped) == cf[rows]))})
+        gains = [s["gain"] for s in swaps if s["gain"] is not None]
+        mean_gain = float(np.mean(gains)) if gains else None
+        rows_out.append({"concept": concepts.names[c], "features": int(f_c.shape[1]), "swaps": swaps,
+                         "mean_gain": None if mean_gain is None else round(mean_gain, 4),
+                         "works": mean_gain is not None and mean_gain >= min_gain})
+    swappable = sum(r["mean_gain"] is not None for r in rows_out)
+    works = sum(r["works"] for r in rows_out)
+    return {"concepts": rows_out, "pointer_concepts": len(rows_out), "swappable": swappable, "works": works,
+            "share": _json_number(works / len(rows_out)) if rows_out else None}
+
+
 def _padded_chunks(n: int, size: int) -> list[np.ndarray]:
     """Index chunks of a fixed length (the last one repeats its final index) so jit compiles once."""
     return [np.arange(s, s + size).clip(max=n - 1) for s in range(0, n, size)]
@@ -624,6 +678,7 @@ def build_atlas(
         concepts.mask[:, best], concepts.counterfactual[:, best], targets, steer_scale, steer_sample,
     )
     predictions = np.asarray(readout(layer2))
+    swaps = pointer_swaps(layer2, features, dictionary.w_dec[live_ids], best, concepts, targets, readout, min_gain)
     density = (features > 0).mean(axis=0)
     best_f1 = scores.f1[np.arange(len(live_ids)), best]
 
@@ -699,6 +754,8 @@ def build_atlas(
         "consistent": int(consistent.sum()),
         "consistent_share_of_monosemantic": _json_number(consistent[mono].mean()) if mono.any() else None,
         "families": families,
+        "pointer_swaps_work": swaps["works"],
+        "pointer_swap_share": swaps["share"],
     }
     return {
         "format": "monosem-feature-atlas/1",
@@ -710,6 +767,7 @@ def build_atlas(
         "summary": summary,
         "concepts": concept_rows,
         "features": feature_rows,
+        "pointer_swaps": swaps,
     }
 
 
@@ -749,6 +807,8 @@ def format_summary(atlas: Mapping[str, Any]) -> str:
         f"Causally consistent with their label: {s['consistent']} of {s['live']} live features"
         + ("" if consistent_mono is None else f", {100 * consistent_mono:.1f}% of the monosemantic ones"),
         f"Concepts with a feature of F1 >= {settings['min_f1']}: {families}",
+        f"Pointer swaps (replace the p=k features by the p=j ones) that move the answer to |a[j] - b[p2]|: "
+        f"{s.get('pointer_swaps_work', 0)} of {len(atlas.get('pointer_swaps', {}).get('concepts', []))} pointer concepts",
     ])
 
 

@@ -386,3 +386,43 @@ def test_every_hook_reads_out_to_the_models_prediction(hook):
     edited = h - 0.5 * np.abs(rng.normal(size=h.shape)).astype(np.float32)  # negative entries too
     np.testing.assert_allclose(np.asarray(readout(jnp.asarray(edited))), analysis.readout(mlp, edited, hook),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("writes", ["one_hot", "nothing"])
+def test_pointer_swaps_follow_the_concept_only_where_features_write_it(writes):
+    """A circuit whose `p1=k` features carry the one-hot the readout gates on: swapping the `p1=k` features for
+    the `p1=j` ones makes it answer |a[j] - b[p2]| (gain 1, every row exact); features that write nothing
+    label just as well but their swap moves nothing (gain 0). p2 has no features: not swappable."""
+    inputs = _random_rows(1200, 9, zero_b=True)
+    p1, a = inputs[:, 4], inputs[:, :4]
+    layer2 = np.concatenate([np.eye(4)[p1], a], axis=1).astype(np.float32)
+    w1 = np.zeros((8, 4), np.float32)
+    w1[np.arange(4), np.arange(4)] = GATE
+    w1[4 + np.arange(4), np.arange(4)] = 1.0
+    readout = atlas.Readout(jnp.asarray(w1), jnp.full(4, -GATE), (jnp.ones(4),), (jnp.array(0.0),))
+    w_enc = np.zeros((8, 4), np.float32)
+    w_enc[np.arange(4), np.arange(4)] = 1.0
+    w_dec = np.zeros((4, 8), np.float32)
+    if writes == "one_hot":
+        w_dec[np.arange(4), np.arange(4)] = 1.0
+    features = np.asarray(jax.nn.relu(jnp.asarray(layer2) @ w_enc))
+    concepts = atlas.task_concepts(inputs, 5, 2)
+    best = np.array([concepts.names.index(f"p1={k}") for k in range(4)])
+    targets = pointer_targets(inputs).astype(np.float32)
+    out = atlas.pointer_swaps(jnp.asarray(layer2), features, jnp.asarray(w_dec), best, concepts, targets, readout)
+    by_name = {c["concept"]: c for c in out["concepts"]}
+    assert out["pointer_concepts"] == 8 and out["swappable"] == 4
+    for k in range(4):
+        c = by_name[f"p1={k}"]
+        assert c["features"] == 1 and len(c["swaps"]) == 3
+        for swap in c["swaps"]:
+            j = int(swap["to"].split("=")[1])
+            assert swap["rows"] == np.sum((p1 == k) & (a[:, j] != a[np.arange(len(a)), p1]))
+            if writes == "one_hot":
+                assert swap["gain"] == pytest.approx(1.0, abs=1e-4) and swap["exact"] == 1.0
+            else:
+                assert swap["gain"] == pytest.approx(0.0, abs=1e-4) and swap["exact"] == 0.0
+        assert c["works"] == (writes == "one_hot")
+        assert by_name[f"p2={k}"]["mean_gain"] is None and not by_name[f"p2={k}"]["works"]
+    assert out["works"] == (4 if writes == "one_hot" else 0)
+    assert out["share"] == pytest.approx(out["works"] / 8, abs=1e-4)
