@@ -40,6 +40,7 @@ METRICS_FILE = "metrics.json"
 DEFAULT_CHUNK_ROWS = 1 << 18  # 262,144 rows: 512 MiB of float32 at d = 512
 
 _KEY_INIT, _KEY_SHUFFLE = range(2)
+KEY_INIT, KEY_SHUFFLE = _KEY_INIT, _KEY_SHUFFLE  # the seed's PRNG streams, public for jax_impl.sweep
 
 
 @jax.jit
@@ -146,23 +147,37 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
     metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
         "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
     }
-    bridge.save_sae(result.model, out_dir / SAE_FILE)
-    saelens.save_saelens(result.model, out_dir / SAELENS_DIR, hook_name=None)
-    write_json_atomic(out_dir / CONFIG_FILE, {
-        "architecture": variant,
-        "config": dataclasses.asdict(result.model.cfg),
-        "training": dataclasses.asdict(train),
-        "input_dim": source.width,
-        "dict_size": dict_size,
-        "seed": seed,
-        "chunk_rows": chunk_rows,
-        "devices": 1 if mesh is None else mesh.size,
-        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
-    })
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    record = config_record(result.model, variant, train, source, seed=seed, chunk_rows=chunk_rows,
+                           devices=1 if mesh is None else mesh.size)
+    write_artifacts(result.model, out_dir, record, metrics)
     ev = metrics["explained_variance"]
     log(
         f"explained variance {'n/a' if ev is None else f'{ev:.4f}'} | L0 {metrics['l0']:.1f} | "
         f"dead {metrics['dead_fraction']:.1%} | MSE {metrics['mse']:.6g} | {seconds:.1f} s -> {out_dir / SAE_FILE}"
     )
     return metrics
+
+
+def config_record(sae: saes.SAE, variant: str, train: SAETrainConfig, source: ActivationFile, *, seed: int,
+                  chunk_rows: int, devices: int) -> dict[str, Any]:
+    """What CONFIG_FILE records about a trained SAE: architecture, its config, the training, the data."""
+    return {
+        "architecture": variant,
+        "config": dataclasses.asdict(sae.cfg),
+        "training": dataclasses.asdict(train),
+        "input_dim": source.width,
+        "dict_size": sae.dict_size,
+        "seed": seed,
+        "chunk_rows": chunk_rows,
+        "devices": devices,
+        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+    }
+
+
+def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """train-sae's files for a trained SAE, each atomically, the JSONs after the weights (jax_impl.sweep
+    writes each configuration's folder with this too)."""
+    bridge.save_sae(sae, out_dir / SAE_FILE)
+    saelens.save_saelens(sae, out_dir / SAELENS_DIR, hook_name=None)
+    write_json_atomic(out_dir / CONFIG_FILE, record)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)

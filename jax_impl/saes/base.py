@@ -179,6 +179,10 @@ class Architecture:
     resolve: Callable[[Any, int], Any] | None = None  # cfg, dict_size -> cfg with its defaults made explicit
     tied_bias: bool = True  # pre-encoder bias b_dec subtracted, and b_dec initialised to the mean row
     saelens: SaeLensFormat | None = None  # None: not expressible in SAELens's format
+    # Config floats that must stay Python constants under jit (e.g. a custom_vjp's non-differentiable
+    # argument). A sweep (jax_impl.sweep) passes every other float field as a traced, vmapped value, and
+    # groups configurations that differ in one of these into separate programs, like ints and tuples.
+    static_floats: tuple[str, ...] = ()
 
     def config_from_file(self, values: Mapping[str, Any]) -> Any:
         """The config recorded in a state_dict (its "config" keys, e.g. k), other fields at their defaults."""
