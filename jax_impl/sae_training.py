@@ -54,15 +54,20 @@ class SAETrainConfig:
 
 
 def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int,
-                  mesh: Mesh | None = None):
+                  mesh: Mesh | None = None, axis_name: str | None = None):
     """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32).
 
-    mesh: split each batch over its devices (jax_impl.devices), the carry replicated."""
+    mesh: split each batch over its devices (jax_impl.devices), the carry replicated. axis_name: the step runs
+    under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.sweep)."""
 
     def step(carry, x):
         x = shard_batch(x, mesh)
         p, b, opt_state, since_fired = carry
-        ctx = TrainContext(dead=since_fired >= dead_after)
+        dead = since_fired >= dead_after
+        # Under a sweep's vmap: one predicate for the whole group (a psum over the configurations is unbatched),
+        # so the losses' lax.cond stays a cond (base.aux_k_loss).
+        any_dead = None if axis_name is None else jax.lax.psum(jnp.any(dead).astype(jnp.int32), axis_name) > 0
+        ctx = TrainContext(dead=dead, any_dead=any_dead)
         (loss, (features, b)), grads = jax.value_and_grad(arch.loss, has_aux=True)(p, b, x, ctx, cfg)
         if arch.unit_decoder:
             grads = project_out_parallel(grads, p)

@@ -45,7 +45,7 @@ from jax_impl.sweep_grid import (
     STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
 )
 from jax_impl.sweep_report import write_report
-from jax_impl.task import SPLITS
+from jax_impl.task import SPLITS, Split, TaskShape
 from jax_impl.train import (
     Log, evaluation_mse, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer, raise_if_diverged,
     sae_optimizer, steps_per_epoch,
@@ -54,6 +54,7 @@ from jax_impl.train_sae import (
     DEFAULT_CHUNK_ROWS, KEY_INIT, KEY_SHUFFLE, config_record, reconstruction_metrics, write_artifacts,
 )
 
+CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
 MLP_CONFIG_FILE = "mlp_config.json"
 METRICS_FILE = "metrics.json"
 # train-sae's command-line defaults: a sweep on a bare activation file starts from what train-sae would do.
@@ -69,6 +70,7 @@ class Trained:
     final_loss: float
     seconds: float
     diverged: str | None = None
+    epoch_seconds: np.ndarray | None = None  # (epochs,) wall seconds of each of its group's epochs (the first compiles)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -184,15 +186,16 @@ def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progres
         state, hyper = carry
         cfg = dataclasses.replace(models[0].cfg, **{f: hyper[f] for f in traced})
         tx = sae_optimizer(dataclasses.replace(train, lr=hyper["lr"]))
-        state, loss = make_sae_step(arch, cfg, tx, dead_after)(state, *batch)
+        state, loss = make_sae_step(arch, cfg, tx, dead_after, axis_name=CONFIG_AXIS)(state, *batch)
         return (state, hyper), loss
 
     # vmap of the jitted epoch: one compiled program (the epoch's donation and compiler options kept) for all.
-    epoch = jax.vmap(make_batched_epoch(step, train.batch_size, arch.keep_partial_batch), in_axes=(0, None, 0))
+    epoch = jax.vmap(make_batched_epoch(step, train.batch_size, arch.keep_partial_batch), in_axes=(0, None, 0),
+                     axis_name=CONFIG_AXIS)
     keys = [jax.random.fold_in(jax.random.key(c.seed), KEY_SHUFFLE) for c in members]
     names = [c.name for c in members]
     diverged: list[str | None] = [None] * len(members)
-    started = time.perf_counter()
+    started, epoch_seconds = time.perf_counter(), []
     for e in range(train.epochs):
         carry, losses = epoch(carry, (x,), jnp.stack([_draw(k, e, n) for k in keys]))
         losses = np.asarray(losses)  # (C, S): the one host sync of the epoch
@@ -214,27 +217,29 @@ def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progres
             line = f"SAE Epoch [{e + 1}/{train.epochs}] | {len(members)} x {first.variant} | {_loss_range(losses, diverged)}"
             line += "".join(f" | {note}" for note in notes)
         progress.advance(len(members), line)
+        epoch_seconds.append(time.perf_counter() - started - sum(epoch_seconds))
     seconds = (time.perf_counter() - started) / len(members)
     out = []
     for i, sae in enumerate(models):
         state = member(carry[0], i)
         model = saes.SAE(arch, sae.cfg, state[0], state[1]) if diverged[i] is None else None
-        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i]))
+        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], np.asarray(epoch_seconds)))
     return out
 
 
 # --------------------------------------------------------------------------- MLP groups
 
 
-def fit_mlp_group(members: Sequence[MLPConfiguration], run: Run, progress: Progress) -> list[Trained]:
+def fit_mlp_group(members: Sequence[MLPConfiguration], train: Split, val: Split, shape: TaskShape,
+                  progress: Progress) -> list[Trained]:
     """Train MLP configurations of one recipe (seeds) together: one vmapped jitted epoch, each seed
-    initialised and shuffled as `monosem run --seed S` would (KEY_MLP_INIT, KEY_MLP_SHUFFLE) on the run's splits."""
+    initialised and shuffled as `monosem run --seed S` would (KEY_MLP_INIT, KEY_MLP_SHUFFLE) on a run's
+    train split (val: the periodic log line's validation MSE)."""
     cfg = members[0].cfg
-    train, val = run.splits["train"], run.splits["val"]
     n = len(train)
     n_steps = steps_per_epoch(n, cfg.batch_size)
     tx = mlp_optimizer(cfg, cfg.epochs * n_steps)
-    models = [InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(c.seed), KEY_MLP_INIT)))
+    models = [InterpretabilityMLP(shape.input_dim, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(c.seed), KEY_MLP_INIT)))
               for c in members]
     graphdef, states = None, []
     for model in models:
@@ -244,7 +249,7 @@ def fit_mlp_group(members: Sequence[MLPConfiguration], run: Run, progress: Progr
     carry = stack(states)
     keys = [jax.random.fold_in(jax.random.key(c.seed), KEY_MLP_SHUFFLE) for c in members]
     if cfg.data == "online":  # fresh rows every step (jax_impl.online): the epoch takes its own key
-        epoch = jax.vmap(make_online_epoch_fn(graphdef, tx, cfg.batch_size, n_steps, run.shape))
+        epoch = jax.vmap(make_online_epoch_fn(graphdef, tx, cfg.batch_size, n_steps, shape))
 
         def run_epoch(carry, e):
             return epoch(carry, jnp.stack([jax.random.fold_in(k, e) for k in keys]))
@@ -257,7 +262,7 @@ def fit_mlp_group(members: Sequence[MLPConfiguration], run: Run, progress: Progr
 
     names = [c.name for c in members]
     diverged: list[str | None] = [None] * len(members)
-    started = time.perf_counter()
+    started, epoch_seconds = time.perf_counter(), []
     for e in range(cfg.epochs):
         carry, losses = run_epoch(carry, e)
         losses = np.asarray(losses)
@@ -269,6 +274,7 @@ def fit_mlp_group(members: Sequence[MLPConfiguration], run: Run, progress: Progr
             shown = f"Val MSE: {min(vals):.6f} .. {max(vals):.6f}" if vals else "every configuration diverged"
             line = f"MLP Epoch {e + 1} | {len(members)} seeds | {shown}"
         progress.advance(len(members), line)
+        epoch_seconds.append(time.perf_counter() - started - sum(epoch_seconds))
     seconds = (time.perf_counter() - started) / len(members)
     out = []
     for i in range(len(members)):
@@ -276,7 +282,7 @@ def fit_mlp_group(members: Sequence[MLPConfiguration], run: Run, progress: Progr
         if diverged[i] is None:
             model = nnx.merge(graphdef, *member(carry[:2], i))
             model.eval()
-        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i]))
+        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], np.asarray(epoch_seconds)))
     return out
 
 
@@ -450,7 +456,7 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
     try:
         for g, members in enumerate(groups):
             started = time.perf_counter()
-            trained = fit_mlp_group(members, run, progress)
+            trained = fit_mlp_group(members, run.splits["train"], run.splits["val"], run.shape, progress)
             for c, t in zip(members, trained, strict=True):
                 table.append(_write_mlp(c, t, g, run, out_dir / c.name))
             group_records.append({"group": g, "configurations": [c.name for c in members],

@@ -74,10 +74,12 @@ def mse(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(a - b))
 
 
-def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array, dead: jax.Array, aux_k: int) -> jax.Array:
+def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array, dead: jax.Array, aux_k: int,
+               any_dead: jax.Array | None = None) -> jax.Array:
     """Gao et al.'s AuxK: MSE(the aux_k largest dead pre-activations decoded without bias, x - reconstruction).
 
-    pre (B, F), dead (F,) bool. 0 when nothing is dead. No ReLU on the dead pre-activations: a latent whose
+    pre (B, F), dead (F,) bool. 0 when nothing is dead. any_dead: whether any configuration trained together
+    with this one has a dead latent (TrainContext.any_dead; None: jnp.any(dead)). No ReLU on the dead pre-activations: a latent whose
     pre-activation is negative on every row would get no gradient through one, and those are the ones to revive.
     """
     def dead_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array) -> jax.Array:
@@ -88,8 +90,16 @@ def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Arra
         return mse(dead_features @ p["w_dec"], residual)
 
     # A cond, not a where: with no dead latent (most steps) the top-k over (B, F), the step's costliest
-    # operation on CPU, is not run at all.
-    return jax.lax.cond(jnp.any(dead), dead_loss, lambda *_: jnp.zeros((), pre.dtype), p, pre, x, reconstruction)
+    # operation on CPU, is not run at all. Under a sweep's vmap a per-configuration predicate would turn the cond
+    # into a select that runs the top-k on every step, so there the predicate is the group's (unbatched)
+    # any_dead, and the where keeps 0 for the configurations with nothing dead (the same value as the cond's).
+    if any_dead is None:
+        return jax.lax.cond(jnp.any(dead), dead_loss, lambda *_: jnp.zeros((), pre.dtype), p, pre, x, reconstruction)
+
+    def group_loss(*args):
+        return jnp.where(jnp.any(dead), dead_loss(*args), jnp.zeros((), pre.dtype))
+
+    return jax.lax.cond(any_dead, group_loss, lambda *_: jnp.zeros((), pre.dtype), p, pre, x, reconstruction)
 
 
 def project_out_parallel(grads: Params, p: Params) -> Params:
@@ -147,9 +157,11 @@ class SaeLensFormat:
 
 @dataclass(frozen=True)
 class TrainContext:
-    """What a loss may depend on beside the batch: dead (F,) bool latents silent for `dead_after` steps."""
+    """What a loss may depend on beside the batch: dead (F,) bool latents silent for `dead_after` steps;
+    any_dead () bool: whether any configuration of a sweep's vmapped group has one (None outside a sweep)."""
 
     dead: jax.Array
+    any_dead: jax.Array | None = None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config)
     pre = pre_activation(p, x)
     features = keep_top_k(pre, cfg.k)
     reconstruction = decode(p, features)
-    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]))
+    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]), any_dead=ctx.any_dead)
     return mse(reconstruction, x) + cfg.aux_coeff * aux, (features, buffers)
 
 
