@@ -410,6 +410,8 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
                                   "seconds": round(time.perf_counter() - started, 3)})
     finally:
         progress.close()
+    order = {c.name: c.index for c in configurations}
+    table.sort(key=lambda row: order[row["name"]])  # configuration order (groups train in another)
     doc = {"format": "monosem-sweep/1", "stage": "sae", "source": str(source.path),
            "run_dir": None if run is None else str(run.run_dir), "grid": _grid_record(grid),
            "groups": group_records, "configurations": table}
@@ -463,6 +465,8 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
                                   "seconds": round(time.perf_counter() - started, 3)})
     finally:
         progress.close()
+    order = {c.name: c.index for c in configurations}
+    table.sort(key=lambda row: order[row["name"]])  # configuration order (groups train in another)
     doc = {"format": "monosem-sweep/1", "stage": "mlp", "source": str(run.run_dir), "run_dir": str(run.run_dir),
            "grid": _grid_record(grid), "groups": group_records, "configurations": table}
     return write_report(out_dir, doc, log)

@@ -38,6 +38,8 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
             raise UserError(f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. --grid k=16,32,64)")
         if key in grid:
             raise UserError(f"--grid {key}: given twice; put all its values in one --grid {key}=V1,V2,...")
+        if not values.strip():
+            raise UserError(f"--grid {key}=: no values; give at least one, e.g. --grid {key}=V1,V2")
         grid[key] = [v.strip() for v in values.split(",")]
     return grid
 
@@ -143,7 +145,8 @@ def _folder_name(index: int, values: Mapping[str, Any]) -> str:
     def show(v: Any) -> str:
         return ":".join(str(t) for t in v) if isinstance(v, tuple) else str(v)
 
-    return "-".join([f"{index:03d}", *(f"{k}{show(v)}" for k, v in values.items())]).replace("/", "_")
+    parts = [show(v) if k == "variant" else f"{k}{show(v)}" for k, v in values.items()]
+    return "-".join([f"{index:03d}", *parts]).replace("/", "_")
 
 
 def sae_configurations(
