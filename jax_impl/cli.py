@@ -236,8 +236,18 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    cluster = None
+    given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                            ("--process-id", args.process_id)) if v is not None]
+    if given:
+        if len(given) != 3:
+            raise UserError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes P and "
+                            f"--process-id I (got only {', '.join(given)})")
+        from jax_impl.distributed import Cluster
+
+        cluster = Cluster(args.coordinator, args.num_processes, args.process_id, args.peer_timeout).validate()
     train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
-              train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices)
+              train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices, cluster=cluster)
     return 0
 
 
@@ -376,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per streamed chunk, one compiled program each (default 262144)")
     p.add_argument("--devices", metavar="N|all", help="data parallel: split each batch over N local devices "
                    "(parameters replicated, gradients reduced by the compiler); default one device")
+    group = p.add_argument_group("many hosts (JAX's multi-process runtime; start one process per host with the same "
+                                 "flags but --process-id; process 0 writes --out; docs/sweeps.md)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address for the coordination service")
+    group.add_argument("--num-processes", type=int, metavar="P", help="how many processes take part")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..P-1")
+    group.add_argument("--peer-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="how long a peer may be missing or silent before every process stops with an error (default 60)")
     group = p.add_argument_group("architecture flags (each applies to the architectures named)")
     for name, (kind, default, owners) in _architecture_fields().items():
         group.add_argument(
