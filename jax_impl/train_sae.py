@@ -223,9 +223,9 @@ def _train_distributed(path: Path, out_dir: Path, variant: str, cfg: Any, dict_s
             if train.batch_size > source.n_rows or train.batch_size % mesh.size:
                 raise UserError(f"--batch-size {train.batch_size} must be at most the file's {source.n_rows} rows and "
                                 f"divisible by the {mesh.size} devices of the {cluster.num_processes} processes")
-            if source.n_rows > chunk_rows:
-                raise UserError(f"{source.path}: {source.n_rows} rows, more than --chunk-rows {chunk_rows}; a multi-process "
-                                "run holds each shard in memory: raise --chunk-rows")
+            if shard_rows > chunk_rows:
+                raise UserError(f"{source.path}: shards of {shard_rows} rows, more than --chunk-rows {chunk_rows}; a "
+                                "multi-process run holds its shard in memory: raise --chunk-rows or add processes")
             if writer:
                 if out_dir.exists() and not out_dir.is_dir():
                     raise UserError(f"{out_dir}: is a file; --out must be a folder")

@@ -212,3 +212,27 @@ def test_a_second_sweep_into_the_same_folder_is_refused(activations, tmp_path, c
                      "--grid", "k=2", "--epochs", "1", "--batch-size", "100"]) == 2
     assert "another monosem process" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".monosem.lock"]
+
+
+def test_online_mlp_seeds_are_what_fit_mlp_online_trains(tiny_run, tmp_path):
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from jax_impl.models import InterpretabilityMLP
+    from jax_impl.online import fit_mlp_online
+    from jax_impl.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE
+
+    run = load_run(tiny_run, log=quiet)
+    doc = run_sweep(tmp_path / "online", {"seed": [7, 8], "data": ["online"]}, stage="mlp", run_dir=tiny_run, log=quiet)
+    root = jax.random.key(7)
+    alone = fit_mlp_online(
+        InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(jax.random.fold_in(root, KEY_MLP_INIT))),
+        dataclasses.replace(run.config.mlp, data="online"), run.shape, n_train=len(run.splits["train"]),
+        key=jax.random.fold_in(root, KEY_MLP_SHUFFLE), log=quiet,
+    ).model
+    ours = bridge.load_mlp(tmp_path / "online" / doc["configurations"][0]["name"] / MLP_PATH)
+    rows = run.rows()
+    assert np.abs(analysis.mlp_forward(ours, rows.inputs)[0] - analysis.mlp_forward(alone, rows.inputs)[0]).max() <= MLP_PREDICTIONS
+    assert doc["configurations"][0]["test_mse"] == pytest.approx(analysis.evaluate(alone, run.splits["test"])["mse"], rel=1e-3)
