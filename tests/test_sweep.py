@@ -236,3 +236,12 @@ def test_online_mlp_seeds_are_what_fit_mlp_online_trains(tiny_run, tmp_path):
     rows = run.rows()
     assert np.abs(analysis.mlp_forward(ours, rows.inputs)[0] - analysis.mlp_forward(alone, rows.inputs)[0]).max() <= MLP_PREDICTIONS
     assert doc["configurations"][0]["test_mse"] == pytest.approx(analysis.evaluate(alone, run.splits["test"])["mse"], rel=1e-3)
+
+
+def test_a_diverging_configuration_is_recorded_and_the_others_are_written(activations, tmp_path):
+    doc = run_sweep(tmp_path / "sw", {"lr": [1e-3, 1e12]}, activations=activations, variants=["relu-l1"], dict_size=DICT,
+                    train=TRAIN, log=quiet)
+    ok, bad = doc["configurations"]
+    assert ok["status"] == "ok" and (tmp_path / "sw" / ok["name"] / SAE_FILE).exists()
+    assert bad["status"].startswith(f"SAE ({bad['name']}) training diverged at epoch") and not (tmp_path / "sw" / bad["name"]).exists()
+    assert doc["pareto"] == [ok["name"]] and json.loads((tmp_path / "sw" / SWEEP_JSON).read_text())["configurations"][1]["status"] == bad["status"]
