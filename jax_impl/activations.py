@@ -135,12 +135,14 @@ class ActivationFile:
         return np.ascontiguousarray(self._reader.read_sorted(unique)[inverse.reshape(-1)])
 
 
-def open_activations(path: Path | str, *, check_finite_chunk_rows: int = 65536) -> ActivationFile:
+def open_activations(path: Path | str, *, check_finite_chunk_rows: int = 65536, check_finite: bool = True) -> ActivationFile:
     """Open and validate an activation matrix: an (N, d) float32 array with N >= 1, d >= 1, all finite.
 
     `.npy` is memory-mapped, `.safetensors` is read lazily, `.pt`/`.pth` (one tensor, loaded with
     weights_only=True) is held in memory. The NaN/inf scan reads `check_finite_chunk_rows` rows at a time,
     so its peak memory is one chunk, not the file. Any defect raises a one-line UserError naming the path.
+    check_finite=False skips that scan: the caller scans the rows it reads (check_finite_rows), as a process
+    of a multi-process run does with its shard.
     """
     if int(check_finite_chunk_rows) < 1:
         raise ValueError(f"check_finite_chunk_rows must be >= 1, got {check_finite_chunk_rows}")
@@ -160,8 +162,14 @@ def open_activations(path: Path | str, *, check_finite_chunk_rows: int = 65536) 
         raise UserError(
             f"{path}: unknown activation file type {path.suffix or '(no suffix)'!r}, expected one of {_suffix_list()}"
         )
-    _check_finite(source, int(check_finite_chunk_rows))
+    if check_finite:
+        _check_finite(source, int(check_finite_chunk_rows))
     return source
+
+
+def check_finite_rows(source: ActivationFile, start: int, stop: int, chunk_rows: int = 65536) -> None:
+    """The NaN/inf scan of open_activations over rows [start, stop) only (UserError naming the first bad row)."""
+    _check_finite(source, chunk_rows, start, stop)
 
 
 def iter_chunks(source: ActivationFile, chunk_rows: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -346,10 +354,11 @@ def _open_safetensors(path: Path) -> ActivationFile:
     return ActivationFile(path, n_rows, width, _SafetensorsReader(path, names[0], width))
 
 
-def _check_finite(source: ActivationFile, chunk_rows: int) -> None:
+def _check_finite(source: ActivationFile, chunk_rows: int, first: int = 0, last: int | None = None) -> None:
     """Refuse NaN/inf, naming the first bad row; reads one chunk at a time so memory stays bounded."""
-    for start in range(0, source.n_rows, chunk_rows):
-        stop = min(start + chunk_rows, source.n_rows)
+    last = source.n_rows if last is None else last
+    for start in range(first, last, chunk_rows):
+        stop = min(start + chunk_rows, last)
         finite_rows = np.isfinite(source.rows(start, stop)).all(axis=1)
         if not finite_rows.all():
             row = start + int(np.argmin(finite_rows))

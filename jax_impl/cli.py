@@ -272,8 +272,43 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    cluster = None
+    given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                            ("--process-id", args.process_id)) if v is not None]
+    if given:
+        if len(given) != 3:
+            raise UserError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes P and "
+                            f"--process-id I (got only {', '.join(given)})")
+        from jax_impl.distributed import Cluster
+
+        cluster = Cluster(args.coordinator, args.num_processes, args.process_id, args.peer_timeout).validate()
     train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
-              train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices)
+              train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices, cluster=cluster)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from jax_impl.sae_training import SAETrainConfig
+    from jax_impl.sweep import run_sweep
+    from jax_impl.sweep_grid import parse_grid
+
+    grid = parse_grid(args.grid or [])
+    train = None
+    if any(v is not None for v in (args.epochs, args.batch_size, args.lr, args.log_every)):
+        if args.stage == "mlp":
+            raise UserError("--epochs/--batch-size/--lr/--log-every set the SAE's training; with --stage mlp use "
+                            "--grid epochs=..., --grid batch_size=..., --grid max_lr=...")
+        defaults = SAETrainConfig(epochs=20, batch_size=256, log_every=1)
+        if args.run_dir is not None:
+            from jax_impl.rundir import run_config
+
+            defaults = run_config(args.run_dir).sae.train_config()
+        train = SAETrainConfig(**{name: value if value is not None else getattr(defaults, name) for name, value in (
+            ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr), ("log_every", args.log_every))})
+    variants = [v.strip() for v in args.variant.split(",")] if args.variant else None
+    run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir, variants=variants,
+              dict_size=args.dict_size, train=train, seed=args.seed, chunk_rows=args.chunk_rows,
+              atlas_scores=not args.no_atlas)
     return 0
 
 
@@ -388,10 +423,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per streamed chunk, one compiled program each (default 262144)")
     p.add_argument("--devices", metavar="N|all", help="data parallel: split each batch over N local devices "
                    "(parameters replicated, gradients reduced by the compiler); default one device")
+    group = p.add_argument_group("many hosts (JAX's multi-process runtime; start one process per host with the same "
+                                 "flags but --process-id; process 0 writes --out; docs/sweeps.md)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address for the coordination service")
+    group.add_argument("--num-processes", type=int, metavar="P", help="how many processes take part")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..P-1")
+    group.add_argument("--peer-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="how long a peer may be missing or silent before every process stops with an error (default 60)")
     group = p.add_argument_group("architecture flags (each applies to the architectures named)")
     for name, (kind, default, owners) in _architecture_fields().items():
         group.add_argument(_arch_flag(name), dest=f"arch.{name}", default=None, **_arch_flag_kwargs(kind, default, owners))
     p.set_defaults(func=cmd_train_sae)
+
+    p = sub.add_parser("sweep", help="train a grid of SAE (or MLP) configurations, those of one shape together in one "
+                       "vmapped program; writes one folder per configuration, sweep.csv/.json and a Pareto plot")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--activations", type=Path, metavar="FILE", help="an (N, d) float32 file, as for train-sae")
+    source.add_argument("--run-dir", type=Path, metavar="DIR", help="a run directory: its activations and SAE settings "
+                        "(and the atlas scores of every SAE), or with --stage mlp its MLP recipe and splits")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the sweep's folder")
+    p.add_argument("--stage", choices=("sae", "mlp"), default="sae", help="what to train (default sae)")
+    p.add_argument("--variant", metavar="NAME[,NAME...]", help=f"SAE architecture(s): {', '.join(NAMES)} "
+                   "(default: the run's, else topk)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                   help="a key and its values (repeatable; ints also a..b, groups as 16:48:128): seed, dict_size, "
+                   "epochs, batch_size, lr or any field of the architecture (k, l1_coeff, aux_coeff, ...); "
+                   "--stage mlp: seed and the MLP recipe's fields (max_lr, epochs, ...)")
+    p.add_argument("--dict-size", type=int, help="features where the grid does not set dict_size (default: the run's, else 2048)")
+    p.add_argument("--epochs", type=int, help="default: the run's, else 20")
+    p.add_argument("--batch-size", type=int, help="default: the run's, else 256")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the run's, else 1e-3)")
+    p.add_argument("--log-every", type=int, help="epochs between log lines (default: the run's, else 1)")
+    p.add_argument("--seed", type=int, help="seed where the grid does not set one (default: the run's, else 0)")
+    p.add_argument("--chunk-rows", type=int, default=1 << 18,
+                   help="the most rows a sweep holds in memory (default 262144; larger files: train-sae streams them)")
+    p.add_argument("--no-atlas", action="store_true", help="with --run-dir: skip the atlas scores (faster)")
+    p.set_defaults(func=cmd_sweep)
 
     from jax_impl.synthetic import SyntheticConfig
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -55,3 +56,11 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
     if mesh is None:
         return tree
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def place_rows(rows: Any, mesh: Mesh | None) -> jax.Array:
+    """In-memory training rows (N, D) float32 on the mesh: replicated, or left as they are when they already are
+    a global array spread over several processes (jax_impl.distributed: each process holds only its shard)."""
+    if isinstance(rows, jax.Array) and not rows.is_fully_addressable:
+        return rows
+    return replicate(jnp.asarray(rows, jnp.float32), mesh)

@@ -46,6 +46,9 @@ def _make_online_epoch_fn(
     return epoch
 
 
+make_online_epoch_fn = _make_online_epoch_fn  # public: jax_impl.sweep vmaps it over MLP seeds
+
+
 def fit_mlp_online(
     model: InterpretabilityMLP,
     cfg: MLPConfig,

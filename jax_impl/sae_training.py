@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh
 
 from jax_impl.activations import ActivationFile, iter_chunks, sample_rows
-from jax_impl.devices import replicate, shard_batch
+from jax_impl.devices import place_rows, replicate, shard_batch
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
 from jax_impl.train import Log, TrainResult, make_batched_epoch, run_epochs, sae_optimizer
@@ -54,15 +54,20 @@ class SAETrainConfig:
 
 
 def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int,
-                  mesh: Mesh | None = None):
+                  mesh: Mesh | None = None, axis_name: str | None = None):
     """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32).
 
-    mesh: split each batch over its devices (jax_impl.devices), the carry replicated."""
+    mesh: split each batch over its devices (jax_impl.devices), the carry replicated. axis_name: the step runs
+    under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.sweep)."""
 
     def step(carry, x):
         x = shard_batch(x, mesh)
         p, b, opt_state, since_fired = carry
-        ctx = TrainContext(dead=since_fired >= dead_after)
+        dead = since_fired >= dead_after
+        # Under a sweep's vmap: one dead count for the whole group (a pmax over the configurations is unbatched),
+        # so that AuxK's lax.switch stays a switch instead of a select over every branch (base.aux_k_loss).
+        group_dead = None if axis_name is None else jax.lax.pmax(jnp.sum(dead, dtype=jnp.int32), axis_name)
+        ctx = TrainContext(dead=dead, group_dead=group_dead)
         (loss, (features, b)), grads = jax.value_and_grad(arch.loss, has_aux=True)(p, b, x, ctx, cfg)
         if arch.unit_decoder:
             grads = project_out_parallel(grads, p)
@@ -88,13 +93,13 @@ def steps_in(n_rows: int, batch_size: int, keep_partial_batch: bool) -> int:
     return -(-n_rows // batch_size) if keep_partial_batch else n_rows // batch_size
 
 
-def _column_mean(rows: np.ndarray | ActivationFile, chunk_rows: int) -> jax.Array:
+def _column_mean(rows: np.ndarray | ActivationFile, chunk_rows: int, n: int) -> jax.Array:
     if isinstance(rows, ActivationFile):
         total = np.zeros(rows.width, np.float64)
         for start in range(0, rows.n_rows, chunk_rows):
             total += rows.rows(start, min(start + chunk_rows, rows.n_rows)).sum(axis=0, dtype=np.float64)
         return jnp.asarray(total / rows.n_rows, jnp.float32)
-    return jnp.mean(rows, axis=0)
+    return jnp.mean(rows if rows.shape[0] == n else rows[:n], axis=0)  # rows past n: padding (jax_impl.distributed)
 
 
 def fit(
@@ -108,28 +113,30 @@ def fit(
     log: Log = print,
     line_prefix: Callable[[int], str] | None = None,
     mesh: Mesh | None = None,
+    n_rows: int | None = None,
 ) -> TrainResult:
     """Train `sae` (any architecture; it is left untouched) on rows (N, D) float32 or a streamed file.
 
     key: the shuffling stream (epoch e's permutation is drawn from fold_in(key, e)); `permutations`
     (epochs, N) replaces it for parity tests (in-memory rows only). chunk_rows: stream an ActivationFile in
     chunks of this many rows (default: all rows in one chunk). mesh: data parallel over its devices
-    (jax_impl.devices.data_mesh; None: one device). Logs `SAE Epoch [10/100] | Loss: 0.004299`
+    (jax_impl.devices.data_mesh; None: one device). n_rows: train on rows[:n_rows] only (in-memory rows whose
+    tail is padding: a multi-process global array, jax_impl.distributed). Logs `SAE Epoch [10/100] | Loss: 0.004299`
     every train.log_every epochs. Returns TrainResult(model = the trained SAE in a new module).
     """
     arch, cfg = sae.arch, sae.cfg
     streamed = isinstance(rows, ActivationFile)
-    n = rows.n_rows if streamed else rows.shape[0]
+    n = rows.n_rows if streamed else rows.shape[0] if n_rows is None else n_rows
     chunk_rows = n if chunk_rows is None else min(chunk_rows, n)
     if not streamed:
-        rows = replicate(jnp.asarray(rows, jnp.float32), mesh)
+        rows = place_rows(rows, mesh)
     if steps_in(min(chunk_rows, n), train.batch_size, arch.keep_partial_batch) == 0:
         raise ValueError(f"batch size {train.batch_size} is larger than a chunk of {chunk_rows} rows")
     tx = sae_optimizer(train)
     # Copies: the chunk function donates its carry, and `sae` keeps its initial weights.
     p, b = jax.tree.map(jnp.copy, (sae.params(), sae.buffers()))
     if arch.tied_bias:
-        p = p | {"b_dec": _column_mean(rows, chunk_rows)}  # centre (papers: geometric median)
+        p = p | {"b_dec": _column_mean(rows, chunk_rows, n)}  # centre (papers: geometric median)
     chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
     n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
     carry = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)

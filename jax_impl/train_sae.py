@@ -14,6 +14,7 @@ each written atomically (temporary file, then rename), the JSONs after the weigh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -25,9 +26,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jax_impl import bridge, sae_training, saelens, saes
-from jax_impl.activations import ActivationFile, open_activations
+from jax_impl.activations import ActivationFile, check_finite_rows, open_activations
 from jax_impl.atomic import write_json_atomic
+from jax_impl import distributed
 from jax_impl.devices import data_mesh
+from jax_impl.distributed import Cluster
 from jax_impl.errors import UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.sae_training import SAETrainConfig
@@ -40,6 +43,7 @@ METRICS_FILE = "metrics.json"
 DEFAULT_CHUNK_ROWS = 1 << 18  # 262,144 rows: 512 MiB of float32 at d = 512
 
 _KEY_INIT, _KEY_SHUFFLE = range(2)
+KEY_INIT, KEY_SHUFFLE = _KEY_INIT, _KEY_SHUFFLE  # the seed's PRNG streams, public for jax_impl.sweep
 
 
 @jax.jit
@@ -59,22 +63,32 @@ def reconstruction_metrics(sae: saes.SAE, source: ActivationFile, chunk_rows: in
     """Over every row, chunk by chunk: mse (per element), explained_variance (1 - SSE / centred SS), l0 (mean
     active features per row), dead_fraction (features active on no row). explained_variance is None where
     every row is the same (nothing to explain)."""
+    return metrics_from_sums(reconstruction_sums(sae, source, 0, source.n_rows, chunk_rows), source.n_rows, source.width)
+
+
+def reconstruction_sums(sae: saes.SAE, source: ActivationFile, first: int, last: int, chunk_rows: int) -> dict[str, Any]:
+    """What reconstruction_metrics adds up over rows [first, last): sse, active (float), fired (F,) bool,
+    col_sum and col_sq (D,) float64; sums of row ranges add up to the sums of their union."""
     sse = active = 0.0
     fired = np.zeros(sae.dict_size, bool)
     col_sum = np.zeros(source.width, np.float64)
     col_sq = np.zeros(source.width, np.float64)
-    for start in range(0, source.n_rows, chunk_rows):
-        x = jnp.asarray(source.rows(start, min(start + chunk_rows, source.n_rows)))
+    for start in range(first, last, chunk_rows):
+        x = jnp.asarray(source.rows(start, min(start + chunk_rows, last)))
         s, a, f, cs, cq = _chunk_sums(sae, x)
         sse, active = sse + float(s), active + float(a)
         fired |= np.asarray(f)
         col_sum += np.asarray(cs, np.float64)
         col_sq += np.asarray(cq, np.float64)
-    n = source.n_rows
+    return {"sse": sse, "active": active, "fired": fired, "col_sum": col_sum, "col_sq": col_sq}
+
+
+def metrics_from_sums(sums: dict[str, Any], n: int, width: int) -> dict[str, float]:
+    sse, active, fired, col_sum, col_sq = (sums[k] for k in ("sse", "active", "fired", "col_sum", "col_sq"))
     centred = float(np.sum(col_sq - col_sum**2 / n))
     return {
         "rows": n,
-        "mse": sse / (n * source.width),
+        "mse": sse / (n * width),
         "explained_variance": 1.0 - sse / centred if centred > 0 else None,
         "l0": active / n,
         "dead_fraction": float(1.0 - fired.mean()),
@@ -92,12 +106,15 @@ def train_sae(
     seed: int = 0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     devices: int | str | None = None,
+    cluster: Cluster | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
     """Train a `variant` SAE of `dict_size` features on the (N, d) float32 rows of `activations`; write
     SAE_FILE, CONFIG_FILE and METRICS_FILE into out_dir. Returns the metrics.
 
     devices: data parallel over this many local devices, or "all" (jax_impl.devices; None: one device).
+    cluster: this process's part of a multi-process run (jax_impl.distributed; start every process with the
+    same arguments but its process_id); process 0 writes out_dir, the others only train.
     arch_config: the architecture's config (None: its defaults). Bad input raises UserError naming the file
     or the setting; nothing but out_dir's lock file (jax_impl.locks: a second process writing into the same
     out_dir is refused) is written before the activations are validated and the training has finished.
@@ -114,6 +131,14 @@ def train_sae(
         raise UserError(f"--variant {variant}: {e}") from None
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows must be >= 1, got {chunk_rows}")
+    if cluster is not None:
+        if devices is not None:
+            raise UserError("--devices with --coordinator: a multi-process run uses every device of every process")
+        if arch.epoch_hook is not None:
+            raise UserError(f"--variant {variant}: its epoch hook (e.g. resampling) reads rows from every shard on one "
+                            "host, which a multi-process run does not have; train it without --coordinator")
+        return _train_distributed(Path(activations), Path(out_dir), variant, cfg, dict_size, train, seed, chunk_rows,
+                                  cluster.validate(), log)
     source = open_activations(activations)
     if train.batch_size > min(source.n_rows, chunk_rows):
         raise UserError(
@@ -146,23 +171,93 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
     metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
         "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
     }
-    bridge.save_sae(result.model, out_dir / SAE_FILE)
-    saelens.save_saelens(result.model, out_dir / SAELENS_DIR, hook_name=None)
-    write_json_atomic(out_dir / CONFIG_FILE, {
-        "architecture": variant,
-        "config": dataclasses.asdict(result.model.cfg),
-        "training": dataclasses.asdict(train),
-        "input_dim": source.width,
-        "dict_size": dict_size,
-        "seed": seed,
-        "chunk_rows": chunk_rows,
-        "devices": 1 if mesh is None else mesh.size,
-        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
-    })
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    record = config_record(result.model, variant, train, source, seed=seed, chunk_rows=chunk_rows,
+                           devices=1 if mesh is None else mesh.size)
+    write_artifacts(result.model, out_dir, record, metrics)
     ev = metrics["explained_variance"]
     log(
         f"explained variance {'n/a' if ev is None else f'{ev:.4f}'} | L0 {metrics['l0']:.1f} | "
         f"dead {metrics['dead_fraction']:.1%} | MSE {metrics['mse']:.6g} | {seconds:.1f} s -> {out_dir / SAE_FILE}"
     )
+    return metrics
+
+
+def config_record(sae: saes.SAE, variant: str, train: SAETrainConfig, source: ActivationFile, *, seed: int,
+                  chunk_rows: int, devices: int) -> dict[str, Any]:
+    """What CONFIG_FILE records about a trained SAE: architecture, its config, the training, the data."""
+    return {
+        "architecture": variant,
+        "config": dataclasses.asdict(sae.cfg),
+        "training": dataclasses.asdict(train),
+        "input_dim": source.width,
+        "dict_size": sae.dict_size,
+        "seed": seed,
+        "chunk_rows": chunk_rows,
+        "devices": devices,
+        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+    }
+
+
+def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """train-sae's files for a trained SAE, each atomically, the JSONs after the weights (jax_impl.sweep
+    writes each configuration's folder with this too)."""
+    bridge.save_sae(sae, out_dir / SAE_FILE)
+    saelens.save_saelens(sae, out_dir / SAELENS_DIR, hook_name=None)
+    write_json_atomic(out_dir / CONFIG_FILE, record)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+
+
+def _train_distributed(path: Path, out_dir: Path, variant: str, cfg: Any, dict_size: int, train: SAETrainConfig,
+                       seed: int, chunk_rows: int, cluster: Cluster, log: Log) -> dict[str, Any]:
+    """train_sae as one process of a multi-process run (jax_impl.distributed): this process reads only its shard
+    of the rows; the batches and gradients span every process's devices; process 0 alone writes out_dir."""
+    watchdog = distributed.start(cluster)  # before any other JAX computation
+    writer = cluster.is_writer
+    say = log if writer else (lambda line: None)
+    with contextlib.ExitStack() as stack:
+        try:
+            source = open_activations(path, check_finite=False)
+            first, last, shard_rows = distributed.shard_range(source.n_rows, cluster)
+            check_finite_rows(source, first, last)
+            mesh = distributed.global_mesh()
+            if train.batch_size > source.n_rows or train.batch_size % mesh.size:
+                raise UserError(f"--batch-size {train.batch_size} must be at most the file's {source.n_rows} rows and "
+                                f"divisible by the {mesh.size} devices of the {cluster.num_processes} processes")
+            if shard_rows > chunk_rows:
+                raise UserError(f"{source.path}: shards of {shard_rows} rows, more than --chunk-rows {chunk_rows}; a "
+                                "multi-process run holds its shard in memory: raise --chunk-rows or add processes")
+            if writer:
+                if out_dir.exists() and not out_dir.is_dir():
+                    raise UserError(f"{out_dir}: is a file; --out must be a folder")
+                stack.enter_context(folder_lock(out_dir, flag="--out", what="output folder"))
+                remove_stale_temporaries(out_dir)
+            root = jax.random.key(seed)
+            sae = saes.create(variant, source.width, dict_size, cfg, key=jax.random.fold_in(root, _KEY_INIT))
+            say(f"Training a {variant} SAE ({dict_size} features) on {source.n_rows} x {source.width} activations from "
+                f"{source.path}: {cluster.num_processes} processes, {mesh.size} devices, this process's rows {first}..{last - 1}")
+            rows = distributed.global_rows(source.rows(first, last), shard_rows, mesh)
+            started = time.perf_counter()
+            result = sae_training.fit(sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), log=say, mesh=mesh,
+                                      n_rows=source.n_rows)
+            seconds = time.perf_counter() - started
+            model = saes.SAE(result.model.arch, result.model.cfg, *distributed.local_copy(
+                (result.model.params(), result.model.buffers())))
+            sums = reconstruction_sums(model, source, first, last, chunk_rows)
+            gathered = {k: distributed.gather(np.asarray(v)) for k, v in sums.items()}  # (P, ...) each
+            total = {"sse": float(gathered["sse"].sum()), "active": float(gathered["active"].sum()),
+                     "fired": gathered["fired"].any(axis=0), "col_sum": gathered["col_sum"].sum(axis=0),
+                     "col_sq": gathered["col_sq"].sum(axis=0)}
+            metrics = metrics_from_sums(total, source.n_rows, source.width) | {
+                "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
+            }
+            if writer:
+                record = config_record(model, variant, train, source, seed=seed, chunk_rows=chunk_rows, devices=mesh.size)
+                write_artifacts(model, out_dir, record | {"processes": cluster.num_processes}, metrics)
+        except Exception as e:  # noqa: BLE001  (a peer lost mid-collective, or bad input: ends every process)
+            distributed.failed(e)
+        distributed.finish()
+    watchdog.join(timeout=1)
+    ev = metrics["explained_variance"]
+    say(f"explained variance {'n/a' if ev is None else f'{ev:.4f}'} | L0 {metrics['l0']:.1f} | "
+        f"dead {metrics['dead_fraction']:.1%} | MSE {metrics['mse']:.6g} | {seconds:.1f} s -> {out_dir / SAE_FILE}")
     return metrics

@@ -128,6 +128,12 @@ COMMANDS_READING_TORCH_FILES = {
     "atlas": [(["atlas", "--run-dir", "RUN"], "mlp"), (["atlas", "--run-dir", "RUN"], "sae")],
     "report": [(["report", "--run-dir", "RUN"], "mlp"), (["report", "--run-dir", "RUN"], "sae")],
     "train-sae": [(["train-sae", "--activations", "RUN/mlp_activations.pt", "--out", "RUN/trained"], "activations")],
+    # A sweep reads the activations (either way) and, with --run-dir, the MLP for the atlas scores.
+    "sweep": [
+        (["sweep", "--activations", "RUN/mlp_activations.pt", "--out", "RUN/swept"], "activations"),
+        (["sweep", "--run-dir", "RUN", "--out", "RUN/swept"], "activations"),
+        (["sweep", "--run-dir", "RUN", "--out", "RUN/swept"], "mlp"),
+    ],
     # RUN/synthetic is written by `monosem synthetic` before the bomb is planted (see _SYNTHETIC_DIM).
     "synthetic-score": [(["synthetic-score", "--data", "RUN/synthetic", "--sae", "RUN/sae/sae_model.pth"], "sae")],
     # --resume reloads the artifacts of the completed stages: the MLP for harvest, the activations for

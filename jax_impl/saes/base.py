@@ -89,19 +89,22 @@ def mse(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(a - b))
 
 
-def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array, dead: jax.Array, aux_k: int) -> jax.Array:
+def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array, dead: jax.Array, aux_k: int,
+               group_dead: jax.Array | None = None) -> jax.Array:
     """Gao et al.'s AuxK: MSE(the aux_k largest dead pre-activations decoded without bias, x - reconstruction).
 
     pre (B, F), dead (F,) bool. 0 when nothing is dead. No ReLU on the dead pre-activations: a latent whose
     pre-activation is negative on every row would get no gradient through one, and those are the ones to revive.
     The residual x - reconstruction is a target for the dead latents, not a loss to lower: no gradient flows
-    into the reconstruction.
+    into the reconstruction. group_dead () int32: under a sweep's vmap, the largest count of dead latents in
+    the configurations trained together (TrainContext.group_dead; None: this one's own count).
     """
     residual = jax.lax.stop_gradient(x - reconstruction)
-    return _dead_latent_loss(p["w_dec"], pre, residual, dead, aux_k)
+    n_dead = jnp.sum(dead, dtype=jnp.int32)
+    return _dead_latent_loss(p["w_dec"], pre, residual, dead, n_dead if group_dead is None else group_dead, aux_k)
 
 
-def _dead_latent_branches(dead: jax.Array, aux_k: int) -> tuple[jax.Array, list[Callable]]:
+def _dead_latent_branches(dead: jax.Array, group_dead: jax.Array, aux_k: int) -> tuple[jax.Array, list[Callable]]:
     """(branch index, branches): AuxK on the dead latents only, each branch `loss(w_dec, pre, residual)`.
 
     The dead latents' columns of pre are gathered into a block of `cap` columns, the smallest of aux_k,
@@ -109,6 +112,10 @@ def _dead_latent_branches(dead: jax.Array, aux_k: int) -> tuple[jax.Array, list[
     and the decoding cost cap/F of the whole dictionary's. With at most aux_k dead latents (most of training)
     the top-k would keep all of them and is skipped. Branch 0: nothing is dead, nothing is computed. Equal to
     the top-k over the whole masked row up to float32 summation order (parity_tests/test_sae_family.py).
+
+    The branch is chosen by group_dead, which under a sweep's vmap is the same for every configuration of the
+    group (a per-configuration index would turn the switch into a select that runs every branch); each
+    configuration then uses its own dead latents, and one with none gets 0.
     """
     dict_size = dead.shape[0]
     caps = sorted({min(aux_k << i, dict_size) for i in range(dict_size.bit_length() + 1)})
@@ -125,30 +132,31 @@ def _dead_latent_branches(dead: jax.Array, aux_k: int) -> tuple[jax.Array, list[
                 dead_features = jnp.put_along_axis(jnp.zeros_like(dead_pre), positions, values, axis=-1, inplace=False)
             else:
                 dead_features = jnp.where(valid, dead_pre, 0.0)
-            return mse(dead_features @ w_dec[latents], residual)
+            return jnp.where(n_dead > 0, mse(dead_features @ w_dec[latents], residual), 0.0)
 
         return loss_of
 
     branches = [lambda w_dec, pre, residual: jnp.zeros((), pre.dtype)] + [compact_loss(cap) for cap in caps]
-    index = jnp.where(n_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps, jnp.int32), n_dead))
+    index = jnp.where(group_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps, jnp.int32), group_dead))
     return index, branches
 
 
 # A custom VJP so that the backward pass runs only the chosen branch's own backward: differentiating a
 # lax.switch directly makes every step materialise the (zero-filled) intermediates of all branches.
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _dead_latent_loss(w_dec: jax.Array, pre: jax.Array, residual: jax.Array, dead: jax.Array, aux_k: int) -> jax.Array:
-    index, branches = _dead_latent_branches(dead, aux_k)
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _dead_latent_loss(w_dec: jax.Array, pre: jax.Array, residual: jax.Array, dead: jax.Array, group_dead: jax.Array,
+                      aux_k: int) -> jax.Array:
+    index, branches = _dead_latent_branches(dead, group_dead, aux_k)
     return jax.lax.switch(index, branches, w_dec, pre, residual)
 
 
-def _dead_latent_loss_fwd(w_dec, pre, residual, dead, aux_k):
-    return _dead_latent_loss(w_dec, pre, residual, dead, aux_k), (w_dec, pre, residual, dead)
+def _dead_latent_loss_fwd(w_dec, pre, residual, dead, group_dead, aux_k):
+    return _dead_latent_loss(w_dec, pre, residual, dead, group_dead, aux_k), (w_dec, pre, residual, dead, group_dead)
 
 
 def _dead_latent_loss_bwd(aux_k, saved, g):
-    w_dec, pre, residual, dead = saved
-    index, branches = _dead_latent_branches(dead, aux_k)
+    w_dec, pre, residual, dead, group_dead = saved
+    index, branches = _dead_latent_branches(dead, group_dead, aux_k)
 
     def backward(branch: Callable) -> Callable:
         def grads(w_dec, pre, residual):
@@ -157,7 +165,7 @@ def _dead_latent_loss_bwd(aux_k, saved, g):
         return grads
 
     grad_w_dec, grad_pre = jax.lax.switch(index, [backward(b) for b in branches], w_dec, pre, residual)
-    return grad_w_dec, grad_pre, jnp.zeros_like(residual), None
+    return grad_w_dec, grad_pre, jnp.zeros_like(residual), None, None
 
 
 _dead_latent_loss.defvjp(_dead_latent_loss_fwd, _dead_latent_loss_bwd)
@@ -218,9 +226,11 @@ class SaeLensFormat:
 
 @dataclass(frozen=True)
 class TrainContext:
-    """What a loss may depend on beside the batch: dead (F,) bool latents silent for `dead_after` steps."""
+    """What a loss may depend on beside the batch: dead (F,) bool latents silent for `dead_after` steps;
+    group_dead () int32: the largest count of dead latents in a sweep's vmapped group (None outside a sweep)."""
 
     dead: jax.Array
+    group_dead: jax.Array | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +260,10 @@ class Architecture:
     resolve: Callable[[Any, int], Any] | None = None  # cfg, dict_size -> cfg with its defaults made explicit
     tied_bias: bool = True  # pre-encoder bias b_dec subtracted, and b_dec initialised to the mean row
     saelens: SaeLensFormat | None = None  # None: not expressible in SAELens's format
+    # Config floats that must stay Python constants under jit (e.g. a custom_vjp's non-differentiable
+    # argument). A sweep (jax_impl.sweep) passes every other float field as a traced, vmapped value, and
+    # groups configurations that differ in one of these into separate programs, like ints and tuples.
+    static_floats: tuple[str, ...] = ()
 
     def config_from_file(self, values: Mapping[str, Any]) -> Any:
         """The config recorded in a state_dict (its "config" keys, e.g. k), other fields at their defaults."""

@@ -59,7 +59,7 @@ def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config)
     """MSE(reconstruction, x) + aux_coeff * AuxK. x (B, D)."""
     pre, features, buffers = batch_features(p, buffers, x, cfg)
     reconstruction = decode(p, features)
-    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, topk.aux_k(cfg, pre.shape[-1]))
+    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, topk.aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
     return mse(reconstruction, x) + cfg.aux_coeff * aux, (features, buffers)
 
 

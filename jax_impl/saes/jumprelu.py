@@ -119,5 +119,6 @@ ARCHITECTURE = Architecture(
     loss=loss,
     key_map=(KeyMapEntry("b_dec", "b_dec"), KeyMapEntry("threshold", "threshold"), *TIED_KEYS),
     post_update=keep_thresholds_positive,
+    static_floats=("bandwidth",),  # jumprelu()'s and heaviside()'s nondiff_argnums
     saelens=SaeLensFormat("jumprelu", reads=("jumprelu",)),
 )

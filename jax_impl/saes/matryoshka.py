@@ -54,7 +54,7 @@ def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config)
         partial = partial + features[:, start:end] @ p["w_dec"][start:end]  # the prefix's reconstruction
         total = total + mse(partial, x)
         start = end
-    aux = aux_k_loss(p, pre, x, partial, ctx.dead, topk.aux_k(cfg, pre.shape[-1]))
+    aux = aux_k_loss(p, pre, x, partial, ctx.dead, topk.aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
     return total + cfg.aux_coeff * aux, (features, buffers)
 
 

@@ -45,7 +45,7 @@ def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config)
     pre = pre_activation(p, x)
     values, indices = top_k_sparse(pre, cfg.k)
     reconstruction = decode_sparse(p, values, indices)
-    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]))
+    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
     features = jnp.put_along_axis(jnp.zeros_like(pre), indices, jax.lax.stop_gradient(values), axis=-1, inplace=False)
     return mse(reconstruction, x) + cfg.aux_coeff * aux, (features, buffers)
 

@@ -1,0 +1,489 @@
+"""`monosem sweep`: train a grid of SAE (or MLP) configurations, those of one shape together in one vmapped program.
+
+Configurations that share every static field (SAE: architecture, dict_size, epochs, batch_size and the
+architecture's ints, tuples and `static_floats`; MLP: everything but the seed) form a *group*. A group
+trains as one jitted epoch `jax.vmap`ped over its configurations: the carries are stacked along a leading
+configuration axis, every configuration draws its own batches from the one shared copy of the rows, and the
+float hyperparameters (lr, l1_coeff, aux_coeff, ...) travel in the carry as traced values, so one compiled
+program serves every seed and every value of them. Different shapes are different groups, run one after the
+other. Each configuration's initialisation and batch order come from its seed exactly as in a standalone
+`monosem train-sae` (SAE) or `monosem run` (MLP), so its folder holds what that command writes, up to float
+rounding: a vmapped matmul may sum in another order than the single one (docs/sweeps.md: measured and tested).
+
+Outputs under `out_dir` (held with the folder lock, like train-sae): one subfolder per configuration with
+train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, metrics.json) or the MLP's
+(mlp/perfect_mlp.pth and .safetensors, mlp_config.json, metrics.json); sweep.csv and sweep.json (one row
+per configuration; jax_impl.sweep_report) and sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from jax_impl import analysis, atlas, bridge, saes
+from jax_impl.activations import ActivationFile, open_activations
+from jax_impl.atomic import write_json_atomic
+from jax_impl.errors import TrainingDiverged, UserError
+from jax_impl.locks import folder_lock, remove_stale_temporaries
+from jax_impl.models import InterpretabilityMLP
+from jax_impl.online import make_online_epoch_fn
+from jax_impl.rundir import ACTIVATIONS_PATH, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, load_run
+from jax_impl.sae_training import SAETrainConfig, make_sae_step, steps_in
+from jax_impl.sweep_grid import (
+    STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
+)
+from jax_impl.sweep_report import write_report
+from jax_impl.task import SPLITS, Split, TaskShape
+from jax_impl.train import (
+    Log, evaluation_mse, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer, raise_if_diverged,
+    sae_optimizer, steps_per_epoch,
+)
+from jax_impl.train_sae import (
+    DEFAULT_CHUNK_ROWS, KEY_INIT, KEY_SHUFFLE, config_record, reconstruction_metrics, write_artifacts,
+)
+
+CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
+MLP_CONFIG_FILE = "mlp_config.json"
+METRICS_FILE = "metrics.json"
+# train-sae's command-line defaults: a sweep on a bare activation file starts from what train-sae would do.
+SAE_DEFAULTS = {"variant": "topk", "dict_size": 2048, "train": SAETrainConfig(epochs=20, batch_size=256, log_every=1)}
+
+
+@dataclass
+class Trained:
+    """One configuration after training: its model (None if it diverged), last epoch's mean loss, seconds
+    (its group's wall time shared equally), and why it stopped if it diverged."""
+
+    model: Any
+    final_loss: float
+    seconds: float
+    diverged: str | None = None
+    epoch_seconds: np.ndarray | None = None  # (epochs,) wall seconds of each of its group's epochs (the first compiles)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """Same-structured pytrees -> one pytree whose leaves have a leading configuration axis (C, ...)."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def member(tree: Any, i: int) -> Any:
+    """Configuration i's slice of a stacked pytree."""
+    return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+def _set_member(tree: Any, i: int, value: Any) -> Any:
+    return jax.tree.map(lambda leaf, v: leaf.at[i].set(v), tree, value)
+
+
+# The permutation a standalone trainer draws for epoch e (sae_training.fit, train._fit): same key, same bits.
+_draw = jax.jit(lambda key, e, n: jax.random.permutation(jax.random.fold_in(key, e), n), static_argnums=2)
+
+
+class Progress:
+    """One progress bar over every configuration-epoch of the sweep (terminals only, like train.run_epochs),
+    and the log lines above it."""
+
+    def __init__(self, total: int, log: Log):
+        interactive = sys.stdout.isatty() and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc="sweep", unit="config-epoch", disable=not interactive, dynamic_ncols=True)
+        self.emit = tqdm.write if interactive else log
+
+    def advance(self, n: int, line: str | None = None, **postfix: str) -> None:
+        if line:
+            self.emit(line)
+        if postfix:
+            self.bar.set_postfix(**postfix)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _check_losses(losses: np.ndarray, diverged: list[str | None], stage: str, e: int, names: Sequence[str]) -> None:
+    """Record each configuration's first NaN/inf loss (losses (C, S)) with train.raise_if_diverged's message."""
+    for i, row in enumerate(losses):
+        if diverged[i] is None:
+            try:
+                raise_if_diverged(row, f"{stage} ({names[i]})", e)
+            except TrainingDiverged as err:
+                diverged[i] = str(err)
+
+
+def _loss_range(losses: np.ndarray, diverged: Sequence[str | None]) -> str:
+    means = [float(row.mean()) for row, d in zip(losses, diverged, strict=True) if d is None]
+    if not means:
+        return "every configuration diverged"
+    return f"Loss: {min(means):.6f} .. {max(means):.6f}" if len(means) > 1 else f"Loss: {means[0]:.6f}"
+
+
+# --------------------------------------------------------------------------- SAE groups
+
+
+def traced_fields(arch: saes.Architecture) -> tuple[str, ...]:
+    """The architecture's config floats a group passes as traced values (all but `static_floats`)."""
+    return tuple(
+        f.name for f in dataclasses.fields(arch.config)
+        if isinstance(f.default, float) and f.name not in arch.static_floats
+    )
+
+
+def sae_group_key(c: SAEConfiguration) -> tuple:
+    """What must be equal for configurations to share one compiled program."""
+    arch = saes.get(c.variant)
+    cfg = arch.resolve(c.cfg, c.dict_size) if arch.resolve is not None else c.cfg
+    traced = set(traced_fields(arch))
+    static = tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in traced)
+    return (c.variant, c.dict_size, c.train.epochs, c.train.batch_size, c.train.log_every, static)
+
+
+def group_by(items: Sequence[Any], key: Callable[[Any], Any]) -> list[list[Any]]:
+    """Items grouped by key, groups in the order of their first item."""
+    groups: dict[Any, list[Any]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
+def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progress: Progress) -> list[Trained]:
+    """Train configurations of one group together: one vmapped jitted epoch over rows (N, D) float32.
+
+    Each one is initialised and shuffled from its seed as train_sae does (PRNG streams KEY_INIT, KEY_SHUFFLE),
+    and sees the same sequence of batches and epoch hooks as sae_training.fit would give it alone.
+    """
+    first = members[0]
+    arch, train = saes.get(first.variant), first.train
+    traced = traced_fields(arch)
+    n, width = rows.shape
+    x = jnp.asarray(rows, jnp.float32)
+    models = [saes.create(c.variant, width, c.dict_size, c.cfg, key=jax.random.fold_in(jax.random.key(c.seed), KEY_INIT))
+              for c in members]
+    tx = sae_optimizer(train)  # Adam's state does not depend on the learning rate: one init serves every lr
+    mean = jnp.mean(x, axis=0) if arch.tied_bias else None  # sae_training.fit's centring, in-memory rows
+    states = []
+    for c, sae in zip(members, models, strict=True):
+        p = sae.params() | ({"b_dec": mean} if arch.tied_bias else {})
+        hyper = {"lr": jnp.float32(c.train.lr)} | {f: jnp.float32(getattr(sae.cfg, f)) for f in traced}
+        states.append(((p, sae.buffers(), tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), hyper))
+    carry = stack(states)
+    dead_after = steps_in(n, train.batch_size, arch.keep_partial_batch)  # as fit: silent for an epoch of batches
+
+    def step(carry, batch):
+        state, hyper = carry
+        cfg = dataclasses.replace(models[0].cfg, **{f: hyper[f] for f in traced})
+        tx = sae_optimizer(dataclasses.replace(train, lr=hyper["lr"]))
+        state, loss = make_sae_step(arch, cfg, tx, dead_after, axis_name=CONFIG_AXIS)(state, *batch)
+        return (state, hyper), loss
+
+    # vmap of the jitted epoch: one compiled program (the epoch's donation and compiler options kept) for all.
+    epoch = jax.vmap(make_batched_epoch(step, train.batch_size, arch.keep_partial_batch), in_axes=(0, None, 0),
+                     axis_name=CONFIG_AXIS)
+    keys = [jax.random.fold_in(jax.random.key(c.seed), KEY_SHUFFLE) for c in members]
+    names = [c.name for c in members]
+    diverged: list[str | None] = [None] * len(members)
+    started, epoch_seconds = time.perf_counter(), []
+    for e in range(train.epochs):
+        carry, losses = epoch(carry, (x,), jnp.stack([_draw(k, e, n) for k in keys]))
+        losses = np.asarray(losses)  # (C, S): the one host sync of the epoch
+        _check_losses(losses, diverged, "SAE", e, names)
+        notes = []
+        if arch.epoch_hook is not None:
+            for i, c in enumerate(members):
+                if diverged[i] is not None:
+                    continue
+                state = member(carry[0], i)
+                hook_key = jax.random.fold_in(jax.random.fold_in(keys[i], e), 1)
+                p, opt_state, note = arch.epoch_hook(state[0], state[2], x, hook_key, e, models[i].cfg, train.epochs)
+                if note:
+                    params, buffers, opt, fired = carry[0]
+                    carry = ((_set_member(params, i, p), buffers, _set_member(opt, i, opt_state), fired), carry[1])
+                    notes.append(f"{c.name}: {note}")
+        line = None
+        if (e + 1) % train.log_every == 0 or notes:
+            line = f"SAE Epoch [{e + 1}/{train.epochs}] | {len(members)} x {first.variant} | {_loss_range(losses, diverged)}"
+            line += "".join(f" | {note}" for note in notes)
+        progress.advance(len(members), line)
+        epoch_seconds.append(time.perf_counter() - started - sum(epoch_seconds))
+    seconds = (time.perf_counter() - started) / len(members)
+    out = []
+    for i, sae in enumerate(models):
+        state = member(carry[0], i)
+        model = saes.SAE(arch, sae.cfg, state[0], state[1]) if diverged[i] is None else None
+        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], np.asarray(epoch_seconds)))
+    return out
+
+
+# --------------------------------------------------------------------------- MLP groups
+
+
+def fit_mlp_group(members: Sequence[MLPConfiguration], train: Split, val: Split, shape: TaskShape,
+                  progress: Progress) -> list[Trained]:
+    """Train MLP configurations of one recipe (seeds) together: one vmapped jitted epoch, each seed
+    initialised and shuffled as `monosem run --seed S` would (KEY_MLP_INIT, KEY_MLP_SHUFFLE) on a run's
+    train split (val: the periodic log line's validation MSE)."""
+    cfg = members[0].cfg
+    n = len(train)
+    n_steps = steps_per_epoch(n, cfg.batch_size)
+    tx = mlp_optimizer(cfg, cfg.epochs * n_steps)
+    models = [InterpretabilityMLP(shape.input_dim, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(c.seed), KEY_MLP_INIT)))
+              for c in members]
+    graphdef, states = None, []
+    for model in models:
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        states.append((params, rest, tx.init(params)))
+    carry = stack(states)
+    keys = [jax.random.fold_in(jax.random.key(c.seed), KEY_MLP_SHUFFLE) for c in members]
+    if cfg.data == "online":  # fresh rows every step (jax_impl.online): the epoch takes its own key
+        epoch = jax.vmap(make_online_epoch_fn(graphdef, tx, cfg.batch_size, n_steps, shape))
+
+        def run_epoch(carry, e):
+            return epoch(carry, jnp.stack([jax.random.fold_in(k, e) for k in keys]))
+    else:
+        arrays = (jnp.asarray(train.inputs, jnp.float32), jnp.asarray(train.targets, jnp.float32).reshape(-1, 1))
+        epoch = jax.vmap(make_batched_epoch(make_train_step(graphdef, tx, mlp_loss), cfg.batch_size), in_axes=(0, None, 0))
+
+        def run_epoch(carry, e):
+            return epoch(carry, arrays, jnp.stack([_draw(k, e, n) for k in keys]))
+
+    names = [c.name for c in members]
+    diverged: list[str | None] = [None] * len(members)
+    started, epoch_seconds = time.perf_counter(), []
+    for e in range(cfg.epochs):
+        carry, losses = run_epoch(carry, e)
+        losses = np.asarray(losses)
+        _check_losses(losses, diverged, "MLP", e, names)
+        line = None
+        if (e + 1) % cfg.log_every == 0:
+            vals = [evaluation_mse(nnx.merge(graphdef, *member(carry[:2], i)), val.inputs, val.targets)
+                    for i in range(len(members)) if diverged[i] is None]
+            shown = f"Val MSE: {min(vals):.6f} .. {max(vals):.6f}" if vals else "every configuration diverged"
+            line = f"MLP Epoch {e + 1} | {len(members)} seeds | {shown}"
+        progress.advance(len(members), line)
+        epoch_seconds.append(time.perf_counter() - started - sum(epoch_seconds))
+    seconds = (time.perf_counter() - started) / len(members)
+    out = []
+    for i in range(len(members)):
+        model = None
+        if diverged[i] is None:
+            model = nnx.merge(graphdef, *member(carry[:2], i))
+            model.eval()
+        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], np.asarray(epoch_seconds)))
+    return out
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def _source_of(activations: Path | str | None, run_dir: Path | str | None) -> tuple[Path, Run | None]:
+    if (activations is None) == (run_dir is None):
+        raise UserError("give exactly one of --activations FILE and --run-dir DIR")
+    if run_dir is None:
+        return Path(activations), None
+    run = load_run(run_dir, log=lambda line: None)
+    path = Path(run_dir) / ACTIVATIONS_PATH
+    return path, run
+
+
+def run_sweep(
+    out_dir: Path | str,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    stage: str = "sae",
+    activations: Path | str | None = None,
+    run_dir: Path | str | None = None,
+    variants: Sequence[str] | None = None,
+    dict_size: int | None = None,
+    train: SAETrainConfig | None = None,
+    seed: int | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    atlas_scores: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train every configuration of `grid` ({key: values}; values typed or strings as on the command line) and
+    write out_dir (see the module docstring). Returns the sweep.json document.
+
+    stage "sae": on `activations` (a file train-sae reads) or on a run directory's harvested activations,
+    whose SAE settings are then the defaults; variants, dict_size, train, seed: the values of keys the grid
+    does not set (defaults: the run's, else train-sae's). With a run directory and atlas_scores, each SAE is
+    also scored by the atlas (monosemantic share etc.) with the run's MLP on all its rows.
+    stage "mlp": several MLPs of the run directory's recipe at once (e.g. grid {"seed": range(8)}).
+    Bad input raises UserError before anything is written but the folder lock.
+    """
+    if stage not in STAGES:
+        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    grid = dict(grid or {})
+    if stage == "mlp":
+        if run_dir is None or activations is not None:
+            raise UserError("--stage mlp trains the MLP of a run directory: give --run-dir DIR (not --activations)")
+        given = [flag for flag, value in (("--variant", variants), ("--dict-size", dict_size), ("--epochs/--batch-size/--lr", train),
+                                          ("--seed", seed)) if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: SAE settings; with --stage mlp use --grid KEY=... (e.g. --grid seed=0..7)")
+        run = load_run(run_dir, log=lambda line: None)
+        configurations = mlp_configurations(grid, run.config)
+        run.splits  # noqa: B018  (read and validate the splits before the lock: a bad run directory writes nothing)
+        return _locked(out_dir, lambda: _mlp_sweep(configurations, run, out_dir, grid, log))
+    path, run = _source_of(activations, run_dir)
+    if chunk_rows < 1:
+        raise UserError(f"--chunk-rows must be >= 1, got {chunk_rows}")
+    arch_defaults: dict[str, dict[str, Any]] = {}
+    if run is not None:
+        sae_cfg = run.config.sae
+        arch_defaults = {sae_cfg.variant: dataclasses.asdict(sae_cfg.architecture)}
+        variants = variants or [sae_cfg.variant]
+        dict_size = dict_size or sae_cfg.dict_size
+        train = train or sae_cfg.train_config()
+        seed = run.config.seed if seed is None else seed
+    variants = list(variants or [SAE_DEFAULTS["variant"]])
+    dict_size = dict_size or SAE_DEFAULTS["dict_size"]
+    train = train or SAE_DEFAULTS["train"]
+    seed = 0 if seed is None else seed
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    configurations = sae_configurations(grid, variants=variants, dict_size=dict_size, train=train, seed=seed,
+                                        arch_defaults=arch_defaults)
+    source = open_activations(path)
+    if source.n_rows > chunk_rows:
+        raise UserError(
+            f"{source.path}: {source.n_rows} rows, more than --chunk-rows {chunk_rows}; a sweep holds the rows in memory "
+            "once for all its configurations: raise --chunk-rows, or stream with train-sae one configuration at a time"
+        )
+    for c in configurations:
+        if c.train.batch_size > source.n_rows:
+            raise UserError(f"--grid: configuration {c.name}: batch size {c.train.batch_size} is larger than the file "
+                            f"({source.n_rows} rows of {source.path})")
+    if run is not None and atlas_scores:
+        run.mlp  # noqa: B018  (load the run's MLP and splits before the lock: a bad run directory writes nothing)
+        run.splits  # noqa: B018
+    return _locked(out_dir, lambda: _sae_sweep(configurations, source, run if atlas_scores else None, out_dir, grid,
+                                               chunk_rows, log))
+
+
+def _locked(out_dir: Path | str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file; --out must be a folder")
+    with folder_lock(out_dir, flag="--out", what="output folder"):
+        remove_stale_temporaries(out_dir)
+        return work()
+
+
+def _grid_record(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The grid as given, JSON-ready (tuples and ranges as lists)."""
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, (tuple, range)) else v
+
+    return {k: [plain(v) for v in vs] if isinstance(vs, (list, tuple, range)) else [plain(vs)] for k, vs in grid.items()}
+
+
+def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
+               grid: Mapping[str, Sequence[Any]], chunk_rows: int, log: Log) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    groups = group_by(configurations, sae_group_key)
+    log(f"Sweep: {len(configurations)} SAE configuration(s) in {len(groups)} program(s) on {source.n_rows} x {source.width} "
+        f"activations from {source.path}")
+    rows = source.rows(0, source.n_rows)
+    progress = Progress(sum(len(g) * g[0].train.epochs for g in groups), log)
+    table, group_records = [], []
+    try:
+        for g, members in enumerate(groups):
+            started = time.perf_counter()
+            trained = fit_sae_group(members, rows, progress)
+            for c, t in zip(members, trained, strict=True):
+                table.append(_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows))
+            group_records.append({"group": g, "configurations": [c.name for c in members],
+                                  "seconds": round(time.perf_counter() - started, 3)})
+    finally:
+        progress.close()
+    order = {c.name: c.index for c in configurations}
+    table.sort(key=lambda row: order[row["name"]])  # configuration order (groups train in another)
+    doc = {"format": "monosem-sweep/1", "stage": "sae", "source": str(source.path),
+           "run_dir": None if run is None else str(run.run_dir), "grid": _grid_record(grid),
+           "groups": group_records, "configurations": table}
+    return write_report(out_dir, doc, log)
+
+
+def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFile, run: Run | None, folder: Path,
+               chunk_rows: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": c.name, "group": group, "variant": c.variant, **c.values}
+    if t.model is None:
+        return row | {"status": t.diverged, "seconds": round(t.seconds, 3)}
+    metrics = reconstruction_metrics(t.model, source, chunk_rows) | {
+        "final_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
+    }
+    record = config_record(t.model, c.variant, c.train, source, seed=c.seed, chunk_rows=chunk_rows, devices=1)
+    write_artifacts(t.model, folder, record, metrics)
+    row |= {k: metrics[k] for k in ("explained_variance", "l0", "dead_fraction", "mse", "final_loss")}
+    row["seconds"] = round(t.seconds, 3)
+    if run is not None:
+        row |= _atlas_scores(run, t.model, folder)
+    return row | {"status": "ok", "config": record}
+
+
+ATLAS_COLUMNS = ("monosemantic_share", "share_f1_0_9", "live", "monosemantic", "consistent_share_of_monosemantic")
+
+
+def _atlas_scores(run: Run, sae: saes.SAE, folder: Path) -> dict[str, Any]:
+    """The atlas's summary scores of sae with the run's MLP on all its rows; the document beside the SAE."""
+    try:
+        doc = atlas.atlas_from_models(run.mlp, sae, run.rows(), run.shape, hook=run.hook,
+                                      source=f"{run.run_dir} (all splits), sweep {folder.name}")
+    except UserError:  # no feature fires on any row: nothing to label
+        return {k: None for k in ATLAS_COLUMNS} | {"live": 0}
+    write_json_atomic(folder / atlas.ATLAS_JSON, doc)
+    return {k: doc["summary"][k] for k in ATLAS_COLUMNS} | {"spliced_mse": doc["metrics"].get("spliced_mse")}
+
+
+def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, grid: Mapping[str, Sequence[Any]],
+               log: Log) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    groups = group_by(configurations, lambda c: c.cfg)
+    log(f"Sweep: {len(configurations)} MLP configuration(s) in {len(groups)} program(s) on the splits of {run.run_dir}")
+    progress = Progress(sum(len(g) * g[0].cfg.epochs for g in groups), log)
+    table, group_records = [], []
+    try:
+        for g, members in enumerate(groups):
+            started = time.perf_counter()
+            trained = fit_mlp_group(members, run.splits["train"], run.splits["val"], run.shape, progress)
+            for c, t in zip(members, trained, strict=True):
+                table.append(_write_mlp(c, t, g, run, out_dir / c.name))
+            group_records.append({"group": g, "configurations": [c.name for c in members],
+                                  "seconds": round(time.perf_counter() - started, 3)})
+    finally:
+        progress.close()
+    order = {c.name: c.index for c in configurations}
+    table.sort(key=lambda row: order[row["name"]])  # configuration order (groups train in another)
+    doc = {"format": "monosem-sweep/1", "stage": "mlp", "source": str(run.run_dir), "run_dir": str(run.run_dir),
+           "grid": _grid_record(grid), "groups": group_records, "configurations": table}
+    return write_report(out_dir, doc, log)
+
+
+def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": c.name, "group": group, **c.values}
+    if t.model is None:
+        return row | {"status": t.diverged, "seconds": round(t.seconds, 3)}
+    metrics = {s: analysis.evaluate(t.model, run.splits[s]) for s in SPLITS} | {
+        "final_train_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
+    }
+    bridge.save_mlp(t.model, folder / MLP_PATH)
+    record = {"mlp": dataclasses.asdict(c.cfg), "seed": c.seed, "run_dir": str(run.run_dir), "data": dataclasses.asdict(run.config.data)}
+    write_json_atomic(folder / MLP_CONFIG_FILE, record)
+    write_json_atomic(folder / METRICS_FILE, metrics)
+    for s in SPLITS:
+        row |= {f"{s}_mse": metrics[s]["mse"], f"{s}_exact_match": metrics[s]["exact_match"]}
+    return row | {"final_train_loss": t.final_loss, "seconds": round(t.seconds, 3), "status": "ok", "config": record}
