@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
-from jax_impl.config import RECIPES, RunConfig, flag_name, strong_recipe
-from jax_impl.errors import UserError
+from jax_impl.config import RECIPES, CheckpointPolicy, RunConfig, flag_name, strong_recipe
+from jax_impl.errors import Interrupted, UserError
 
 DEFAULT_RUN_DIR = Path("runs/default")
 _CONFIG_SECTIONS = ("data", "mlp", "sae")
@@ -65,9 +65,12 @@ def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # a bad flag is reported before the slow imports (jax, torch)
+    policy = CheckpointPolicy.parse(args.checkpoint_every)
+    from jax_impl import interrupts
     from jax_impl.pipeline import run_pipeline
 
-    run_pipeline(config, args.run_dir, resume=args.resume)
+    with interrupts.handled():
+        run_pipeline(config, args.run_dir, resume=args.resume, checkpoint_every=policy)
     return 0
 
 
@@ -236,8 +239,13 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
-              train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices)
+    policy = CheckpointPolicy.parse(args.checkpoint_every)
+    from jax_impl import interrupts
+
+    with interrupts.handled():
+        train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
+                  train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices, resume=args.resume,
+                  checkpoint_every=policy)
     return 0
 
 
@@ -271,6 +279,12 @@ def cmd_synthetic_score(args: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------------------------
 
 
+def _add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", default="60s", metavar="N|Ns|off",
+                   help="save the training state every N epochs, or at the first epoch end N seconds after the "
+                   "last save (e.g. 60s, 5m), or off; the last two are kept (default 60s)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no multi-line usage block), exit code 2 as usual."""
 
@@ -289,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole pipeline into a run directory")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
-    p.add_argument("--resume", action="store_true", help="continue after the last completed stage")
+    p.add_argument("--resume", action="store_true", help="continue after the last completed stage, and inside an "
+                   "unfinished training stage from its newest checkpoint")
+    _add_checkpoint_flag(p)
     _add_config_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -351,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per streamed chunk, one compiled program each (default 262144)")
     p.add_argument("--devices", metavar="N|all", help="data parallel: split each batch over N local devices "
                    "(parameters replicated, gradients reduced by the compiler); default one device")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training from its newest "
+                   "checkpoint in --out (same flags and activations)")
+    _add_checkpoint_flag(p)
     group = p.add_argument_group("architecture flags (each applies to the architectures named)")
     for name, (kind, default, owners) in _architecture_fields().items():
         group.add_argument(
@@ -395,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
         print(f"monosem: error: {names + ': ' if names else ''}{e.strerror or e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # SIGINT/SIGTERM, handled by jax_impl.interrupts: what was saved, how to go on
+        print(f"monosem: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("monosem: interrupted", file=sys.stderr)
         return 130

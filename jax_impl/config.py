@@ -125,6 +125,42 @@ class RunConfig:
         return self
 
 
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When training saves its state (jax_impl.checkpoints): every `epochs` epochs, or at the end of the first
+    epoch that finishes `seconds` or more after the previous checkpoint; both None: never (an interrupt by
+    SIGINT/SIGTERM still saves one). Not part of RunConfig: it changes no result, so a resumed run may use
+    another one."""
+
+    epochs: int | None = None
+    seconds: float | None = 60.0
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--checkpoint-every") -> CheckpointPolicy:
+        """`5` (epochs), `60s` / `2.5m` (seconds, minutes) or `off`; UserError naming the flag otherwise."""
+        text = text.strip().lower()
+        if text == "off":
+            return cls(epochs=None, seconds=None)
+        try:
+            if text.endswith(("s", "m")):
+                number = float(text[:-1])
+                policy = cls(epochs=None, seconds=number * (60 if text.endswith("m") else 1))
+            else:
+                policy = cls(epochs=int(text), seconds=None)
+        except ValueError:
+            policy = None
+        if policy is None or not ((policy.epochs or 0) >= 1 or (policy.seconds or 0) > 0):
+            raise UserError(
+                f"{flag} {text!r}: expected a number of epochs (e.g. 5), seconds or minutes (e.g. 60s, 2m), or off"
+            )
+        return policy
+
+    def describe(self) -> str:
+        if self.epochs is not None:
+            return f"every {self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return f"every {self.seconds:g} s" if self.seconds is not None else "off"
+
+
 def strong_recipe() -> RunConfig:
     """The `--recipe strong` defaults: online-data MLP, TopK SAE (chosen by scripts/sweep_strong.py;
     measurements in docs/strong_recipe.md)."""

@@ -9,6 +9,7 @@ this module only.
     RUN_DIR/sae/sae_model.pth           the SAE (any architecture of jax_impl.saes; and .safetensors)
     RUN_DIR/sae/saelens/                the SAE in SAELens's format (cfg.json + sae_weights.safetensors)
     RUN_DIR/probe.txt                   the feature probe
+    RUN_DIR/checkpoints/STAGE/          an unfinished training stage's checkpoints (gone once it completes)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ ACTIVATIONS_PATH = Path("mlp_activations.pt")
 SAE_PATH = Path("sae/sae_model.pth")
 SAELENS_DIR = Path("sae/saelens")
 PROBE_PATH = Path("probe.txt")
+CHECKPOINTS_DIR = Path("checkpoints")  # training state of an unfinished stage (jax_impl.checkpoints); removed when it completes
 
 # Independent PRNG streams per purpose, derived from the one user seed (`Run.key(stream)`).
 KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE = range(5)
