@@ -175,8 +175,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     names = SPLITS if args.split == "all" else (args.split,)
     doc = atlas.atlas_from_models(
         run.mlp, run.sae, run.rows(names), run.shape,
-        source=f"{args.run_dir} ({args.split} split{'s' if args.split == 'all' else ''})"
-        + (f" with the SAE {args.sae.name}" if args.sae else ""),
+        source=("the run's train, val and test splits" if args.split == "all" else f"the run's {args.split} split")
+        + (f" with the SAE {args.sae.name}" if args.sae else ""),  # no path: the bytes do not depend on where it runs
         min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
     print(atlas.format_summary(doc))

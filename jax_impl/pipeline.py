@@ -116,7 +116,8 @@ def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
 def stage_atlas(run: Run) -> dict:
     """Label every SAE feature on all rows and test the labels causally (a few seconds)."""
     rows = run.rows()
-    doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source=f"{run.run_dir} (all splits)")
+    # The source names no path: the same run in another directory writes the same bytes.
+    doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source="the run's train, val and test splits")
     atlas.write_atlas(doc, run.out_dir)
     run.log(atlas.format_summary(doc))
     return {"metrics": doc["metrics"], "summary": doc["summary"]}
