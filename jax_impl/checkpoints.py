@@ -54,6 +54,10 @@ class CheckpointError(UserError):
     """A checkpoint file that cannot be used (damaged, another format, another training)."""
 
 
+class _OtherTraining(CheckpointError):
+    """A valid checkpoint of a training with other settings."""
+
+
 # --------------------------------------------------------------------------- one file
 
 
@@ -220,8 +224,9 @@ class TrainingCheckpoints:
     def restore(self, template: Any) -> Progress | None:
         """The newest valid checkpoint, its carry placed like `template` (None: start at epoch 0).
 
-        A damaged newest one is skipped with one line naming it; if none is valid, CheckpointError. A valid one
-        written for another training (identity differs) is refused with what differs."""
+        A damaged newest one (checksum, or content that does not fit the template) is skipped with one line
+        naming it; if none is valid, CheckpointError. One written by another training (its identity differs) is
+        refused with what differs."""
         self._last_save = self.clock()
         if not self.resume:
             self.clear()
@@ -234,16 +239,18 @@ class TrainingCheckpoints:
         for epoch, path in found:
             try:
                 arrays, meta = read_file(path)
+                diffs = _differences(meta.get("identity"), self.identity)
+                if diffs:
+                    raise _OtherTraining(f"{path}: written by another training ({'; '.join(diffs[:4])}); pass the "
+                                         "flags of the original run to --resume it, or start over without --resume")
                 if meta.get("epoch") != epoch:
                     raise CheckpointError(f"{path}: its name says epoch {epoch} but it holds epoch {meta.get('epoch')!r}")
+                progress = self._progress(arrays, meta, template, path)
+            except _OtherTraining:
+                raise  # not damage: resuming another training's state would be wrong, falling back too
             except CheckpointError as e:
                 damaged.append(e)
                 continue
-            diffs = _differences(meta.get("identity"), self.identity)
-            if diffs:
-                raise CheckpointError(f"{path}: written by another training ({'; '.join(diffs[:4])}); pass the flags of "
-                                      "the original run to --resume it, or start over without --resume")
-            progress = self._progress(arrays, meta, template, path)
             for error in damaged:
                 self.log(f"monosem: warning: {error}; resuming from the previous checkpoint {path.name} instead")
             self.log(f"Resuming from {path} (epoch {epoch} done)")

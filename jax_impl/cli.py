@@ -399,6 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Every character str.splitlines() breaks at: a message naming a file or a key with one of them in it
+# (from a hostile file, or a file name with a newline) must still be one line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _one_line(message: object) -> str:
+    return str(message).translate(_LINE_BREAKS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -406,16 +415,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"monosem: error: {e}", file=sys.stderr)
+        print(f"monosem: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a path given cannot be used: a file where a folder goes, no permission, disk full
         if args.debug:
             traceback.print_exc()
         names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
-        print(f"monosem: error: {names + ': ' if names else ''}{e.strerror or e}", file=sys.stderr)
+        print(f"monosem: error: {_one_line(names + ': ' if names else '')}{_one_line(e.strerror or e)}", file=sys.stderr)
         return 2
     except Interrupted as e:  # SIGINT/SIGTERM, handled by jax_impl.interrupts: what was saved, how to go on
-        print(f"monosem: {e}", file=sys.stderr)
+        print(f"monosem: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("monosem: interrupted", file=sys.stderr)

@@ -81,13 +81,23 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return cls(
-            seed=d["seed"],
-            recipe=d.get("recipe", "seed"),  # manifests written before the strong recipe existed
-            data=DataConfig(**d["data"]),
-            mlp=MLPConfig(**d["mlp"]),
-            sae=SAEConfig(**d["sae"]),
-        )
+        """The config `to_dict` wrote (fields it lacks take their defaults: older manifests). ValueError naming
+        the key for an unknown key or a value of another type than the field's (an int for a float is fine)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config holds {_json_type(d)}, expected an object")
+        known = {"seed", "recipe", "data", "mlp", "sae"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown keys {unknown} (expected {sorted(known)})")
+        sections = {name: _section_from_dict(kind, d.get(name), f"config.{name}")
+                    for name, kind in (("data", DataConfig), ("mlp", MLPConfig), ("sae", SAEConfig))}
+        seed = d.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"config.seed holds {_json_type(seed)}, expected an integer")
+        recipe = d.get("recipe", "seed")  # manifests written before the strong recipe existed have none
+        if not isinstance(recipe, str):
+            raise ValueError(f"config.recipe holds {_json_type(recipe)}, expected a string")
+        return cls(seed=seed, recipe=recipe, **sections)
 
     def validate(self) -> RunConfig:
         """Raise UserError naming the flag when a value cannot work; return self."""
@@ -159,6 +169,33 @@ class CheckpointPolicy:
         if self.epochs is not None:
             return f"every {self.epochs} epoch{'s' if self.epochs != 1 else ''}"
         return f"every {self.seconds:g} s" if self.seconds is not None else "off"
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _section_from_dict(kind: type, d: Any, where: str) -> Any:
+    """One section dataclass from its dict, every field given of its default's type."""
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} holds {_json_type(d)}, expected an object with keys {list(fields)}")
+    unknown = sorted(set(d) - set(fields), key=str)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown} (expected some of {list(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name not in d:
+            continue  # a field added after the file was written: its default
+        want, value = type(f.default), d[name]
+        ok = isinstance(value, want) and not isinstance(value, bool)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            raise ValueError(f"{where}.{name} holds {_json_type(value)} {value!r:.40}, expected {_json_type(want())}")
+        values[name] = value
+    return kind(**values)
 
 
 def strong_recipe() -> RunConfig:

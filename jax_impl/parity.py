@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from jax_impl import analysis, bridge
-from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
-from jax_impl.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path, read_manifest
+from jax_impl.rundir import MLP_PATH, SAE_PATH, dataset_path, run_config
 from jax_impl.task import SPLITS, TaskShape, read_split
 from torch_ref.models import mlp_from_state_dict
 from torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
@@ -80,10 +79,7 @@ def torch_outputs(run_dir: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
 def compare_run(run_dir: Path | str, tolerances: dict[str, float] = TOLERANCES) -> list[ParityRow]:
     """Max |JAX - torch| of each quantity over each split of the run's data (all rows)."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    if manifest is None:
-        raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
-    data = RunConfig.from_dict(manifest["config"]).data
+    data = run_config(run_dir).data
     shape = TaskShape(data.x_dim, data.y_dim)
     diffs: dict[str, dict[str, float]] = {q: {} for q in QUANTITIES}
     for split in SPLITS:

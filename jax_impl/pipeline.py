@@ -220,7 +220,7 @@ def _completed_stages(manifest: dict | None, config: RunConfig, run_dir: Path, r
     diffs = _config_differences(manifest.get("config", {}), config.to_dict())
     if diffs:
         raise UserError(
-            f"{run_dir}: cannot resume with a different config ({'; '.join(diffs)}); "
+            f"{run_dir / MANIFEST}: cannot resume with a different config ({'; '.join(diffs)}); "
             "pass the flags of the original run, or start over without --resume"
         )
     done = set()

@@ -15,6 +15,7 @@ this module only.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -49,22 +50,51 @@ def dataset_path(run_dir: Path, split: str) -> Path:
 
 
 def read_manifest(run_dir: Path | str) -> dict | None:
-    """The run's manifest, or None when there is none; UserError when it cannot be read."""
+    """The run's manifest, or None when there is none; UserError naming the file when it cannot be read or
+    does not have a manifest's shape (an object with `config`, `stages` of {seconds, ...} and `metrics`)."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as e:
         raise UserError(f"{path}: not a readable manifest ({e}); remove it to start the run over") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: not a valid manifest: {problem}; remove it to start the run over")
+    return manifest
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    """What keeps `manifest` from being one that `monosem run` wrote, or None."""
+    if not isinstance(manifest, dict):
+        return f"it holds a {type(manifest).__name__}, expected a JSON object"
+    for key in ("config", "stages", "metrics"):
+        if not isinstance(manifest.get(key), dict):
+            found = "nothing" if key not in manifest else f"a {type(manifest[key]).__name__}"
+            return f"key {key!r} holds {found}, expected an object"
+    for name, entry in manifest["stages"].items():
+        seconds = entry.get("seconds") if isinstance(entry, dict) else None
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
+            return f"stages[{json.dumps(name)[:40]}] is {json.dumps(entry)[:60]}, expected an object with a number of seconds"
+    return None
 
 
 def run_config(run_dir: Path | str) -> RunConfig:
-    """The config a finished (or partial) run was written with."""
+    """The config a finished (or partial) run was written with; UserError naming the manifest when its config
+    is not one this version can run."""
     manifest = read_manifest(run_dir)
     if manifest is None:
         raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
-    return RunConfig.from_dict(manifest["config"])
+    return config_from_manifest(manifest, Path(run_dir) / MANIFEST)
+
+
+def config_from_manifest(manifest: dict, path: Path) -> RunConfig:
+    """The validated RunConfig of a manifest read by read_manifest (path: where it came from, for messages)."""
+    try:
+        return RunConfig.from_dict(manifest["config"]).validate()
+    except (ValueError, UserError) as e:
+        raise UserError(f"{path}: not a valid manifest: {e}; remove it to start the run over") from None
 
 
 class Run:
@@ -97,7 +127,14 @@ class Run:
 
     @cached_property
     def splits(self) -> dict[str, Split]:
-        return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
+        try:
+            return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
+        except UserError as e:
+            if self.shape == TaskShape():
+                raise
+            # the shape the rows are checked against comes from the manifest, which may be what is wrong
+            raise UserError(f"{e} (read as the {self.shape.x_dim}x{self.shape.y_dim} task that "
+                            f"{self.run_dir / MANIFEST} records)") from None
 
     def rows(self, names: tuple[str, ...] = SPLITS) -> Split:
         """The rows of the named splits (by default train + val + test, 10,000 rows), in that order."""

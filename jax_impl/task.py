@@ -130,28 +130,39 @@ def write_split(path: Path | str, split: Split) -> None:
     xlsx.write_workbook(path, "Sheet1", rows())
 
 
+_INT32 = 2**31 - 1  # the split is held as int32 inputs / float32 targets; anything larger is surely wrong
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """repr(text), cut to `limit` characters: a message stays one short line whatever the cell holds."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
 def _parse_int_list(text: object, path: Path, row: int, column: str, length: int, example: str) -> list[int]:
     where = f"{path}: row {row}, column {column}"
     expected = f"expected a list of {length} integer{'s' if length > 1 else ''} like {example!r}"
     if not isinstance(text, str):
-        raise UserError(f"{where}: {expected}, got {text!r}")
+        raise UserError(f"{where}: {expected}, got {repr(text)[:80]}")
     try:
         # A Python list of ints is valid JSON, and json cannot execute anything (unlike eval).
         values = json.loads(text)
-    except ValueError:
-        raise UserError(f"{where}: {expected}, got {text!r} (not a list literal)") from None
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        raise UserError(f"{where}: {expected}, got {_shown(text)} (not a list literal)") from None
     if not isinstance(values, list):
-        raise UserError(f"{where}: {expected}, got {text!r} (not a list)")
+        raise UserError(f"{where}: {expected}, got {_shown(text)} (not a list)")
     if len(values) != length:
-        raise UserError(f"{where}: {expected}, got {len(values)} element(s) in {text!r}")
+        raise UserError(f"{where}: {expected}, got {len(values)} element(s) in {_shown(text)}")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UserError(f"{where}: {expected}, got non-number {v!r} in {text!r}")
+            raise UserError(f"{where}: {expected}, got non-number {_shown(v) if isinstance(v, str) else repr(v)[:40]} in {_shown(text)}")
         if not math.isfinite(v):
-            raise UserError(f"{where}: {expected}, got non-finite {v!r} in {text!r}")
+            raise UserError(f"{where}: {expected}, got non-finite {v!r} in {_shown(text)}")
         if v != int(v):
-            raise UserError(f"{where}: {expected}, got non-integer {v!r} in {text!r}")
+            raise UserError(f"{where}: {expected}, got non-integer {v!r} in {_shown(text)}")
+        if abs(v) > _INT32:
+            raise UserError(f"{where}: {expected}, got out-of-range {str(v)[:24]} in {_shown(text)}")
         out.append(int(v))
     return out
 

@@ -32,7 +32,7 @@ from jax_impl.atomic import write_json_atomic
 from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.config import CheckpointPolicy
 from jax_impl.devices import data_mesh
-from jax_impl.errors import UserError
+from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.sae_training import SAETrainConfig
 from jax_impl.train import Log
@@ -156,10 +156,13 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
     in_memory = source.n_rows <= chunk_rows
     rows = source.rows(0, source.n_rows) if in_memory else source
     started = time.perf_counter()
-    result = sae_training.fit(
-        sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), chunk_rows=None if in_memory else chunk_rows, log=log,
-        mesh=mesh, checkpoints=checkpoints,
-    )
+    try:
+        result = sae_training.fit(
+            sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), chunk_rows=None if in_memory else chunk_rows,
+            log=log, mesh=mesh, checkpoints=checkpoints,
+        )
+    except TrainingDiverged as e:  # here the data is the user's: name the file (huge values diverge too)
+        raise TrainingDiverged(f"{source.path}: {e}") from None
     seconds = time.perf_counter() - started
     metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
         "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
