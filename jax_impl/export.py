@@ -83,7 +83,10 @@ def _relative_strings_in_pickle(data: bytes) -> bytes | None:
 
 def _without_absolute_paths(path: Path) -> None:
     """Rewrite the TorchScript archive at `path` (in place) with package-relative file names in its debug
-    tables; a table that cannot be rewritten is left out (TorchScript loads and runs without them)."""
+    tables; a table that cannot be rewritten is left out (TorchScript loads and runs without them).
+
+    torch's own archive reader and writer (torch._C, private, fine with torch pinned) keep its layout: records
+    aligned for memory mapping, and the serialization id recomputed from what is written."""
     reader = torch._C.PyTorchFileReader(str(path))
     records = [(name, reader.get_record(name)) for name in reader.get_all_records()]
     del reader

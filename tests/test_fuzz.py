@@ -411,7 +411,7 @@ def complete_run(tiny_run) -> Path:
     return tiny_run
 
 
-@budget(15)
+@budget(15, long=300)
 @given(data=st.data())
 def test_fuzzed_manifests_on_resume(complete_run, tmp_path_factory, data):
     """`run --resume` of a finished run with a damaged manifest: exit 2 naming it, or (a change that leaves a
