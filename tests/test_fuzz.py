@@ -322,7 +322,8 @@ def array_mutation(draw, x: np.ndarray):
         y.flat[draw(st.integers(0, y.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
         return y
     if kind == "huge":
-        return x * np.float32(draw(st.sampled_from([1e18, 1e30, 3e38])))
+        with np.errstate(over="ignore"):  # 3e38 overflows to inf in places: refused as non-finite
+            return x * np.float32(draw(st.sampled_from([1e18, 1e30, 3e38])))
     if kind == "fortran":
         return np.asfortranarray(x)
     if kind == "endian":
@@ -483,7 +484,7 @@ def interrupted_training(activation_files, tmp_path_factory) -> tuple[Path, Path
     return out, reference
 
 
-@budget(8, long=300)
+@budget(5, long=300)
 @given(data=st.data())
 def test_fuzzed_checkpoints(activation_files, interrupted_training, tmp_path_factory, data):
     """Any change to a checkpoint's bytes is caught by its checksum: a damaged newest one falls back to the
