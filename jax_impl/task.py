@@ -205,44 +205,46 @@ def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (expected an .xlsx split with columns {INPUT_COLUMN}, {TARGET_COLUMN})")
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ParseError, zlib.error) as e:
-        raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__}: {str(e).strip()[:100]})") from None
-    except ValueError as e:
-        # openpyxl wraps what its XML parser refused ("Unable to read workbook"); with defusedxml installed
-        # (sae-lens brings it), an entity-expanding sheet is refused as EntitiesForbidden: name the cause.
-        cause = e.__cause__ or e.__context__ or e
-        raise UserError(
-            f"{path}: not a readable .xlsx workbook (its XML is damaged or hostile: {cause.__class__.__name__}: "
-            f"{str(cause).strip().splitlines()[0][:100] if str(cause).strip() else ''})"
-        ) from None
-    try:
-        rows = wb.worksheets[0].iter_rows(values_only=True)
-        header = next(rows, None)
-        if header is None:
-            raise UserError(f"{path}: the sheet is empty; expected a header row {INPUT_COLUMN} | {TARGET_COLUMN}")
-        header = [h.strip() if isinstance(h, str) else h for h in header]
-        for name in (INPUT_COLUMN, TARGET_COLUMN):
-            if name not in header:
-                raise UserError(f"{path}: missing column {name!r} in the header row (found {[h for h in header if h is not None]})")
-        i_col, t_col = header.index(INPUT_COLUMN), header.index(TARGET_COLUMN)
-        example_input = str([0] * shape.input_dim)
-        inputs, targets, row_numbers = [], [], []
-        for row_number, row in enumerate(rows, start=2):
-            if row is None or all(c is None for c in row):
-                continue  # trailing blank rows that spreadsheet programs leave behind
-            cell = lambda c: row[c] if c < len(row) else None  # noqa: E731
-            x = _parse_int_list(cell(i_col), path, row_number, INPUT_COLUMN, shape.input_dim, example_input)
-            (t,) = _parse_int_list(cell(t_col), path, row_number, TARGET_COLUMN, 1, "[8]")
-            inputs.append(x)
-            targets.append(t)
-            row_numbers.append(row_number)
-    except (ParseError, zipfile.BadZipFile, zlib.error, EOFError) as e:
-        # the sheet is read lazily: a damaged or hostile (entity-expanding) sheet XML surfaces here
-        raise UserError(f"{path}: not a readable .xlsx workbook (its sheet is damaged: {e.__class__.__name__}: {str(e).strip()[:100]})") from None
-    finally:
-        wb.close()
+    # Our own handle, closed whatever happens: openpyxl leaves the file open when it fails half-way.
+    with open(path, "rb") as fh:
+        try:
+            wb = openpyxl.load_workbook(fh, read_only=True, data_only=True)
+        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ParseError, zlib.error) as e:
+            raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__}: {str(e).strip()[:100]})") from None
+        except ValueError as e:
+            # openpyxl wraps what its XML parser refused ("Unable to read workbook"); with defusedxml installed
+            # (sae-lens brings it), an entity-expanding sheet is refused as EntitiesForbidden: name the cause.
+            cause = e.__cause__ or e.__context__ or e
+            raise UserError(
+                f"{path}: not a readable .xlsx workbook (its XML is damaged or hostile: {cause.__class__.__name__}: "
+                f"{str(cause).strip().splitlines()[0][:100] if str(cause).strip() else ''})"
+            ) from None
+        try:
+            rows = wb.worksheets[0].iter_rows(values_only=True)
+            header = next(rows, None)
+            if header is None:
+                raise UserError(f"{path}: the sheet is empty; expected a header row {INPUT_COLUMN} | {TARGET_COLUMN}")
+            header = [h.strip() if isinstance(h, str) else h for h in header]
+            for name in (INPUT_COLUMN, TARGET_COLUMN):
+                if name not in header:
+                    raise UserError(f"{path}: missing column {name!r} in the header row (found {[h for h in header if h is not None]})")
+            i_col, t_col = header.index(INPUT_COLUMN), header.index(TARGET_COLUMN)
+            example_input = str([0] * shape.input_dim)
+            inputs, targets, row_numbers = [], [], []
+            for row_number, row in enumerate(rows, start=2):
+                if row is None or all(c is None for c in row):
+                    continue  # trailing blank rows that spreadsheet programs leave behind
+                cell = lambda c: row[c] if c < len(row) else None  # noqa: E731
+                x = _parse_int_list(cell(i_col), path, row_number, INPUT_COLUMN, shape.input_dim, example_input)
+                (t,) = _parse_int_list(cell(t_col), path, row_number, TARGET_COLUMN, 1, "[8]")
+                inputs.append(x)
+                targets.append(t)
+                row_numbers.append(row_number)
+        except (ParseError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+            # the sheet is read lazily: a damaged or hostile (entity-expanding) sheet XML surfaces here
+            raise UserError(f"{path}: not a readable .xlsx workbook (its sheet is damaged: {e.__class__.__name__}: {str(e).strip()[:100]})") from None
+        finally:
+            wb.close()
     if not inputs:
         raise UserError(f"{path}: no data rows below the header")
     split = Split(np.asarray(inputs, np.int32), np.asarray(targets, np.float32))

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import warnings
 import zipfile
 from collections import OrderedDict
 from contextlib import redirect_stderr, redirect_stdout
@@ -61,13 +62,20 @@ class Outcome:
     rc: int
     out: str
     err: str
+    warned: list[str]  # warnings raised during the command: lines on stderr in a real process
+
+
+# What Python's default warning filters never print in a real `monosem` process.
+HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
 
 def run_cli(*argv: str) -> Outcome:
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
+    with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         rc = main([str(a) for a in argv])  # an exception escaping main is a traceback: the test fails on it
-    return Outcome(rc, out.getvalue(), err.getvalue())
+    shown = [w for w in caught if not issubclass(w.category, HIDDEN_BY_DEFAULT)]
+    return Outcome(rc, out.getvalue(), err.getvalue(), [f"{w.category.__name__}: {w.message}" for w in shown])
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -82,6 +90,7 @@ def assert_refused_or_fine(outcome: Outcome, path: Path, folder: Path, before: d
     if outcome.rc == 2:
         lines = outcome.err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("monosem: error: "), outcome.err
+        assert not outcome.warned, outcome.warned  # a warning would print lines before the error
         assert str(path) in lines[0], lines[0]  # names the file
         assert snapshot(folder) == before  # nothing written, changed or left half-done
 
