@@ -51,7 +51,8 @@ def dataset_path(run_dir: Path, split: str) -> Path:
 
 def read_manifest(run_dir: Path | str) -> dict | None:
     """The run's manifest, or None when there is none; UserError naming the file when it cannot be read or
-    does not have a manifest's shape (an object with `config`, `stages` of {seconds, ...} and `metrics`)."""
+    does not have a manifest's shape (an object with `config`, and where present `stages` of {seconds, ...}
+    and `metrics`)."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return None
@@ -69,11 +70,11 @@ def _manifest_problem(manifest: object) -> str | None:
     """What keeps `manifest` from being one that `monosem run` wrote, or None."""
     if not isinstance(manifest, dict):
         return f"it holds a {type(manifest).__name__}, expected a JSON object"
-    for key in ("config", "stages", "metrics"):
-        if not isinstance(manifest.get(key), dict):
+    for key in ("config", "stages", "metrics"):  # only config is needed to read a run; the others when present
+        if not isinstance(manifest.get(key, {}), dict) or (key == "config" and key not in manifest):
             found = "nothing" if key not in manifest else f"a {type(manifest[key]).__name__}"
             return f"key {key!r} holds {found}, expected an object"
-    for name, entry in manifest["stages"].items():
+    for name, entry in manifest.get("stages", {}).items():
         seconds = entry.get("seconds") if isinstance(entry, dict) else None
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
             return f"stages[{json.dumps(name)[:40]}] is {json.dumps(entry)[:60]}, expected an object with a number of seconds"
@@ -89,11 +90,21 @@ def run_config(run_dir: Path | str) -> RunConfig:
     return config_from_manifest(manifest, Path(run_dir) / MANIFEST)
 
 
+MAX_INPUT_DIM = 65536  # a task row's width a reader accepts from a manifest (the seed's is 10)
+
+
 def config_from_manifest(manifest: dict, path: Path) -> RunConfig:
-    """The validated RunConfig of a manifest read by read_manifest (path: where it came from, for messages)."""
+    """The RunConfig of a manifest read by read_manifest (path: where it came from, for messages): every key of
+    its type, and a task shape a reader can use. The training-only rules of RunConfig.validate (batch sizes
+    against the split, ...) are not applied: reading a run does not train."""
     try:
-        return RunConfig.from_dict(manifest["config"]).validate()
-    except (ValueError, UserError) as e:
+        config = RunConfig.from_dict(manifest["config"])
+        d = config.data
+        if not (d.x_dim >= 2 and d.y_dim >= 1 and d.x_dim * d.y_dim <= MAX_INPUT_DIM):
+            raise ValueError(f"config.data has x_dim {d.x_dim} and y_dim {d.y_dim}, expected x_dim >= 2, y_dim >= 1 "
+                             f"and x_dim * y_dim <= {MAX_INPUT_DIM}")
+        return config
+    except ValueError as e:
         raise UserError(f"{path}: not a valid manifest: {e}; remove it to start the run over") from None
 
 
