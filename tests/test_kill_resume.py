@@ -79,21 +79,25 @@ def _line_fragment(stage: str, epoch: int) -> str:
     return f"Epoch {epoch} | Val MSE" if stage == "mlp" else f"SAE Epoch [{epoch}/{SAE_EPOCHS}]"
 
 
-def _plan(seed: int, kills: dict[str, int]) -> list[tuple[str, str, int]]:
+def _plan(seed: int, kills: dict[str, int | list[str]]) -> list[tuple[str, str, int]]:
     """(stage, kind, epoch) in order: kind line (SIGKILL after that epoch's line), write (SIGKILL during the
-    write of that epoch's checkpoint) or term (one SIGTERM after that epoch's line). Epochs of one stage are
-    at least 2 apart, so each kill lies after the checkpoint the previous one left."""
+    write of that epoch's checkpoint) or term (one SIGTERM after that epoch's line). kills: per stage, the
+    kinds in order, or a number of kinds drawn at random. Epochs of one stage are drawn at random at least 2
+    apart, so each kill lies after the checkpoint the previous one left."""
     rng = random.Random(seed)
     plan = []
-    for stage, n in kills.items():
+    for stage, kinds in kills.items():
+        if isinstance(kinds, int):
+            kinds = [rng.choice(["line", "write", "term"]) for _ in range(kinds)]
         while True:
-            epochs = sorted(rng.sample(range(2, EPOCHS[stage]), n))
+            epochs = sorted(rng.sample(range(2, EPOCHS[stage]), len(kinds)))
             if all(b - a >= 2 for a, b in zip(epochs, epochs[1:])):
                 break
-        kinds = ["line", "write", "term"][:n] + [rng.choice(["line", "write", "term"]) for _ in range(n - 3)]
-        rng.shuffle(kinds)
         plan += [(stage, kind, epoch) for kind, epoch in zip(kinds, epochs, strict=True)]
     return plan
+
+
+DEFAULT_PLAN = {"mlp": ["line", "write"], "sae": ["term", "write"]}
 
 
 def _checkpoint_folder(run_dir: Path, stage: str) -> Path:
@@ -209,15 +213,14 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 
 
 def test_plan_is_reproducible_and_covers_both_stages_and_every_kind():
-    assert _plan(15, {"mlp": 2, "sae": 3}) == _plan(15, {"mlp": 2, "sae": 3})
-    plan = _plan(15, {"mlp": 2, "sae": 3})
-    assert {(s, k) for s, k, _ in plan} >= {("mlp", "line"), ("mlp", "write"), ("sae", "line"), ("sae", "write"),
-                                            ("sae", "term")}
+    assert _plan(15, DEFAULT_PLAN) == _plan(15, DEFAULT_PLAN) and _plan(2, {"mlp": 4}) == _plan(2, {"mlp": 4})
+    plan = _plan(15, DEFAULT_PLAN)
+    assert {s for s, _, _ in plan} == {"mlp", "sae"} and {k for _, k, _ in plan} == {"line", "write", "term"}
 
 
 def test_sigkill_at_random_points_of_both_training_stages_then_resume_writes_the_same_bytes(reference_run, tmp_path):
     run_dir = tmp_path / "run"
-    _kill_chain(run_dir, tmp_path, _plan(15, {"mlp": 2, "sae": 3}))
+    _kill_chain(run_dir, tmp_path, _plan(15, DEFAULT_PLAN))
     _assert_same_run(run_dir, reference_run)
 
 
