@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (tests/test_fuzz.py): `ci` (the default) runs each test's few derandomized examples, so
+# `make test` is fast and the same every time; HYPOTHESIS_PROFILE=long draws many more, freshly random.
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+settings.register_profile("long", deadline=None, database=None, suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent
 

@@ -256,7 +256,7 @@ def _peek_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None
             return None
         try:
             shape, _fortran, dtype = readers[version](fh)
-        except (ValueError, EOFError) as e:
+        except Exception as e:  # noqa: BLE001 - numpy parses the header as Python literals: ValueError, EOFError, SyntaxError, tokenize.TokenError, ...
             message = f"{path}: not a readable .npy file (broken or truncated header: {_first_line(e)})"
             raise UserError(message) from None
         return tuple(shape), np.dtype(dtype), fh.tell()
@@ -281,7 +281,7 @@ def _open_npy(path: Path) -> ActivationFile:
         # mmap_mode="r": pages are read when touched, so a file larger than RAM still opens; allow_pickle=False
         # because a .npy with pickled objects could run code.
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in numpy's reader in many ways (see the header above)
         raise UserError(f"{path}: not a readable .npy file (truncated or another format: {_first_line(e)})") from None
     if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for zip archives (.npz renamed)
         raise UserError(f"{path}: holds an .npz archive, expected a single array written by np.save")

@@ -15,6 +15,7 @@ import errno
 import os
 import pickle
 import shutil
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -207,7 +208,11 @@ def torch_load(path: Path | str) -> object:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # A hostile or damaged file makes torch warn (an unusual pickle protocol, storages) before it fails:
+        # those lines would break the one-line error, and on success they say nothing about the tensors.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
-from jax_impl.config import RECIPES, SAE_VARIANTS, RunConfig, flag_name, strong_recipe
-from jax_impl.errors import UserError
+from jax_impl.config import RECIPES, SAE_VARIANTS, CheckpointPolicy, RunConfig, flag_name, strong_recipe
+from jax_impl.errors import Interrupted, UserError
 from jax_impl.models import HOOK_WIDTHS, HOOKS
 
 DEFAULT_RUN_DIR = Path("runs/default")
@@ -84,9 +84,12 @@ def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # a bad flag is reported before the slow imports (jax, torch)
+    policy = CheckpointPolicy.parse(args.checkpoint_every)
+    from jax_impl import interrupts
     from jax_impl.pipeline import run_pipeline
 
-    run_pipeline(config, args.run_dir, resume=args.resume)
+    with interrupts.handled():
+        run_pipeline(config, args.run_dir, resume=args.resume, checkpoint_every=policy)
     return 0
 
 
@@ -191,8 +194,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     names = SPLITS if args.split == "all" else (args.split,)
     doc = atlas.atlas_from_models(
         run.mlp, run.sae, run.rows(names), run.shape,
-        source=f"{args.run_dir} ({args.split} split{'s' if args.split == 'all' else ''})"
-        + (f" with the SAE {args.sae.name}" if args.sae else ""),
+        source=("the run's train, val and test splits" if args.split == "all" else f"the run's {args.split} split")
+        + (f" with the SAE {args.sae.name}" if args.sae else ""),  # no path: the bytes do not depend on where it runs
         hook=run.hook, min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
     print(atlas.format_summary(doc))
@@ -282,8 +285,13 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         from jax_impl.distributed import Cluster
 
         cluster = Cluster(args.coordinator, args.num_processes, args.process_id, args.peer_timeout).validate()
-    train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
-              train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices, cluster=cluster)
+    policy = CheckpointPolicy.parse(args.checkpoint_every)
+    from jax_impl import interrupts
+
+    with interrupts.handled():
+        train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
+                  train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices, cluster=cluster,
+                  resume=args.resume, checkpoint_every=policy)
     return 0
 
 
@@ -342,6 +350,12 @@ def cmd_synthetic_score(args: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------------------------
 
 
+def _add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", default="60s", metavar="N|Ns|off",
+                   help="save the training state every N epochs, or at the first epoch end N seconds after the "
+                   "last save (e.g. 60s, 5m), or off; the last two are kept (default 60s)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no multi-line usage block), exit code 2 as usual."""
 
@@ -360,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole pipeline into a run directory")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
-    p.add_argument("--resume", action="store_true", help="continue after the last completed stage")
+    p.add_argument("--resume", action="store_true", help="continue after the last completed stage, and inside an "
+                   "unfinished training stage from its newest checkpoint")
+    _add_checkpoint_flag(p)
     _add_config_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -423,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per streamed chunk, one compiled program each (default 262144)")
     p.add_argument("--devices", metavar="N|all", help="data parallel: split each batch over N local devices "
                    "(parameters replicated, gradients reduced by the compiler); default one device")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training from its newest "
+                   "checkpoint in --out (same flags and activations)")
+    _add_checkpoint_flag(p)
     group = p.add_argument_group("many hosts (JAX's multi-process runtime; start one process per host with the same "
                                  "flags but --process-id; process 0 writes --out; docs/sweeps.md)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address for the coordination service")
@@ -480,6 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Every character str.splitlines() breaks at: a message naming a file or a key with one of them in it
+# (from a hostile file, or a file name with a newline) must still be one line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _one_line(message: object) -> str:
+    return str(message).translate(_LINE_BREAKS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -487,14 +515,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"monosem: error: {e}", file=sys.stderr)
+        print(f"monosem: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a path given cannot be used: a file where a folder goes, no permission, disk full
         if args.debug:
             traceback.print_exc()
         names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
-        print(f"monosem: error: {names + ': ' if names else ''}{e.strerror or e}", file=sys.stderr)
+        print(f"monosem: error: {_one_line(names + ': ' if names else '')}{_one_line(e.strerror or e)}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # SIGINT/SIGTERM, handled by jax_impl.interrupts: what was saved, how to go on
+        print(f"monosem: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("monosem: interrupted", file=sys.stderr)
         return 130

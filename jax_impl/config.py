@@ -65,17 +65,28 @@ class SAEConfig:
         return SAETrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, log_every=self.log_every)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+    def from_dict(cls, d: Any, where: str = "sae") -> SAEConfig:
         """From `to_dict()`'s form; also from manifests written before the architecture had its own config
-        (flat `k`, `aux_coeff`, `l1_coeff`, `resample_every` beside the trainer's fields)."""
-        own = {f.name for f in dataclasses.fields(cls)}
+        (flat `k`, `aux_coeff`, `l1_coeff`, `resample_every` beside the trainer's fields). ValueError naming the
+        key for an unknown key, an unknown variant or a value of another type than the field's."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} holds {_json_type(d)}, expected an object")
         variant = d.get("variant", cls.variant)
-        arch_values = d.get("architecture")
-        if arch_values is None:  # the flat form: the fields the variant's config has
-            names = {f.name for f in dataclasses.fields(saes.get(variant).config)}
-            arch_values = {k: v for k, v in d.items() if k in names}
-        return cls(**{k: v for k, v in d.items() if k in own - {"architecture"}},
-                   architecture=saes.get(variant).config_from_file(arch_values))
+        if variant not in SAE_VARIANTS:
+            raise ValueError(f"{where}.variant holds {variant!r:.40}, expected one of {', '.join(SAE_VARIANTS)}")
+        arch_config = saes.get(variant).config
+        if "architecture" in d:
+            arch_values, flat = d["architecture"], {}
+        else:  # the flat form: the old fields, some of which belong to this variant
+            flat = {k: v for k, v in d.items() if k in _FLAT_ARCHITECTURE_FIELDS}
+            arch_values = {k: v for k, v in flat.items() if k in {f.name for f in dataclasses.fields(arch_config)}}
+        trainer = {k: v for k, v in d.items() if k != "architecture" and k not in flat}
+        base = _section_from_dict(cls, trainer, where)
+        return dataclasses.replace(base, architecture=_section_from_dict(arch_config, arch_values, f"{where}.architecture"))
+
+
+# The architecture fields that SAEConfig held itself before each architecture had its own config.
+_FLAT_ARCHITECTURE_FIELDS = ("k", "aux_coeff", "l1_coeff", "resample_every")
 
 
 @dataclass(frozen=True)
@@ -92,14 +103,27 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return cls(
-            seed=d["seed"],
-            recipe=d.get("recipe", "seed"),  # manifests written before the strong recipe existed
-            hook=d.get("hook", DEFAULT_HOOK),  # manifests written before the hook points existed
-            data=DataConfig(**d["data"]),
-            mlp=MLPConfig(**d["mlp"]),
-            sae=SAEConfig.from_dict(d["sae"]),
-        )
+        """The config `to_dict` wrote (fields it lacks take their defaults: older manifests). ValueError naming
+        the key for an unknown key or a value of another type than the field's (an int for a float is fine)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config holds {_json_type(d)}, expected an object")
+        known = {"seed", "recipe", "hook", "data", "mlp", "sae"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown keys {unknown} (expected {sorted(known)})")
+        sections = {name: _section_from_dict(kind, d.get(name), f"config.{name}")
+                    for name, kind in (("data", DataConfig), ("mlp", MLPConfig))}
+        sections["sae"] = SAEConfig.from_dict(d.get("sae"), "config.sae")
+        seed = d.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"config.seed holds {_json_type(seed)}, expected an integer")
+        recipe = d.get("recipe", "seed")  # manifests written before the strong recipe existed have none
+        if not isinstance(recipe, str):
+            raise ValueError(f"config.recipe holds {_json_type(recipe)}, expected a string")
+        hook = d.get("hook", DEFAULT_HOOK)  # manifests written before the hook points existed have none
+        if not isinstance(hook, str):
+            raise ValueError(f"config.hook holds {_json_type(hook)}, expected a string")
+        return cls(seed=seed, recipe=recipe, hook=hook, **sections)
 
     def validate(self) -> RunConfig:
         """Raise UserError naming the flag when a value cannot work; return self."""
@@ -140,6 +164,73 @@ class RunConfig:
         except ValueError as e:
             raise UserError(f"--sae-variant {s.variant}: {e} (--dict-size {s.dict_size})") from None
         return self
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When training saves its state (jax_impl.checkpoints): every `epochs` epochs, or at the end of the first
+    epoch that finishes `seconds` or more after the previous checkpoint; both None: never (an interrupt by
+    SIGINT/SIGTERM still saves one). Not part of RunConfig: it changes no result, so a resumed run may use
+    another one."""
+
+    epochs: int | None = None
+    seconds: float | None = 60.0
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--checkpoint-every") -> CheckpointPolicy:
+        """`5` (epochs), `60s` / `2.5m` (seconds, minutes) or `off`; UserError naming the flag otherwise."""
+        text = text.strip().lower()
+        if text == "off":
+            return cls(epochs=None, seconds=None)
+        try:
+            if text.endswith(("s", "m")):
+                number = float(text[:-1])
+                policy = cls(epochs=None, seconds=number * (60 if text.endswith("m") else 1))
+            else:
+                policy = cls(epochs=int(text), seconds=None)
+        except ValueError:
+            policy = None
+        if policy is None or not ((policy.epochs or 0) >= 1 or (policy.seconds or 0) > 0):
+            raise UserError(
+                f"{flag} {text!r}: expected a number of epochs (e.g. 5), seconds or minutes (e.g. 60s, 2m), or off"
+            )
+        return policy
+
+    def describe(self) -> str:
+        if self.epochs is not None:
+            return f"every {self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return f"every {self.seconds:g} s" if self.seconds is not None else "off"
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _section_from_dict(kind: type, d: Any, where: str) -> Any:
+    """One section dataclass from its dict, every field given of its default's type."""
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} holds {_json_type(d)}, expected an object with keys {list(fields)}")
+    unknown = sorted(set(d) - set(fields), key=str)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown} (expected some of {list(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name not in d:
+            continue  # a field added after the file was written: its default
+        want, value = type(f.default), d[name]
+        if want is tuple and isinstance(value, list):  # JSON has no tuples (e.g. matryoshka's groups: ints)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{where}.{name} holds {value!r:.40}, expected a list of integers")
+            value = tuple(value)
+        ok = isinstance(value, want) and not isinstance(value, bool)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            raise ValueError(f"{where}.{name} holds {_json_type(value)} {value!r:.40}, expected {_json_type(want())}")
+        values[name] = value
+    return kind(**values)
 
 
 def strong_recipe() -> RunConfig:

@@ -8,6 +8,9 @@ project. The MLP returns `(prediction (N, 1), layer2 (N, 512))`, the SAE `(recon
 
 from __future__ import annotations
 
+import os
+import pickletools
+import re
 import warnings
 from pathlib import Path
 
@@ -37,6 +40,68 @@ _TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 _EXAMPLE_ROWS = 4
 
 
+# --- no absolute paths in the programs ----------------------------------------------------------------------
+# Both formats record where their code came from: TorchScript keeps, beside each code file, a pickled table
+# of source ranges with the absolute file name (`code/.../models.py.debug_pkl`), and torch.export keeps each
+# node's Python stack trace. Written as they are, the files would carry the checkout's and the virtualenv's
+# paths (and with them the user's name), and differ between two checkouts. Every file name is rewritten
+# to its path inside its package (`torch_ref/models.py`, `torch/nn/modules/linear.py`).
+
+_TRACE_FILE = re.compile(r'File "([^"]+)"')
+
+
+def package_relative(filename: str) -> str:
+    """An absolute source file name as its path from the top of its package (the folders above it that have
+    an `__init__.py`), e.g. /home/u/repo/torch_ref/models.py -> torch_ref/models.py; any other absolute name
+    becomes its base name. Relative names are returned as they are."""
+    if not os.path.isabs(filename):
+        return filename
+    path = Path(filename)
+    top = path.parent
+    while (top / "__init__.py").is_file() and top.parent != top:
+        top = top.parent
+    return path.relative_to(top).as_posix() if top != path.parent else path.name
+
+
+def _relative_strings_in_pickle(data: bytes) -> bytes | None:
+    """`data` (a pickle) with every absolute file name among its strings made package_relative, found by
+    reading its opcodes (nothing is unpickled). None when it cannot be rewritten that way (framed pickles,
+    protocol 4+, record their frame lengths)."""
+    ops = list(pickletools.genops(data))
+    if any(op.name == "FRAME" for op, _, _ in ops):
+        return None
+    ends = [pos for _, _, pos in ops[1:]] + [len(data)]
+    out, last = [], 0
+    for (op, arg, pos), end in zip(ops, ends, strict=True):
+        if op.name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE") and isinstance(arg, str) \
+                and os.path.isabs(arg):
+            encoded = package_relative(arg).encode("utf-8")
+            out += [data[last:pos], b"X", len(encoded).to_bytes(4, "little"), encoded]
+            last = end
+    return b"".join([*out, data[last:]])
+
+
+def _without_absolute_paths(path: Path) -> None:
+    """Rewrite the TorchScript archive at `path` (in place) with package-relative file names in its debug
+    tables; a table that cannot be rewritten is left out (TorchScript loads and runs without them).
+
+    torch's own archive reader and writer (torch._C, private, fine with torch pinned) keep its layout: records
+    aligned for memory mapping, and the serialization id recomputed from what is written."""
+    reader = torch._C.PyTorchFileReader(str(path))
+    records = [(name, reader.get_record(name)) for name in reader.get_all_records()]
+    del reader
+    writer = torch._C.PyTorchFileWriter(str(path))
+    for name, data in records:
+        if name == ".data/serialization_id":
+            continue  # the writer computes it from the records it writes
+        if name.endswith(".debug_pkl"):
+            data = _relative_strings_in_pickle(data)
+            if data is None:
+                continue
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+
+
 def _write_torchscript(module: torch.nn.Module, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings(
@@ -47,11 +112,18 @@ def _write_torchscript(module: torch.nn.Module, path: Path) -> None:
         # the random temporary name.
         with atomic_path(path, keep_name=True) as tmp:
             torch.jit.save(scripted, str(tmp))
+            _without_absolute_paths(tmp)
 
 
 def _write_pt2(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: batch}})
+    for graph_module in program.graph_module.modules():
+        if isinstance(graph_module, torch.fx.GraphModule):
+            for node in graph_module.graph.nodes:
+                if node.meta.get("stack_trace"):
+                    node.meta["stack_trace"] = _TRACE_FILE.sub(
+                        lambda m: f'File "{package_relative(m.group(1))}"', node.meta["stack_trace"])
     # keep_name also gives torch.export.save the `.pt2` name it expects (it warns about any other).
     with atomic_path(path, keep_name=True) as tmp:
         torch.export.save(program, tmp)

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.config import MLPConfig
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.task import TaskShape, sample_pointer_task
@@ -58,12 +59,14 @@ def fit_mlp_online(
     key: jax.Array,
     val: tuple[np.ndarray, np.ndarray] | None = None,
     log: Log = print,
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> TrainResult:
     """Train the MLP on fresh rows: AdamW + OneCycle as the seed recipe, `cfg.epochs` epochs of
     ceil(n_train / cfg.batch_size) steps of `cfg.batch_size` new rows each (drawn from `key`).
 
     Logs `Epoch 50 | Val MSE: 0.000123` every `cfg.log_every` epochs when `val` (inputs (N, D), targets (N,))
-    is given. Returns the trained model in eval mode; `step_losses` is (epochs, steps_per_epoch).
+    is given. checkpoints: save and resume the training state (jax_impl.checkpoints). Returns the trained model
+    in eval mode; `step_losses` is (epochs, steps_per_epoch).
     """
     n_steps = steps_per_epoch(n_train, cfg.batch_size)
     tx = mlp_optimizer(cfg, cfg.epochs * n_steps)
@@ -71,20 +74,19 @@ def fit_mlp_online(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     # The epoch donates its carry; copy so the caller's model keeps its (initial) weights.
     params, rest = jax.tree.map(jnp.copy, (params, rest))
-    carry = (params, rest, tx.init(params))
     epoch_fn = _make_online_epoch_fn(graphdef, tx, cfg.batch_size, n_steps, shape)
 
-    def run_epoch(e: int) -> jax.Array:
-        nonlocal carry
-        carry, losses = epoch_fn(carry, jax.random.fold_in(key, e))
-        return losses
+    def run_epoch(carry, e: int):
+        return epoch_fn(carry, jax.random.fold_in(key, e))  # epoch e's rows depend on e only: resumable
 
-    def on_epoch_end(e: int, losses: np.ndarray) -> str | None:
+    def on_epoch_end(carry, e: int, losses: np.ndarray):
         if val is None or (e + 1) % cfg.log_every:
-            return None
-        return f"Epoch {e + 1} | Val MSE: {evaluation_mse(nnx.merge(graphdef, carry[0], carry[1]), *val):.6f}"
+            return carry, None
+        return carry, f"Epoch {e + 1} | Val MSE: {evaluation_mse(nnx.merge(graphdef, carry[0], carry[1]), *val):.6f}"
 
-    step_losses, log_lines, epoch_seconds = run_epochs(cfg.epochs, "MLP", run_epoch, on_epoch_end, log)
+    carry, step_losses, log_lines, epoch_seconds = run_epochs(
+        cfg.epochs, "MLP", (params, rest, tx.init(params)), run_epoch, on_epoch_end, log, checkpoints
+    )
     model = nnx.merge(graphdef, carry[0], carry[1])
     model.eval()
     return TrainResult(model=model, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from jax_impl import analysis, bridge
-from jax_impl.config import RunConfig
 from jax_impl.errors import UserError
 from jax_impl.models import DEFAULT_HOOK, HOOK_WIDTHS
-from jax_impl.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path, read_manifest
+from jax_impl.rundir import MLP_PATH, SAE_PATH, dataset_path, run_config
 from jax_impl.task import SPLITS, TaskShape, read_split
 from torch_ref.models import mlp_from_state_dict
 from torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
@@ -92,10 +91,7 @@ def torch_outputs(run_dir: Path, inputs: np.ndarray, hook: str = DEFAULT_HOOK) -
 def compare_run(run_dir: Path | str, tolerances: dict[str, float] = TOLERANCES) -> list[ParityRow]:
     """Max |JAX - torch| of each quantity over each split of the run's data (all rows)."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    if manifest is None:
-        raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
-    config = RunConfig.from_dict(manifest["config"])
+    config = run_config(run_dir)
     shape = TaskShape(config.data.x_dim, config.data.y_dim)
     names = quantities(config.hook)
     diffs: dict[str, dict[str, float]] = {q: {} for q in names}

@@ -2,13 +2,16 @@
 
 data -> mlp -> harvest -> sae -> atlas -> probe -> reports -> export (`STAGES`).
 Every stage writes its artifacts atomically and then records itself in `manifest.json`, so a killed
-run leaves only complete files and `--resume` restarts at the first stage not recorded.
+run leaves only complete files and `--resume` restarts at the first stage not recorded. The training
+stages (mlp, sae) also checkpoint their state inside the stage (RUN_DIR/checkpoints/STAGE,
+jax_impl.checkpoints), and `--resume` continues such a stage from its newest valid checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,13 +26,14 @@ from flax import nnx
 
 from jax_impl import analysis, atlas, bridge, reports, sae_training, saelens, saes
 from jax_impl.atomic import write_json_atomic, write_text_atomic
-from jax_impl.config import RunConfig
+from jax_impl.checkpoints import TrainingCheckpoints
+from jax_impl.config import CheckpointPolicy, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
 from jax_impl.harvest import harvest_activations
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.rundir import (  # noqa: F401  (re-exported: the layout names callers knew from here)
-    ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE, LOCK, MANIFEST, MLP_PATH,
+    ACTIVATIONS_PATH, CHECKPOINTS_DIR, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE, LOCK, MANIFEST, MLP_PATH,
     PROBE_PATH, SAE_PATH, SAELENS_DIR, Run, dataset_path, read_manifest,
 )
 from jax_impl.models import InterpretabilityMLP
@@ -55,18 +59,18 @@ def stage_data(run: Run) -> dict:
     return {"rows": sizes}
 
 
-def stage_mlp(run: Run) -> dict:
+def stage_mlp(run: Run, checkpoints: TrainingCheckpoints | None = None) -> dict:
     train, val, test = (run.splits[s] for s in SPLITS)
     model = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(run.key(KEY_MLP_INIT)))
     if run.config.mlp.data == "online":  # fresh rows every step; the train split is only harvested
         result = fit_mlp_online(
             model, run.config.mlp, run.shape, n_train=len(train),
-            key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
+            key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log, checkpoints=checkpoints,
         )
     else:
         result = fit_mlp(
             model, train.inputs, train.targets, run.config.mlp,
-            key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log,
+            key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log, checkpoints=checkpoints,
         )
     bridge.save_mlp(result.model, run.run_dir / MLP_PATH)
     run.mlp = result.model
@@ -83,13 +87,15 @@ def stage_harvest(run: Run) -> dict:
     return {"shape": list(activations.shape), "hook": run.hook}
 
 
-def stage_sae(run: Run) -> dict:
+def stage_sae(run: Run, checkpoints: TrainingCheckpoints | None = None) -> dict:
     cfg = run.config.sae
     run.log(f"Loaded activations: {list(run.activations.shape)}")
     sae = saes.create(
         cfg.variant, run.activations.shape[1], cfg.dict_size, cfg.architecture, key=run.key(KEY_SAE_INIT)
     )
-    result = sae_training.fit(sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log)
+    result = sae_training.fit(
+        sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log, checkpoints=checkpoints
+    )
     bridge.save_sae(result.model, run.run_dir / SAE_PATH)
     saelens.save_saelens(result.model, run.run_dir / SAELENS_DIR, hook_name=run.hook)
     run.sae = result.model
@@ -110,7 +116,9 @@ def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
 def stage_atlas(run: Run) -> dict:
     """Label every SAE feature on all rows and test the labels causally (a few seconds)."""
     rows = run.rows()
-    doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source=f"{run.run_dir} (all splits)", hook=run.hook)
+    # The source names no path: the same run in another directory writes the same bytes.
+    doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source="the run's train, val and test splits",
+                                  hook=run.hook)
     atlas.write_atlas(doc, run.out_dir)
     run.log(atlas.format_summary(doc))
     return {"metrics": doc["metrics"], "summary": doc["summary"]}
@@ -150,19 +158,22 @@ def stage_export(run: Run) -> dict:
 
 @dataclass(frozen=True)
 class Stage:
+    """fn(run) -> metrics; a training stage's fn also takes `checkpoints` (its TrainingCheckpoints)."""
+
     name: str
     title: str
-    fn: Callable[[Run], dict]
+    fn: Callable[..., dict]
     outputs: tuple[Path, ...]
+    trains: bool = False
 
 
 STAGES: list[Stage] = [
     Stage("data", "Generating Dataset", stage_data, tuple(Path("dataset") / split_filename(s) for s in SPLITS)),
-    Stage("mlp", "Training MLP", stage_mlp, (MLP_PATH, bridge.safetensors_twin(MLP_PATH))),
+    Stage("mlp", "Training MLP", stage_mlp, (MLP_PATH, bridge.safetensors_twin(MLP_PATH)), trains=True),
     Stage("harvest", "Harvesting Activations", stage_harvest, (ACTIVATIONS_PATH, bridge.safetensors_twin(ACTIVATIONS_PATH))),
     Stage("sae", "Training Sparse Autoencoder (SAE)", stage_sae, (
         SAE_PATH, bridge.safetensors_twin(SAE_PATH), SAELENS_DIR / saelens.WEIGHTS_FILE, SAELENS_DIR / saelens.CFG_FILE,
-    )),
+    ), trains=True),
     Stage("atlas", "Building Feature Atlas", stage_atlas, (Path(atlas.ATLAS_JSON), Path(atlas.ATLAS_HTML))),
     Stage("probe", "Running Feature Probe", stage_probe, (PROBE_PATH,)),
     Stage("reports", "Generating Feature Reports", stage_reports, tuple(Path(f) for f in reports.REPORT_FILES.values())),
@@ -211,7 +222,7 @@ def _completed_stages(manifest: dict | None, config: RunConfig, run_dir: Path, r
     diffs = _config_differences(manifest.get("config", {}), config.to_dict())
     if diffs:
         raise UserError(
-            f"{run_dir}: cannot resume with a different config ({'; '.join(diffs)}); "
+            f"{run_dir / MANIFEST}: cannot resume with a different config ({'; '.join(diffs)}); "
             "pass the flags of the original run, or start over without --resume"
         )
     done = set()
@@ -242,8 +253,39 @@ def format_summary(stage_seconds: dict[str, float], started: datetime, finished:
     return "\n".join(lines)
 
 
-def run_pipeline(config: RunConfig, run_dir: Path | str, *, resume: bool = False, log: Log = print) -> dict:
-    """Run (or resume) every stage into `run_dir`; returns the final manifest."""
+def _stage_checkpoints(run_dir: Path, stage: Stage, config: RunConfig, policy: CheckpointPolicy, resume: bool,
+                       log: Log) -> TrainingCheckpoints:
+    return TrainingCheckpoints(
+        run_dir / CHECKPOINTS_DIR / stage.name, {"stage": stage.name, "config": config.to_dict()}, policy,
+        resume=resume, log=log,
+    )
+
+
+def _remove_checkpoints(run_dir: Path, keep: str | None) -> None:
+    """Remove the checkpoint folders of every stage but `keep` (and the checkpoints folder once empty)."""
+    folder = run_dir / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.name == keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if empty
+
+
+def run_pipeline(
+    config: RunConfig, run_dir: Path | str, *, resume: bool = False, log: Log = print,
+    checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
+) -> dict:
+    """Run (or resume) every stage into `run_dir`; returns the final manifest.
+
+    The training stages save their state to RUN_DIR/checkpoints/STAGE every `checkpoint_every`; with `resume`
+    the first unfinished stage continues from its newest valid checkpoint. A stage's checkpoints are removed
+    once it is recorded as completed."""
     config.validate()
     run_dir = Path(run_dir)
     started = datetime.now()
@@ -251,6 +293,9 @@ def run_pipeline(config: RunConfig, run_dir: Path | str, *, resume: bool = False
         remove_stale_temporaries(run_dir)
         previous = read_manifest(run_dir)
         done = _completed_stages(previous, config, run_dir, resume)
+        first_pending = next((stage.name for stage in STAGES if stage.name not in done), None)
+        # Only the first stage to run can continue from a checkpoint: every later one starts afresh.
+        _remove_checkpoints(run_dir, keep=first_pending if resume else None)
         manifest = {
             "config": config.to_dict(),
             "seed": config.seed,
@@ -265,11 +310,17 @@ def run_pipeline(config: RunConfig, run_dir: Path | str, *, resume: bool = False
                 continue
             log(f"[{i}/{len(STAGES)}] {stage.title}...")
             t0 = time.perf_counter()
-            metrics = stage.fn(run)
+            if stage.trains:
+                checkpoints = _stage_checkpoints(run_dir, stage, config, checkpoint_every, resume, log)
+                metrics = stage.fn(run, checkpoints=checkpoints)
+            else:
+                checkpoints, metrics = None, stage.fn(run)
             seconds = time.perf_counter() - t0
             manifest["stages"][stage.name] = {"seconds": round(seconds, 3), "completed_at": datetime.now().isoformat()}
             manifest["metrics"][stage.name] = metrics
             write_json_atomic(run_dir / MANIFEST, manifest)
+            if checkpoints is not None:  # recorded as completed: its checkpoints are no longer needed
+                _remove_checkpoints(run_dir, keep=None)
         seconds = {name: s["seconds"] for name, s in manifest["stages"].items()}
         log(format_summary(seconds, started, datetime.now()))
     sys.stdout.flush()

@@ -9,11 +9,13 @@ this module only.
     RUN_DIR/sae/sae_model.pth           the SAE (any architecture of jax_impl.saes; and .safetensors)
     RUN_DIR/sae/saelens/                the SAE in SAELens's format (cfg.json + sae_weights.safetensors)
     RUN_DIR/probe.txt                   the feature probe
+    RUN_DIR/checkpoints/STAGE/          an unfinished training stage's checkpoints (gone once it completes)
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +39,7 @@ ACTIVATIONS_PATH = Path("mlp_activations.pt")
 SAE_PATH = Path("sae/sae_model.pth")
 SAELENS_DIR = Path("sae/saelens")
 PROBE_PATH = Path("probe.txt")
+CHECKPOINTS_DIR = Path("checkpoints")  # training state of an unfinished stage (jax_impl.checkpoints); removed when it completes
 
 # Independent PRNG streams per purpose, derived from the one user seed (`Run.key(stream)`).
 KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE = range(5)
@@ -47,22 +50,62 @@ def dataset_path(run_dir: Path, split: str) -> Path:
 
 
 def read_manifest(run_dir: Path | str) -> dict | None:
-    """The run's manifest, or None when there is none; UserError when it cannot be read."""
+    """The run's manifest, or None when there is none; UserError naming the file when it cannot be read or
+    does not have a manifest's shape (an object with `config`, and where present `stages` of {seconds, ...}
+    and `metrics`)."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as e:
         raise UserError(f"{path}: not a readable manifest ({e}); remove it to start the run over") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: not a valid manifest: {problem}; remove it to start the run over")
+    return manifest
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    """What keeps `manifest` from being one that `monosem run` wrote, or None."""
+    if not isinstance(manifest, dict):
+        return f"it holds a {type(manifest).__name__}, expected a JSON object"
+    for key in ("config", "stages", "metrics"):  # only config is needed to read a run; the others when present
+        if not isinstance(manifest.get(key, {}), dict) or (key == "config" and key not in manifest):
+            found = "nothing" if key not in manifest else f"a {type(manifest[key]).__name__}"
+            return f"key {key!r} holds {found}, expected an object"
+    for name, entry in manifest.get("stages", {}).items():
+        seconds = entry.get("seconds") if isinstance(entry, dict) else None
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
+            return f"stages[{json.dumps(name)[:40]}] is {json.dumps(entry)[:60]}, expected an object with a number of seconds"
+    return None
 
 
 def run_config(run_dir: Path | str) -> RunConfig:
-    """The config a finished (or partial) run was written with."""
+    """The config a finished (or partial) run was written with; UserError naming the manifest when its config
+    is not one this version can run."""
     manifest = read_manifest(run_dir)
     if manifest is None:
         raise UserError(f"{run_dir}: no {MANIFEST}; is this a run directory written by `monosem run`?")
-    return RunConfig.from_dict(manifest["config"])
+    return config_from_manifest(manifest, Path(run_dir) / MANIFEST)
+
+
+MAX_INPUT_DIM = 65536  # a task row's width a reader accepts from a manifest (the seed's is 10)
+
+
+def config_from_manifest(manifest: dict, path: Path) -> RunConfig:
+    """The RunConfig of a manifest read by read_manifest (path: where it came from, for messages): every key of
+    its type, and a task shape a reader can use. The training-only rules of RunConfig.validate (batch sizes
+    against the split, ...) are not applied: reading a run does not train."""
+    try:
+        config = RunConfig.from_dict(manifest["config"])
+        d = config.data
+        if not (d.x_dim >= 2 and d.y_dim >= 1 and d.x_dim * d.y_dim <= MAX_INPUT_DIM):
+            raise ValueError(f"config.data has x_dim {d.x_dim} and y_dim {d.y_dim}, expected x_dim >= 2, y_dim >= 1 "
+                             f"and x_dim * y_dim <= {MAX_INPUT_DIM}")
+        return config
+    except ValueError as e:
+        raise UserError(f"{path}: not a valid manifest: {e}; remove it to start the run over") from None
 
 
 class Run:
@@ -95,7 +138,14 @@ class Run:
 
     @cached_property
     def splits(self) -> dict[str, Split]:
-        return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
+        try:
+            return {s: read_split(dataset_path(self.run_dir, s), self.shape) for s in SPLITS}
+        except UserError as e:
+            if self.shape == TaskShape():
+                raise
+            # the shape the rows are checked against comes from the manifest, which may be what is wrong
+            raise UserError(f"{e} (read as the {self.shape.x_dim}x{self.shape.y_dim} task that "
+                            f"{self.run_dir / MANIFEST} records)") from None
 
     def rows(self, names: tuple[str, ...] = SPLITS) -> Split:
         """The rows of the named splits (by default train + val + test, 10,000 rows), in that order."""

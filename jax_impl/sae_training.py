@@ -15,7 +15,6 @@ decoder renormalisation, the architecture's post-update clip, and the count of s
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from jax_impl.activations import ActivationFile, iter_chunks, sample_rows
+from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.devices import place_rows, replicate, shard_batch
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
@@ -111,9 +111,9 @@ def fit(
     permutations: np.ndarray | None = None,
     chunk_rows: int | None = None,
     log: Log = print,
-    line_prefix: Callable[[int], str] | None = None,
     mesh: Mesh | None = None,
     n_rows: int | None = None,
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> TrainResult:
     """Train `sae` (any architecture; it is left untouched) on rows (N, D) float32 or a streamed file.
 
@@ -122,7 +122,8 @@ def fit(
     chunks of this many rows (default: all rows in one chunk). mesh: data parallel over its devices
     (jax_impl.devices.data_mesh; None: one device). n_rows: train on rows[:n_rows] only (in-memory rows whose
     tail is padding: a multi-process global array, jax_impl.distributed). Logs `SAE Epoch [10/100] | Loss: 0.004299`
-    every train.log_every epochs. Returns TrainResult(model = the trained SAE in a new module).
+    every train.log_every epochs. checkpoints: save the carry (parameters, buffers, Adam state, dead-latent
+    counters) and resume from it (jax_impl.checkpoints). Returns TrainResult(model = the trained SAE in a new module).
     """
     arch, cfg = sae.arch, sae.cfg
     streamed = isinstance(rows, ActivationFile)
@@ -139,7 +140,7 @@ def fit(
         p = p | {"b_dec": _column_mean(rows, chunk_rows, n)}  # centre (papers: geometric median)
     chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
     n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
-    carry = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)
+    initial = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)
     step = make_sae_step(arch, cfg, tx, dead_after=n_steps, mesh=mesh)  # dead: silent for a whole epoch of batches
     run_chunk = make_chunk_fn(step, train.batch_size, arch.keep_partial_batch)
     if permutations is not None:
@@ -148,22 +149,20 @@ def fit(
             raise ValueError(f"permutations must have shape {(train.epochs, n)} and rows must be in memory")
     draw = jax.jit(lambda k, e, m: jax.random.permutation(jax.random.fold_in(k, e), m), static_argnums=2)
 
-    def run_epoch(e: int) -> jax.Array:
-        nonlocal carry
+    def run_epoch(carry, e: int):
+        # Epoch e's order (and the streamed chunks' order) is drawn from fold_in(key, e) alone: resumable.
         if not streamed:
             order = jnp.asarray(permutations[e]) if permutations is not None else draw(key, e, n)
-            carry, losses = run_chunk(carry, rows, replicate(order, mesh))
-            return losses
+            return run_chunk(carry, rows, replicate(order, mesh))
         epoch_key = jax.random.fold_in(key, e)
         rng = np.random.default_rng(np.asarray(jax.random.key_data(epoch_key)))
         losses = []
         for i, chunk in enumerate(iter_chunks(rows, chunk_rows, rng)):
             carry, chunk_losses = run_chunk(carry, *replicate((jnp.asarray(chunk), draw(epoch_key, i, len(chunk))), mesh))
             losses.append(chunk_losses)
-        return jnp.concatenate(losses)
+        return carry, jnp.concatenate(losses)
 
-    def on_epoch_end(e: int, losses: np.ndarray) -> str | None:
-        nonlocal carry
+    def on_epoch_end(carry, e: int, losses: np.ndarray):
         head = f"SAE Epoch [{e + 1}/{train.epochs}]"
         line = f"{head} | Loss: {losses.mean():.6f}" if (e + 1) % train.log_every == 0 else None
         if arch.epoch_hook is not None:
@@ -174,9 +173,10 @@ def fit(
             if note:
                 carry = (p, carry[1], opt_state, carry[3])
                 line = f"{line or head} | {note}"
-        return line
+        return carry, line
 
-    step_losses, log_lines, epoch_seconds = run_epochs(train.epochs, "SAE", run_epoch, on_epoch_end, log)
+    carry, step_losses, log_lines, epoch_seconds = run_epochs(
+        train.epochs, "SAE", initial, run_epoch, on_epoch_end, log, checkpoints
+    )
     trained = SAE(arch, cfg, carry[0], carry[1])
     return TrainResult(model=trained, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)
-

@@ -130,28 +130,39 @@ def write_split(path: Path | str, split: Split) -> None:
     xlsx.write_workbook(path, "Sheet1", rows())
 
 
+_INT32 = 2**31 - 1  # the split is held as int32 inputs / float32 targets; anything larger is surely wrong
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """repr(text), cut to `limit` characters: a message stays one short line whatever the cell holds."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
 def _parse_int_list(text: object, path: Path, row: int, column: str, length: int, example: str) -> list[int]:
     where = f"{path}: row {row}, column {column}"
     expected = f"expected a list of {length} integer{'s' if length > 1 else ''} like {example!r}"
     if not isinstance(text, str):
-        raise UserError(f"{where}: {expected}, got {text!r}")
+        raise UserError(f"{where}: {expected}, got {repr(text)[:80]}")
     try:
         # A Python list of ints is valid JSON, and json cannot execute anything (unlike eval).
         values = json.loads(text)
-    except ValueError:
-        raise UserError(f"{where}: {expected}, got {text!r} (not a list literal)") from None
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        raise UserError(f"{where}: {expected}, got {_shown(text)} (not a list literal)") from None
     if not isinstance(values, list):
-        raise UserError(f"{where}: {expected}, got {text!r} (not a list)")
+        raise UserError(f"{where}: {expected}, got {_shown(text)} (not a list)")
     if len(values) != length:
-        raise UserError(f"{where}: {expected}, got {len(values)} element(s) in {text!r}")
+        raise UserError(f"{where}: {expected}, got {len(values)} element(s) in {_shown(text)}")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UserError(f"{where}: {expected}, got non-number {v!r} in {text!r}")
+            raise UserError(f"{where}: {expected}, got non-number {_shown(v) if isinstance(v, str) else repr(v)[:40]} in {_shown(text)}")
         if not math.isfinite(v):
-            raise UserError(f"{where}: {expected}, got non-finite {v!r} in {text!r}")
+            raise UserError(f"{where}: {expected}, got non-finite {v!r} in {_shown(text)}")
         if v != int(v):
-            raise UserError(f"{where}: {expected}, got non-integer {v!r} in {text!r}")
+            raise UserError(f"{where}: {expected}, got non-integer {v!r} in {_shown(text)}")
+        if abs(v) > _INT32:
+            raise UserError(f"{where}: {expected}, got out-of-range {str(v)[:24]} in {_shown(text)}")
         out.append(int(v))
     return out
 
@@ -194,44 +205,46 @@ def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (expected an .xlsx split with columns {INPUT_COLUMN}, {TARGET_COLUMN})")
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ParseError, zlib.error) as e:
-        raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__}: {str(e).strip()[:100]})") from None
-    except ValueError as e:
-        # openpyxl wraps what its XML parser refused ("Unable to read workbook"); with defusedxml installed
-        # (sae-lens brings it), an entity-expanding sheet is refused as EntitiesForbidden: name the cause.
-        cause = e.__cause__ or e.__context__ or e
-        raise UserError(
-            f"{path}: not a readable .xlsx workbook (its XML is damaged or hostile: {cause.__class__.__name__}: "
-            f"{str(cause).strip().splitlines()[0][:100] if str(cause).strip() else ''})"
-        ) from None
-    try:
-        rows = wb.worksheets[0].iter_rows(values_only=True)
-        header = next(rows, None)
-        if header is None:
-            raise UserError(f"{path}: the sheet is empty; expected a header row {INPUT_COLUMN} | {TARGET_COLUMN}")
-        header = [h.strip() if isinstance(h, str) else h for h in header]
-        for name in (INPUT_COLUMN, TARGET_COLUMN):
-            if name not in header:
-                raise UserError(f"{path}: missing column {name!r} in the header row (found {[h for h in header if h is not None]})")
-        i_col, t_col = header.index(INPUT_COLUMN), header.index(TARGET_COLUMN)
-        example_input = str([0] * shape.input_dim)
-        inputs, targets, row_numbers = [], [], []
-        for row_number, row in enumerate(rows, start=2):
-            if row is None or all(c is None for c in row):
-                continue  # trailing blank rows that spreadsheet programs leave behind
-            cell = lambda c: row[c] if c < len(row) else None  # noqa: E731
-            x = _parse_int_list(cell(i_col), path, row_number, INPUT_COLUMN, shape.input_dim, example_input)
-            (t,) = _parse_int_list(cell(t_col), path, row_number, TARGET_COLUMN, 1, "[8]")
-            inputs.append(x)
-            targets.append(t)
-            row_numbers.append(row_number)
-    except (ParseError, zipfile.BadZipFile, zlib.error, EOFError) as e:
-        # the sheet is read lazily: a damaged or hostile (entity-expanding) sheet XML surfaces here
-        raise UserError(f"{path}: not a readable .xlsx workbook (its sheet is damaged: {e.__class__.__name__}: {str(e).strip()[:100]})") from None
-    finally:
-        wb.close()
+    # Our own handle, closed whatever happens: openpyxl leaves the file open when it fails half-way.
+    with open(path, "rb") as fh:
+        try:
+            wb = openpyxl.load_workbook(fh, read_only=True, data_only=True)
+        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ParseError, zlib.error) as e:
+            raise UserError(f"{path}: not a readable .xlsx workbook ({e.__class__.__name__}: {str(e).strip()[:100]})") from None
+        except ValueError as e:
+            # openpyxl wraps what its XML parser refused ("Unable to read workbook"); with defusedxml installed
+            # (sae-lens brings it), an entity-expanding sheet is refused as EntitiesForbidden: name the cause.
+            cause = e.__cause__ or e.__context__ or e
+            raise UserError(
+                f"{path}: not a readable .xlsx workbook (its XML is damaged or hostile: {cause.__class__.__name__}: "
+                f"{str(cause).strip().splitlines()[0][:100] if str(cause).strip() else ''})"
+            ) from None
+        try:
+            rows = wb.worksheets[0].iter_rows(values_only=True)
+            header = next(rows, None)
+            if header is None:
+                raise UserError(f"{path}: the sheet is empty; expected a header row {INPUT_COLUMN} | {TARGET_COLUMN}")
+            header = [h.strip() if isinstance(h, str) else h for h in header]
+            for name in (INPUT_COLUMN, TARGET_COLUMN):
+                if name not in header:
+                    raise UserError(f"{path}: missing column {name!r} in the header row (found {[h for h in header if h is not None]})")
+            i_col, t_col = header.index(INPUT_COLUMN), header.index(TARGET_COLUMN)
+            example_input = str([0] * shape.input_dim)
+            inputs, targets, row_numbers = [], [], []
+            for row_number, row in enumerate(rows, start=2):
+                if row is None or all(c is None for c in row):
+                    continue  # trailing blank rows that spreadsheet programs leave behind
+                cell = lambda c: row[c] if c < len(row) else None  # noqa: E731
+                x = _parse_int_list(cell(i_col), path, row_number, INPUT_COLUMN, shape.input_dim, example_input)
+                (t,) = _parse_int_list(cell(t_col), path, row_number, TARGET_COLUMN, 1, "[8]")
+                inputs.append(x)
+                targets.append(t)
+                row_numbers.append(row_number)
+        except (ParseError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+            # the sheet is read lazily: a damaged or hostile (entity-expanding) sheet XML surfaces here
+            raise UserError(f"{path}: not a readable .xlsx workbook (its sheet is damaged: {e.__class__.__name__}: {str(e).strip()[:100]})") from None
+        finally:
+            wb.close()
     if not inputs:
         raise UserError(f"{path}: no data rows below the header")
     split = Split(np.asarray(inputs, np.int32), np.asarray(targets, np.float32))

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import chex
 import jax
@@ -24,12 +25,15 @@ import optax
 from flax import nnx
 from tqdm import tqdm  # not tqdm.auto: the bar shows on terminals only, and Jupyter would warn about widgets
 
+from jax_impl import interrupts
+from jax_impl.checkpoints import Progress, TrainingCheckpoints
 from jax_impl.config import MLPConfig, SAEConfig
-from jax_impl.errors import TrainingDiverged
+from jax_impl.errors import Interrupted, TrainingDiverged
 from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
 from jax_impl.schedules import onecycle_tables
 
 Log = Callable[[str], None]
+Carry = Any  # a trainer's loop state: a pytree of arrays (parameters, optimizer state, buffers, counters)
 
 
 def mlp_loss(model: InterpretabilityMLP, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -169,6 +173,7 @@ def _fit(
     stage: str,
     on_epoch_end: Callable[[nnx.Module, int, np.ndarray], str | None],
     log: Log,
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> TrainResult:
     n = arrays[0].shape[0]
     if permutations is None:
@@ -186,16 +191,16 @@ def _fit(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     # The epoch donates its carry; copy so the caller's model keeps its (initial) weights.
     params, rest = jax.tree.map(jnp.copy, (params, rest))
-    carry = (params, rest, tx.init(params))
     epoch_fn = _make_epoch_fn(graphdef, tx, loss_fn, batch_size)
 
-    def run_epoch(e: int) -> jax.Array:
-        nonlocal carry
-        carry, losses = epoch_fn(carry, arrays, permutation_of(e))
-        return losses
+    def run_epoch(carry, e: int):
+        return epoch_fn(carry, arrays, permutation_of(e))
 
-    step_losses, log_lines, epoch_seconds = run_epochs(
-        epochs, stage, run_epoch, lambda e, losses: on_epoch_end(nnx.merge(graphdef, carry[0], carry[1]), e, losses), log
+    def end_of_epoch(carry, e: int, losses: np.ndarray):
+        return carry, on_epoch_end(nnx.merge(graphdef, carry[0], carry[1]), e, losses)
+
+    carry, step_losses, log_lines, epoch_seconds = run_epochs(
+        epochs, stage, (params, rest, tx.init(params)), run_epoch, end_of_epoch, log, checkpoints
     )
     model = nnx.merge(graphdef, carry[0], carry[1])
     model.eval()
@@ -205,33 +210,61 @@ def _fit(
 def run_epochs(
     epochs: int,
     stage: str,
-    run_epoch: Callable[[int], jax.Array],
-    on_epoch_end: Callable[[int, np.ndarray], str | None],
+    carry: Carry,
+    run_epoch: Callable[[Carry, int], tuple[Carry, jax.Array]],
+    on_epoch_end: Callable[[Carry, int, np.ndarray], tuple[Carry, str | None]],
     log: Log,
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The host loop of every trainer: run_epoch(e) -> the epoch's step losses (steps,), fetched once.
+    checkpoints: TrainingCheckpoints | None = None,
+) -> tuple[Carry, np.ndarray, list[str], np.ndarray]:
+    """The host loop of every trainer: `run_epoch(carry, e) -> (carry, the epoch's step losses (steps,))`,
+    fetched once per epoch; `on_epoch_end(carry, e, losses) -> (carry, a line to print or None)`.
 
-    Stops on a NaN/inf loss (raise_if_diverged). On a terminal, a progress bar with the running loss and
-    on_epoch_end's lines above it; otherwise just those lines, through `log`.
-    Returns (step losses (epochs, steps), the lines, wall seconds of each epoch (epochs,)).
+    Epoch e must depend on nothing but the carry and e (PRNG streams are fold_in(key, e)): that is what makes
+    a checkpoint of (carry, epochs done, losses and lines so far) enough to resume bit-identically.
+    checkpoints: restore from the newest checkpoint first and save one when due (jax_impl.checkpoints).
+    SIGINT/SIGTERM (jax_impl.interrupts) end the loop after the current epoch with a checkpoint and an
+    `Interrupted` naming it. Stops on a NaN/inf loss (raise_if_diverged). On a terminal, a progress bar with
+    the running loss and the lines above it; otherwise just the lines, through `log`.
+    Returns (carry, step losses (epochs, steps), the lines, wall seconds of each epoch (epochs,)).
     """
+    restored = checkpoints.restore(carry) if checkpoints is not None else None
+    if restored is not None:
+        carry, first = restored.carry, restored.epoch
+        all_losses, log_lines, epoch_seconds = list(restored.step_losses), list(restored.log_lines), list(restored.epoch_seconds)
+    else:
+        first, all_losses, log_lines, epoch_seconds = 0, [], [], []
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
-    bar = tqdm(range(epochs), desc=stage, unit="epoch", disable=not interactive, dynamic_ncols=True)
+    bar = tqdm(range(first, epochs), desc=stage, unit="epoch", disable=not interactive, dynamic_ncols=True,
+               initial=first, total=epochs)
     emit = tqdm.write if interactive else log
-    all_losses, log_lines, epoch_seconds = [], [], []
-    for e in bar:
-        started = time.perf_counter()
-        losses = np.asarray(run_epoch(e))  # the one host sync of the epoch
-        raise_if_diverged(losses, stage, e)
-        all_losses.append(losses)
-        bar.set_postfix(loss=f"{losses.mean():.6f}")
-        line = on_epoch_end(e, losses)
-        if line:
-            emit(line)
-            log_lines.append(line)
-        epoch_seconds.append(time.perf_counter() - started)
+    with interrupts.deferred():
+        for e in bar:
+            started = time.perf_counter()
+            carry, losses = run_epoch(carry, e)
+            losses = np.asarray(losses)  # the one host sync of the epoch
+            raise_if_diverged(losses, stage, e)
+            all_losses.append(losses)
+            bar.set_postfix(loss=f"{losses.mean():.6f}")
+            carry, line = on_epoch_end(carry, e, losses)
+            if line:
+                emit(line)
+                log_lines.append(line)
+            epoch_seconds.append(time.perf_counter() - started)
+            signum = interrupts.pending()
+            if checkpoints is not None and (signum is not None or checkpoints.due(e + 1, epochs)):
+                checkpoints.save(Progress(carry, e + 1, np.stack(all_losses), log_lines, np.asarray(epoch_seconds)))
+            if signum is not None:
+                bar.close()
+                raise Interrupted(signum, _interrupted_message(signum, stage, e + 1, epochs, checkpoints))
     bar.close()
-    return np.stack(all_losses), log_lines, np.asarray(epoch_seconds)
+    return carry, np.stack(all_losses), log_lines, np.asarray(epoch_seconds)
+
+
+def _interrupted_message(signum: int, stage: str, done: int, epochs: int, checkpoints: TrainingCheckpoints | None) -> str:
+    head = f"interrupted by {interrupts.signal_name(signum)} after {stage} epoch {done}/{epochs}"
+    if checkpoints is None:
+        return f"{head}; no checkpoint was saved (checkpointing is off)"
+    return f"{head}; saved {checkpoints.last_saved}; to continue, {checkpoints.resume_hint}"
 
 
 @jax.jit
@@ -258,12 +291,13 @@ def fit_mlp(
     permutations: np.ndarray | None = None,
     val: tuple[np.ndarray, np.ndarray] | None = None,
     log: Log = print,
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> TrainResult:
     """Train the MLP with the seed recipe: AdamW + OneCycle stepped per batch, MSE.
 
     inputs (N, D) int/float, targets (N,). Prints `Epoch 50 | Val MSE: 0.709485` every `cfg.log_every`
     epochs when `val` is given (the exact MSE over all val rows; upstream averaged per-batch MSEs).
-    Returns the trained model in eval mode.
+    checkpoints: save and resume the training state (jax_impl.checkpoints). Returns the trained model in eval mode.
     """
     x = jnp.asarray(inputs, jnp.float32)
     y = jnp.asarray(targets, jnp.float32).reshape(-1, 1)
@@ -276,7 +310,7 @@ def fit_mlp(
 
     return _fit(
         model, mlp_loss, (x, y), tx, epochs=cfg.epochs, batch_size=cfg.batch_size, key=key,
-        permutations=permutations, stage="MLP", on_epoch_end=on_epoch_end, log=log,
+        permutations=permutations, stage="MLP", on_epoch_end=on_epoch_end, log=log, checkpoints=checkpoints,
     )
 
 

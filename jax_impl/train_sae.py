@@ -8,8 +8,10 @@ memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tenso
   saelens/          the SAE in SAELens's format (cfg.json + sae_weights.safetensors; sae_lens.SAE.load_from_disk)
   sae_config.json   architecture, its config, the training config, widths, seed, the activation file
   metrics.json      explained variance, L0, dead fraction and MSE over every row, training seconds
+  checkpoints/      the training state while it runs (jax_impl.checkpoints); removed once the files above exist
 
-each written atomically (temporary file, then rename), the JSONs after the weights.
+each written atomically (temporary file, then rename), the JSONs after the weights. `resume=True`
+(`--resume`) continues from the newest valid checkpoint in checkpoints/.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from jax_impl import bridge, sae_training, saelens, saes
 from jax_impl.activations import ActivationFile, check_finite_rows, open_activations
 from jax_impl.atomic import write_json_atomic
 from jax_impl import distributed
+from jax_impl.checkpoints import TrainingCheckpoints
+from jax_impl.config import CheckpointPolicy
 from jax_impl.devices import data_mesh
 from jax_impl.distributed import Cluster
-from jax_impl.errors import UserError
+from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.sae_training import SAETrainConfig
 from jax_impl.train import Log
@@ -40,6 +44,7 @@ SAE_FILE = "sae.pth"
 SAELENS_DIR = "saelens"
 CONFIG_FILE = "sae_config.json"
 METRICS_FILE = "metrics.json"
+CHECKPOINTS_DIR = "checkpoints"
 DEFAULT_CHUNK_ROWS = 1 << 18  # 262,144 rows: 512 MiB of float32 at d = 512
 
 _KEY_INIT, _KEY_SHUFFLE = range(2)
@@ -107,6 +112,8 @@ def train_sae(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     devices: int | str | None = None,
     cluster: Cluster | None = None,
+    resume: bool = False,
+    checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
     log: Log = print,
 ) -> dict[str, Any]:
     """Train a `variant` SAE of `dict_size` features on the (N, d) float32 rows of `activations`; write
@@ -117,7 +124,10 @@ def train_sae(
     same arguments but its process_id); process 0 writes out_dir, the others only train.
     arch_config: the architecture's config (None: its defaults). Bad input raises UserError naming the file
     or the setting; nothing but out_dir's lock file (jax_impl.locks: a second process writing into the same
-    out_dir is refused) is written before the activations are validated and the training has finished.
+    out_dir is refused) and the training's checkpoints (out_dir/checkpoints, every `checkpoint_every`) is
+    written before the activations are validated and the training has finished. resume: continue from the
+    newest valid checkpoint there (one written by a training with the same settings and data shape);
+    without it, old checkpoints in out_dir are removed and training starts at the first epoch.
     """
     try:
         arch = saes.get(variant)
@@ -132,6 +142,8 @@ def train_sae(
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows must be >= 1, got {chunk_rows}")
     if cluster is not None:
+        if resume:
+            raise UserError("--resume with --coordinator: a multi-process run keeps no checkpoints; start it over")
         if devices is not None:
             raise UserError("--devices with --coordinator: a multi-process run uses every device of every process")
         if arch.epoch_hook is not None:
@@ -151,11 +163,19 @@ def train_sae(
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
     with folder_lock(out_dir, flag="--out", what="output folder"):
         remove_stale_temporaries(out_dir)
-        return _train_and_write(source, out_dir, variant, cfg, dict_size, train, seed, chunk_rows, mesh, log)
+        checkpoints = TrainingCheckpoints(out_dir / CHECKPOINTS_DIR, {
+            "architecture": variant, "config": dataclasses.asdict(cfg), "training": dataclasses.asdict(train),
+            "dict_size": dict_size, "seed": seed, "chunk_rows": chunk_rows, "devices": 1 if mesh is None else mesh.size,
+            "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+        }, checkpoint_every, resume=resume, log=log)
+        metrics = _train_and_write(source, out_dir, variant, cfg, dict_size, train, seed, chunk_rows, mesh, log, checkpoints)
+        checkpoints.clear()  # every file is written: nothing left to resume
+        return metrics
 
 
 def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: Any, dict_size: int,
-                     train: SAETrainConfig, seed: int, chunk_rows: int, mesh: Mesh | None, log: Log) -> dict[str, Any]:
+                     train: SAETrainConfig, seed: int, chunk_rows: int, mesh: Mesh | None, log: Log,
+                     checkpoints: TrainingCheckpoints) -> dict[str, Any]:
     """train_sae's work once the inputs are checked and out_dir's lock is held."""
     root = jax.random.key(seed)
     sae = saes.create(variant, source.width, dict_size, cfg, key=jax.random.fold_in(root, _KEY_INIT))
@@ -163,10 +183,13 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
     in_memory = source.n_rows <= chunk_rows
     rows = source.rows(0, source.n_rows) if in_memory else source
     started = time.perf_counter()
-    result = sae_training.fit(
-        sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), chunk_rows=None if in_memory else chunk_rows, log=log,
-        mesh=mesh,
-    )
+    try:
+        result = sae_training.fit(
+            sae, rows, train, key=jax.random.fold_in(root, _KEY_SHUFFLE), chunk_rows=None if in_memory else chunk_rows,
+            log=log, mesh=mesh, checkpoints=checkpoints,
+        )
+    except TrainingDiverged as e:  # here the data is the user's: name the file (huge values diverge too)
+        raise TrainingDiverged(f"{source.path}: {e}") from None
     seconds = time.perf_counter() - started
     metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
         "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),

@@ -73,11 +73,20 @@ def write_workbook(
     It is read after the sheet is streamed, so the sheet's generator may fill it as it goes.
     """
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        with zf.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as f:
+        with zf.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as f:  # open() dates it 1980-01-01
             for chunk in sheet_xml:
                 f.write(chunk.encode())
         for name, text in _package_parts(sheet_name, list(shared_strings)).items():
-            zf.writestr(name, text)
+            zf.writestr(_entry(name), text, compresslevel=1)
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry dated 1980-01-01 (zip's epoch; writestr would date it now): the same workbook is the same
+    bytes whenever and wherever it is written (there is no docProps/core.xml with a creation time either)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o600 << 16  # what ZipFile.writestr gives a name without a ZipInfo
+    return info
 
 
 def _package_parts(sheet_name: str, shared_strings: list[str]) -> dict[str, str]:
