@@ -52,7 +52,7 @@ def profile_epoch(model: nnx.Module, loss_fn, tx, arrays: tuple[jax.Array, ...],
                   flops_per_epoch: float) -> dict:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     carry = (params, rest, tx.init(params))
-    epoch = train._make_epoch_fn(graphdef, tx, loss_fn, batch_size)
+    epoch = train.make_batched_epoch(train.make_train_step(graphdef, tx, loss_fn), batch_size)
     permutation = jnp.asarray(np.random.default_rng(0).permutation(N_ROWS))
     kinds = kernel_kinds(epoch.lower(carry, arrays, permutation).compile().as_text())
     carry, losses = epoch(carry, arrays, permutation)  # compile and warm up

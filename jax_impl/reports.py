@@ -33,6 +33,7 @@ from plotly.offline import get_plotlyjs
 
 from jax_impl import xlsx
 from jax_impl.atomic import write_text_atomic
+from jax_impl.templates import fill, template
 
 TRACE_COLUMNS = (
     "sample_id", "idx_combination", "val_combination", "inputs", "indices", "values",
@@ -251,32 +252,6 @@ def _write_trace_xlsx(path: Path, t: CircuitTrace) -> None:
 
 # ---------------------------------------------------------------- pages
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
-       margin: 14px 24px; color: #1f2933; background: #fff; }}
-h1 {{ font-size: 20px; margin: 0 0 4px; }}
-.note {{ color: #52606d; font-size: 13px; margin: 2px 0; max-width: 1150px; }}
-.controls {{ font-size: 13px; margin: 8px 0; display: flex; gap: 12px; align-items: flex-start; }}
-.controls select {{ font-size: 12px; }}
-.main {{ display: flex; gap: 16px; align-items: flex-start; }}
-#plot {{ flex: 1; min-width: 0; height: {height}px; }}
-.side {{ width: 340px; font-size: 12px; }}
-.side select {{ width: 100%; font-size: 11px; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }}
-</style></head>
-<body>
-<h1>{title}</h1>
-{notes}
-{controls}
-<div class="main"><div id="plot"></div>{sidebar}</div>
-<script>{plotlyjs}</script>
-<script>
-const REPORT = {data};
-{script}
-</script>
-</body></html>
-"""
 
 
 def _write_page(path: Path, *, title: str, notes: list[str], data: dict, script: str,
@@ -288,9 +263,9 @@ def _write_page(path: Path, *, title: str, notes: list[str], data: dict, script:
 
     # "</" cannot end the <script> early once escaped; labels are ours, this is belt and braces.
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    html = _PAGE.format(
-        title=escape(title), height=height, controls=controls, sidebar=sidebar, data=payload, script=script,
-        notes="\n".join(f'<p class="note">{n}</p>' for n in notes), plotlyjs=get_plotlyjs())
+    html = fill(template("report_page.html"),
+        TITLE=escape(title), HEIGHT=str(height), CONTROLS=controls, SIDEBAR=sidebar, DATA=payload, SCRIPT=script,
+        NOTES="\n".join(f'<p class="note">{n}</p>' for n in notes), PLOTLYJS=get_plotlyjs())
     write_text_atomic(path, html)
 
 
@@ -333,30 +308,7 @@ def heatmap_data(t: CircuitTrace, top_pairs: int = HEATMAP_TOP_PAIRS) -> dict:
     }
 
 
-_HEATMAP_JS = _CONFIG_JS + """
-const R = REPORT;
-const hover = R.rows.map((out, i) => R.cols.map((idx, j) => {
-  const lines = R.pairs[i][j].map((p, r) =>
-    `${String(r + 1).padStart(2)}. neuron ${p[0]} \u2194 feature ${p[1]}: ${p[2].toFixed(3)}`);
-  return `<b>expected output ${out}, pointers ${idx}</b><br>` +
-    `${R.samples[i][j]} samples, total energy ${R.z[i][j].toFixed(2)}<br>` +
-    `<b>top neuron \u2194 feature pairs (summed energy)</b><br>` +
-    (lines.length ? lines.join('<br>') : 'no samples');
-}));
-Plotly.newPlot('plot', [{
-  type: 'heatmap', x: R.cols, y: R.rows.map(String), z: R.z, customdata: hover,
-  hovertemplate: '%{customdata}<extra></extra>', texttemplate: '%{z:.1f}',
-  textfont: {size: 11}, xgap: 1, ygap: 1,
-  colorscale: [[0, '#f7fbff'], [0.2, '#c6dbef'], [0.5, '#6baed6'], [0.8, '#2171b5'], [1, '#08306b']],
-  colorbar: {title: {text: 'summed energy', side: 'right'}},
-}], {
-  margin: {l: 70, r: 30, t: 20, b: 60},
-  xaxis: {title: {text: 'index combination p1-p2 (pointer into first column - pointer into last column)'},
-          type: 'category'},
-  yaxis: {title: {text: 'expected output |a[p1] - b[p2]|'}, type: 'category'},
-  hoverlabel: {align: 'left', bgcolor: 'white', font: {family: 'monospace', size: 12}},
-}, CONFIG);
-"""
+_HEATMAP_JS = _CONFIG_JS + "\n" + template("heatmap.js")  # jax_impl/templates/heatmap.js
 
 
 def bell_curve_data(t: CircuitTrace, max_pairs: int = BELL_MAX_PAIRS) -> dict:
@@ -385,49 +337,7 @@ def bell_curve_data(t: CircuitTrace, max_pairs: int = BELL_MAX_PAIRS) -> dict:
     }
 
 
-_BELL_JS = _CONFIG_JS + """
-const S = REPORT.stats;
-const select = document.getElementById('pairs');
-S.neuron.forEach((n, i) => {
-  const o = document.createElement('option');
-  o.value = i;
-  o.textContent = `${String(i + 1).padStart(4)}. n${String(n).padEnd(3)} \u2194 ` +
-    `f${String(S.feature[i]).padEnd(4)} \u03bc ${S.mean[i].toFixed(3)} ` +
-    `\u03c3 ${S.std[i].toFixed(3)} rows ${S.count[i]}`;
-  select.appendChild(o);
-});
-function curve(i) {
-  // Normal density with the pair's mean and std, drawn over mean +- 4 std.
-  const mu = S.mean[i], sd = S.std[i], x = [], y = [];
-  for (let j = 0; j <= 160; j++) {
-    const v = mu + sd * (j / 20 - 4);
-    x.push(v);
-    y.push(Math.exp(-0.5 * ((v - mu) / sd) ** 2) / (sd * Math.sqrt(2 * Math.PI)));
-  }
-  return {type: 'scatter', mode: 'lines', x, y, fill: 'tozeroy', line: {width: 2},
-          name: `n${S.neuron[i]} \u2194 f${S.feature[i]}`,
-          hovertemplate: `neuron ${S.neuron[i]} \u2194 feature ${S.feature[i]}<br>` +
-            `mean ${mu.toFixed(4)}, std ${sd.toFixed(4)}, rows ${S.count[i]}<br>` +
-            'energy %{x:.4f}, density %{y:.3f}<extra></extra>'};
-}
-function draw() {
-  const chosen = Array.from(select.selectedOptions, o => +o.value);
-  document.getElementById('shown').textContent = `${chosen.length} of ${S.neuron.length} pairs drawn`;
-  return Plotly.react('plot', chosen.map(curve), {
-    margin: {l: 70, r: 20, t: 20, b: 60}, hovermode: 'closest',
-    xaxis: {title: {text: 'energy of one row (neuron activation \u00d7 feature activation)'}},
-    yaxis: {title: {text: 'probability density (normal fit)'}},
-    legend: {title: {text: 'neuron \u2194 feature'}},
-  }, CONFIG);
-}
-function reset() {
-  Array.from(select.options).forEach((o, i) => { o.selected = i < REPORT.default_shown; });
-  return draw();
-}
-select.addEventListener('change', draw);
-document.getElementById('reset').addEventListener('click', reset);
-reset();
-"""
+_BELL_JS = _CONFIG_JS + "\n" + template("bell.js")  # jax_impl/templates/bell.js
 
 
 def _sankey_view(codes: list[np.ndarray], energy: np.ndarray, labels: list[Callable[[int], str]],
@@ -500,78 +410,7 @@ def sankey_data(t: CircuitTrace, links_per_step: int = SANKEY_LINKS_PER_STEP) ->
                                         ("index combination (first column)", by_index)]}
 
 
-_SANKEY_JS = _CONFIG_JS + """
-const COLORS = ['#4e79a7', '#f28e2b', '#59a14f', '#e15759', '#76b7b2'];
-const FADED = ['rgba(78,121,167,0.35)', 'rgba(242,142,43,0.35)', 'rgba(89,161,79,0.35)',
-               'rgba(225,87,89,0.35)'];
-const GAP = 2, MIN_LABEL_PX = 8;
-const MARGIN = {l: 10, r: 10, t: 50, b: 10};
-function trace(v, scale) {
-  // Stack each column top-down in the given order at `scale` px per unit of energy, with
-  // gaps of up to GAP px where the column has room, so nodes never overlap or leave the
-  // plot; nodes thinner than MIN_LABEL_PX keep their name for hover only.
-  const height = document.getElementById('plot').clientHeight - MARGIN.t - MARGIN.b;
-  const used = [0, 0, 0, 0, 0], count = [0, 0, 0, 0, 0];
-  v.flow.forEach((f, i) => { used[v.column[i]] += f * scale; count[v.column[i]] += 1; });
-  const gap = used.map((u, c) => count[c] > 1 ? Math.max(0, Math.min(GAP, (height - u) / (count[c] - 1))) : 0);
-  const x = [], y = [], top = [0, 0, 0, 0, 0];
-  v.flow.forEach((f, i) => {
-    const c = v.column[i], h = f * scale;
-    x[i] = 0.001 + 0.998 * c / 4;
-    y[i] = (top[c] + h / 2) / height;
-    top[c] += h + gap[c];
-  });
-  return {
-    type: 'sankey', arrangement: 'fixed', valueformat: '.3f',
-    node: {label: v.label.map((l, i) => v.flow[i] * scale >= MIN_LABEL_PX ? l : ''), customdata: v.label,
-           x, y, pad: 0, thickness: 16, color: v.column.map(c => COLORS[c]), line: {width: 0},
-           hovertemplate: '%{customdata}<br>summed energy %{value:.3f}<extra></extra>'},
-    link: {source: v.source, target: v.target, value: v.value,
-           customdata: v.source.map((s, i) => `${v.label[s]} \u2192 ${v.label[v.target[i]]}`),
-           color: v.source.map(s => FADED[v.column[s]]),
-           hovertemplate: '%{customdata}<br>summed energy %{value:.3f}<extra></extra>'},
-  };
-}
-function drawnScale() {
-  // Plotly sizes nodes by its own column assignment (by link depth, not our columns):
-  // read its px-per-energy off the drawn nodes.
-  let best = null;
-  document.querySelectorAll('.sankey-node').forEach(el => {
-    const n = el.__data__.node;
-    if (!best || n.value > best.value) best = n;
-  });
-  return best && best.value > 0 ? (best.y1 - best.y0) / best.value : 0;
-}
-const HEADS = ['index combination<br>p1-p2', 'value combination<br>a[p1]-b[p2]',
-               'neuron (top-k by activation)', 'SAE feature (top-k)', 'expected output'];
-const LAYOUT = {
-  margin: MARGIN, font: {size: 11},
-  annotations: HEADS.map((h, c) => ({text: `<b>${h}</b>`, x: c / 4, y: 1.0, yref: 'paper',
-    xref: 'paper', yanchor: 'bottom', xanchor: c === 0 ? 'left' : c === 4 ? 'right' : 'center',
-    showarrow: false, font: {size: 12}})),
-};
-const filter = document.getElementById('filter');
-function show() {
-  const v = REPORT.views[filter.value];
-  document.getElementById('shown').textContent =
-    `${v.label.length} nodes, ${v.source.length} links`;
-  // The first pass only lets plotly size the nodes (its scale depends on the links alone);
-  // the second places them at that scale. data-shown tells scripts and tests it is done.
-  const plot = document.getElementById('plot');
-  delete plot.dataset.shown;
-  if (!v.source.length) {  // plotly's sankey fails on an empty graph
-    return Plotly.react(plot, [], {annotations: [{text: 'no row with energy > 0', showarrow: false}],
-                                   xaxis: {visible: false}, yaxis: {visible: false}}, CONFIG)
-      .then(() => { plot.dataset.shown = filter.value; });
-  }
-  return Plotly.react(plot, [trace(v, 0)], LAYOUT, CONFIG)
-    .then(() => Plotly.react(plot, [trace(v, drawnScale())], LAYOUT, CONFIG))
-    .then(() => { plot.dataset.shown = filter.value; });
-}
-filter.addEventListener('change', show);
-document.getElementById('reset').addEventListener('click', () => { filter.value = 'all'; show(); });
-show();
-"""
+_SANKEY_JS = _CONFIG_JS + "\n" + template("sankey.js")  # jax_impl/templates/sankey.js
 
 
 def _write_heatmap_page(path: Path, t: CircuitTrace, notes: list[str]) -> None:
