@@ -51,6 +51,7 @@ def test_quick_bench_writes_results(tmp_path):
 
 
 def test_sae_family_bench_quick_writes_every_architecture(tmp_path):
+    """The SAE bench's smoke run: every architecture's JAX epoch beside its torch loop (tiny sizes)."""
     import json
     import subprocess
     import sys

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 # Same weights up to the order of float32 sums (a batch's gradient is reduced across devices): after 3 epochs
 # of Adam the largest difference measured here is ~1e-6; 1e-4 leaves room without hiding a wrong gradient.
@@ -31,6 +33,7 @@ codes = rng.random((1000, 24)) * (rng.random((1000, 24)) < 0.15)
 np.save(tmp / "acts.npy", (codes @ rng.normal(size=(24, 20))).astype(np.float32))
 configs = {"relu-l1": {}, "anthropic": {"resample_every": 1}, "topk": {"k": 4}, "batchtopk": {"k": 4},
            "matryoshka": {"k": 4, "groups": (8, 16, 32)}, "jumprelu": {"l0_coeff": 1e-3}}
+configs = {name: configs[name] for name in sys.argv[2].split(",")}
 train = SAETrainConfig(epochs=3, batch_size=64, log_every=3)
 report = {}
 for name, fields in configs.items():
@@ -69,12 +72,22 @@ print(json.dumps({"report": report, "all_reduce": all_reduce, "errors": errors, 
 """
 
 
-def test_four_devices_train_what_one_device_trains(tmp_path):
+# make test: one architecture per kind of step (the seed's partial last batch; AuxK's switch and batch-wide
+# top-k; a custom VJP and a post-update clip); -m slow: all six.
+ARCHITECTURES = [
+    pytest.param("relu-l1,batchtopk,jumprelu", id="three-kinds"),
+    pytest.param("anthropic,topk,matryoshka", id="the-others", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("architectures", ARCHITECTURES)
+def test_four_devices_train_what_one_device_trains(architectures, tmp_path):
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), architectures], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["report"]) == set(architectures.split(","))
     for name, r in result["report"].items():
         assert r["devices"] == [1, 4], (name, r)
         assert r["diff"] <= TOLERANCE, (name, r)

@@ -134,27 +134,27 @@ def test_topk_recovers_orthogonal_features_that_fire_one_at_a_time():
     assert scores["f1"] > 0.99 and scores["explained_variance"] > 0.98, scores
 
 
-def test_cli_writes_trains_and_scores_and_refuses_bad_input(tmp_path):
+def test_cli_writes_trains_and_scores_and_refuses_bad_input(tmp_path, capsys):
+    from jax_impl.cli import main
+
     data = tmp_path / "data"
-    run = [sys.executable, "-m", "jax_impl.cli"]
-    done = subprocess.run([*run, "synthetic", "--out", str(data), "--rows", "4000", "--n-features", "24",
-                           "--dim", "16", "--parents", "2"], capture_output=True, text=True)
+    # One real process for the whole chain's exit code; the rest in-process (main() is what the executable runs).
+    done = subprocess.run([sys.executable, "-m", "jax_impl.cli", "synthetic", "--out", str(data), "--rows", "4000",
+                           "--n-features", "24", "--dim", "16", "--parents", "2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    done = subprocess.run([*run, "train-sae", "--activations", str(data / ACTIVATIONS_FILE), "--out", str(tmp_path / "sae"),
-                           "--dict-size", "32", "--k", "2", "--epochs", "2", "--batch-size", "200"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    done = subprocess.run([*run, "synthetic-score", "--data", str(data), "--sae", str(tmp_path / "sae" / "sae.pth"), "--json"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    scores = json.loads(done.stdout)
+    assert main(["train-sae", "--activations", str(data / ACTIVATIONS_FILE), "--out", str(tmp_path / "sae"),
+                 "--dict-size", "32", "--k", "2", "--epochs", "2", "--batch-size", "200"]) == 0
+    capsys.readouterr()
+    assert main(["synthetic-score", "--data", str(data), "--sae", str(tmp_path / "sae" / "sae.pth"), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
     assert 0 <= scores["mcc"] <= 1 and scores["l0"] <= 2.0 + 1e-9
 
-    bad = subprocess.run([*run, "synthetic", "--out", str(tmp_path / "bad"), "--parents", "200"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "do not fit in n_features" in bad.stderr and not (tmp_path / "bad").exists()
+    assert main(["synthetic", "--out", str(tmp_path / "bad"), "--parents", "200"]) == 2
+    assert "do not fit in n_features" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     (data / TRUTH_FILE).write_bytes(b"not an npz")
-    bad = subprocess.run([*run, "synthetic-score", "--data", str(data), "--sae", str(tmp_path / "sae" / "sae.pth")],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "unreadable synthetic data" in bad.stderr and "Traceback" not in bad.stderr
-    wide = subprocess.run([*run, "synthetic-score", "--data", str(tmp_path / "data"), "--sae", str(tmp_path / "nope.pth")],
-                          capture_output=True, text=True)
-    assert wide.returncode == 2 and "Traceback" not in wide.stderr
+    assert main(["synthetic-score", "--data", str(data), "--sae", str(tmp_path / "sae" / "sae.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable synthetic data" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["synthetic-score", "--data", str(tmp_path / "data"), "--sae", str(tmp_path / "nope.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
