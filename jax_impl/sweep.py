@@ -47,7 +47,7 @@ from jax_impl.online import make_online_epoch_fn
 from jax_impl.rundir import ACTIVATIONS_PATH, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, load_run
 from jax_impl.sae_training import SAETrainConfig, make_sae_step, steps_in
 from jax_impl.sweep_grid import (
-    STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
+    MAX_SEED, STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
 )
 from jax_impl.sweep_report import write_report
 from jax_impl.task import SPLITS, Split, TaskShape
@@ -415,8 +415,8 @@ def run_sweep(
     dict_size = dict_size or SAE_DEFAULTS["dict_size"]
     train = train or SAE_DEFAULTS["train"]
     seed = 0 if seed is None else seed
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
     configurations = sae_configurations(grid, variants=variants, dict_size=dict_size, train=train, seed=seed,
                                         arch_defaults=arch_defaults)
     source = open_activations(path)
