@@ -14,6 +14,9 @@ Outputs under `out_dir` (held with the folder lock, like train-sae): one subfold
 train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, metrics.json) or the MLP's
 (mlp/perfect_mlp.pth and .safetensors, mlp_config.json, metrics.json); sweep.csv and sweep.json (one row
 per configuration; jax_impl.sweep_report) and sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
+While a group trains, checkpoints/group-NNN/ holds its training state (jax_impl.checkpoints; removed once the
+group's folders are written), which `resume` continues from; SIGINT/SIGTERM end the sweep after the current
+epoch with a checkpoint (jax_impl.interrupts).
 """
 
 from __future__ import annotations
@@ -141,7 +144,8 @@ def _loss_range(losses: np.ndarray, diverged: Sequence[str | None]) -> str:
 def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], carry: Any,
                   run_epoch: Callable[[Any, int], tuple[Any, jax.Array]],
                   end_of_epoch: Callable[[Any, int, np.ndarray, list[str | None]], tuple[Any, str | None]],
-                  progress: Progress, checkpoints: TrainingCheckpoints | None) -> tuple[Any, np.ndarray, list[str | None], np.ndarray]:
+                  progress: Progress, checkpoints: TrainingCheckpoints | None
+                  ) -> tuple[Any, np.ndarray, list[str | None], np.ndarray]:
     """A group's host loop (train.run_epochs for C stacked configurations, which may diverge one by one):
     `run_epoch(carry, e) -> (carry, losses (C, S))`, `end_of_epoch(carry, e, losses, diverged) -> (carry, line)`.
 
@@ -479,7 +483,8 @@ def _finished_rows(members: Sequence[Any], checkpoints: TrainingCheckpoints,
     diverged: dict[str, Any] = {}
     try:
         done = json.loads((checkpoints.folder / GROUP_DONE_FILE).read_text())
-        if isinstance(done, dict) and done.get("identity") == checkpoints.identity and isinstance(done.get("diverged"), dict):
+        ours = isinstance(done, dict) and done.get("identity") == checkpoints.identity
+        if ours and isinstance(done.get("diverged"), dict):
             diverged = done["diverged"]
     except (OSError, ValueError):
         pass
@@ -541,8 +546,10 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
                 table += finished
                 seconds = sum(row["seconds"] for row in finished)  # its training time, from the run that did it
             else:
-                trained = fit_sae_group(members, rows, progress, checkpoints, label=f"SAE (sweep group {g + 1}/{len(groups)})")
-                written = [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows) for c, t in zip(members, trained, strict=True)]
+                trained = fit_sae_group(members, rows, progress, checkpoints,
+                                        label=f"SAE (sweep group {g + 1}/{len(groups)})")
+                written = [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows)
+                           for c, t in zip(members, trained, strict=True)]
                 _group_done(checkpoints, written)
                 table += written
                 seconds = time.perf_counter() - started
@@ -646,7 +653,8 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
         for g, members in enumerate(groups):
             started = time.perf_counter()
             identity = {"stage": "mlp", "data": dataclasses.asdict(run.config.data), "train_rows": len(run.splits["train"]),
-                        "configurations": [{"name": c.name, "seed": c.seed, "mlp": dataclasses.asdict(c.cfg)} for c in members]}
+                        "configurations": [{"name": c.name, "seed": c.seed, "mlp": dataclasses.asdict(c.cfg)}
+                                           for c in members]}
             checkpoints = resume.checkpoints(out_dir, g, identity, log)
             finished = None
             if resume.resume:
@@ -687,7 +695,8 @@ def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Pa
 
 
 def _mlp_record(c: MLPConfiguration, run: Run) -> dict[str, Any]:
-    return {"mlp": dataclasses.asdict(c.cfg), "seed": c.seed, "run_dir": str(run.run_dir), "data": dataclasses.asdict(run.config.data)}
+    return {"mlp": dataclasses.asdict(c.cfg), "seed": c.seed, "run_dir": str(run.run_dir),
+            "data": dataclasses.asdict(run.config.data)}
 
 
 def _mlp_row(c: MLPConfiguration, group: int, metrics: Mapping[str, Any], record: dict[str, Any]) -> dict[str, Any]:
