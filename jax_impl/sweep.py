@@ -235,7 +235,10 @@ def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progres
     states = []
     for c, sae in zip(members, models, strict=True):
         p = sae.params() | ({"b_dec": mean} if arch.tied_bias else {})
-        hyper = {"lr": jnp.float32(c.train.lr)} | {f: jnp.float32(getattr(sae.cfg, f)) for f in traced}
+        # The float32 a standalone step computes with; a value beyond its range becomes inf there too (and the
+        # configuration diverges, recorded), so no RuntimeWarning about the cast (found by tests/test_fuzz.py).
+        with np.errstate(over="ignore"):
+            hyper = {"lr": jnp.float32(c.train.lr)} | {f: jnp.float32(getattr(sae.cfg, f)) for f in traced}
         states.append(((p, sae.buffers(), tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), hyper))
     carry = stack(states)
     dead_after = steps_in(n, train.batch_size, arch.keep_partial_batch)  # as fit: silent for an epoch of batches
