@@ -314,9 +314,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         train = SAETrainConfig(**{name: value if value is not None else getattr(defaults, name) for name, value in (
             ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr), ("log_every", args.log_every))})
     variants = [v.strip() for v in args.variant.split(",")] if args.variant else None
-    run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir, variants=variants,
-              dict_size=args.dict_size, train=train, seed=args.seed, chunk_rows=args.chunk_rows,
-              atlas_scores=not args.no_atlas)
+    policy = CheckpointPolicy.parse(args.checkpoint_every)
+    from jax_impl import interrupts
+
+    with interrupts.handled():
+        run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir, variants=variants,
+                  dict_size=args.dict_size, train=train, seed=args.seed, chunk_rows=args.chunk_rows,
+                  atlas_scores=not args.no_atlas, resume=args.resume, checkpoint_every=policy)
     return 0
 
 
@@ -477,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=1 << 18,
                    help="the most rows a sweep holds in memory (default 262144; larger files: train-sae streams them)")
     p.add_argument("--no-atlas", action="store_true", help="with --run-dir: skip the atlas scores (faster)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out (same flags): finished "
+                   "groups are read back, an interrupted one continues from its newest checkpoint")
+    _add_checkpoint_flag(p)
     p.set_defaults(func=cmd_sweep)
 
     from jax_impl.synthetic import SyntheticConfig

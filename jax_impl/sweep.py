@@ -14,11 +14,16 @@ Outputs under `out_dir` (held with the folder lock, like train-sae): one subfold
 train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, metrics.json) or the MLP's
 (mlp/perfect_mlp.pth and .safetensors, mlp_config.json, metrics.json); sweep.csv and sweep.json (one row
 per configuration; jax_impl.sweep_report) and sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
+While a group trains, checkpoints/group-NNN/ holds its training state (jax_impl.checkpoints; removed once the
+group's folders are written), which `resume` continues from; SIGINT/SIGTERM end the sweep after the current
+epoch with a checkpoint (jax_impl.interrupts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,31 +37,36 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jax_impl import analysis, atlas, bridge, saes
+from jax_impl import analysis, atlas, bridge, interrupts, saes
 from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
-from jax_impl.errors import TrainingDiverged, UserError
+from jax_impl.checkpoints import Progress as Saved
+from jax_impl.checkpoints import TrainingCheckpoints
+from jax_impl.config import CheckpointPolicy
+from jax_impl.errors import Interrupted, TrainingDiverged, UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.online import make_online_epoch_fn
 from jax_impl.rundir import ACTIVATIONS_PATH, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, load_run
 from jax_impl.sae_training import SAETrainConfig, make_sae_step, steps_in
 from jax_impl.sweep_grid import (
-    STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
+    MAX_SEED, STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
 )
 from jax_impl.sweep_report import write_report
 from jax_impl.task import SPLITS, Split, TaskShape
 from jax_impl.train import (
-    Log, evaluation_mse, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer, raise_if_diverged,
-    sae_optimizer, steps_per_epoch,
+    Log, evaluation_mse, interrupted_message, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer,
+    raise_if_diverged, sae_optimizer, steps_per_epoch,
 )
 from jax_impl.train_sae import (
-    DEFAULT_CHUNK_ROWS, KEY_INIT, KEY_SHUFFLE, config_record, reconstruction_metrics, write_artifacts,
+    CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, SAE_FILE, KEY_INIT, KEY_SHUFFLE, config_record, reconstruction_metrics,
+    write_artifacts,
 )
 
 CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
 MLP_CONFIG_FILE = "mlp_config.json"
 METRICS_FILE = "metrics.json"
+GROUP_DONE_FILE = "done.json"  # checkpoints/group-NNN/done.json: a finished group's diverged rows (see _group_done)
 # train-sae's command-line defaults: a sweep on a bare activation file starts from what train-sae would do.
 SAE_DEFAULTS = {"variant": "topk", "dict_size": 2048, "train": SAETrainConfig(epochs=20, batch_size=256, log_every=1)}
 
@@ -131,6 +141,51 @@ def _loss_range(losses: np.ndarray, diverged: Sequence[str | None]) -> str:
     return f"Loss: {min(means):.6f} .. {max(means):.6f}" if len(means) > 1 else f"Loss: {means[0]:.6f}"
 
 
+def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], carry: Any,
+                  run_epoch: Callable[[Any, int], tuple[Any, jax.Array]],
+                  end_of_epoch: Callable[[Any, int, np.ndarray, list[str | None]], tuple[Any, str | None]],
+                  progress: Progress, checkpoints: TrainingCheckpoints | None
+                  ) -> tuple[Any, np.ndarray, list[str | None], np.ndarray]:
+    """A group's host loop (train.run_epochs for C stacked configurations, which may diverge one by one):
+    `run_epoch(carry, e) -> (carry, losses (C, S))`, `end_of_epoch(carry, e, losses, diverged) -> (carry, line)`.
+
+    Epoch e depends on nothing but the carry and e (every PRNG stream is fold_in(key, e)), so a checkpoint of
+    (stacked carry, epochs done, every epoch's losses (E, C * S), lines, epoch seconds) resumes bit-identically;
+    the diverged list is not saved but replayed from the losses (the same checks give the same messages).
+    SIGINT/SIGTERM (jax_impl.interrupts): the epoch finishes, a checkpoint is saved, `Interrupted` names it.
+    Returns (carry, the last epoch's losses (C, S), why each configuration diverged or None, epoch seconds).
+    """
+    c = len(names)
+    diverged: list[str | None] = [None] * c
+    restored = checkpoints.restore(carry) if checkpoints is not None else None
+    if restored is not None:
+        carry, first = restored.carry, restored.epoch
+        all_losses, lines, epoch_seconds = list(restored.step_losses), list(restored.log_lines), list(restored.epoch_seconds)
+        for e, flat in enumerate(all_losses):
+            _check_losses(flat.reshape(c, -1), diverged, stage, e, names)
+        progress.advance(first * c)
+    else:
+        first, all_losses, lines, epoch_seconds = 0, [], [], []
+    with interrupts.deferred():
+        for e in range(first, epochs):
+            started = time.perf_counter()
+            carry, losses = run_epoch(carry, e)
+            losses = np.asarray(losses)  # (C, S): the one host sync of the epoch
+            _check_losses(losses, diverged, stage, e, names)
+            carry, line = end_of_epoch(carry, e, losses, diverged)
+            all_losses.append(losses.reshape(-1))
+            if line:
+                lines.append(line)
+            progress.advance(c, line)
+            epoch_seconds.append(time.perf_counter() - started)
+            signum = interrupts.pending()
+            if checkpoints is not None and (signum is not None or checkpoints.due(e + 1, epochs)):
+                checkpoints.save(Saved(carry, e + 1, np.stack(all_losses), lines, np.asarray(epoch_seconds)))
+            if signum is not None:
+                raise Interrupted(signum, interrupted_message(signum, label, e + 1, epochs, checkpoints))
+    return carry, all_losses[-1].reshape(c, -1), diverged, np.asarray(epoch_seconds)
+
+
 # --------------------------------------------------------------------------- SAE groups
 
 
@@ -159,11 +214,14 @@ def group_by(items: Sequence[Any], key: Callable[[Any], Any]) -> list[list[Any]]
     return list(groups.values())
 
 
-def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progress: Progress) -> list[Trained]:
+def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progress: Progress,
+                  checkpoints: TrainingCheckpoints | None = None, label: str = "SAE") -> list[Trained]:
     """Train configurations of one group together: one vmapped jitted epoch over rows (N, D) float32.
 
     Each one is initialised and shuffled from its seed as train_sae does (PRNG streams KEY_INIT, KEY_SHUFFLE),
     and sees the same sequence of batches and epoch hooks as sae_training.fit would give it alone.
+    checkpoints: resume from / save the group's stacked state (_group_epochs); label: the group in the line an
+    interrupt ends with.
     """
     first = members[0]
     arch, train = saes.get(first.variant), first.train
@@ -177,7 +235,10 @@ def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progres
     states = []
     for c, sae in zip(members, models, strict=True):
         p = sae.params() | ({"b_dec": mean} if arch.tied_bias else {})
-        hyper = {"lr": jnp.float32(c.train.lr)} | {f: jnp.float32(getattr(sae.cfg, f)) for f in traced}
+        # The float32 a standalone step computes with; a value beyond its range becomes inf there too (and the
+        # configuration diverges, recorded), so no RuntimeWarning about the cast (found by tests/test_fuzz.py).
+        with np.errstate(over="ignore"):
+            hyper = {"lr": jnp.float32(c.train.lr)} | {f: jnp.float32(getattr(sae.cfg, f)) for f in traced}
         states.append(((p, sae.buffers(), tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), hyper))
     carry = stack(states)
     dead_after = steps_in(n, train.batch_size, arch.keep_partial_batch)  # as fit: silent for an epoch of batches
@@ -194,12 +255,11 @@ def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progres
                      axis_name=CONFIG_AXIS)
     keys = [jax.random.fold_in(jax.random.key(c.seed), KEY_SHUFFLE) for c in members]
     names = [c.name for c in members]
-    diverged: list[str | None] = [None] * len(members)
-    started, epoch_seconds = time.perf_counter(), []
-    for e in range(train.epochs):
-        carry, losses = epoch(carry, (x,), jnp.stack([_draw(k, e, n) for k in keys]))
-        losses = np.asarray(losses)  # (C, S): the one host sync of the epoch
-        _check_losses(losses, diverged, "SAE", e, names)
+
+    def run_epoch(carry, e):
+        return epoch(carry, (x,), jnp.stack([_draw(k, e, n) for k in keys]))
+
+    def end_of_epoch(carry, e, losses, diverged):
         notes = []
         if arch.epoch_hook is not None:
             for i, c in enumerate(members):
@@ -216,14 +276,16 @@ def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progres
         if (e + 1) % train.log_every == 0 or notes:
             line = f"SAE Epoch [{e + 1}/{train.epochs}] | {len(members)} x {first.variant} | {_loss_range(losses, diverged)}"
             line += "".join(f" | {note}" for note in notes)
-        progress.advance(len(members), line)
-        epoch_seconds.append(time.perf_counter() - started - sum(epoch_seconds))
-    seconds = (time.perf_counter() - started) / len(members)
+        return carry, line
+
+    carry, losses, diverged, epoch_seconds = _group_epochs(train.epochs, "SAE", label, names, carry, run_epoch,
+                                                           end_of_epoch, progress, checkpoints)
+    seconds = float(epoch_seconds.sum()) / len(members)  # every process's epochs, on a resumed group too
     out = []
     for i, sae in enumerate(models):
         state = member(carry[0], i)
         model = saes.SAE(arch, sae.cfg, state[0], state[1]) if diverged[i] is None else None
-        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], np.asarray(epoch_seconds)))
+        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], epoch_seconds))
     return out
 
 
@@ -231,10 +293,10 @@ def fit_sae_group(members: Sequence[SAEConfiguration], rows: np.ndarray, progres
 
 
 def fit_mlp_group(members: Sequence[MLPConfiguration], train: Split, val: Split, shape: TaskShape,
-                  progress: Progress) -> list[Trained]:
+                  progress: Progress, checkpoints: TrainingCheckpoints | None = None, label: str = "MLP") -> list[Trained]:
     """Train MLP configurations of one recipe (seeds) together: one vmapped jitted epoch, each seed
     initialised and shuffled as `monosem run --seed S` would (KEY_MLP_INIT, KEY_MLP_SHUFFLE) on a run's
-    train split (val: the periodic log line's validation MSE)."""
+    train split (val: the periodic log line's validation MSE). checkpoints, label: as fit_sae_group."""
     cfg = members[0].cfg
     n = len(train)
     n_steps = steps_per_epoch(n, cfg.batch_size)
@@ -261,28 +323,25 @@ def fit_mlp_group(members: Sequence[MLPConfiguration], train: Split, val: Split,
             return epoch(carry, arrays, jnp.stack([_draw(k, e, n) for k in keys]))
 
     names = [c.name for c in members]
-    diverged: list[str | None] = [None] * len(members)
-    started, epoch_seconds = time.perf_counter(), []
-    for e in range(cfg.epochs):
-        carry, losses = run_epoch(carry, e)
-        losses = np.asarray(losses)
-        _check_losses(losses, diverged, "MLP", e, names)
-        line = None
-        if (e + 1) % cfg.log_every == 0:
-            vals = [evaluation_mse(nnx.merge(graphdef, *member(carry[:2], i)), val.inputs, val.targets)
-                    for i in range(len(members)) if diverged[i] is None]
-            shown = f"Val MSE: {min(vals):.6f} .. {max(vals):.6f}" if vals else "every configuration diverged"
-            line = f"MLP Epoch {e + 1} | {len(members)} seeds | {shown}"
-        progress.advance(len(members), line)
-        epoch_seconds.append(time.perf_counter() - started - sum(epoch_seconds))
-    seconds = (time.perf_counter() - started) / len(members)
+
+    def end_of_epoch(carry, e, losses, diverged):
+        if (e + 1) % cfg.log_every:
+            return carry, None
+        vals = [evaluation_mse(nnx.merge(graphdef, *member(carry[:2], i)), val.inputs, val.targets)
+                for i in range(len(members)) if diverged[i] is None]
+        shown = f"Val MSE: {min(vals):.6f} .. {max(vals):.6f}" if vals else "every configuration diverged"
+        return carry, f"MLP Epoch {e + 1} | {len(members)} seeds | {shown}"
+
+    carry, losses, diverged, epoch_seconds = _group_epochs(cfg.epochs, "MLP", label, names, carry, run_epoch,
+                                                           end_of_epoch, progress, checkpoints)
+    seconds = float(epoch_seconds.sum()) / len(members)
     out = []
     for i in range(len(members)):
         model = None
         if diverged[i] is None:
             model = nnx.merge(graphdef, *member(carry[:2], i))
             model.eval()
-        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], np.asarray(epoch_seconds)))
+        out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], epoch_seconds))
     return out
 
 
@@ -312,6 +371,8 @@ def run_sweep(
     seed: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     atlas_scores: bool = True,
+    resume: bool = False,
+    checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
     log: Log = print,
 ) -> dict[str, Any]:
     """Train every configuration of `grid` ({key: values}; values typed or strings as on the command line) and
@@ -323,6 +384,13 @@ def run_sweep(
     also scored by the atlas (monosemantic share etc.) with the run's MLP on all its rows.
     stage "mlp": several MLPs of the run directory's recipe at once (e.g. grid {"seed": range(8)}).
     Bad input raises UserError before anything is written but the folder lock.
+
+    Each group's training state is checkpointed in out_dir/checkpoints/group-NNN/ every `checkpoint_every`
+    (and on SIGINT/SIGTERM, which end the sweep after the current epoch with `errors.Interrupted`); a group's
+    checkpoints are removed once its folders are written. resume: groups whose folders are complete are read
+    back, not retrained; an interrupted group continues from its newest valid checkpoint; the sweep.csv/json
+    written are those of an uninterrupted sweep but for the timing columns (docs/sweeps.md). Without resume,
+    old checkpoints in out_dir are removed first.
     """
     if stage not in STAGES:
         raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -337,7 +405,8 @@ def run_sweep(
         run = load_run(run_dir, log=lambda line: None)
         configurations = mlp_configurations(grid, run.config)
         run.splits  # noqa: B018  (read and validate the splits before the lock: a bad run directory writes nothing)
-        return _locked(out_dir, lambda: _mlp_sweep(configurations, run, out_dir, grid, log))
+        return _locked(out_dir, resume, lambda: _mlp_sweep(configurations, run, out_dir, grid,
+                                                           _Resume(resume, checkpoint_every), log))
     path, run = _source_of(activations, run_dir)
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows must be >= 1, got {chunk_rows}")
@@ -353,8 +422,8 @@ def run_sweep(
     dict_size = dict_size or SAE_DEFAULTS["dict_size"]
     train = train or SAE_DEFAULTS["train"]
     seed = 0 if seed is None else seed
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
     configurations = sae_configurations(grid, variants=variants, dict_size=dict_size, train=train, seed=seed,
                                         arch_defaults=arch_defaults)
     source = open_activations(path)
@@ -370,17 +439,83 @@ def run_sweep(
     if run is not None and atlas_scores:
         run.mlp  # noqa: B018  (load the run's MLP and splits before the lock: a bad run directory writes nothing)
         run.splits  # noqa: B018
-    return _locked(out_dir, lambda: _sae_sweep(configurations, source, run if atlas_scores else None, out_dir, grid,
-                                               chunk_rows, log))
+    return _locked(out_dir, resume, lambda: _sae_sweep(configurations, source, run if atlas_scores else None, out_dir,
+                                                       grid, chunk_rows, _Resume(resume, checkpoint_every), log))
 
 
-def _locked(out_dir: Path | str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _locked(out_dir: Path | str, resume: bool, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
     with folder_lock(out_dir, flag="--out", what="output folder"):
         remove_stale_temporaries(out_dir)
-        return work()
+        if not resume:  # as train-sae: a fresh start forgets an earlier sweep's training state
+            shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
+        doc = work()
+        shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)  # every group is written: nothing to resume
+        return doc
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """How a sweep treats its groups' checkpoints (run_sweep's resume and checkpoint_every)."""
+
+    resume: bool
+    policy: CheckpointPolicy
+
+    def checkpoints(self, out_dir: Path, g: int, identity: dict[str, Any], log: Log) -> TrainingCheckpoints:
+        return TrainingCheckpoints(out_dir / CHECKPOINTS_DIR / f"group-{g:03d}", identity, self.policy,
+                                   resume=self.resume, log=log)
+
+
+def _group_done(checkpoints: TrainingCheckpoints, rows: Sequence[dict[str, Any]]) -> None:
+    """A group's folders are written: drop its checkpoints and keep only the rows of its diverged configurations
+    (they get no folder to read back on --resume) beside its identity."""
+    checkpoints.clear()
+    diverged = {row["name"]: row for row in rows if row.get("status") != "ok"}
+    if diverged:
+        checkpoints.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(checkpoints.folder / GROUP_DONE_FILE, {"identity": checkpoints.identity, "diverged": diverged})
+
+
+def _finished_rows(members: Sequence[Any], checkpoints: TrainingCheckpoints,
+                   read_row: Callable[[Any], dict[str, Any] | None]) -> list[dict[str, Any]] | None:
+    """On --resume, a group's table rows when every configuration's folder is complete (read_row: its row from
+    its files, or None when they are not all there) or it diverged in the run that finished the group; else None
+    (the group trains, from its newest checkpoint if any)."""
+    diverged: dict[str, Any] = {}
+    try:
+        done = json.loads((checkpoints.folder / GROUP_DONE_FILE).read_text())
+        ours = isinstance(done, dict) and done.get("identity") == checkpoints.identity
+        if ours and isinstance(done.get("diverged"), dict):
+            diverged = done["diverged"]
+    except (OSError, ValueError):
+        pass
+    rows = []
+    for c in members:
+        row = diverged.get(c.name) or read_row(c)
+        if row is None:
+            return None
+        rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file written by an earlier run of this sweep, or None when it is missing or unreadable (the
+    configuration then counts as not finished and is trained again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_settings(folder: Path, written: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Refuse to read back a configuration folder written with other settings (a --resume with other flags)."""
+    expected = json.loads(json.dumps(expected))
+    diffs = [k for k in expected if written.get(k) != expected[k]]
+    if diffs:
+        raise UserError(f"{folder}: written by a sweep with other settings ({', '.join(diffs)} differ); pass the flags "
+                        "of the original sweep to --resume it, or start over without --resume")
 
 
 def _grid_record(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -392,7 +527,7 @@ def _grid_record(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
 
 
 def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
-               grid: Mapping[str, Sequence[Any]], chunk_rows: int, log: Log) -> dict[str, Any]:
+               grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, sae_group_key)
     log(f"Sweep: {len(configurations)} SAE configuration(s) in {len(groups)} program(s) on {source.n_rows} x {source.width} "
@@ -403,11 +538,25 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
     try:
         for g, members in enumerate(groups):
             started = time.perf_counter()
-            trained = fit_sae_group(members, rows, progress)
-            for c, t in zip(members, trained, strict=True):
-                table.append(_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows))
-            group_records.append({"group": g, "configurations": [c.name for c in members],
-                                  "seconds": round(time.perf_counter() - started, 3)})
+            checkpoints = resume.checkpoints(out_dir, g, _sae_identity(members, source, chunk_rows), log)
+            finished = None
+            if resume.resume:
+                finished = _finished_rows(members, checkpoints,
+                                          lambda c: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows))
+            if finished is not None:
+                log(f"Sweep group {g + 1}/{len(groups)}: every configuration is written; read back, not trained again")
+                progress.advance(len(members) * members[0].train.epochs)
+                table += finished
+                seconds = sum(row["seconds"] for row in finished)  # its training time, from the run that did it
+            else:
+                trained = fit_sae_group(members, rows, progress, checkpoints,
+                                        label=f"SAE (sweep group {g + 1}/{len(groups)})")
+                written = [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows)
+                           for c, t in zip(members, trained, strict=True)]
+                _group_done(checkpoints, written)
+                table += written
+                seconds = time.perf_counter() - started
+            group_records.append({"group": g, "configurations": [c.name for c in members], "seconds": round(seconds, 3)})
     finally:
         progress.close()
     order = {c.name: c.index for c in configurations}
@@ -418,21 +567,64 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
     return write_report(out_dir, doc, log)
 
 
+def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, chunk_rows: int) -> dict[str, Any]:
+    """What a group's checkpoint must match to be resumed: its configurations and the data's shape."""
+    return {"stage": "sae", "chunk_rows": chunk_rows,
+            "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+            "configurations": [{"name": c.name, "variant": c.variant, "dict_size": c.dict_size, "seed": c.seed,
+                                "config": dataclasses.asdict(c.cfg), "training": dataclasses.asdict(c.train)}
+                               for c in members]}
+
+
 def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFile, run: Run | None, folder: Path,
                chunk_rows: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": c.name, "group": group, "variant": c.variant, **c.values}
     if t.model is None:
-        return row | {"status": t.diverged, "seconds": round(t.seconds, 3)}
+        return {"name": c.name, "group": group, "variant": c.variant, **c.values, "status": t.diverged,
+                "seconds": round(t.seconds, 3)}
     metrics = reconstruction_metrics(t.model, source, chunk_rows) | {
         "final_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
     }
     record = config_record(t.model, c.variant, c.train, source, seed=c.seed, chunk_rows=chunk_rows, devices=1)
+    # The atlas first and metrics.json last: a folder with metrics.json is complete (_read_sae_row).
+    scores = _atlas_scores(run, t.model, folder) if run is not None else None
     write_artifacts(t.model, folder, record, metrics)
+    return _sae_row(c, group, metrics, record, scores)
+
+
+def _sae_row(c: SAEConfiguration, group: int, metrics: Mapping[str, Any], record: dict[str, Any],
+             scores: dict[str, Any] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": c.name, "group": group, "variant": c.variant, **c.values}
     row |= {k: metrics[k] for k in ("explained_variance", "l0", "dead_fraction", "mse", "final_loss")}
-    row["seconds"] = round(t.seconds, 3)
-    if run is not None:
-        row |= _atlas_scores(run, t.model, folder)
+    row["seconds"] = metrics["train_seconds"]
+    if scores is not None:
+        row |= scores
     return row | {"status": "ok", "config": record}
+
+
+def _read_sae_row(c: SAEConfiguration, group: int, source: ActivationFile, run: Run | None, folder: Path,
+                  chunk_rows: int) -> dict[str, Any] | None:
+    """A written configuration's table row from its metrics.json, sae_config.json (and feature_atlas.json), as
+    _write_sae returned it; None when the folder is not complete."""
+    metrics, record = _read_json(folder / METRICS_FILE), _read_json(folder / CONFIG_FILE)
+    if not isinstance(metrics, dict) or not isinstance(record, dict) or not (folder / SAE_FILE).is_file():
+        return None
+    arch = saes.get(c.variant)
+    cfg = arch.resolve(c.cfg, c.dict_size) if arch.resolve is not None else c.cfg
+    _same_settings(folder, record, {
+        "architecture": c.variant, "config": dataclasses.asdict(cfg), "training": dataclasses.asdict(c.train),
+        "dict_size": c.dict_size, "seed": c.seed, "chunk_rows": chunk_rows,
+        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+    })
+    scores = None
+    if run is not None:
+        doc = _read_json(folder / atlas.ATLAS_JSON)
+        if not isinstance(doc, dict):
+            return None  # no atlas yet (or none possible: no feature fires; the group then trains again)
+        scores = _atlas_row(doc)
+    try:
+        return _sae_row(c, group, metrics, record, scores)
+    except KeyError:
+        return None
 
 
 ATLAS_COLUMNS = ("monosemantic_share", "share_f1_0_9", "live", "monosemantic", "consistent_share_of_monosemantic")
@@ -446,11 +638,15 @@ def _atlas_scores(run: Run, sae: saes.SAE, folder: Path) -> dict[str, Any]:
     except UserError:  # no feature fires on any row: nothing to label
         return {k: None for k in ATLAS_COLUMNS} | {"live": 0}
     write_json_atomic(folder / atlas.ATLAS_JSON, doc)
+    return _atlas_row(json.loads(json.dumps(doc)))  # as a --resume reads it back from the file
+
+
+def _atlas_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: doc["summary"][k] for k in ATLAS_COLUMNS} | {"spliced_mse": doc["metrics"].get("spliced_mse")}
 
 
 def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, grid: Mapping[str, Sequence[Any]],
-               log: Log) -> dict[str, Any]:
+               resume: _Resume, log: Log) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, lambda c: c.cfg)
     log(f"Sweep: {len(configurations)} MLP configuration(s) in {len(groups)} program(s) on the splits of {run.run_dir}")
@@ -459,11 +655,26 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
     try:
         for g, members in enumerate(groups):
             started = time.perf_counter()
-            trained = fit_mlp_group(members, run.splits["train"], run.splits["val"], run.shape, progress)
-            for c, t in zip(members, trained, strict=True):
-                table.append(_write_mlp(c, t, g, run, out_dir / c.name))
-            group_records.append({"group": g, "configurations": [c.name for c in members],
-                                  "seconds": round(time.perf_counter() - started, 3)})
+            identity = {"stage": "mlp", "data": dataclasses.asdict(run.config.data), "train_rows": len(run.splits["train"]),
+                        "configurations": [{"name": c.name, "seed": c.seed, "mlp": dataclasses.asdict(c.cfg)}
+                                           for c in members]}
+            checkpoints = resume.checkpoints(out_dir, g, identity, log)
+            finished = None
+            if resume.resume:
+                finished = _finished_rows(members, checkpoints, lambda c: _read_mlp_row(c, g, run, out_dir / c.name))
+            if finished is not None:
+                log(f"Sweep group {g + 1}/{len(groups)}: every configuration is written; read back, not trained again")
+                progress.advance(len(members) * members[0].cfg.epochs)
+                table += finished
+                seconds = sum(row["seconds"] for row in finished)
+            else:
+                trained = fit_mlp_group(members, run.splits["train"], run.splits["val"], run.shape, progress, checkpoints,
+                                        label=f"MLP (sweep group {g + 1}/{len(groups)})")
+                written = [_write_mlp(c, t, g, run, out_dir / c.name) for c, t in zip(members, trained, strict=True)]
+                _group_done(checkpoints, written)
+                table += written
+                seconds = time.perf_counter() - started
+            group_records.append({"group": g, "configurations": [c.name for c in members], "seconds": round(seconds, 3)})
     finally:
         progress.close()
     order = {c.name: c.index for c in configurations}
@@ -474,16 +685,38 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
 
 
 def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Path) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": c.name, "group": group, **c.values}
     if t.model is None:
-        return row | {"status": t.diverged, "seconds": round(t.seconds, 3)}
+        return {"name": c.name, "group": group, **c.values, "status": t.diverged, "seconds": round(t.seconds, 3)}
     metrics = {s: analysis.evaluate(t.model, run.splits[s]) for s in SPLITS} | {
         "final_train_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
     }
     bridge.save_mlp(t.model, folder / MLP_PATH)
-    record = {"mlp": dataclasses.asdict(c.cfg), "seed": c.seed, "run_dir": str(run.run_dir), "data": dataclasses.asdict(run.config.data)}
+    record = _mlp_record(c, run)
     write_json_atomic(folder / MLP_CONFIG_FILE, record)
-    write_json_atomic(folder / METRICS_FILE, metrics)
+    write_json_atomic(folder / METRICS_FILE, metrics)  # last: a folder with metrics.json is complete
+    return _mlp_row(c, group, json.loads(json.dumps(metrics)), record)
+
+
+def _mlp_record(c: MLPConfiguration, run: Run) -> dict[str, Any]:
+    return {"mlp": dataclasses.asdict(c.cfg), "seed": c.seed, "run_dir": str(run.run_dir),
+            "data": dataclasses.asdict(run.config.data)}
+
+
+def _mlp_row(c: MLPConfiguration, group: int, metrics: Mapping[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": c.name, "group": group, **c.values}
     for s in SPLITS:
         row |= {f"{s}_mse": metrics[s]["mse"], f"{s}_exact_match": metrics[s]["exact_match"]}
-    return row | {"final_train_loss": t.final_loss, "seconds": round(t.seconds, 3), "status": "ok", "config": record}
+    return row | {"final_train_loss": metrics["final_train_loss"], "seconds": metrics["train_seconds"], "status": "ok",
+                  "config": record}
+
+
+def _read_mlp_row(c: MLPConfiguration, group: int, run: Run, folder: Path) -> dict[str, Any] | None:
+    """A written MLP configuration's table row from its metrics.json and mlp_config.json; None if not complete."""
+    metrics, record = _read_json(folder / METRICS_FILE), _read_json(folder / MLP_CONFIG_FILE)
+    if not isinstance(metrics, dict) or not isinstance(record, dict) or not (folder / MLP_PATH).is_file():
+        return None
+    _same_settings(folder, record, {k: v for k, v in _mlp_record(c, run).items() if k != "run_dir"})
+    try:
+        return _mlp_row(c, group, metrics, record)
+    except (KeyError, TypeError):
+        return None

@@ -26,6 +26,10 @@ STAGES = ("sae", "mlp")
 # The SAE stage's keys beside the architecture fields: (type, where the value goes).
 SAE_KEYS: dict[str, type] = {"seed": int, "dict_size": int, "epochs": int, "batch_size": int, "lr": float}
 MLP_SKIPPED = ("log_every",)  # not a hyperparameter: how often a line is printed
+# Far beyond any sweep one host trains, and small enough that expanding a mistyped range (seed=0..10**12) or
+# a product of long lists cannot exhaust memory before the mistake is reported.
+MAX_CONFIGURATIONS = 10_000
+MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -69,6 +73,9 @@ def typed_values(key: str, raw: Sequence[Any], kind: type, choices: Sequence[str
                     lo, hi = (int(t) for t in text.split(".."))
                     if lo > hi:
                         raise UserError(f"--grid {key}={text}: an empty range (a..b needs a <= b)")
+                    if hi - lo >= MAX_CONFIGURATIONS:
+                        raise UserError(f"--grid {key}={text}: {hi - lo + 1} values, more than a sweep takes "
+                                        f"({MAX_CONFIGURATIONS} configurations at most)")
                     values.extend(range(lo, hi + 1))
                     continue
                 if kind is tuple:
@@ -98,6 +105,20 @@ def typed_values(key: str, raw: Sequence[Any], kind: type, choices: Sequence[str
     if len(set(values)) != len(values):
         raise UserError(f"--grid {key}={_show(raw)}: a value appears twice")
     return values
+
+
+def _check_count(counts: Sequence[int]) -> None:
+    total = 1
+    for n in counts:
+        total *= n
+        if total > MAX_CONFIGURATIONS:
+            raise UserError(f"--grid: more than {MAX_CONFIGURATIONS} configurations (the product of the keys' value "
+                            "counts); split the sweep")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
 
 
 def _show(raw: Sequence[Any]) -> str:
@@ -185,6 +206,7 @@ def sae_configurations(
             raise UserError(f"--grid {key}: unknown key; expected one of {', '.join(kinds)}")
         typed[key] = typed_values(key, raw, kinds[key])
     out: list[SAEConfiguration] = []
+    _check_count([len(archs), *(len(v) for v in typed.values())])
     for arch in archs:
         fields = _arch_fields(arch)
         keys = [k for k in typed if k in SAE_KEYS or k in fields]
@@ -202,8 +224,7 @@ def sae_configurations(
                 config_train.validate()
                 if size < 1:
                     raise ValueError(f"dict_size must be >= 1, got {size}")
-                if values.get("seed", seed) < 0:
-                    raise ValueError(f"seed must be >= 0, got {values.get('seed', seed)}")
+                _check_seed(values.get("seed", seed))
             except ValueError as e:
                 raise UserError(f"--grid: configuration {name} ({arch.name}): {e}") from None
             out.append(SAEConfiguration(index, name, shown, arch.name, size, cfg, config_train, values.get("seed", seed)))
@@ -229,14 +250,15 @@ def mlp_configurations(grid: Mapping[str, Sequence[Any]], run_config: RunConfig)
         typed[key] = typed_values(key, raw, kinds[key], MLP_DATA if key == "data" else ())
     out: list[MLPConfiguration] = []
     keys = list(typed)
+    _check_count([len(v) for v in typed.values()])
     for combo in itertools.product(*(typed[k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))
         cfg = dataclasses.replace(run_config.mlp, **{k: v for k, v in values.items() if k != "seed"})
         seed = values.get("seed", run_config.seed)
         name = _folder_name(len(out), values)
         try:
-            if seed < 0:
-                raise UserError(f"seed must be >= 0, got {seed}")
+            if not 0 <= seed <= MAX_SEED:
+                raise UserError(f"seed must be in 0..{MAX_SEED}, got {seed}")
             dataclasses.replace(run_config, mlp=cfg).validate()
         except UserError as e:
             raise UserError(f"--grid: configuration {name}: {e}") from None

@@ -255,12 +255,13 @@ def run_epochs(
                 checkpoints.save(Progress(carry, e + 1, np.stack(all_losses), log_lines, np.asarray(epoch_seconds)))
             if signum is not None:
                 bar.close()
-                raise Interrupted(signum, _interrupted_message(signum, stage, e + 1, epochs, checkpoints))
+                raise Interrupted(signum, interrupted_message(signum, stage, e + 1, epochs, checkpoints))
     bar.close()
     return carry, np.stack(all_losses), log_lines, np.asarray(epoch_seconds)
 
 
-def _interrupted_message(signum: int, stage: str, done: int, epochs: int, checkpoints: TrainingCheckpoints | None) -> str:
+def interrupted_message(signum: int, stage: str, done: int, epochs: int, checkpoints: TrainingCheckpoints | None) -> str:
+    """The one line an interrupted training loop ends with: the signal, where it stopped, what was saved, how to go on."""
     head = f"interrupted by {interrupts.signal_name(signum)} after {stage} epoch {done}/{epochs}"
     if checkpoints is None:
         return f"{head}; no checkpoint was saved (checkpointing is off)"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file as save_safetensors
 
@@ -541,3 +541,94 @@ def test_fuzzed_checkpoints(activation_files, interrupted_training, tmp_path_fac
     else:
         assert outcome.rc == 2, outcome.out[-500:]
         assert_refused_or_fine(outcome, newest, out, before)
+
+
+# --------------------------------------------------------------------------- sweep grids
+
+GRID_KEYS = ["seed", "dict_size", "epochs", "batch_size", "lr", "k", "aux_coeff", "l1_coeff", "groups", "data", "Seed"]
+GOOD_SPECS = ["k=2,3", "seed=0..1", "lr=1e-3,3e-3", "aux_coeff=0.1", "dict_size=8,12", "epochs=1", "batch_size=32"]
+GRID_VALUES = st.one_of(
+    st.integers(-3, 40).map(str), st.floats().map(repr), st.text(max_size=5),
+    st.sampled_from(["0..2", "3..1", "0..99999999999", "2:4:8", "", " ", "1e-3", "nan", "inf", "-0", "1_0", "0x10",
+                     "\u0663", "9" * 40, "1e999", "1..", "..", "4,", "k=2"]),
+)
+# One sweep of the grids the fuzzer makes trains at most this much (a valid grid of 10**6 epochs would run
+# for days; it is valid, so nothing is wrong with it, and the property is about parsing and validation).
+MAX_WORK = {"configurations": 4, "epochs": 2, "dict_size": 32}
+
+
+@st.composite
+def grid_spec(draw) -> str:
+    """One `--grid` string: a good one, a good one with characters inserted, deleted or replaced, a known or
+    random key with random values, or random text."""
+    kind = draw(st.sampled_from(["good", "mutated", "key-values", "text"]))
+    if kind == "good":
+        return draw(st.sampled_from(GOOD_SPECS))
+    if kind == "key-values":
+        key = draw(st.sampled_from(GRID_KEYS) | st.text(max_size=6))
+        return f"{key}={','.join(draw(st.lists(GRID_VALUES, max_size=3)))}"
+    if kind == "text":
+        return draw(st.text(max_size=20))
+    spec = list(draw(st.sampled_from(GOOD_SPECS)))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(spec)))
+        char = draw(st.sampled_from(list("=,.:-_ 0123456789eE+kx\n\t\x00\u00e9")) | st.characters())
+        op = draw(st.sampled_from(["insert", "delete", "replace"]))
+        if op == "insert" or not spec:
+            spec.insert(at, char)
+        elif op == "delete":
+            del spec[min(at, len(spec) - 1)]
+        else:
+            spec[min(at, len(spec) - 1)] = char
+    return "".join(spec)
+
+
+@pytest.fixture(scope="module")
+def sweep_rows(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(11)
+    path = tmp_path_factory.mktemp("sweeprows") / "acts.npy"
+    np.save(path, rng.normal(size=(64, 6)).astype(np.float32))
+    return path
+
+
+def _sweep_work(specs: list[str]) -> dict[str, int] | None:
+    """What the grid would train (from the public API), or None when it is refused."""
+    from jax_impl.errors import UserError
+    from jax_impl.sweep_grid import parse_grid, sae_configurations
+
+    try:
+        configs = sae_configurations(parse_grid(specs), variants=["topk"], dict_size=8,
+                                     train=SAETrainConfig(epochs=1, batch_size=32), seed=0)
+    except UserError:
+        return None
+    return {"configurations": len(configs), "epochs": max(c.train.epochs for c in configs),
+            "dict_size": max(c.dict_size for c in configs)}
+
+
+# Half the examples mix good, mutated and random specs; the other half are good specs with one of them
+# perhaps mutated, so that a fair share of the grids is valid and the sweep trains (exit 0).
+GRIDS = st.lists(grid_spec(), min_size=1, max_size=3) | st.tuples(
+    st.lists(st.sampled_from(GOOD_SPECS), min_size=1, max_size=2, unique=True), st.lists(grid_spec(), max_size=1),
+).map(lambda parts: parts[0] + parts[1])
+
+
+@budget(8, long=300)
+@given(specs=GRIDS)
+def test_fuzzed_sweep_grids(sweep_rows, tmp_path_factory, specs):
+    """Exit 0 with a table of every configuration, or exit 2 with one line naming --grid and nothing in --out
+    but its lock file; never a traceback."""
+    work = _sweep_work(specs)
+    assume(work is None or all(work[k] <= v for k, v in MAX_WORK.items()))
+    out = tmp_path_factory.mktemp("gridfuzz") / "out"
+    outcome = run_cli("sweep", "--activations", sweep_rows, "--out", out, "--variant", "topk", "--dict-size", "8",
+                      "--epochs", "1", "--batch-size", "32", *(f"--grid={s}" for s in specs))
+    assert "Traceback" not in outcome.err and not outcome.warned, (specs, outcome)
+    event(f"exit {outcome.rc}")
+    if outcome.rc == 0:
+        assert work is not None, specs
+        doc = json.loads((out / "sweep.json").read_text())
+        assert len(doc["configurations"]) == work["configurations"] and not (out / "checkpoints").exists()
+        return
+    assert outcome.rc == 2, (specs, outcome)
+    assert outcome.err.count("\n") == 1 and outcome.err.startswith("monosem: error: --grid"), (specs, outcome.err)
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".monosem.lock"], (specs, list(out.iterdir()))
