@@ -16,6 +16,7 @@ from jax_impl.errors import Interrupted, UserError
 from jax_impl.models import HOOK_WIDTHS, HOOKS
 
 DEFAULT_RUN_DIR = Path("runs/default")
+MAX_SEED = 2**63 - 1  # jax.random.key takes a 64-bit seed
 _CONFIG_SECTIONS = ("data", "mlp", "sae")
 
 
@@ -49,8 +50,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
     defaults = strong_recipe() if args.recipe == "strong" else RunConfig()
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed must be in 0..{MAX_SEED} (a PRNG seed), got {args.seed}")
     sections = {}
     for section in _CONFIG_SECTIONS:
         given = {f.name: getattr(args, f"{section}.{f.name}", None) for f in dataclasses.fields(getattr(defaults, section))}
@@ -273,8 +274,8 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         raise UserError(f"--variant: {e}") from None
     cfg = _architecture_config(args, args.variant, None, flag=_arch_flag, variant_flag="--variant")
     train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed must be in 0..{MAX_SEED} (a PRNG seed), got {args.seed}")
     cluster = None
     given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
                             ("--process-id", args.process_id)) if v is not None]

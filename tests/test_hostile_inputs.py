@@ -474,7 +474,8 @@ FLAG_CASES = {
     "batch_of_one_with_batchnorm": (["--mlp-batch-size", "1"], ["--mlp-batch-size 1", "BatchNorm cannot normalise"]),
     "pct_start_one": (["--mlp-pct-start", "1.0"], ["--mlp-pct-start must be in (0, 1), got 1.0"]),
     "x_dim_one": (["--data-x-dim", "1"], ["--data-x-dim must be at least 2"]),
-    "negative_seed": (["--seed", "-1"], ["--seed must be >= 0, got -1"]),
+    "negative_seed": (["--seed", "-1"], ["--seed must be in 0..9223372036854775807 (a PRNG seed), got -1"]),
+    "seed_beyond_64_bits": (["--seed", str(2**64)], [f"--seed must be in 0..9223372036854775807 (a PRNG seed), got {2**64}"]),
 }
 
 
