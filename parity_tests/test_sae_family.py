@@ -238,3 +238,29 @@ def test_jumprelu_threshold_moves_under_adam() -> None:
     for _ in range(200):
         carry, _ = step(carry, x)
     assert float(jnp.max(carry[0]["threshold"])) > 0.05
+
+
+@pytest.mark.parametrize("k", [1, 7, 40, 64])
+def test_radix_select_keeps_what_top_k_keeps(k: int) -> None:
+    """at_least_kth_largest (AuxK's selection) against torch.topk: the same entries on rows of mixed signs,
+    zeros of both signs and magnitudes from 1e-30 to 1e30, with some columns invalid and a row with fewer
+    than k valid entries (then every valid entry)."""
+    from jax_impl.saes.base import at_least_kth_largest
+
+    rng = np.random.default_rng(k)
+    x = (rng.normal(size=(12, 64)) * 10.0 ** rng.integers(-30, 30, size=(12, 64))).astype(np.float32)
+    x[0, :5] = [0.0, -0.0, 0.0, -1e-38, 1e-38]
+    valid = rng.random(64) < 0.8
+    keep = np.asarray(at_least_kth_largest(jnp.asarray(x), jnp.asarray(valid), k))
+    masked = torch.from_numpy(np.where(valid, x, -np.inf))
+    n_valid = int(valid.sum())
+    for row in range(12):
+        if n_valid <= k:
+            assert (keep[row] == valid).all()
+            continue
+        expected = np.zeros(64, bool)
+        expected[masked[row].topk(k).indices.numpy()] = True
+        if (keep[row] != expected).any():  # only exact ties at the k-th value may differ (all kept here)
+            kth = np.sort(x[row][valid])[-k]
+            assert (x[row][keep[row] != expected] == kth).all()
+        assert keep[row].sum() >= k and not keep[row][~valid].any()

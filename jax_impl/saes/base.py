@@ -104,6 +104,28 @@ def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Arra
     return _dead_latent_loss(p["w_dec"], pre, residual, dead, n_dead if group_dead is None else group_dead, aux_k)
 
 
+def at_least_kth_largest(x: jax.Array, valid: jax.Array, k: int) -> jax.Array:
+    """(B, C) bool: the entries of each row of x (B, C) float32 that are >= its k-th largest valid entry
+    (valid (C,) or (B, C) bool; all valid entries where a row has fewer than k).
+
+    A radix select: the k-th largest is found bit by bit on float32's order-preserving unsigned key, 32
+    compare-and-count passes over the row, with no sort. XLA:CPU's top_k sorts each row, and with k a large
+    share of the row (AuxK: 4k of the few hundred dead latents) that costs several times these passes. The
+    same set as top_k's except for exact ties at the k-th value, which top_k breaks arbitrarily and this keeps.
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))  # larger float -> larger key
+    keys = jnp.where(valid, keys, jnp.uint32(0))
+
+    def next_bit(i, prefix):
+        candidate = prefix | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        enough = jnp.sum(keys >= candidate, axis=-1, keepdims=True) >= k
+        return jnp.where(enough, candidate, prefix)
+
+    kth = jax.lax.fori_loop(0, 32, next_bit, jnp.zeros(keys.shape[:-1] + (1,), jnp.uint32))
+    return valid & (keys >= kth)
+
+
 def _dead_latent_branches(dead: jax.Array, group_dead: jax.Array, aux_k: int) -> tuple[jax.Array, list[Callable]]:
     """(branch index, branches): AuxK on the dead latents only, each branch `loss(w_dec, pre, residual)`.
 
@@ -111,7 +133,8 @@ def _dead_latent_branches(dead: jax.Array, group_dead: jax.Array, aux_k: int) ->
     2 aux_k, 4 aux_k, ..., F that holds them all (one compiled branch per size, chosen per step), so the top-k
     and the decoding cost cap/F of the whole dictionary's. With at most aux_k dead latents (most of training)
     the top-k would keep all of them and is skipped. Branch 0: nothing is dead, nothing is computed. Equal to
-    the top-k over the whole masked row up to float32 summation order (parity_tests/test_sae_family.py).
+    the top-k over the whole masked row up to float32 summation order and exact ties at the aux_k-th value
+    (parity_tests/test_sae_family.py).
 
     The branch is chosen by group_dead, which under a sweep's vmap is the same for every configuration of the
     group (a per-configuration index would turn the switch into a select that runs every branch); each
@@ -127,11 +150,10 @@ def _dead_latent_branches(dead: jax.Array, group_dead: jax.Array, aux_k: int) ->
             valid = jnp.arange(cap) < n_dead
             dead_pre = pre[:, latents]  # (B, cap)
             if cap > aux_k:  # keep each row's aux_k largest among the dead
-                values, positions = jax.lax.top_k(jnp.where(valid, dead_pre, -jnp.inf), aux_k)
-                values = jnp.where(jnp.isfinite(values), values, 0.0)
-                dead_features = jnp.put_along_axis(jnp.zeros_like(dead_pre), positions, values, axis=-1, inplace=False)
+                keep = at_least_kth_largest(jax.lax.stop_gradient(dead_pre), valid, aux_k)
             else:
-                dead_features = jnp.where(valid, dead_pre, 0.0)
+                keep = jnp.broadcast_to(valid, dead_pre.shape)
+            dead_features = jnp.where(keep, dead_pre, 0.0)
             return jnp.where(n_dead > 0, mse(dead_features @ w_dec[latents], residual), 0.0)
 
         return loss_of
