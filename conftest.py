@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The tests start about a hundred `monosem` and helper processes that compile the same small programs again.
+# One compilation cache per test session (a fresh temporary folder, removed at exit; never a user's cache) lets
+# each later process load a program instead of compiling it: about a third of a small run's time. A loaded
+# program is the compiled program, so no result changes (the byte-identity tests compare across processes).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="monosem-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+    os.environ.update({
+        "JAX_COMPILATION_CACHE_DIR": _jax_cache,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # JAX's default keeps only programs of >= 1 s
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    })
 from hypothesis import HealthCheck, settings
 
 # Property-based tests (tests/test_fuzz.py): `ci` (the default) runs each test's few derandomized examples, so

@@ -1,6 +1,7 @@
 """SIGKILL in the middle of every stage, then `--resume` (issue 5, items 3 and 6).
 
-One real `monosem run` process per stage, chained: each is frozen (SIGSTOP) as soon as its stdout shows
+One real `monosem run` process per stage (`-m slow`; `make test` takes the stages with a part-way line
+and the last), chained: each is frozen (SIGSTOP) as soon as its stdout shows
 that the stage is under way, the run directory is inspected while it is frozen, then it is killed with
 SIGKILL, and the next process resumes. After every kill:
   - every artifact present (.xlsx/.pth/.pt/.pt2/.json/.txt under a non-hidden name) loads completely;
@@ -55,6 +56,9 @@ MID_STAGE_LINES = {
 # Every stage gets a kill point: its part-way line, else its start line `[i/N] ...`. The last stage is
 # then also held until a temporary file exists (see _stop_at).
 KILL_POINTS = [(name, MID_STAGE_LINES.get(name, _start_line(name))) for name in STAGE_NAMES]
+# `make test` kills in the stages with part-way lines and the last one (each kill is a process start, about
+# 6 s); `-m slow` kills in every stage.
+CORE_STAGES = {*MID_STAGE_LINES, STAGE_NAMES[-1]}
 
 
 def _env() -> dict[str, str]:
@@ -178,11 +182,12 @@ def test_kill_points_cover_every_stage_part_way():
     assert _flag("--sae-log-every") == "1" and int(_flag("--sae-epochs")) > 1
 
 
-def test_sigkill_in_every_stage_then_resume_matches_an_uninterrupted_run(tiny_run, tmp_path, capsys):
+@pytest.mark.parametrize("stages", ["core", pytest.param("every", marks=pytest.mark.slow)])
+def test_sigkill_in_every_stage_then_resume_matches_an_uninterrupted_run(stages, tiny_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     completed: list[str] = []
     killed_mid_write = []
-    for stage, fragment in KILL_POINTS:
+    for stage, fragment in (p for p in KILL_POINTS if stages == "every" or p[0] in CORE_STAGES):
         before = _stage_files(run_dir, completed)
         proc = _start(run_dir, *(["--resume"] if completed else []))
         last = stage == STAGE_NAMES[-1]

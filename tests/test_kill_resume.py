@@ -97,7 +97,7 @@ def _plan(seed: int, kills: dict[str, int | list[str]]) -> list[tuple[str, str, 
     return plan
 
 
-DEFAULT_PLAN = {"mlp": ["line", "write"], "sae": ["term", "write"]}
+DEFAULT_PLAN = {"mlp": ["line", "term"], "sae": ["write"]}  # every kind, a SIGKILL in both stages
 
 
 def _checkpoint_folder(run_dir: Path, stage: str) -> Path:
