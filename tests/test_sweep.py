@@ -16,6 +16,13 @@ noise, which Adam rescales to steps of about the learning rate in a direction se
 summation order sends them on another random walk. The function barely notices: predictions on all rows within
 1.6e-3 (targets 0..9), test MSE within 2e-5 relative. MLP_WEIGHTS = 1e-5 (14x) for the other tensors,
 MLP_PREDICTIONS = 1e-2 (6x) on the outputs.
+
+jumprelu's thresholds have one exception of their own. A threshold learns through a rectangle kernel
+(straight-through): a pre-activation within bandwidth/2 of it counts, one just outside does not. Where the
+rounding noise above puts a pre-activation on the other side of that edge, the threshold's gradient changes by
+one row's count and Adam moves it by up to about the learning rate. Measured (jumprelu, l0_coeff 1e-2, seed 1,
+lr 1e-3): after 3 epochs one threshold of 48 differs by 3.6e-5, every other weight and threshold within 3e-8.
+JUMPRELU_THRESHOLDS: at most 2 thresholds beyond SAE_WEIGHTS, each within the learning rate.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from jax_impl.sweep_report import SWEEP_CSV, SWEEP_HTML, SWEEP_JSON, pareto_fron
 from jax_impl.train_sae import CONFIG_FILE, METRICS_FILE, SAE_FILE, train_sae
 
 SAE_WEIGHTS = 2e-6
+JUMPRELU_THRESHOLDS = 2
 SAE_METRICS = 1e-6  # explained variance and MSE (measured 4.4e-8)
 MLP_WEIGHTS = 1e-5
 MLP_PREDICTIONS = 1e-2
@@ -50,7 +58,7 @@ GRIDS = {
     "topk": {"k": [6], "aux_coeff": [0.1], "lr": [1e-3, 3e-3]},  # aux_coeff: no latent dies in 3 epochs here
     "batchtopk": {"k": [6], "threshold_lr": [0.01, 0.1]},
     "matryoshka": {"k": [6], "groups": ["8:24:48"], "lr": [1e-3, 3e-3]},
-    "jumprelu": {"l0_coeff": [1e-3, 1e-2]},
+    "jumprelu": {"bandwidth": [0.05], "l0_coeff": [1e-2], "lr": [1e-3, 3e-3]},  # l0_coeff barely moves 3 epochs
 }
 TRAIN = SAETrainConfig(epochs=3, batch_size=100, log_every=3)
 
@@ -97,7 +105,10 @@ def test_each_configuration_is_what_train_sae_writes(variant, activations, tmp_p
         assert json.loads((ours / CONFIG_FILE).read_text()) == json.loads((alone / CONFIG_FILE).read_text())
         a = torch.load(ours / SAE_FILE, weights_only=True)
         b = torch.load(alone / SAE_FILE, weights_only=True)
-        assert _max_diff(a, b) <= SAE_WEIGHTS, (row["name"], _max_diff(a, b))
+        if variant == "jumprelu":  # the kernel's edge (module docstring)
+            off = (a["threshold"] - b["threshold"]).abs()
+            assert int((off > SAE_WEIGHTS).sum()) <= JUMPRELU_THRESHOLDS and float(off.max()) <= c["training"]["lr"], off
+        assert _max_diff(a, b, skip={"threshold"} if variant == "jumprelu" else set()) <= SAE_WEIGHTS, (row["name"], _max_diff(a, b))
         ma, mb = (json.loads((d / METRICS_FILE).read_text()) for d in (ours, alone))
         assert ma["l0"] == pytest.approx(mb["l0"], abs=2 / ROWS) and ma["dead_fraction"] == pytest.approx(mb["dead_fraction"], abs=1 / DICT)
         for key in ("explained_variance", "mse", "final_loss"):
