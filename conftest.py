@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 # The tests start about a hundred `monosem` and helper processes that compile the same small programs again.
 # One compilation cache per test session (a fresh temporary folder, removed at exit; never a user's cache) lets
@@ -22,7 +23,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # JAX's default keeps only programs of >= 1 s
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     })
-from hypothesis import HealthCheck, settings
 
 # Property-based tests (tests/test_fuzz.py): `ci` (the default) runs each test's few derandomized examples, so
 # `make test` is fast and the same every time; HYPOTHESIS_PROFILE=long draws many more, freshly random.
