@@ -162,7 +162,7 @@ def test_aux_k_on_the_dead_latents_alone(n_dead: int, x: np.ndarray) -> None:
 
 @pytest.mark.parametrize("name", TIED)
 def test_one_optimizer_step_with_hooks(name: str, x: np.ndarray) -> None:
-    """Adam after the parallel-gradient removal, then unit decoder rows (except jumprelu's, free), and
+    """Adam after the parallel-gradient removal, then unit decoder rows (anthropic, topk; the others free), and
     jumprelu's threshold clip, batchtopk's threshold estimate, written here in plain torch."""
     sae = _model(name)
     train = SAETrainConfig(lr=1e-2)
@@ -181,7 +181,8 @@ def test_one_optimizer_step_with_hooks(name: str, x: np.ndarray) -> None:
             smallest = kept[kept > 0].min()
     t_loss = _torch_loss(name, torch_sae, torch.from_numpy(x), torch.from_numpy(_dead()))
     t_loss.backward()
-    unit_decoder = not isinstance(torch_sae, ref.JumpReLUSAE)  # jumprelu's decoder norms are free (SAELens')
+    # anthropic and topk keep unit decoder rows; jumprelu's, batchtopk's and matryoshka's norms are free (SAELens')
+    unit_decoder = not isinstance(torch_sae, (ref.JumpReLUSAE, ref.BatchTopKSAE))
     with torch.no_grad():
         w, g = torch_sae.decoder.weight, torch_sae.decoder.weight.grad  # (D, F): columns are feature directions
         if unit_decoder:
