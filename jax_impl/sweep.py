@@ -40,23 +40,22 @@ from tqdm import tqdm
 from jax_impl import analysis, atlas, bridge, interrupts, saes
 from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
-from jax_impl.checkpoints import Progress as Saved
 from jax_impl.checkpoints import TrainingCheckpoints
-from jax_impl.config import CheckpointPolicy
-from jax_impl.errors import Interrupted, TrainingDiverged, UserError
+from jax_impl.config import MAX_SEED, CheckpointPolicy
+from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.online import make_online_epoch_fn
 from jax_impl.rundir import ACTIVATIONS_PATH, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, load_run
 from jax_impl.sae_training import SAETrainConfig, make_sae_step, steps_in
 from jax_impl.sweep_grid import (
-    MAX_SEED, STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
+    STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
 )
 from jax_impl.sweep_report import write_report
 from jax_impl.task import SPLITS, Split, TaskShape
 from jax_impl.train import (
-    Log, evaluation_mse, interrupted_message, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer,
-    raise_if_diverged, sae_optimizer, steps_per_epoch,
+    Log, evaluation_mse, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer, raise_if_diverged,
+    resume_progress, sae_optimizer, save_or_stop, steps_per_epoch,
 )
 from jax_impl.train_sae import (
     CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, SAE_FILE, KEY_INIT, KEY_SHUFFLE, config_record, reconstruction_metrics,
@@ -157,15 +156,11 @@ def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], car
     """
     c = len(names)
     diverged: list[str | None] = [None] * c
-    restored = checkpoints.restore(carry) if checkpoints is not None else None
-    if restored is not None:
-        carry, first = restored.carry, restored.epoch
-        all_losses, lines, epoch_seconds = list(restored.step_losses), list(restored.log_lines), list(restored.epoch_seconds)
-        for e, flat in enumerate(all_losses):
-            _check_losses(flat.reshape(c, -1), diverged, stage, e, names)
+    carry, first, all_losses, lines, epoch_seconds = resume_progress(checkpoints, carry)
+    for e, flat in enumerate(all_losses):  # replayed from a checkpoint's losses
+        _check_losses(flat.reshape(c, -1), diverged, stage, e, names)
+    if first:
         progress.advance(first * c)
-    else:
-        first, all_losses, lines, epoch_seconds = 0, [], [], []
     with interrupts.deferred():
         for e in range(first, epochs):
             started = time.perf_counter()
@@ -178,11 +173,7 @@ def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], car
                 lines.append(line)
             progress.advance(c, line)
             epoch_seconds.append(time.perf_counter() - started)
-            signum = interrupts.pending()
-            if checkpoints is not None and (signum is not None or checkpoints.due(e + 1, epochs)):
-                checkpoints.save(Saved(carry, e + 1, np.stack(all_losses), lines, np.asarray(epoch_seconds)))
-            if signum is not None:
-                raise Interrupted(signum, interrupted_message(signum, label, e + 1, epochs, checkpoints))
+            save_or_stop(checkpoints, carry, e + 1, epochs, all_losses, lines, epoch_seconds, label)
     return carry, all_losses[-1].reshape(c, -1), diverged, np.asarray(epoch_seconds)
 
 

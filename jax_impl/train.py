@@ -227,37 +227,51 @@ def run_epochs(
     the running loss and the lines above it; otherwise just the lines, through `log`.
     Returns (carry, step losses (epochs, steps), the lines, wall seconds of each epoch (epochs,)).
     """
-    restored = checkpoints.restore(carry) if checkpoints is not None else None
-    if restored is not None:
-        carry, first = restored.carry, restored.epoch
-        all_losses, log_lines, epoch_seconds = list(restored.step_losses), list(restored.log_lines), list(restored.epoch_seconds)
-    else:
-        first, all_losses, log_lines, epoch_seconds = 0, [], [], []
+    carry, first, all_losses, log_lines, epoch_seconds = resume_progress(checkpoints, carry)
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
     bar = tqdm(range(first, epochs), desc=stage, unit="epoch", disable=not interactive, dynamic_ncols=True,
                initial=first, total=epochs)
     emit = tqdm.write if interactive else log
     with interrupts.deferred():
-        for e in bar:
-            started = time.perf_counter()
-            carry, losses = run_epoch(carry, e)
-            losses = np.asarray(losses)  # the one host sync of the epoch
-            raise_if_diverged(losses, stage, e)
-            all_losses.append(losses)
-            bar.set_postfix(loss=f"{losses.mean():.6f}")
-            carry, line = on_epoch_end(carry, e, losses)
-            if line:
-                emit(line)
-                log_lines.append(line)
-            epoch_seconds.append(time.perf_counter() - started)
-            signum = interrupts.pending()
-            if checkpoints is not None and (signum is not None or checkpoints.due(e + 1, epochs)):
-                checkpoints.save(Progress(carry, e + 1, np.stack(all_losses), log_lines, np.asarray(epoch_seconds)))
-            if signum is not None:
-                bar.close()
-                raise Interrupted(signum, interrupted_message(signum, stage, e + 1, epochs, checkpoints))
-    bar.close()
+        try:
+            for e in bar:
+                started = time.perf_counter()
+                carry, losses = run_epoch(carry, e)
+                losses = np.asarray(losses)  # the one host sync of the epoch
+                raise_if_diverged(losses, stage, e)
+                all_losses.append(losses)
+                bar.set_postfix(loss=f"{losses.mean():.6f}")
+                carry, line = on_epoch_end(carry, e, losses)
+                if line:
+                    emit(line)
+                    log_lines.append(line)
+                epoch_seconds.append(time.perf_counter() - started)
+                save_or_stop(checkpoints, carry, e + 1, epochs, all_losses, log_lines, epoch_seconds, stage)
+        finally:
+            bar.close()
     return carry, np.stack(all_losses), log_lines, np.asarray(epoch_seconds)
+
+
+def resume_progress(checkpoints: TrainingCheckpoints | None, carry: Carry
+                    ) -> tuple[Carry, int, list[np.ndarray], list[str], list[float]]:
+    """Where a training loop starts: (carry, epochs done, each done epoch's losses, lines, epoch seconds), from
+    the newest valid checkpoint when `checkpoints` holds one, else (carry, 0, [], [], [])."""
+    restored = checkpoints.restore(carry) if checkpoints is not None else None
+    if restored is None:
+        return carry, 0, [], [], []
+    return (restored.carry, restored.epoch, list(restored.step_losses), list(restored.log_lines),
+            list(restored.epoch_seconds))
+
+
+def save_or_stop(checkpoints: TrainingCheckpoints | None, carry: Carry, done: int, epochs: int,
+                 step_losses: list[np.ndarray], log_lines: list[str], epoch_seconds: list[float], stage: str) -> None:
+    """After `done` epochs (each one's losses, the lines, each one's seconds): save a checkpoint when one is due
+    or a SIGINT/SIGTERM is pending, then on a pending signal raise `Interrupted` naming it."""
+    signum = interrupts.pending()
+    if checkpoints is not None and (signum is not None or checkpoints.due(done, epochs)):
+        checkpoints.save(Progress(carry, done, np.stack(step_losses), log_lines, np.asarray(epoch_seconds)))
+    if signum is not None:
+        raise Interrupted(signum, interrupted_message(signum, stage, done, epochs, checkpoints))
 
 
 def interrupted_message(signum: int, stage: str, done: int, epochs: int, checkpoints: TrainingCheckpoints | None) -> str:
