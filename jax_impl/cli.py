@@ -11,12 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
-from jax_impl.config import RECIPES, SAE_VARIANTS, CheckpointPolicy, RunConfig, flag_name, strong_recipe
+from jax_impl.config import RECIPES, SAE_VARIANTS, CheckpointPolicy, RunConfig, check_seed, flag_name, strong_recipe
 from jax_impl.errors import Interrupted, UserError
 from jax_impl.models import HOOK_WIDTHS, HOOKS
 
 DEFAULT_RUN_DIR = Path("runs/default")
-MAX_SEED = 2**63 - 1  # jax.random.key takes a 64-bit seed
 _CONFIG_SECTIONS = ("data", "mlp", "sae")
 
 
@@ -50,8 +49,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
     defaults = strong_recipe() if args.recipe == "strong" else RunConfig()
-    if not 0 <= args.seed <= MAX_SEED:
-        raise UserError(f"--seed must be in 0..{MAX_SEED} (a PRNG seed), got {args.seed}")
+    check_seed(args.seed)
     sections = {}
     for section in _CONFIG_SECTIONS:
         given = {f.name: getattr(args, f"{section}.{f.name}", None) for f in dataclasses.fields(getattr(defaults, section))}
@@ -274,8 +272,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         raise UserError(f"--variant: {e}") from None
     cfg = _architecture_config(args, args.variant, None, flag=_arch_flag, variant_flag="--variant")
     train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
-    if not 0 <= args.seed <= MAX_SEED:
-        raise UserError(f"--seed must be in 0..{MAX_SEED} (a PRNG seed), got {args.seed}")
+    check_seed(args.seed)
     cluster = None
     given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
                             ("--process-id", args.process_id)) if v is not None]

@@ -166,6 +166,15 @@ class RunConfig:
         return self
 
 
+MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """UserError naming the flag when `seed` cannot seed jax.random.key."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{flag} must be in 0..{MAX_SEED} (a PRNG seed), got {seed}")
+
+
 @dataclass(frozen=True)
 class CheckpointPolicy:
     """When training saves its state (jax_impl.checkpoints): every `epochs` epochs, or at the end of the first

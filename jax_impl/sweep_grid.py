@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jax_impl import saes
-from jax_impl.config import MLP_DATA, MLPConfig, RunConfig
+from jax_impl.config import MAX_SEED, MLP_DATA, MLPConfig, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.sae_training import SAETrainConfig
 
@@ -29,7 +29,6 @@ MLP_SKIPPED = ("log_every",)  # not a hyperparameter: how often a line is printe
 # Far beyond any sweep one host trains, and small enough that expanding a mistyped range (seed=0..10**12) or
 # a product of long lists cannot exhaust memory before the mistake is reported.
 MAX_CONFIGURATIONS = 10_000
-MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
