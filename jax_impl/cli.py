@@ -16,7 +16,7 @@ from jax_impl.errors import Interrupted, UserError
 from jax_impl.models import HOOK_WIDTHS, HOOKS
 
 DEFAULT_RUN_DIR = Path("runs/default")
-_CONFIG_SECTIONS = ("data", "mlp", "sae")
+_CONFIG_SECTIONS = ("data", "mlp", "sae", "causal")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -30,21 +30,28 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                        help="the MLP activation the SAE decomposes: layer1 (after bn1, 256), layer2 (after bn2, 512; "
                        "the seed's) or layer3 (after hidden2, 256) (default: the recipe's, layer2)")
     for section in _CONFIG_SECTIONS:
-        for f in dataclasses.fields(getattr(defaults, section)):
-            if f.name == "architecture":
-                continue  # its fields are the architecture flags below
-            default = getattr(getattr(defaults, section), f.name)
-            systematic = f"--{section}-{f.name}".replace("_", "-")
-            names = dict.fromkeys([flag_name(section, f.name), systematic])  # alias first, no duplicates
-            # default None: a flag not given takes the value of the chosen --recipe
-            group.add_argument(
-                *names, dest=f"{section}.{f.name}", type=type(default), default=None,
-                metavar=type(default).__name__.upper(), help=f"default {default}",
-            )
+        _add_section_flags(group, section, getattr(defaults, section))
     group = parser.add_argument_group("SAE architecture flags (each applies to the --sae-variant architectures named)")
     for name, (kind, default, owners) in _architecture_fields().items():
         names = dict.fromkeys([flag_name("sae", name), f"--sae-{name}".replace("_", "-")])
         group.add_argument(*names, dest=f"arch.{name}", default=None, **_arch_flag_kwargs(kind, default, owners))
+
+
+def _add_section_flags(group, section: str, values: Any) -> None:
+    """A flag `--{section}-{field}` (and its alias) for each field of a config dataclass; default None: a flag not
+    given takes the value of the chosen --recipe (or command). Tuples of ints are written N,N,..."""
+    for f in dataclasses.fields(values):
+        if f.name == "architecture":
+            continue  # its fields are the architecture flags
+        default = getattr(values, f.name)
+        systematic = f"--{section}-{f.name}".replace("_", "-")
+        names = dict.fromkeys([flag_name(section, f.name), systematic])  # alias first, no duplicates
+        listed = isinstance(default, tuple)
+        group.add_argument(
+            *names, dest=f"{section}.{f.name}", type=_parse_int_list if listed else type(default), default=None,
+            metavar="N,N,..." if listed else type(default).__name__.upper(),
+            help=f"default {','.join(map(str, default)) if listed else default}",
+        )
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -201,6 +208,29 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     for path in atlas.write_atlas(doc, run.out_dir):
         print(f"Saved {path}")
     return 0
+
+
+def cmd_causal(args: argparse.Namespace) -> int:
+    from jax_impl.causal.config import CausalConfig
+    from jax_impl.causal.runner import causal_map, parse_sae_flags
+    from jax_impl.locks import folder_lock
+    from jax_impl.rundir import Run
+
+    config = CausalConfig.quick() if args.quick else CausalConfig()
+    given = {f.name: getattr(args, f"causal.{f.name}") for f in dataclasses.fields(CausalConfig)}
+    config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).validate()
+    hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
+    run_config = _run_config(args.run_dir)
+    sae_paths = parse_sae_flags(args.sae or [], run_config.hook)
+    for hook, path in sae_paths.items():
+        if not path.exists():
+            raise UserError(f"--sae {path}: no such file or folder (for {hook})")
+    out_dir = args.out or args.run_dir
+    run = Run(args.run_dir, run_config, out_dir=out_dir)
+    with folder_lock(Path(out_dir), flag="--out" if args.out else "--run-dir", what="output folder"):
+        document = causal_map(run, hooks=hooks, sae_paths=sae_paths, config=config)
+    print(f"Saved {Path(out_dir) / 'causal' / 'causal.json'} and causal.html")
+    return 0 if document else 1
 
 
 def _architecture_config(args: argparse.Namespace, variant: str, base: Any, flag, variant_flag: str) -> Any:
@@ -425,6 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_atlas)
 
     from jax_impl.saes import NAMES  # the registry: its names and its configs' fields are the flags below
+
+    from jax_impl.causal.config import CausalConfig
+
+    p = sub.add_parser("causal", help="interchange interventions for every task variable at each hook: whole vector, "
+                       "learned subspaces (DAS) and named SAE features; writes causal/causal.json and causal.html")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.add_argument("--hooks", metavar="H[,H...]", help=f"hooks to analyse, of {', '.join(HOOKS)} (default all)")
+    p.add_argument("--sae", action="append", metavar="[HOOK=]PATH", help="the SAE for a hook (repeatable; without HOOK= "
+                   "the run's hook): a .pth, a .safetensors or a SAELens folder. A hook without one uses the run's SAE "
+                   "at the run's hook, else one trained with the run's recipe into causal/saes/HOOK/")
+    p.add_argument("--out", type=Path, metavar="DIR", help="where causal/ goes (default the run directory)")
+    p.add_argument("--quick", action="store_true", help="the pipeline stage's lighter settings (fewer pairs, ranks "
+                   "1, 4, 16, shorter DAS training)")
+    _add_section_flags(p.add_argument_group("measurement (defaults: the full map)"), "causal", CausalConfig())
+    p.set_defaults(func=cmd_causal)
 
     p = sub.add_parser("train-sae", help="train an SAE of any architecture on an (N, d) float32 activation file")
     p.add_argument("--activations", type=Path, required=True, metavar="FILE",

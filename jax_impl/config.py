@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jax_impl import saes
+from jax_impl.causal.config import CausalConfig
 from jax_impl.errors import UserError
 from jax_impl.models import DEFAULT_HOOK, HOOKS
 from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
@@ -97,6 +98,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
+    causal: CausalConfig = field(default_factory=CausalConfig.quick)  # the pipeline's causal stage
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,13 +109,16 @@ class RunConfig:
         the key for an unknown key or a value of another type than the field's (an int for a float is fine)."""
         if not isinstance(d, dict):
             raise ValueError(f"config holds {_json_type(d)}, expected an object")
-        known = {"seed", "recipe", "hook", "data", "mlp", "sae"}
+        known = {"seed", "recipe", "hook", "data", "mlp", "sae", "causal"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"config has unknown keys {unknown} (expected {sorted(known)})")
         sections = {name: _section_from_dict(kind, d.get(name), f"config.{name}")
                     for name, kind in (("data", DataConfig), ("mlp", MLPConfig))}
         sections["sae"] = SAEConfig.from_dict(d.get("sae"), "config.sae")
+        # manifests written before the causal stage existed have none: the stage's defaults
+        sections["causal"] = (_section_from_dict(CausalConfig, d["causal"], "config.causal") if "causal" in d
+                              else CausalConfig.quick())
         seed = d.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"config.seed holds {_json_type(seed)}, expected an integer")
@@ -155,6 +160,7 @@ class RunConfig:
         ):
             if value not in choices:
                 raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        self.causal.validate()
         arch_config_type = saes.get(s.variant).config
         if not isinstance(s.architecture, arch_config_type):
             raise UserError(f"sae.architecture must be a {arch_config_type.__module__}.Config for --sae-variant "

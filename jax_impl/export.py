@@ -158,3 +158,10 @@ def export_run(run_dir: Path | str) -> dict[str, Path]:
         bridge.write_safetensors(state, paths[f"{path.stem}_safetensors"])
     paths["sae_saelens"] = saelens.save_saelens(sae, run_dir / SAELENS_DIR)
     return paths
+
+
+def export_sae(sae: SAE, torchscript_path: Path | str) -> Path:
+    """A TorchScript program of one SAE (any architecture) at torchscript_path, written atomically."""
+    module = sae_from_state_dict(bridge.sae_to_state_dict(sae)).eval().requires_grad_(False)
+    _write_torchscript(module, Path(torchscript_path))
+    return Path(torchscript_path)

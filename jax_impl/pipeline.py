@@ -1,6 +1,6 @@
 """`monosem run`: the seed's pipeline as named stages over one run directory.
 
-data -> mlp -> harvest -> sae -> atlas -> probe -> reports -> export (`STAGES`).
+data -> mlp -> harvest -> sae -> atlas -> causal -> probe -> reports -> export (`STAGES`).
 Every stage writes its artifacts atomically and then records itself in `manifest.json`, so a killed
 run leaves only complete files and `--resume` restarts at the first stage not recorded. The training
 stages (mlp, sae) also checkpoint their state inside the stage (RUN_DIR/checkpoints/STAGE,
@@ -30,6 +30,7 @@ from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.config import CheckpointPolicy, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
+from jax_impl.causal.runner import CAUSAL_HTML, CAUSAL_JSON
 from jax_impl.harvest import harvest_activations
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.rundir import (  # noqa: F401  (re-exported: the layout names callers knew from here)
@@ -124,6 +125,18 @@ def stage_atlas(run: Run) -> dict:
     return {"metrics": doc["metrics"], "summary": doc["summary"]}
 
 
+def stage_causal(run: Run) -> dict:
+    """The causal map at the run's hook with its own SAE (config.causal: by default CausalConfig.quick();
+    `monosem causal` does every hook)."""
+    from jax_impl.causal.runner import causal_map
+
+    doc = causal_map(run, hooks=[run.hook], config=run.config.causal, log=run.log)
+    best = {v: {k: d["best"][k] for k in ("hook", "das_iia", "iia", "isolation")} | {"features": len(d["best"]["features"])}
+            for v, d in doc["variables"].items()}
+    circuit = doc["circuit"] and {k: doc["circuit"][k] for k in ("hook", "variables", "size", "share")}
+    return {"variables": best, "circuit": circuit}
+
+
 def probe_text(run: Run, rows: np.ndarray) -> str:
     """The seed's probe report for each input row of rows (N, D), with the atlas's concept labels when it exists."""
     atlas_json = run.out_dir / atlas.ATLAS_JSON
@@ -175,6 +188,7 @@ STAGES: list[Stage] = [
         SAE_PATH, bridge.safetensors_twin(SAE_PATH), SAELENS_DIR / saelens.WEIGHTS_FILE, SAELENS_DIR / saelens.CFG_FILE,
     ), trains=True),
     Stage("atlas", "Building Feature Atlas", stage_atlas, (Path(atlas.ATLAS_JSON), Path(atlas.ATLAS_HTML))),
+    Stage("causal", "Mapping Variables to Features by Interventions", stage_causal, (CAUSAL_JSON, CAUSAL_HTML)),
     Stage("probe", "Running Feature Probe", stage_probe, (PROBE_PATH,)),
     Stage("reports", "Generating Feature Reports", stage_reports, tuple(Path(f) for f in reports.REPORT_FILES.values())),
     Stage("export", "Exporting TorchScript and torch.export programs", stage_export, tuple(EXPORT_FILES.values())),
@@ -219,7 +233,10 @@ def _completed_stages(manifest: dict | None, config: RunConfig, run_dir: Path, r
         return set()
     if manifest is None:
         raise UserError(f"{run_dir}: nothing to resume (no {MANIFEST}); run without --resume")
-    diffs = _config_differences(manifest.get("config", {}), config.to_dict())
+    recorded = manifest.get("config", {})
+    if isinstance(recorded, dict) and "causal" not in recorded:  # written before the causal stage: its defaults
+        recorded = {**recorded, "causal": RunConfig().to_dict()["causal"]}
+    diffs = _config_differences(recorded, config.to_dict())
     if diffs:
         raise UserError(
             f"{run_dir / MANIFEST}: cannot resume with a different config ({'; '.join(diffs)}); "

@@ -1,0 +1,68 @@
+"""The causal map's settings as data (no JAX here: the command line builds its flags from these)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from jax_impl.errors import UserError
+
+
+@dataclass(frozen=True)
+class DASConfig:
+    """Distributed alignment search: Adam steps, pairs per step, learning rate."""
+
+    steps: int = 400
+    batch_size: int = 256
+    lr: float = 1e-2
+
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """How the causal map is measured. Pairs per variable: fit (DAS training, feature selection), eval (every
+    IIA reported), isolation; ranks: the DAS subspace dimensions; max_features: the largest named feature set;
+    shortlist: candidates the greedy selection tries per step; random_draws: random feature sets per size;
+    min_iia: the IIA a named feature set must reach (on the fit pairs) to stop growing; circuit_rows: rows the
+    sparse circuit is checked on; seed: the pairs' and the DAS initialisations' seed."""
+
+    fit_pairs: int = 1024
+    eval_pairs: int = 1024
+    isolation_pairs: int = 512
+    ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    max_features: int = 16
+    shortlist: int = 48
+    random_draws: int = 5
+    das_steps: int = 400
+    das_batch: int = 256
+    das_lr: float = 1e-2
+    min_iia: float = 0.9
+    circuit_rows: int = 2048
+    seed: int = 0
+
+    def validate(self) -> CausalConfig:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "ranks":
+                if not value or any(not isinstance(r, int) or r < 1 for r in value):
+                    raise UserError(f"--causal-ranks must be positive integers, got {value}")
+            elif f.name == "seed":
+                if not 0 <= value < 2**63:
+                    raise UserError(f"--causal-seed must be in 0..{2**63 - 1}, got {value}")
+            elif f.name == "min_iia":
+                if not 0 < value <= 1:
+                    raise UserError(f"--causal-min-iia must be in (0, 1], got {value}")
+            elif not value > 0:
+                raise UserError(f"--causal-{f.name.replace('_', '-')} must be positive, got {value}")
+        return self
+
+    @classmethod
+    def quick(cls) -> CausalConfig:
+        """The `monosem run` stage's settings: fewer pairs, ranks 1, 4 and 16, shorter DAS training (about 15 s
+        for one hook on 2 cores)."""
+        return cls(fit_pairs=512, eval_pairs=512, isolation_pairs=256, ranks=(1, 4, 16), das_steps=150,
+                   das_batch=128, random_draws=3, circuit_rows=1024)
+
+    @property
+    def das(self) -> DASConfig:
+        return DASConfig(steps=self.das_steps, batch_size=self.das_batch, lr=self.das_lr)
