@@ -499,11 +499,14 @@ def _swap_outputs(h: jax.Array, removed: jax.Array, added: jax.Array, readout: R
     return readout(h), readout(h - removed + added)
 
 
-def pointer_swaps(
+def mean_pointer_swaps(
     h: jax.Array, features: np.ndarray, directions: jax.Array, best: np.ndarray, concepts: Concepts,
     targets: np.ndarray, readout: Readout, min_gain: float = 0.5,
 ) -> dict[str, Any]:
-    """The intervention a pointer concept implies: swap `p1=k` for `p1=j` and see the answer follow.
+    """The mean pointer swap, kept as a negative control (docs/atlas.md): swap `p1=k` for `p1=j` by adding the
+    *mean* contribution of the `p1=j` features. That vector carries no row's `a[j]`, so even a perfect pointer
+    feature fails it; the atlas no longer reports it. jax_impl.causal answers the question with interchange
+    interventions instead.
 
     On the rows where pointer concept c (`pI=k`) holds and setting the pointer to j would change the target,
     the contribution of every feature labelled c (best concept; features split a pointer across several) is
@@ -678,7 +681,6 @@ def build_atlas(
         concepts.mask[:, best], concepts.counterfactual[:, best], targets, steer_scale, steer_sample,
     )
     predictions = np.asarray(readout(layer2))
-    swaps = pointer_swaps(layer2, features, dictionary.w_dec[live_ids], best, concepts, targets, readout, min_gain)
     density = (features > 0).mean(axis=0)
     best_f1 = scores.f1[np.arange(len(live_ids)), best]
 
@@ -754,8 +756,6 @@ def build_atlas(
         "consistent": int(consistent.sum()),
         "consistent_share_of_monosemantic": _json_number(consistent[mono].mean()) if mono.any() else None,
         "families": families,
-        "pointer_swaps_work": swaps["works"],
-        "pointer_swap_share": swaps["share"],
     }
     return {
         "format": "monosem-feature-atlas/1",
@@ -767,7 +767,6 @@ def build_atlas(
         "summary": summary,
         "concepts": concept_rows,
         "features": feature_rows,
-        "pointer_swaps": swaps,
     }
 
 
@@ -807,8 +806,7 @@ def format_summary(atlas: Mapping[str, Any]) -> str:
         f"Causally consistent with their label: {s['consistent']} of {s['live']} live features"
         + ("" if consistent_mono is None else f", {100 * consistent_mono:.1f}% of the monosemantic ones"),
         f"Concepts with a feature of F1 >= {settings['min_f1']}: {families}",
-        f"Pointer swaps (replace the p=k features by the p=j ones) that move the answer to |a[j] - b[p2]|: "
-        f"{s.get('pointer_swaps_work', 0)} of {len(atlas.get('pointer_swaps', {}).get('concepts', []))} pointer concepts",
+        "Which features carry which variable, by interchange interventions: monosem causal (causal/causal.html)",
     ])
 
 

@@ -409,7 +409,7 @@ def test_pointer_swaps_follow_the_concept_only_where_features_write_it(writes):
     concepts = atlas.task_concepts(inputs, 5, 2)
     best = np.array([concepts.names.index(f"p1={k}") for k in range(4)])
     targets = pointer_targets(inputs).astype(np.float32)
-    out = atlas.pointer_swaps(jnp.asarray(layer2), features, jnp.asarray(w_dec), best, concepts, targets, readout)
+    out = atlas.mean_pointer_swaps(jnp.asarray(layer2), features, jnp.asarray(w_dec), best, concepts, targets, readout)
     by_name = {c["concept"]: c for c in out["concepts"]}
     assert out["pointer_concepts"] == 8 and out["swappable"] == 4
     for k in range(4):

@@ -17,7 +17,6 @@ function summary() {
     ['monosemantic (F1 ≥ ' + A.settings.min_f1 + ')', `${s.monosemantic} (${fmt(100 * s.monosemantic_share, 1)}%)`],
     ['F1 ≥ 0.9', fmt(100 * s.share_f1_0_9, 1) + '%'],
     ['causally consistent', `${s.consistent} of ${s.live}`],
-    ['pointer swaps that work', A.pointer_swaps ? `${A.pointer_swaps.works} of ${A.pointer_swaps.pointer_concepts}` : '–'],
     ['explained variance', fmt(m.explained_variance)], ['L0', fmt(m.l0, 1)],
     ['MSE recovered', fmt(m.mse_recovered)], ['MLP MSE clean / spliced', `${fmt(m.mse)} / ${fmt(m.spliced_mse)}`],
   ];
