@@ -10,6 +10,7 @@ jax_impl.checkpoints), and `--resume` continues such a stage from its newest val
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import shutil
 import sys
@@ -157,9 +158,14 @@ def stage_reports(run: Run) -> dict:
     rows = run.rows()
     predictions, layer2 = analysis.mlp_forward(run.mlp, rows.inputs, run.hook)  # the hook's activation
     _, features = analysis.sae_forward(run.sae, layer2)
+    causal_json = run.out_dir / CAUSAL_JSON
+    try:
+        causal = json.loads(causal_json.read_text(encoding="utf-8")) if causal_json.exists() else None
+    except ValueError as e:
+        raise UserError(f"{causal_json}: not readable JSON ({e}); rerun `monosem causal` or remove it") from None
     paths = reports.write_reports(
         run.out_dir, rows.inputs, rows.targets, predictions, layer2, features,
-        x_dim=run.shape.x_dim, y_dim=run.shape.y_dim, log=run.log,
+        x_dim=run.shape.x_dim, y_dim=run.shape.y_dim, log=run.log, causal=causal,
     )
     return {"rows": len(rows), "files": [str(p.relative_to(run.out_dir)) for p in paths.values()]}
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -410,6 +411,59 @@ def sankey_data(t: CircuitTrace, links_per_step: int = SANKEY_LINKS_PER_STEP) ->
                                         ("index combination (first column)", by_index)]}
 
 
+def causal_sankey_view(causal: Mapping[str, Any]) -> dict | None:
+    """The causal view of the Sankey from a causal.json document (jax_impl.causal): the sparse circuit's
+    variables -> their named features -> the output. Link widths are measured effects, not correlations:
+    variable -> feature, the mean |change of the output| when that feature alone is patched from the variable's
+    source rows; feature -> output, the mean |change| when it is mean-ablated from the circuit. None without a
+    circuit. A view like sankey_data's, with its own column heads."""
+    circuit = causal.get("circuit") if isinstance(causal, Mapping) else None
+    if not circuit:
+        return None
+    hook = circuit["hook"]
+    names = causal.get("hooks", {}).get(hook, {}).get("features", {})
+    kept = [int(f) for f in circuit["features"]]
+    to_output = dict(zip(kept, circuit.get("effects", [])))
+    links: list[tuple[str, str, float]] = []
+    for variable in circuit["variables"]:
+        chosen = (causal["variables"][variable]["by_hook"][hook].get("features") or {})
+        for feature, effect in zip(chosen.get("chosen", []), chosen.get("effects", [])):
+            if effect and effect > 0:
+                links.append((f"var:{variable}", f"feat:{feature}", float(effect)))
+    for feature, effect in to_output.items():
+        if effect and effect > 0:
+            links.append((f"feat:{feature}", "out", float(effect)))
+    if not links:
+        return None
+
+    def label(node: str) -> str:
+        kind, _, name = node.partition(":")
+        if kind == "var":
+            return f"variable {name}"
+        if kind == "feat":
+            info = names.get(name, {})
+            return f"feature {name}" + (f": {info['label']} (F1 {info['f1']:.2f})" if info.get("label") else "")
+        return f"output (circuit: {100 * circuit['share']:.0f}% of rows)"
+
+    column = {"var": 1, "feat": 3, "out": 4}
+    nodes = list(dict.fromkeys(n for link in links for n in link[:2]))
+    nodes.sort(key=lambda n: column[n.partition(":")[0]])
+    index = {n: i for i, n in enumerate(nodes)}
+    flow_in, flow_out = np.zeros(len(nodes)), np.zeros(len(nodes))
+    for a, b, v in links:
+        flow_out[index[a]] += v
+        flow_in[index[b]] += v
+    return {
+        "label": [label(n) for n in nodes], "flow": np.round(np.maximum(flow_in, flow_out), 4).tolist(),
+        "column": [column[n.partition(":")[0]] for n in nodes],
+        "source": [index[a] for a, _, _ in links], "target": [index[b] for _, b, _ in links],
+        "value": [round(v, 4) for _, _, v in links],
+        "heads": ["", f"task variable (interchange at {hook})", "", "SAE feature (named by the causal map)",
+                  "model output"],
+        "measure": "measured effect (mean |change of the output|)",
+    }
+
+
 _SANKEY_JS = _CONFIG_JS + "\n" + template("sankey.js")  # jax_impl/templates/sankey.js
 
 
@@ -441,8 +495,13 @@ def _write_bell_page(path: Path, t: CircuitTrace, notes: list[str]) -> int:
     return n_pairs
 
 
-def _write_sankey_page(path: Path, t: CircuitTrace, notes: list[str]) -> None:
+def _write_sankey_page(path: Path, t: CircuitTrace, notes: list[str], causal: Mapping[str, Any] | None = None) -> None:
     sk = sankey_data(t)
+    causal_view = causal_sankey_view(causal) if causal is not None else None
+    if causal_view is not None:
+        sk["views"]["causal"] = causal_view
+        sk["filters"].insert(0, ("causal view (interventions, monosem causal)",
+                                 [("causal", "the sparse circuit: variables -> named features -> output")]))
     options = '<option value="all">all samples</option>' + "".join(
         f'<optgroup label="{group}">' + "".join(f'<option value="{v}">{text}</option>' for v, text in opts)
         + "</optgroup>" for group, opts in sk["filters"])
@@ -469,11 +528,13 @@ def write_reports(
     y_dim: int = 2,
     top_k: int = 10,
     log: Callable[[str], object] = print,
+    causal: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the trace workbook and the three circuit pages into ``out_dir``.
 
     inputs (N, x_dim * y_dim) int, expected (N,) float, predictions (N,) float,
     layer2 (N, 512) float32, features (N, F) float32.
+    causal: a causal.json document (jax_impl.causal); its sparse circuit becomes the Sankey's causal view.
     Returns {"trace", "heatmap", "bell_curves", "sankey"} -> written path.
     """
     out_dir = Path(out_dir)
@@ -500,7 +561,7 @@ def write_reports(
     done(f"Logic heatmap saved to {paths['heatmap']}")
     n_pairs = _write_bell_page(paths["bell_curves"], t, notes)
     done(f"Bell curves ({n_pairs} pairs) saved to {paths['bell_curves']}")
-    _write_sankey_page(paths["sankey"], t, notes)
+    _write_sankey_page(paths["sankey"], t, notes, causal)
     done(f"Sankey diagram saved to {paths['sankey']}")
     log(f"Reports written in {time.perf_counter() - start:.1f} s")
     return paths

@@ -22,11 +22,11 @@ function trace(v, scale) {
     type: 'sankey', arrangement: 'fixed', valueformat: '.3f',
     node: {label: v.label.map((l, i) => v.flow[i] * scale >= MIN_LABEL_PX ? l : ''), customdata: v.label,
            x, y, pad: 0, thickness: 16, color: v.column.map(c => COLORS[c]), line: {width: 0},
-           hovertemplate: '%{customdata}<br>summed energy %{value:.3f}<extra></extra>'},
+           hovertemplate: `%{customdata}<br>${v.measure || 'summed energy'} %{value:.3f}<extra></extra>`},
     link: {source: v.source, target: v.target, value: v.value,
            customdata: v.source.map((s, i) => `${v.label[s]} → ${v.label[v.target[i]]}`),
            color: v.source.map(s => FADED[v.column[s]]),
-           hovertemplate: '%{customdata}<br>summed energy %{value:.3f}<extra></extra>'},
+           hovertemplate: `%{customdata}<br>${v.measure || 'summed energy'} %{value:.3f}<extra></extra>`},
   };
 }
 function drawnScale() {
@@ -41,12 +41,13 @@ function drawnScale() {
 }
 const HEADS = ['index combination<br>p1-p2', 'value combination<br>a[p1]-b[p2]',
                'neuron (top-k by activation)', 'SAE feature (top-k)', 'expected output'];
-const LAYOUT = {
+// A view may carry its own column heads (the causal view: variable -> named feature -> output).
+const layout = heads => ({
   margin: MARGIN, font: {size: 11},
-  annotations: HEADS.map((h, c) => ({text: `<b>${h}</b>`, x: c / 4, y: 1.0, yref: 'paper',
+  annotations: heads.map((h, c) => ({text: `<b>${h}</b>`, x: c / 4, y: 1.0, yref: 'paper',
     xref: 'paper', yanchor: 'bottom', xanchor: c === 0 ? 'left' : c === 4 ? 'right' : 'center',
-    showarrow: false, font: {size: 12}})),
-};
+    showarrow: false, font: {size: 12}})).filter(a => a.text !== '<b></b>'),
+});
 const filter = document.getElementById('filter');
 function show() {
   const v = REPORT.views[filter.value];
@@ -61,6 +62,7 @@ function show() {
                                    xaxis: {visible: false}, yaxis: {visible: false}}, CONFIG)
       .then(() => { plot.dataset.shown = filter.value; });
   }
+  const LAYOUT = layout(v.heads || HEADS);
   return Plotly.react(plot, [trace(v, 0)], LAYOUT, CONFIG)
     .then(() => Plotly.react(plot, [trace(v, drawnScale())], LAYOUT, CONFIG))
     .then(() => { plot.dataset.shown = filter.value; });
