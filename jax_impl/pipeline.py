@@ -242,7 +242,8 @@ def _completed_stages(manifest: dict | None, config: RunConfig, run_dir: Path, r
     recorded = manifest.get("config", {})
     if isinstance(recorded, dict) and "causal" not in recorded:  # written before the causal stage: its defaults
         recorded = {**recorded, "causal": RunConfig().to_dict()["causal"]}
-    diffs = _config_differences(recorded, config.to_dict())
+    # as JSON has it (tuples are lists there)
+    diffs = _config_differences(recorded, json.loads(json.dumps(config.to_dict())))
     if diffs:
         raise UserError(
             f"{run_dir / MANIFEST}: cannot resume with a different config ({'; '.join(diffs)}); "
