@@ -212,7 +212,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 def cmd_causal(args: argparse.Namespace) -> int:
     from jax_impl.causal.config import CausalConfig
-    from jax_impl.causal.runner import causal_map, parse_sae_flags
+    from jax_impl.causal.runner import causal_map, check_hooks, parse_sae_flags
     from jax_impl.locks import folder_lock
     from jax_impl.rundir import Run
 
@@ -221,7 +221,7 @@ def cmd_causal(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).validate()
     hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
     run_config = _run_config(args.run_dir)
-    sae_paths = parse_sae_flags(args.sae or [], run_config.hook)
+    hooks, sae_paths = check_hooks(hooks, parse_sae_flags(args.sae or [], run_config.hook))
     for hook, path in sae_paths.items():
         if not path.exists():
             raise UserError(f"--sae {path}: no such file or folder (for {hook})")

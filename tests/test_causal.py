@@ -162,3 +162,55 @@ def test_feature_patch_in_torch_equals_ours(tiny_run, tmp_path):
         patched = tb + (fsrc[:, features] - fb[:, features]) @ w_dec[features]
         theirs = mlp.readout_from(patched, "layer2").reshape(-1).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(theirs).max()))
+
+
+CLI_TINY = ["--causal-fit-pairs", "64", "--causal-eval-pairs", "64", "--causal-isolation-pairs", "32",
+            "--causal-ranks", "1,2", "--causal-das-steps", "5", "--causal-das-batch", "32", "--causal-max-features", "2",
+            "--causal-shortlist", "4", "--causal-random-draws", "1", "--causal-circuit-rows", "64"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hooks", "layer9"], "--hooks: unknown hook 'layer9'"),
+    (["--hooks", "layer2", "--sae", "layer3=x.pth"], "--sae for layer3, which is not among --hooks layer2"),
+    (["--sae", "missing.pth"], "--sae missing.pth: no such file or folder (for layer2)"),
+    (["--causal-ranks", "0,2"], "--causal-ranks must be positive integers"),
+    (["--causal-min-iia", "1.5"], "--causal-min-iia must be in (0, 1]"),
+    (["--causal-eval-pairs", "0"], "--causal-eval-pairs must be positive"),
+])
+def test_causal_command_refuses_bad_flags_in_one_line(tiny_run, tmp_path, capsys, argv, message):
+    from jax_impl.cli import main
+
+    out = tmp_path / "out"
+    assert main(["causal", "--run-dir", str(tiny_run), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert not (out / "causal").exists()
+
+
+def test_causal_command_trains_a_missing_hook_sae_and_writes_the_map(tiny_run, tmp_path, capsys):
+    import torch
+
+    from jax_impl.cli import main
+    from jax_impl.models import HOOK_WIDTHS
+
+    out = tmp_path / "out"
+    argv = ["causal", "--run-dir", str(tiny_run), "--out", str(out), "--hooks", "layer2,layer3", *CLI_TINY]
+    assert main(argv) == 0
+    doc = json.loads((out / "causal" / "causal.json").read_text())
+    assert doc["format"] == "monosem-causal-map/1" and set(doc["variables"]) == set(VARIABLES.names)
+    for v in doc["variables"].values():
+        assert v["best"]["hook"] in ("layer2", "layer3") and set(v["by_hook"]) == {"layer2", "layer3"}
+        assert {"hook", "sae", "features", "iia", "das_iia", "isolation"} <= set(v["best"])
+    assert doc["hooks"]["layer2"]["sae"] == "sae/sae_model.pth"  # the run's own, named relative to the run
+    folder = out / "causal" / "saes" / "layer3"
+    for name in ("sae.pth", "sae.safetensors", "saelens/cfg.json", "sae.torchscript.pt", "sae_config.json", "metrics.json"):
+        assert (folder / name).is_file(), name
+    state = torch.load(folder / "sae.pth", weights_only=True)
+    assert state["encoder.weight"].shape[1] == HOOK_WIDTHS["layer3"]
+    # a second call reuses that SAE (same recipe) and writes the same bytes
+    first = (out / "causal" / "causal.json").read_bytes()
+    sae_bytes = (folder / "sae.pth").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "Training a" not in capsys.readouterr().out
+    assert (out / "causal" / "causal.json").read_bytes() == first and (folder / "sae.pth").read_bytes() == sae_bytes

@@ -61,6 +61,11 @@ def test_xlsx_cells_probe_and_metrics_are_identical(tiny_run, second_run):
     assert first["metrics"] == second["metrics"]  # floats compared exactly
 
 
+def test_causal_map_is_byte_identical(tiny_run, second_run):
+    for rel in ("causal/causal.json", "causal/causal.html"):
+        assert (tiny_run / rel).read_bytes() == (second_run / rel).read_bytes(), rel
+
+
 def test_torch_save_bytes_do_not_depend_on_the_temporary_name_or_folder(tmp_path):
     """The defect this guards against: torch.save names its zip records after the file it writes, and the
     file it writes is the atomic temporary `.perfect_mlp.pth.<random>.tmp`; every save then differed."""

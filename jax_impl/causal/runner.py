@@ -107,6 +107,19 @@ def parse_sae_flags(values: Sequence[str], default_hook: str) -> dict[str, Path]
     return out
 
 
+def check_hooks(hooks: Sequence[str] | None, sae_paths: Mapping[str, Path | str] | None) -> tuple[list[str], dict[str, Path]]:
+    """The hooks to analyse (default all) and the SAEs named for them; UserError naming the flag otherwise."""
+    hooks = list(HOOKS if hooks is None else hooks)
+    for hook in hooks:
+        if hook not in HOOKS:
+            raise UserError(f"--hooks: unknown hook {hook!r}; expected some of {', '.join(HOOKS)}")
+    sae_paths = {h: Path(p) for h, p in (sae_paths or {}).items()}
+    for hook in sae_paths:
+        if hook not in hooks:
+            raise UserError(f"--sae for {hook}, which is not among --hooks {','.join(hooks)}")
+    return hooks, sae_paths
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -121,14 +134,7 @@ def causal_map(
     """The causal map of the run's MLP at `hooks` (default all three): the causal.json document, also written with
     its page under run.out_dir/causal/ when `write`."""
     config.validate()
-    hooks = list(HOOKS if hooks is None else hooks)
-    for hook in hooks:
-        if hook not in HOOKS:
-            raise UserError(f"--hooks: unknown hook {hook!r}; expected some of {', '.join(HOOKS)}")
-    sae_paths = {h: Path(p) for h, p in (sae_paths or {}).items()}
-    for hook in sae_paths:
-        if hook not in hooks:
-            raise UserError(f"--sae for {hook}, which is not among --hooks {','.join(hooks)}")
+    hooks, sae_paths = check_hooks(hooks, sae_paths)
     variables = TaskVariables(run.shape)
     pairs = PairSet.draw(variables, config, exclude=run.splits["train"].inputs)
     by_hook, sae_of_hook = {}, {}
