@@ -143,9 +143,12 @@ def fit_subspaces(
     # ranks up to 16 share one compiled program (never wider than the hook)
     padded = min(next(p for p in (16, 32, rank) if p >= rank), delta.shape[2])
     principal = np.stack([_top_directions(d[m], padded, seed=i) for i, (d, m) in enumerate(zip(np.asarray(delta), rows))])
-    init_key, fit_key = jax.random.split(key)
-    random_init = jax.random.normal(init_key, principal.shape, jnp.float32)
-    init = jnp.stack([jnp.asarray(principal, jnp.float32), random_init], axis=1)
+    # the random start from numpy: one compiled program fewer (jax.random.normal of this shape compiles for
+    # seconds), and as reproducible
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    random_init = np.random.default_rng(seed).standard_normal(principal.shape).astype(np.float32)
+    init = jnp.stack([jnp.asarray(principal, jnp.float32), jnp.asarray(random_init)], axis=1)
+    fit_key = jax.random.fold_in(key, 1)
     used = jnp.asarray(np.arange(padded) < rank, jnp.float32)
     batch = min(config.batch_size, h.shape[1])
     rotation = _fit_rotations(readout, z, delta, jnp.asarray(answer, jnp.float32), init, used, fit_key,
