@@ -17,8 +17,8 @@ from jax_impl.causal.study import PairSet, causal_map_of_site
 from jax_impl.causal.config import DASConfig
 from jax_impl.task import TaskShape, pointer_targets
 
-SMALL = CausalConfig(fit_pairs=256, eval_pairs=256, isolation_pairs=128, ranks=(1, 2, 4), das_steps=200,
-                     max_features=8, shortlist=16, random_draws=2, circuit_rows=256)
+SMALL = CausalConfig(fit_pairs=192, eval_pairs=192, isolation_pairs=96, ranks=(1, 4), das_steps=150,
+                     max_features=8, shortlist=16, random_draws=2, circuit_rows=192)
 VARIABLES = TaskVariables(TaskShape())
 
 

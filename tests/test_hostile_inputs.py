@@ -127,6 +127,8 @@ COMMANDS_READING_TORCH_FILES = {
     "parity": [(["parity", "--run-dir", "RUN"], "mlp"), (["parity", "--run-dir", "RUN"], "sae")],
     "atlas": [(["atlas", "--run-dir", "RUN"], "mlp"), (["atlas", "--run-dir", "RUN"], "sae")],
     "report": [(["report", "--run-dir", "RUN"], "mlp"), (["report", "--run-dir", "RUN"], "sae")],
+    "causal": [(["causal", "--run-dir", "RUN", "--hooks", "layer2"], "mlp"),
+               (["causal", "--run-dir", "RUN", "--hooks", "layer2"], "sae")],
     "train-sae": [(["train-sae", "--activations", "RUN/mlp_activations.pt", "--out", "RUN/trained"], "activations")],
     # A sweep reads the activations (either way) and, with --run-dir, the MLP for the atlas scores.
     "sweep": [
