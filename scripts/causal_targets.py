@@ -91,7 +91,7 @@ def summarise(results: list[dict], hook: str) -> dict:
     out = {}
     for v in results[0]["by_hook"]:
         rows = [r["by_hook"][v][hook] for r in results]
-        def stat(key):
+        def stat(key, rows=rows):
             xs = np.array([(x[key]["iia"] if key == "das" else x[key]) or 0.0 for x in rows], float)
             return {"mean": round(float(xs.mean()), 4), "min": round(float(xs.min()), 4), "max": round(float(xs.max()), 4)}
         out[v] = {"das": stat("das"), "iia": stat("iia"), "size": stat("size"), "isolation": stat("isolation"),

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from jax_impl import analysis, bridge, saelens, sae_training, saes
 from jax_impl.atlas import Dictionary
@@ -32,7 +31,7 @@ from jax_impl.causal.variables import TaskVariables
 from jax_impl.errors import UserError
 from jax_impl.harvest import harvest_activations
 from jax_impl.models import HOOK_WIDTHS, HOOKS
-from jax_impl.rundir import KEY_SAE_INIT, KEY_SAE_SHUFFLE, SAE_PATH, Run
+from jax_impl.rundir import KEY_SAE_INIT, KEY_SAE_SHUFFLE, Run
 
 Log = Callable[[str], None]
 

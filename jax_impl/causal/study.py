@@ -8,7 +8,6 @@ run directory's MLP at several hooks, training an SAE with the run's recipe wher
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +21,13 @@ from jax_impl.causal.interventions import (
     Site, encode, fit_subspaces, iia, mean_ablation_outputs, outputs, select_features,
     set_outputs, subspace_outputs,
 )
-from jax_impl.causal.variables import KIND_NAMES, MINIMAL, PairSampler, Pairs, TaskVariables, random_rows
-from jax_impl.errors import UserError
+from jax_impl.causal.variables import KIND_NAMES, MINIMAL, PairSampler, Pairs, TaskVariables
 from jax_impl.task import TaskShape
 
 Log = Callable[[str], None]
 
-# Sets of variables that each determine the output on their own: the cuts a sparse circuit can be built on.
 def circuit_cuts(variables: TaskVariables) -> dict[str, list[str]]:
+    """Sets of variables that each determine the output on their own: the cuts a sparse circuit is built on."""
     return {"T": ["T"], "D": ["D"], "A,B": ["A", "B"], "P1,P2,cells": ["P1", "P2", *variables.cells]}
 
 
@@ -50,9 +48,7 @@ class PairSet:
         fit = {v: sampler.pairs(v, config.fit_pairs) for v in names}
         ev = {v: sampler.pairs(v, config.eval_pairs) for v in names}
         iso = {v: sampler.isolation_pairs(v, config.isolation_pairs) for v in names}
-        rows = random_rows(sampler.rng, 4 * config.circuit_rows, variables.shape)
-        rows = rows[sampler._allowed(rows)][: config.circuit_rows]
-        return cls(fit, ev, iso, rows)
+        return cls(fit, ev, iso, sampler.fresh_rows(config.circuit_rows))
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:

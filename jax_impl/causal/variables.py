@@ -163,6 +163,14 @@ class PairSampler:
         self.rng = np.random.default_rng(seed)
         self._excluded = None if exclude is None or len(exclude) == 0 else np.unique(_row_keys(exclude))
 
+    def fresh_rows(self, n: int) -> np.ndarray:
+        """n uniform task rows (N, D) int32 outside `exclude`."""
+        got: list[np.ndarray] = []
+        while sum(len(r) for r in got) < n:
+            rows = random_rows(self.rng, 4 * n, self.variables.shape)
+            got.append(rows[self._allowed(rows)])
+        return np.concatenate(got)[:n]
+
     def _allowed(self, rows: np.ndarray) -> np.ndarray:
         if self._excluded is None:
             return np.ones(len(rows), bool)
