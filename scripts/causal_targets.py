@@ -2,7 +2,7 @@
 the run's hook with SAEs of other seeds (same recipe, trained on the run's activations), plus optional other
 architectures. Writes OUT/targets.json and prints a markdown table (mean and spread over the SAE seeds).
 
-    python scripts/causal_targets.py --run-dir runs/strong --out runs/strong_targets --seeds 0,1,2
+    python scripts/causal_targets.py --run-dir runs/strong --out runs/strong_targets --seeds 0,1,2 --hooks layer2,layer3
     python scripts/causal_targets.py --run-dir runs/strong --out runs/strong_relu --seeds 0 \
         --variant relu-l1 --dict-size 2048 --epochs 100
 
@@ -22,17 +22,25 @@ import numpy as np
 
 from jax_impl.causal.config import CausalConfig
 from jax_impl.causal.runner import causal_map
-from jax_impl.models import HOOKS
+from jax_impl.harvest import harvest_activations
 from jax_impl.rundir import ACTIVATIONS_PATH, Run, run_config
 from jax_impl.sae_training import SAETrainConfig
 from jax_impl.train_sae import train_sae
 
 
-def _sae_for_seed(run_dir: Path, out: Path, seed: int, variant: str, dict_size: int, arch, epochs: int,
+def _sae_for_seed(run: Run, hook: str, out: Path, seed: int, variant: str, dict_size: int, arch, epochs: int,
                   batch_size: int, lr: float) -> Path:
-    folder = out / f"sae_{variant}_{dict_size}_seed{seed}"
+    """An SAE of the recipe (or the given architecture) at `hook`, trained with `seed` on the train split's
+    activations there (the run's own file at its hook, else harvested into OUT)."""
+    folder = out / f"sae_{variant}_{dict_size}_{hook}_seed{seed}"
     if not (folder / "sae.pth").exists():
-        train_sae(run_dir / ACTIVATIONS_PATH, folder, variant=variant, dict_size=dict_size, arch_config=arch,
+        activations = run.run_dir / ACTIVATIONS_PATH
+        if hook != run.hook:
+            activations = out / f"activations_{hook}.npy"
+            if not activations.exists():
+                out.mkdir(parents=True, exist_ok=True)
+                np.save(activations, harvest_activations(run.mlp, run.splits["train"].inputs, hook))
+        train_sae(activations, folder, variant=variant, dict_size=dict_size, arch_config=arch,
                   train=SAETrainConfig(epochs=epochs, batch_size=batch_size, lr=lr), seed=seed, log=lambda _: None)
     return folder / "sae.pth"
 
@@ -42,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", default="0,1,2", help="SAE seeds; 0 with the run's own recipe is the run's SAE")
-    p.add_argument("--all-hooks", action="store_true", help="the first seed's map at every hook (trains their SAEs)")
+    p.add_argument("--hooks", help="hooks to map for every seed (default the run's hook)")
     p.add_argument("--variant", help="another architecture than the run's (its defaults, or the flags below)")
     p.add_argument("--dict-size", type=int)
     p.add_argument("--epochs", type=int)
@@ -60,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or sae.epochs
     own = variant == sae.variant and dict_size == sae.dict_size and epochs == sae.epochs and args.k is None
     results = []
-    for i, seed in enumerate(int(s) for s in args.seeds.split(",")):
+    hooks = args.hooks.split(",") if args.hooks else [cfg.hook]
+    for seed in (int(s) for s in args.seeds.split(",")):
         out = args.out / f"seed{seed}"
-        hooks = list(HOOKS) if args.all_hooks and i == 0 else [cfg.hook]
         run = Run(args.run_dir, cfg, out_dir=out)
         sae_paths = {}
-        if not (own and seed == cfg.seed):
-            sae_paths[cfg.hook] = _sae_for_seed(args.run_dir, args.out, seed, variant, dict_size, arch, epochs,
+        for hook in hooks:  # the run's own SAE at its hook for its own seed and recipe; else one trained here
+            if not (own and seed == cfg.seed and hook == cfg.hook):
+                sae_paths[hook] = _sae_for_seed(run, hook, args.out, seed, variant, dict_size, arch, epochs,
                                                 sae.batch_size, sae.lr)
         doc = causal_map(run, hooks=hooks, sae_paths=sae_paths, config=CausalConfig(), log=lambda _: None)
         results.append({"seed": seed, "hooks": hooks, "variables": {v: d["best"] for v, d in doc["variables"].items()},
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                         for h, r in d["by_hook"].items()} for v, d in doc["variables"].items()},
                         "circuit": doc["circuit"]})
         print(f"seed {seed}: done ({', '.join(hooks)})", file=sys.stderr)
-    summary = summarise(results, cfg.hook)
+    summary = summarise(results, hooks)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "targets.json").write_text(json.dumps({"sae": {"variant": variant, "dict_size": dict_size,
                                                                "epochs": epochs}, "runs": results,
@@ -85,16 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarise(results: list[dict], hook: str) -> dict:
-    """Per variable at the run's hook: mean and spread (min, max) over seeds of DAS IIA, named IIA, set size,
-    isolation; the circuit's share and size; which targets hold."""
+def summarise(results: list[dict], hooks: list[str]) -> dict:
+    """Per variable at the hook where it is mediated (the highest mean DAS IIA at rank <= 16 among `hooks`): mean
+    and spread (min, max) over seeds of DAS IIA, named IIA, set size, isolation; the circuit's share and size;
+    which targets hold."""
     out = {}
     for v in results[0]["by_hook"]:
+        hook = max(hooks, key=lambda h: np.mean([r["by_hook"][v][h]["das"]["iia"] or 0.0 for r in results]))
         rows = [r["by_hook"][v][hook] for r in results]
         def stat(key, rows=rows):
             xs = np.array([(x[key]["iia"] if key == "das" else x[key]) or 0.0 for x in rows], float)
             return {"mean": round(float(xs.mean()), 4), "min": round(float(xs.min()), 4), "max": round(float(xs.max()), 4)}
-        out[v] = {"das": stat("das"), "iia": stat("iia"), "size": stat("size"), "isolation": stat("isolation"),
+        out[v] = {"hook": hook, "das": stat("das"), "iia": stat("iia"), "size": stat("size"), "isolation": stat("isolation"),
                   "das_anywhere": max(max((h["das"]["iia"] or 0.0) for h in r["by_hook"][v].values()) for r in results)}
         out[v]["target_applies"] = out[v]["das_anywhere"] >= 0.95
         out[v]["target_met"] = bool(out[v]["iia"]["min"] >= 0.9 and out[v]["isolation"]["min"] >= 0.9)
@@ -108,13 +119,13 @@ def summarise(results: list[dict], hook: str) -> dict:
 def table(summary: dict, variant: str, dict_size: int) -> str:
     def f(s):
         return f"{s['mean']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
-    lines = [f"SAE {variant} {dict_size}", "| variable | DAS IIA (r <= 16) | named IIA | features | isolation | target |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = [f"SAE {variant} {dict_size}", "| variable | hook | DAS IIA (r <= 16) | named IIA | features | isolation | target |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for v, s in summary.items():
         if v.startswith("_"):
             continue
         target = ("met" if s["target_met"] else "not met") if s["target_applies"] else "n/a (DAS < 0.95)"
-        lines.append(f"| {v} | {f(s['das'])} | {f(s['iia'])} | {s['size']['mean']:.1f} | {f(s['isolation'])} | {target} |")
+        lines.append(f"| {v} | {s['hook']} | {f(s['das'])} | {f(s['iia'])} | {s['size']['mean']:.1f} | {f(s['isolation'])} | {target} |")
     c = summary["_circuit"]
     lines.append(f"circuit: share {c['share_mean']:.3f} (min {c['share_min']:.3f}), {c['size_mean']:.0f} features, "
                  f"{'met' if c['met'] else 'not met'}")
