@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parent
 TINY_RUN_ARGS = [
     "--seed", "7", "--n-train", "512", "--n-val", "128", "--n-test", "128",
     "--mlp-epochs", "3", "--mlp-log-every", "1", "--sae-epochs", "2", "--sae-log-every", "1", "--dict-size", "512",
-    # the causal stage measures little: its cost does not shrink with the run
-    "--causal-fit-pairs", "64", "--causal-eval-pairs", "64", "--causal-isolation-pairs", "32", "--causal-ranks", "1,2",
+    # the causal stage measures little (two variables): its cost does not shrink with the run
+    "--causal-variables", "A,T", "--causal-fit-pairs", "64", "--causal-eval-pairs", "64", "--causal-isolation-pairs", "32", "--causal-ranks", "1,2",
     "--causal-das-steps", "5", "--causal-das-batch", "32", "--causal-max-features", "2", "--causal-shortlist", "4",
     "--causal-random-draws", "1", "--causal-circuit-rows", "64",
 ]

@@ -221,6 +221,10 @@ def cmd_causal(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).validate()
     hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
     run_config = _run_config(args.run_dir)
+    from jax_impl.causal.variables import TaskVariables
+    from jax_impl.task import TaskShape
+
+    config.variable_names(TaskVariables(TaskShape(run_config.data.x_dim, run_config.data.y_dim)).names)
     hooks, sae_paths = check_hooks(hooks, parse_sae_flags(args.sae or [], run_config.hook))
     for hook, path in sae_paths.items():
         if not path.exists():

@@ -13,9 +13,11 @@ from typing import Any
 
 from jax_impl import saes
 from jax_impl.causal.config import CausalConfig
+from jax_impl.causal.variables import TaskVariables
 from jax_impl.errors import UserError
 from jax_impl.models import DEFAULT_HOOK, HOOKS
-from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
+from jax_impl.saes import NAMES as SAE_VARIANTS
+from jax_impl.task import TaskShape  # the architecture registry's names
 
 RECIPES = ("seed", "strong")  # see strong_recipe() and docs/strong_recipe.md
 MLP_DATA = ("split", "online")  # train on the fixed split (seed) or on fresh rows every step (jax_impl.online)
@@ -161,6 +163,7 @@ class RunConfig:
             if value not in choices:
                 raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
         self.causal.validate()
+        self.causal.variable_names(TaskVariables(TaskShape(d.x_dim, d.y_dim)).names)
         arch_config_type = saes.get(s.variant).config
         if not isinstance(s.architecture, arch_config_type):
             raise UserError(f"sae.architecture must be a {arch_config_type.__module__}.Config for --sae-variant "

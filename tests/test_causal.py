@@ -176,6 +176,7 @@ CLI_TINY = ["--causal-fit-pairs", "64", "--causal-eval-pairs", "64", "--causal-i
     (["--causal-ranks", "0,2"], "--causal-ranks must be positive integers"),
     (["--causal-min-iia", "1.5"], "--causal-min-iia must be in (0, 1]"),
     (["--causal-eval-pairs", "0"], "--causal-eval-pairs must be positive"),
+    (["--causal-variables", "A,Q"], "--causal-variables: unknown Q"),
 ])
 def test_causal_command_refuses_bad_flags_in_one_line(tiny_run, tmp_path, capsys, argv, message):
     from jax_impl.cli import main

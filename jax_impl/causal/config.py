@@ -24,7 +24,8 @@ class CausalConfig:
     IIA reported), isolation; ranks: the DAS subspace dimensions; max_features: the largest named feature set;
     shortlist: candidates the greedy selection tries per step; random_draws: random feature sets per size;
     min_iia: the IIA a named feature set must reach (on the fit pairs) to stop growing; circuit_rows: rows the
-    sparse circuit is checked on; seed: the pairs' and the DAS initialisations' seed."""
+    sparse circuit is checked on; seed: the pairs' and the DAS initialisations' seed; variables: which of the
+    task's variables to map (all by default)."""
 
     fit_pairs: int = 1024
     eval_pairs: int = 1024
@@ -39,6 +40,17 @@ class CausalConfig:
     min_iia: float = 0.9
     circuit_rows: int = 2048
     seed: int = 0
+    variables: str = ""  # comma-separated names of the task's variables to map (P1,A,T); empty: all of them
+
+    def variable_names(self, known: list[str]) -> list[str]:
+        """The variables to map, in the task's order; UserError naming the flag for an unknown one."""
+        if not self.variables.strip():
+            return list(known)
+        asked = [v.strip() for v in self.variables.split(",") if v.strip()]
+        unknown = [v for v in asked if v not in known]
+        if unknown:
+            raise UserError(f"--causal-variables: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
+        return [v for v in known if v in asked]
 
     def validate(self) -> CausalConfig:
         for f in dataclasses.fields(self):
@@ -49,6 +61,8 @@ class CausalConfig:
             elif f.name == "seed":
                 if not 0 <= value < 2**63:
                     raise UserError(f"--causal-seed must be in 0..{2**63 - 1}, got {value}")
+            elif f.name == "variables":
+                continue  # checked against the task's variables when the pairs are drawn (variable_names)
             elif f.name == "min_iia":
                 if not 0 < value <= 1:
                     raise UserError(f"--causal-min-iia must be in (0, 1], got {value}")

@@ -193,7 +193,7 @@ def lookup_sentence(variables: Mapping[str, Any]) -> str:
     def where(v: str) -> str:
         b = variables[v]["best"]
         return f"{v} at {b['hook']} (DAS IIA {b['das_iia']:.2f}, {len(b['features'])} features IIA {b['iia'] or 0:.2f})"
-    parts = [where(v) for v in ("P1", "P2", "A", "B", "T") if v in variables]
+    parts = [where(v) for v in ("P1", "P2", "A", "B", "T") if v in variables] or [where(v) for v in variables]
     return "Each variable is best patched: " + "; ".join(parts) + "."
 
 

@@ -44,7 +44,7 @@ class PairSet:
     def draw(cls, variables: TaskVariables, config: CausalConfig, exclude: np.ndarray | None = None,
              names: Sequence[str] | None = None) -> PairSet:
         sampler = PairSampler(variables, config.seed, exclude)
-        names = list(variables.names if names is None else names)
+        names = config.variable_names(variables.names) if names is None else list(names)
         fit = {v: sampler.pairs(v, config.fit_pairs) for v in names}
         ev = {v: sampler.pairs(v, config.eval_pairs) for v in names}
         iso = {v: sampler.isolation_pairs(v, config.isolation_pairs) for v in names}
