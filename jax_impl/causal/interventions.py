@@ -308,6 +308,26 @@ def mean_ablation_outputs(readout: Readout, h: np.ndarray, f: np.ndarray, f_mean
     return outputs(readout, h_star)
 
 
+@jax.jit
+def _ablation_effects(readout: Readout, z: jax.Array, shift: jax.Array, u: jax.Array) -> jax.Array:
+    """Mean |change of the output| when each of K features is moved by its shift: z (N, H) pre-activations,
+    shift (N, K) the change of each feature's activation, u (K, H) its direction as the readout sees it -> (K,)."""
+    out = readout.rest(z)
+    return jax.lax.map(lambda k: jnp.mean(jnp.abs(readout.rest(z + shift[:, k, None] * u[k]) - out)),
+                       jnp.arange(u.shape[0]))
+
+
+def ablation_effects(readout: Readout, h: np.ndarray, f: np.ndarray, f_mean: np.ndarray, w_dec: np.ndarray,
+                     features: list[int]) -> np.ndarray:
+    """For each feature of `features`, the mean |change of the output| when it alone is set to its mean in h:
+    h (N, W) (e.g. a circuit's activation), f (N, F), f_mean (F,) -> (K,) float32."""
+    idx = np.asarray(features, np.int64)
+    z = jnp.asarray(h, jnp.float32) @ readout.w1 + readout.b1
+    u = jnp.asarray(w_dec[idx]) @ readout.w1
+    shift = jnp.asarray(f_mean[idx] - f[:, idx], jnp.float32)
+    return np.asarray(_ablation_effects(readout, z, shift, u))
+
+
 def encode(dictionary: Dictionary, h: np.ndarray) -> np.ndarray:
     """The SAE's features of h (N, W) -> (N, F) float32."""
     return np.asarray(_encode(dictionary, jnp.asarray(h, jnp.float32)))

@@ -18,7 +18,7 @@ import numpy as np
 from jax_impl.atlas import Dictionary, score_features, task_concepts
 from jax_impl.causal.config import CausalConfig
 from jax_impl.causal.interventions import (
-    Site, encode, fit_subspaces, iia, mean_ablation_outputs, outputs, select_features,
+    Site, ablation_effects, encode, fit_subspaces, iia, mean_ablation_outputs, outputs, select_features,
     set_outputs, subspace_outputs,
 )
 from jax_impl.causal.variables import KIND_NAMES, MINIMAL, PairSampler, Pairs, TaskVariables
@@ -197,10 +197,8 @@ def _circuit(readout, dictionary: Dictionary, result: dict, h: np.ndarray, f: np
         out = mean_ablation_outputs(readout, h, f, f_mean, w_dec, keep)
         out_no_error = mean_ablation_outputs(readout, h, f, f_mean, w_dec, keep, keep_error=False, error_mean=error_mean)
         # The output's dependence on each kept feature inside the circuit: mean |change| when it too is mean-ablated.
-        effects = []
-        for c in keep:
-            ablated = mean_ablation_outputs(readout, h, f, f_mean, w_dec, [k for k in keep if k != c])
-            effects.append(_round(float(np.mean(np.abs(ablated - out)))))
+        h_circuit = np.asarray(h) - ((f - f_mean) * np.isin(np.arange(f.shape[1]), keep, invert=True)) @ w_dec
+        effects = [_round(float(e)) for e in ablation_effects(readout, h_circuit, f, f_mean, w_dec, keep)]
         cuts[name] = {"variables": members, "features": keep, "size": len(keep),
                       "share": _round(float(np.mean(np.round(out) == clean))),
                       "share_without_error": _round(float(np.mean(np.round(out_no_error) == clean))),
