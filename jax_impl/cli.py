@@ -213,17 +213,16 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 def cmd_causal(args: argparse.Namespace) -> int:
     from jax_impl.causal.config import CausalConfig
     from jax_impl.causal.runner import causal_map, check_hooks, parse_sae_flags
+    from jax_impl.causal.variables import TaskVariables
     from jax_impl.locks import folder_lock
     from jax_impl.rundir import Run
+    from jax_impl.task import TaskShape
 
     config = CausalConfig.quick() if args.quick else CausalConfig()
     given = {f.name: getattr(args, f"causal.{f.name}") for f in dataclasses.fields(CausalConfig)}
     config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).validate()
     hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
     run_config = _run_config(args.run_dir)
-    from jax_impl.causal.variables import TaskVariables
-    from jax_impl.task import TaskShape
-
     config.variable_names(TaskVariables(TaskShape(run_config.data.x_dim, run_config.data.y_dim)).names)
     hooks, sae_paths = check_hooks(hooks, parse_sae_flags(args.sae or [], run_config.hook))
     for hook, path in sae_paths.items():

@@ -16,8 +16,8 @@ from jax_impl.causal.config import CausalConfig
 from jax_impl.causal.variables import TaskVariables
 from jax_impl.errors import UserError
 from jax_impl.models import DEFAULT_HOOK, HOOKS
-from jax_impl.saes import NAMES as SAE_VARIANTS
-from jax_impl.task import TaskShape  # the architecture registry's names
+from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
+from jax_impl.task import TaskShape
 
 RECIPES = ("seed", "strong")  # see strong_recipe() and docs/strong_recipe.md
 MLP_DATA = ("split", "online")  # train on the fixed split (seed) or on fresh rows every step (jax_impl.online)

@@ -31,7 +31,7 @@ from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.config import CheckpointPolicy, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
-from jax_impl.causal.runner import CAUSAL_HTML, CAUSAL_JSON
+from jax_impl.causal.runner import CAUSAL_HTML, CAUSAL_JSON, causal_map
 from jax_impl.harvest import harvest_activations
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.rundir import (  # noqa: F401  (re-exported: the layout names callers knew from here)
@@ -129,8 +129,6 @@ def stage_atlas(run: Run) -> dict:
 def stage_causal(run: Run) -> dict:
     """The causal map at the run's hook with its own SAE (config.causal: by default CausalConfig.quick();
     `monosem causal` does every hook)."""
-    from jax_impl.causal.runner import causal_map
-
     doc = causal_map(run, hooks=[run.hook], config=run.config.causal, log=run.log)
     best = {v: {k: d["best"][k] for k in ("hook", "das_iia", "iia", "isolation")} | {"features": len(d["best"]["features"])}
             for v, d in doc["variables"].items()}

@@ -74,11 +74,6 @@ def orthonormal(m: jax.Array) -> jax.Array:
     return q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
 
 
-def subspace_patch(h: jax.Array, h_source: jax.Array, rotation: jax.Array) -> jax.Array:
-    """h + (h' - h) R R^T: h, h_source (N, W), rotation R (W, r) orthonormal -> (N, W)."""
-    return h + ((h_source - h) @ rotation) @ rotation.T
-
-
 @partial(jax.jit, static_argnames=("steps", "batch_size"))
 def _fit_rotations(
     readout: Readout, z: jax.Array, delta: jax.Array, answer: jax.Array, init: jax.Array, used: jax.Array,

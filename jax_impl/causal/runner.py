@@ -144,7 +144,7 @@ def causal_map(
             sae, path = hook_sae(run, hook, log)
         sae_of_hook[hook] = _relative(path, run.run_dir)
         t0 = time.perf_counter()
-        doc = causal_map_of_site(Site.from_mlp(run.mlp, hook), Dictionary.from_sae(sae), variables, pairs, config, log=log)
+        doc = causal_map_of_site(Site.from_mlp(run.mlp, hook), Dictionary.from_sae(sae), variables, pairs, config)
         doc["sae"] = sae_of_hook[hook]
         by_hook[hook] = doc
         # Timings go to the log, not into the document: the same run and settings give the same bytes.

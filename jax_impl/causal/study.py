@@ -8,7 +8,7 @@ run directory's MLP at several hooks, training an SAE with the run's recipe wher
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,6 @@ from jax_impl.causal.interventions import (
 from jax_impl.causal.variables import KIND_NAMES, MINIMAL, PairSampler, Pairs, TaskVariables
 from jax_impl.task import TaskShape
 
-Log = Callable[[str], None]
 
 def circuit_cuts(variables: TaskVariables) -> dict[str, list[str]]:
     """Sets of variables that each determine the output on their own: the cuts a sparse circuit is built on."""
@@ -81,7 +80,7 @@ class _Activations:
 
 def causal_map_of_site(
     site: Site, dictionary: Dictionary | None, variables: TaskVariables, pairs: PairSet,
-    config: CausalConfig = CausalConfig(), *, label_rows: np.ndarray | None = None, log: Log = print,
+    config: CausalConfig = CausalConfig(), *, label_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every intervention for every variable of `pairs` at one hook.
 
