@@ -211,16 +211,16 @@ class PairSampler:
     def _filtered(self, name: str | None, n: int, kind: int, *, changes_answer: bool = False,
                   keep: str | None = None) -> Pairs:
         """The pairs among n candidates of one kind that pass the filters (see _draw)."""
-        from_t = self.variables.values
         base, source = self._candidates(name or "T", n, kind)
         ok = self._allowed(base) & self._allowed(source) & np.any(base != source, axis=1)
-        base_answer = from_t(base)["T"].astype(np.float32)
-        answer = self.variables.counterfactual_answers(name, base, source) if name else from_t(source)["T"]
+        base_values, source_values = self.variables.values(base), self.variables.values(source)
+        base_answer = base_values["T"].astype(np.float32)
+        answer = self.variables.counterfactual_answers(name, base, source) if name else source_values["T"]
         answer = np.asarray(answer, np.float32)
         if changes_answer:
             ok &= answer != base_answer
         if keep is not None:
-            ok &= from_t(base)[keep] == from_t(source)[keep]
+            ok &= base_values[keep] == source_values[keep]
         idx = np.flatnonzero(ok)
         return Pairs(base[idx], source[idx], answer[idx], base_answer[idx], np.full(len(idx), kind, np.int8))
 
