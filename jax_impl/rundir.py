@@ -14,8 +14,7 @@ this module only.
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -23,16 +22,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax_impl import bridge, saelens, saes
-from jax_impl.config import RunConfig
+from jax_impl import bridge, jsonfile, saelens, saes
+from jax_impl.config import MAX_SEED, MLP_DATA, RECIPES, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.locks import LOCK_FILE
-from jax_impl.models import HOOK_WIDTHS, InterpretabilityMLP
+from jax_impl.models import HOOK_WIDTHS, HOOKS, InterpretabilityMLP
 from jax_impl.task import SPLITS, Split, TaskShape, concat_splits, read_split, split_filename
 
 Log = Callable[[str], None]
 
 MANIFEST = "manifest.json"
+START_OVER = "remove it to start the run over"  # how a user gets past a damaged manifest (messages end with it)
 LOCK = LOCK_FILE
 MLP_PATH = Path("mlp/perfect_mlp.pth")
 ACTIVATIONS_PATH = Path("mlp_activations.pt")
@@ -56,29 +56,12 @@ def read_manifest(run_dir: Path | str) -> dict | None:
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path}: not a readable manifest ({e}); remove it to start the run over") from None
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise UserError(f"{path}: not a valid manifest: {problem}; remove it to start the run over")
-    return manifest
-
-
-def _manifest_problem(manifest: object) -> str | None:
-    """What keeps `manifest` from being one that `monosem run` wrote, or None."""
-    if not isinstance(manifest, dict):
-        return f"it holds a {type(manifest).__name__}, expected a JSON object"
-    for key in ("config", "stages", "metrics"):  # only config is needed to read a run; the others when present
-        if not isinstance(manifest.get(key, {}), dict) or (key == "config" and key not in manifest):
-            found = "nothing" if key not in manifest else f"a {type(manifest[key]).__name__}"
-            return f"key {key!r} holds {found}, expected an object"
-    for name, entry in manifest.get("stages", {}).items():
-        seconds = entry.get("seconds") if isinstance(entry, dict) else None
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
-            return f"stages[{json.dumps(name)[:40]}] is {json.dumps(entry)[:60]}, expected an object with a number of seconds"
-    return None
+    manifest = jsonfile.read(path, unreadable="not a readable manifest", hint=START_OVER)
+    manifest.get("config").fields()  # only config is needed to read a run; the others when present
+    manifest.get("metrics", {}).fields()
+    for _, entry in manifest.get("stages", {}).items():
+        entry.get("seconds").number(lo=0)
+    return manifest.value
 
 
 def run_config(run_dir: Path | str) -> RunConfig:
@@ -91,21 +74,50 @@ def run_config(run_dir: Path | str) -> RunConfig:
 
 
 MAX_INPUT_DIM = 65536  # a task row's width a reader accepts from a manifest (the seed's is 10)
+MAX_COUNT = 2**31 - 1  # a size, count or period from a manifest (JAX indexes with int32)
 
 
 def config_from_manifest(manifest: dict, path: Path) -> RunConfig:
     """The RunConfig of a manifest read by read_manifest (path: where it came from, for messages): every key of
-    its type, and a task shape a reader can use. The training-only rules of RunConfig.validate (batch sizes
-    against the split, ...) are not applied: reading a run does not train."""
+    its type (RunConfig.from_dict) and every value in its range, so a reader can use it (the seed seeds a PRNG,
+    the hook names an activation, sizes are positive). The training-only rules of RunConfig.validate (batch
+    sizes against the split, ...) are not applied: reading a run does not train."""
     try:
         config = RunConfig.from_dict(manifest["config"])
-        d = config.data
-        if not (d.x_dim >= 2 and d.y_dim >= 1 and d.x_dim * d.y_dim <= MAX_INPUT_DIM):
-            raise ValueError(f"config.data has x_dim {d.x_dim} and y_dim {d.y_dim}, expected x_dim >= 2, y_dim >= 1 "
-                             f"and x_dim * y_dim <= {MAX_INPUT_DIM}")
-        return config
     except ValueError as e:
-        raise UserError(f"{path}: not a valid manifest: {e}; remove it to start the run over") from None
+        raise UserError(f"{path}: not a valid manifest: {e}; {START_OVER}") from None
+    _check_values(config, path)
+    return config
+
+
+def _check_values(config: RunConfig, path: Path) -> None:
+    """UserError naming the manifest and the key of the first value of `config` out of its range."""
+    def value(key: str, v: object) -> jsonfile.Node:
+        return jsonfile.Node(v, str(path), f"config.{key}", START_OVER)
+
+    value("seed", config.seed).integer(0, MAX_SEED)
+    value("recipe", config.recipe).string(RECIPES)
+    value("hook", config.hook).string(HOOKS)
+    value("mlp.data", config.mlp.data).string(MLP_DATA)
+    for section in ("data", "mlp", "sae"):  # every number of these sections is positive (as RunConfig.validate)
+        for f in dataclasses.fields(getattr(config, section)):
+            v = getattr(getattr(config, section), f.name)
+            if isinstance(v, int):
+                value(f"{section}.{f.name}", v).integer(1, MAX_COUNT)
+            elif isinstance(v, float):
+                value(f"{section}.{f.name}", v).number(above=0)
+    value("mlp.pct_start", config.mlp.pct_start).number(above=0, below=1)
+    # a task row is x_dim * y_dim wide: at least one value and one pointer per column
+    value("data.y_dim", config.data.y_dim).integer(1, MAX_INPUT_DIM // 2)
+    value("data.x_dim", config.data.x_dim).integer(2, MAX_INPUT_DIM // config.data.y_dim)
+    try:  # what the sections' own classes require of their values
+        config.causal.validate()
+    except UserError as e:
+        raise UserError(f"{path}: not a valid manifest: config.causal: {e}; {START_OVER}") from None
+    try:
+        config.sae.architecture.validate(config.sae.dict_size)
+    except ValueError as e:
+        raise UserError(f"{path}: not a valid manifest: config.sae.architecture: {e}; {START_OVER}") from None
 
 
 class Run:

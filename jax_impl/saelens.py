@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jax_impl import bridge, saes
+from jax_impl import bridge, jsonfile, saes
 from jax_impl.atomic import write_text_atomic
+from jax_impl.config import _section_from_dict as typed_section  # the one typed reading of a config dataclass
 from jax_impl.errors import UserError
 from jax_impl.models import LAYER2_WIDTH
 from jax_impl.saes import SAE, Architecture
@@ -105,40 +106,68 @@ def save_saelens(sae: SAE, folder: Path | str, *, hook_name: str | None = "layer
 # --------------------------------------------------------------------------- reading
 
 
+# The largest d_in or d_sae read from a cfg.json (JAX indexes with int32); the tensors of the weights file must
+# then have the shapes these describe.
+MAX_WIDTH = 2**31 - 1
+
+
 def _read_cfg(folder: Path) -> dict[str, Any]:
+    """The values of folder's cfg.json that this reader uses, each checked (jax_impl.jsonfile) and with its
+    SAELens default where the file has none: d_in, d_sae, architecture, apply_b_dec_to_input, RESCALE, the
+    architecture's CONFIG_FIELDS present, and "monosem": our own (architecture name, config) from its metadata or
+    None. UserError naming the file and the key otherwise."""
     path = folder / CFG_FILE
     if not path.is_file():
         raise UserError(f"{folder}: no {CFG_FILE}; expected a SAELens SAE folder ({CFG_FILE} + {WEIGHTS_FILE})")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    for key in ("d_in", "d_sae"):
-        if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool) or cfg[key] < 1:
-            raise UserError(f"{path}: key {key!r} is {cfg.get(key)!r}, expected a positive integer")
+    doc = jsonfile.read(path)
+    doc.fields()
     for key, plain in _PLAIN_SETTINGS.items():
-        if cfg.get(key, plain) != plain:
-            raise UserError(f"{path}: key {key!r} is {cfg[key]!r}; only {plain!r} is supported here")
-    if not isinstance(cfg.get("architecture", "standard"), str):
-        raise UserError(f"{path}: key 'architecture' is {cfg['architecture']!r}, expected a string")
+        if doc.get(key, plain).value != plain:
+            raise UserError(f"{path}: key {key!r} is {jsonfile.describe(doc[key].value)}; only {plain!r} is supported here")
+    architecture = doc.get("architecture", "standard").string()
+    cfg: dict[str, Any] = {
+        "d_in": doc["d_in"].integer(1, MAX_WIDTH),
+        "d_sae": doc["d_sae"].integer(1, MAX_WIDTH),
+        "architecture": architecture,
+        "apply_b_dec_to_input": doc.get("apply_b_dec_to_input", True).boolean(),
+        RESCALE: doc.get(RESCALE, False).boolean(),
+    }
+    for saelens_name in CONFIG_FIELDS.get(architecture, {}):
+        node = doc.get(saelens_name)
+        if not node.present:
+            continue
+        if saelens_name == "k":  # SAELens's BatchTopK k is a float: an integral one reads as an int
+            k = node.number()
+            if isinstance(k, float) and not k.is_integer():
+                node.fail("a whole number of features")
+            cfg["k"] = int(k)
+        else:
+            cfg[saelens_name] = [element.integer() for element in node.elements()]
+    cfg["monosem"] = _our_metadata(doc)
     return cfg
+
+
+def _our_metadata(doc: jsonfile.Node) -> tuple[str, dict[str, Any]] | None:
+    """(architecture, config) that a folder written here records in metadata.monosem; None for a file without
+    them (SAELens's own), whose metadata is free-form."""
+    metadata = doc.get("metadata", None).value
+    ours = doc["metadata"].get("monosem", None) if isinstance(metadata, dict) else None
+    if ours is None or not isinstance(ours.value, dict):
+        return None
+    name = ours.get("architecture", None).string(null=True)
+    if name not in saes.REGISTRY:
+        return None
+    ours["config"].fields()  # an object: the config dataclass's fields are typed by _config
+    return name, ours["config"].value
 
 
 def _architecture(cfg: dict[str, Any], path: Path) -> tuple[Architecture, dict[str, Any] | None]:
     """Our architecture for a SAELens cfg, and our own config when the file's metadata records it."""
-    name = cfg.get("architecture", "standard")
-    tied = bool(cfg.get("apply_b_dec_to_input", True))
-    metadata = cfg.get("metadata")
-    ours = metadata.get("monosem") if isinstance(metadata, dict) else None
-    if isinstance(ours, dict) and ours.get("architecture") in saes.REGISTRY:
-        arch = saes.get(ours["architecture"])
+    name, tied = cfg["architecture"], cfg["apply_b_dec_to_input"]
+    if cfg["monosem"] is not None:
+        arch = saes.get(cfg["monosem"][0])
         if arch.saelens is not None and arch.saelens.architecture == name and arch.tied_bias == tied:
-            config = ours.get("config")
-            if not isinstance(config, dict):
-                raise UserError(f"{path}: key 'metadata.monosem.config' is {config!r}, expected an object")
-            return arch, config
+            return arch, cfg["monosem"][1]
     for arch in saes.REGISTRY.values():
         if arch.saelens is not None and name in arch.saelens.reads and arch.tied_bias == tied:
             return arch, None
@@ -151,16 +180,16 @@ def _architecture(cfg: dict[str, Any], path: Path) -> tuple[Architecture, dict[s
 
 
 def _config(arch: Architecture, cfg: dict[str, Any], ours: dict[str, Any] | None, path: Path) -> Any:
+    """Our config of `arch` from the file: its fields typed as the config dataclass's (config._section_from_dict,
+    as a manifest's are), then its own validate against d_sae."""
     values = dict(ours or {})
     if ours is None:
-        for saelens_name, field in CONFIG_FIELDS.get(cfg.get("architecture", "standard"), {}).items():
+        for saelens_name, field in CONFIG_FIELDS.get(cfg["architecture"], {}).items():
             if saelens_name in cfg:
-                value = cfg[saelens_name]
-                if isinstance(value, float) and value.is_integer():  # SAELens's BatchTopK k is a float
-                    value = int(value)
-                values[field] = value
+                values[field] = cfg[saelens_name]
+    where = "metadata.monosem.config" if ours is not None else "config"
     try:
-        config = arch.config_from_file(values)
+        config = typed_section(arch.config, values, where)
         config.validate(cfg["d_sae"])
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: the {arch.name} config {values} is not valid here ({e})") from None
@@ -191,8 +220,9 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) ->
     config = _config(arch, cfg, ours, cfg_path)
     tensors = bridge.read_safetensors(weights_path)
 
-    # The shapes we hold, from a freshly initialised SAE of the same size.
-    params, buffers = arch.init(jax.random.key(0), d_in, d_sae, config)
+    # The shapes we hold, from an SAE of the same size: its shapes only, so nothing of the size the cfg claims is
+    # made before the file's tensors are found to have it.
+    params, buffers = jax.eval_shape(lambda: arch.init(jax.random.key(0), d_in, d_sae, config))
     wanted = {TENSOR_NAMES[name] for name in (*params, *buffers)}
     if "threshold" in wanted and "threshold" not in tensors and TRAINING_THRESHOLD in tensors:
         tensors = dict(tensors)  # a SAELens training BatchTopK's file: its scalar running threshold,
@@ -201,7 +231,7 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) ->
     missing, extra = sorted(wanted - set(tensors)), sorted(set(tensors) - wanted)
     if missing or extra:
         parts = [f"missing tensors {missing}"] * bool(missing) + [f"unexpected tensors {extra}"] * bool(extra)
-        raise UserError(f"{weights_path}: {'; '.join(parts)} (expected exactly {sorted(wanted)} for {cfg.get('architecture', 'standard')!r})")
+        raise UserError(f"{weights_path}: {'; '.join(parts)} (expected exactly {sorted(wanted)} for {cfg['architecture']!r})")
 
     def value(name: str, like: jax.Array) -> jax.Array:
         saelens_name = TENSOR_NAMES[name]
@@ -216,7 +246,7 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) ->
         return jnp.asarray(_tensor(tensors, saelens_name, shape, weights_path))
 
     params = {k: value(k, v) for k, v in params.items()}
-    if cfg.get(RESCALE, False):
+    if cfg[RESCALE]:
         params = _fold_decoder_norms(params, weights_path)
     return SAE(arch, config, params, {k: value(k, v) for k, v in buffers.items()})
 
