@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from scipy.stats import rankdata
 
-from jax_impl import analysis
+from jax_impl import analysis, jsonfile
 from jax_impl.atlas_page import render_page
 from jax_impl.atomic import write_text_atomic
 from jax_impl.errors import UserError
@@ -825,8 +825,19 @@ def feature_labels(atlas: Mapping[str, Any] | str | Path, min_f1: float | None =
     features (by the atlas's own threshold) get a label.
     """
     if not isinstance(atlas, Mapping):
-        atlas = json.loads(Path(atlas).read_text(encoding="utf-8"))
+        return _file_labels(jsonfile.read(atlas, hint="rebuild it with `monosem atlas` or remove it"), min_f1)
     return {
         f["id"]: f["label"] for f in atlas["features"]
         if (f["monosemantic"] if min_f1 is None else f["f1"] is not None and f["f1"] >= min_f1)
     }
+
+
+def _file_labels(doc: jsonfile.Node, min_f1: float | None) -> dict[int, str]:
+    """feature_labels of a feature_atlas.json, every value it takes checked (UserError naming the file and key)."""
+    labels = {}
+    for f in doc["features"].elements():
+        feature_id, label = f["id"].integer(0, 2**31 - 1), f["label"].string()
+        f1 = f["f1"].number(0, 1, null=True)
+        if f["monosemantic"].boolean() if min_f1 is None else f1 is not None and f1 >= min_f1:
+            labels[feature_id] = label
+    return labels

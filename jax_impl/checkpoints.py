@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _safetensors_load
 from safetensors.numpy import save as _safetensors_save
 
+from jax_impl import jsonfile
 from jax_impl.atomic import atomic_path
 from jax_impl.config import CheckpointPolicy
 from jax_impl.errors import UserError
@@ -117,18 +118,22 @@ def read_file(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                               "truncated or changed after it was written)")
     try:
         arrays = _safetensors_load(data[head:])
-        meta = json.loads(_safetensors_header_metadata(data[head:]).get(_META_KEY, "null"))
+        meta = jsonfile.parse(_safetensors_header_metadata(data[head:]).get(_META_KEY, "null"), "metadata").value
     except (SafetensorError, ValueError, TypeError) as e:  # a checksum-valid file of another writer
         raise CheckpointError(f"{path}: not a readable monosem checkpoint ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a monosem checkpoint (expected metadata format {FORMAT!r})")
+    try:  # the epoch a training loop goes on from: an int (2.0 would pass a comparison with the file's name)
+        jsonfile.Node(meta, str(path))["epoch"].integer(0)
+    except UserError as e:
+        raise CheckpointError(str(e)) from None
     return arrays, meta
 
 
 def _safetensors_header_metadata(blob: bytes) -> dict[str, str]:
     """safetensors' `__metadata__` (its numpy loader returns the tensors only)."""
     n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
+    header = jsonfile.parse(blob[8 : 8 + n], "safetensors header").value
     metadata = header.get("__metadata__", {})
     if not isinstance(metadata, dict):
         raise ValueError("__metadata__ is not a mapping")

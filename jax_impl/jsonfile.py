@@ -5,8 +5,8 @@ problem is one line naming the file and the key:
     PATH: key 'apply_b_dec_to_input' is 'false', expected true or false
 
 Parsing refuses a file over a size cap (MAX_BYTES), text that is not UTF-8, nesting deeper than MAX_DEPTH,
-the constants NaN, Infinity and -Infinity (not JSON, though Python writes them), and numbers that overflow a
-float (1e400 would parse as inf). The depth is measured on the raw text before the parser sees it, without
+the constants NaN, Infinity and -Infinity (not JSON, though Python writes them), numbers that overflow a float
+(1e400 would parse as inf) and integers beyond 64 bits (naming the key: no value read here is one). The depth is measured on the raw text before the parser sees it, without
 recursion: json's own parser raises RecursionError at about 1000 levels, and a deep document would reach this
 package's recursive code (config comparisons, json.dumps of a record) after it.
 
@@ -39,7 +39,7 @@ _SCAN_CHUNK = 1 << 20  # bytes the depth scan looks at at once (its memory is a 
 _TOKEN = np.isin(np.arange(256), [0x22, 0x5B, 0x5D, 0x7B, 0x7D])  # " [ ] { }
 _STEP = np.zeros(256, np.int64)
 _STEP[[0x5B, 0x7B]], _STEP[[0x5D, 0x7D]] = 1, -1
-_LARGE_NUMBER = re.compile(rb"[eE]\+?\d{3}|\d{300}")
+_LARGE_NUMBER = re.compile(rb"[eE]\+?\d{3}|\d{19}")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_\-]+")
 
 
@@ -75,6 +75,8 @@ def parse(data: bytes | str, where: str, *, unreadable: str = "not readable JSON
     `FILE: metadata` for JSON inside another format). JSONFileError as for `read`."""
     if isinstance(data, str):
         raw, text = data.encode("utf-8", "surrogatepass"), data
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise JSONFileError(_message(where, unreadable, f"{type(data).__name__}, not JSON text", hint))
     else:
         raw = bytes(data)
         try:
@@ -85,13 +87,30 @@ def parse(data: bytes | str, where: str, *, unreadable: str = "not readable JSON
     if nesting_depth(raw, limit=max_depth) > max_depth:
         raise JSONFileError(_message(where, unreadable, f"nested deeper than {max_depth} levels", hint))
     try:
-        # Only a number with a 3-digit exponent or 300 digits can overflow a float: the (slower) check that
-        # refuses one runs where the text has such a number (or a string that looks like one).
-        finite = _finite_float if _LARGE_NUMBER.search(raw) else None
-        value = json.loads(text, parse_constant=_no_constant, parse_float=finite)
+        # Only a number of 19 digits or more, or with a 3-digit exponent, can overflow a float or 64 bits: the
+        # (slower) checks that refuse one run where the text has such a number (or a string that looks like one).
+        large = _LARGE_NUMBER.search(raw) is not None
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float if large else None)
     except ValueError as e:  # json.JSONDecodeError, and the two hooks' refusals
         raise JSONFileError(_message(where, unreadable, _first_line(e), hint)) from None
-    return Node(value, where, "", hint)
+    node = Node(value, where, "", hint)
+    if large:
+        _check_integers(node)
+    return node
+
+
+def _check_integers(root: Node) -> None:
+    """JSONFileError naming the first integer of the document beyond 64 bits (no value read here is one, and a
+    float field given one could not convert it); a loop over the document, no recursion."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node.value, dict):
+            stack.extend(node.child(k, v) for k, v in node.value.items())
+        elif isinstance(node.value, list):
+            stack.extend(node.child(i, v) for i, v in enumerate(node.value))
+        elif isinstance(node.value, int) and not isinstance(node.value, bool) and not INT64[0] <= node.value <= INT64[1]:
+            node.fail("a number within 64 bits")
 
 
 def nesting_depth(data: bytes, limit: int | None = None) -> int:
@@ -225,6 +244,11 @@ class Node:
                 shown = ", ".join(json.dumps(k)[:42] for k in unknown[:5])
                 self.fail(f"an object without {shown} (keys known here: {', '.join(sorted(known))})")
         return {k: self.child(k, v) for k, v in self.value.items()}
+
+    def object(self, known: Collection[str] | None = None) -> dict[str, Any]:
+        """An object's plain value, checked as `fields` checks it."""
+        self.fields(known)
+        return self.value
 
     def get(self, name: str, default: Any = _MISSING) -> Node:
         """Member `name` of an object (the object itself is checked); absent: a Node holding `default`, or one

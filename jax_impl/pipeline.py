@@ -31,7 +31,7 @@ from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.config import CheckpointPolicy, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
-from jax_impl.causal.runner import CAUSAL_HTML, CAUSAL_JSON, causal_map
+from jax_impl.causal.runner import CAUSAL_HTML, CAUSAL_JSON, causal_map, read_causal
 from jax_impl.harvest import harvest_activations
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.rundir import (  # noqa: F401  (re-exported: the layout names callers knew from here)
@@ -157,10 +157,7 @@ def stage_reports(run: Run) -> dict:
     predictions, layer2 = analysis.mlp_forward(run.mlp, rows.inputs, run.hook)  # the hook's activation
     _, features = analysis.sae_forward(run.sae, layer2)
     causal_json = run.out_dir / CAUSAL_JSON
-    try:
-        causal = json.loads(causal_json.read_text(encoding="utf-8")) if causal_json.exists() else None
-    except ValueError as e:
-        raise UserError(f"{causal_json}: not readable JSON ({e}); rerun `monosem causal` or remove it") from None
+    causal = read_causal(causal_json) if causal_json.exists() else None
     paths = reports.write_reports(
         run.out_dir, rows.inputs, rows.targets, predictions, layer2, features,
         x_dim=run.shape.x_dim, y_dim=run.shape.y_dim, log=run.log, causal=causal,

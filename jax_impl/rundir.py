@@ -59,7 +59,7 @@ def read_manifest(run_dir: Path | str) -> dict | None:
     manifest = jsonfile.read(path, unreadable="not a readable manifest", hint=START_OVER)
     manifest.get("config").fields()  # only config is needed to read a run; the others when present
     manifest.get("metrics", {}).fields()
-    for _, entry in manifest.get("stages", {}).items():
+    for entry in manifest.get("stages", {}).fields().values():
         entry.get("seconds").number(lo=0)
     return manifest.value
 

@@ -157,8 +157,7 @@ def _our_metadata(doc: jsonfile.Node) -> tuple[str, dict[str, Any]] | None:
     name = ours.get("architecture", None).string(null=True)
     if name not in saes.REGISTRY:
         return None
-    ours["config"].fields()  # an object: the config dataclass's fields are typed by _config
-    return name, ours["config"].value
+    return name, ours["config"].object()  # its fields are typed by _config
 
 
 def _architecture(cfg: dict[str, Any], path: Path) -> tuple[Architecture, dict[str, Any] | None]:

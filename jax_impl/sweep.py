@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jax_impl import analysis, atlas, bridge, interrupts, saes
+from jax_impl import analysis, atlas, bridge, interrupts, jsonfile, saes
 from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
 from jax_impl.checkpoints import TrainingCheckpoints
@@ -475,13 +475,9 @@ def _finished_rows(members: Sequence[Any], checkpoints: TrainingCheckpoints,
     its files, or None when they are not all there) or it diverged in the run that finished the group; else None
     (the group trains, from its newest checkpoint if any)."""
     diverged: dict[str, Any] = {}
-    try:
-        done = json.loads((checkpoints.folder / GROUP_DONE_FILE).read_text())
-        ours = isinstance(done, dict) and done.get("identity") == checkpoints.identity
-        if ours and isinstance(done.get("diverged"), dict):
-            diverged = done["diverged"]
-    except (OSError, ValueError):
-        pass
+    done = _read_json(checkpoints.folder / GROUP_DONE_FILE)
+    if done is not None and done.get("identity", None).value == checkpoints.identity:  # else another sweep's
+        diverged = {name: _diverged_row(name, row) for name, row in done["diverged"].items()}
     rows = []
     for c in members:
         row = diverged.get(c.name) or read_row(c)
@@ -491,13 +487,22 @@ def _finished_rows(members: Sequence[Any], checkpoints: TrainingCheckpoints,
     return rows
 
 
-def _read_json(path: Path) -> Any:
-    """A JSON file written by an earlier run of this sweep, or None when it is missing or unreadable (the
-    configuration then counts as not finished and is trained again)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+def _diverged_row(name: str, row: jsonfile.Node) -> dict[str, Any]:
+    """A diverged configuration's table row as _group_done wrote it: its name, a status other than ok, seconds."""
+    row["name"].string((name,))
+    if row["status"].string() == "ok":
+        row["status"].fail("the status of a configuration that diverged")
+    row["seconds"].number(lo=0)
+    return row.value
+
+
+def _read_json(path: Path) -> jsonfile.Node | None:
+    """A JSON file written by an earlier run of this sweep, or None when it is missing (the configuration then
+    counts as not finished and is trained again); UserError naming the file (and then the key a reader asks for)
+    when it is there but cannot be used."""
+    if not path.exists():
         return None
+    return jsonfile.read(path, hint=f"remove {path.parent} to train it again, or start over without --resume")
 
 
 def _same_settings(folder: Path, written: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
@@ -597,11 +602,11 @@ def _read_sae_row(c: SAEConfiguration, group: int, source: ActivationFile, run: 
     """A written configuration's table row from its metrics.json, sae_config.json (and feature_atlas.json), as
     _write_sae returned it; None when the folder is not complete."""
     metrics, record = _read_json(folder / METRICS_FILE), _read_json(folder / CONFIG_FILE)
-    if not isinstance(metrics, dict) or not isinstance(record, dict) or not (folder / SAE_FILE).is_file():
+    if metrics is None or record is None or not (folder / SAE_FILE).is_file():
         return None
     arch = saes.get(c.variant)
     cfg = arch.resolve(c.cfg, c.dict_size) if arch.resolve is not None else c.cfg
-    _same_settings(folder, record, {
+    _same_settings(folder, record.object(), {
         "architecture": c.variant, "config": dataclasses.asdict(cfg), "training": dataclasses.asdict(c.train),
         "dict_size": c.dict_size, "seed": c.seed, "chunk_rows": chunk_rows,
         "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
@@ -609,13 +614,17 @@ def _read_sae_row(c: SAEConfiguration, group: int, source: ActivationFile, run: 
     scores = None
     if run is not None:
         doc = _read_json(folder / atlas.ATLAS_JSON)
-        if not isinstance(doc, dict):
+        if doc is None:
             return None  # no atlas yet (or none possible: no feature fires; the group then trains again)
         scores = _atlas_row(doc)
-    try:
-        return _sae_row(c, group, metrics, record, scores)
-    except KeyError:
-        return None
+    return _sae_row(c, group, _sae_metrics(metrics), record.value, scores)
+
+
+def _sae_metrics(metrics: jsonfile.Node) -> dict[str, Any]:
+    """The values of an SAE configuration's metrics.json that its table row takes, each checked."""
+    return {"explained_variance": metrics["explained_variance"].number(null=True), "l0": metrics["l0"].number(lo=0),
+            "dead_fraction": metrics["dead_fraction"].number(0, 1), "mse": metrics["mse"].number(lo=0),
+            "final_loss": metrics["final_loss"].number(), "train_seconds": metrics["train_seconds"].number(lo=0)}
 
 
 ATLAS_COLUMNS = ("monosemantic_share", "share_f1_0_9", "live", "monosemantic", "consistent_share_of_monosemantic")
@@ -629,11 +638,14 @@ def _atlas_scores(run: Run, sae: saes.SAE, folder: Path) -> dict[str, Any]:
     except UserError:  # no feature fires on any row: nothing to label
         return {k: None for k in ATLAS_COLUMNS} | {"live": 0}
     write_json_atomic(folder / atlas.ATLAS_JSON, doc)
-    return _atlas_row(json.loads(json.dumps(doc)))  # as a --resume reads it back from the file
+    # as a --resume reads it back from the file
+    return _atlas_row(jsonfile.Node(json.loads(json.dumps(doc)), str(folder / atlas.ATLAS_JSON)))
 
 
-def _atlas_row(doc: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: doc["summary"][k] for k in ATLAS_COLUMNS} | {"spliced_mse": doc["metrics"].get("spliced_mse")}
+def _atlas_row(doc: jsonfile.Node) -> dict[str, Any]:
+    """The atlas's summary scores a table row takes, each checked (a number, or null where there is none)."""
+    return ({k: doc["summary"][k].number(null=True) for k in ATLAS_COLUMNS}
+            | {"spliced_mse": doc["metrics"].get("spliced_mse", None).number(null=True)})
 
 
 def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, grid: Mapping[str, Sequence[Any]],
@@ -704,10 +716,12 @@ def _mlp_row(c: MLPConfiguration, group: int, metrics: Mapping[str, Any], record
 def _read_mlp_row(c: MLPConfiguration, group: int, run: Run, folder: Path) -> dict[str, Any] | None:
     """A written MLP configuration's table row from its metrics.json and mlp_config.json; None if not complete."""
     metrics, record = _read_json(folder / METRICS_FILE), _read_json(folder / MLP_CONFIG_FILE)
-    if not isinstance(metrics, dict) or not isinstance(record, dict) or not (folder / MLP_PATH).is_file():
+    if metrics is None or record is None or not (folder / MLP_PATH).is_file():
         return None
-    _same_settings(folder, record, {k: v for k, v in _mlp_record(c, run).items() if k != "run_dir"})
-    try:
-        return _mlp_row(c, group, metrics, record)
-    except (KeyError, TypeError):
-        return None
+    _same_settings(folder, record.object(),
+                   {k: v for k, v in _mlp_record(c, run).items() if k != "run_dir"})
+    checked = {s: {"mse": metrics[s]["mse"].number(lo=0), "exact_match": metrics[s]["exact_match"].number(0, 1)}
+               for s in SPLITS}
+    checked |= {"final_train_loss": metrics["final_train_loss"].number(),
+                "train_seconds": metrics["train_seconds"].number(lo=0)}
+    return _mlp_row(c, group, checked, record.value)

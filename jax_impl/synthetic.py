@@ -22,13 +22,14 @@ jax_impl.groundtruth scores against:
 from __future__ import annotations
 
 import dataclasses
-import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 
+from jax_impl import jsonfile
 from jax_impl.atomic import atomic_path, write_json_atomic
 from jax_impl.errors import UserError
 
@@ -186,22 +187,143 @@ def write_synthetic(cfg: SyntheticConfig, out_dir: Path | str) -> Path:
 
 
 def load_synthetic(data_dir: Path | str) -> tuple[np.ndarray, GroundTruth, SyntheticConfig]:
-    """Read a folder written by write_synthetic (no pickles: allow_pickle=False). x is memory-mapped."""
+    """Read a folder written by write_synthetic, every value checked before use (no pickles: allow_pickle=False).
+    x is memory-mapped. UserError naming the file and the key otherwise."""
+    from jax_impl.activations import open_activations  # torch and safetensors: only for a reader of the files
+
     data_dir = Path(data_dir)
     paths = [data_dir / name for name in (ACTIVATIONS_FILE, TRUTH_FILE, CONFIG_FILE)]
     for path in paths:
         if not path.is_file():
             raise UserError(f"{path}: not found; expected a folder written by `monosem synthetic`")
+    cfg = read_config(paths[2])
+    source = open_activations(paths[0])  # a 2-D float32 .npy, all finite
+    if (source.n_rows, source.width) != (cfg.rows, cfg.dim):
+        raise UserError(f"{paths[0]}: activations of shape ({source.n_rows}, {source.width}), expected "
+                        f"({cfg.rows}, {cfg.dim}) as {CONFIG_FILE} says")
+    x = np.load(paths[0], mmap_mode="r", allow_pickle=False)
+    return x, read_truth(paths[1], cfg), cfg
+
+
+def read_config(path: Path) -> SyntheticConfig:
+    """A CONFIG_FILE: its keys typed as SyntheticConfig's fields, integers within 64 bits, then its validate."""
+    from jax_impl.config import _section_from_dict as typed_section  # the one typed reading of a config dataclass
+
+    doc = jsonfile.read(path, unreadable="not a synthetic config")
     try:
-        cfg = SyntheticConfig(**json.loads(paths[2].read_text())).validate()
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{paths[2]}: not a synthetic config ({e})") from None
+        cfg = typed_section(SyntheticConfig, doc.value, "config")
+    except ValueError as e:
+        raise UserError(f"{path}: not a synthetic config ({e})") from None
+    for f in dataclasses.fields(cfg):
+        if isinstance(getattr(cfg, f.name), int):
+            doc.get(f.name, 0).integer()
     try:
-        x = np.load(paths[0], mmap_mode="r", allow_pickle=False)
-        with np.load(paths[1], allow_pickle=False) as z:
-            truth = GroundTruth(**{f.name: z[f.name] for f in dataclasses.fields(GroundTruth)})
-    except (ValueError, KeyError, OSError, EOFError) as e:
-        raise UserError(f"{data_dir}: unreadable synthetic data ({e})") from None
-    if x.shape != (cfg.rows, cfg.dim) or truth.directions.shape != (cfg.n_features, cfg.dim):
-        raise UserError(f"{data_dir}: shapes {x.shape}, {truth.directions.shape} do not match {paths[2].name}")
-    return x, truth, cfg
+        return cfg.validate()
+    except ValueError as e:
+        raise UserError(f"{path}: not a synthetic config ({e})") from None
+
+
+# TRUTH_FILE's arrays: dtype and number of dimensions (GroundTruth's fields).
+_TRUTH_ARRAYS = {"directions": ("float32", 2), "firing_probability": ("float32", 1), "parent": ("int32", 1),
+                 "row": ("int64", 1), "feature": ("int32", 1), "value": ("float32", 1)}
+
+
+def read_truth(path: Path, cfg: SyntheticConfig) -> GroundTruth:
+    """A TRUTH_FILE of the set `cfg` describes, checked before use: exactly its six arrays, each of its dtype and
+    of the shape the config implies (every header read before any array, and no array larger than the archive),
+    then their values: finite directions, probabilities in [0, 1], parents and feature ids in range, rows in
+    range and in ascending order (the scorer searches them), positive activations. UserError naming the file and
+    the key otherwise."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable synthetic data (not an .npz archive: {e})") from None
+    with archive:
+        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+        missing, extra = sorted(set(_TRUTH_ARRAYS) - set(members)), sorted(set(members) - set(_TRUTH_ARRAYS))
+        if missing or extra:
+            raise UserError(f"{path}: holds the arrays {sorted(members)[:8]}, expected exactly {sorted(_TRUTH_ARRAYS)}")
+        size = path.stat().st_size
+        headers = {name: _npz_header(path, archive, members[name], size) for name in _TRUTH_ARRAYS}
+        for name, (dtype, ndim) in _TRUTH_ARRAYS.items():
+            shape, found = headers[name]
+            if found.kind != np.dtype(dtype).kind or found.itemsize != np.dtype(dtype).itemsize or found.fields:
+                raise UserError(f"{path}: key {name!r} has dtype {found}, expected {dtype}")
+            if len(shape) != ndim:
+                raise UserError(f"{path}: key {name!r} has shape {shape}, expected a {ndim}-D array")
+        nnz = headers["row"][0][0]  # the stored activations: row, feature and value of one length
+        expected_shapes = {"directions": (cfg.n_features, cfg.dim), "firing_probability": (cfg.n_features,),
+                           "parent": (cfg.n_features,), "feature": (nnz,), "value": (nnz,)}
+        for name, shape in expected_shapes.items():
+            if headers[name][0] != shape:
+                source = "as key 'row'" if name in ("feature", "value") else f"for the {CONFIG_FILE} it comes with"
+                raise UserError(f"{path}: key {name!r} has shape {headers[name][0]}, expected {shape} {source}")
+        if nnz > cfg.rows * cfg.n_features:
+            raise UserError(f"{path}: key 'row' has {nnz} entries, more than rows x n_features = "
+                            f"{cfg.rows * cfg.n_features} activations")
+        arrays = {}
+        for name, (dtype, _) in _TRUTH_ARRAYS.items():
+            try:
+                with archive.open(members[name]) as f:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False).astype(dtype, copy=False)
+            except Exception as e:  # noqa: BLE001 - a damaged member fails in zipfile's or numpy's reader variously
+                raise UserError(f"{path}: unreadable synthetic data (key {name!r}: {_first_line(e)})") from None
+    _check_truth_values(path, arrays, cfg)
+    return GroundTruth(**arrays)
+
+
+def _npz_header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of one .npy member of an .npz, read from its header; refused where its data would be larger
+    than the member, or the member larger than the archive (so nothing is allocated beyond the file's size)."""
+    name = info.filename.removesuffix(".npy")
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+        raise UserError(f"{path}: key {name!r} is compressed or larger than the archive; expected the uncompressed "
+                        "arrays np.savez writes")
+    try:
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
+            shape, _fortran, dtype = readers[version](f)
+            header = f.tell()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy parses the header as Python literals: ValueError, SyntaxError, ...
+        raise UserError(f"{path}: unreadable synthetic data (key {name!r}: {_first_line(e)})") from None
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise UserError(f"{path}: key {name!r} has dtype {dtype}, expected {_TRUTH_ARRAYS[name][0]}")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    if header + count * dtype.itemsize > info.file_size:
+        raise UserError(f"{path}: key {name!r} claims shape {tuple(shape)} ({count * dtype.itemsize} bytes), more "
+                        f"than its {info.file_size} bytes in the archive hold")
+    return tuple(int(n) for n in shape), dtype
+
+
+def _check_truth_values(path: Path, a: dict[str, np.ndarray], cfg: SyntheticConfig) -> None:
+    f = cfg.n_features
+
+    def first_bad(name: str, ok: np.ndarray, expected: str) -> None:
+        if not ok.all():
+            i = int(np.argmin(ok.reshape(-1)))
+            raise UserError(f"{path}: key {name!r} holds {a[name].reshape(-1)[i]} at flat index {i}, expected {expected}")
+
+    first_bad("directions", np.isfinite(a["directions"]), "finite values")
+    p = a["firing_probability"]
+    first_bad("firing_probability", np.isfinite(p) & (p >= 0) & (p <= 1), "probabilities in [0, 1]")
+    parent = a["parent"]
+    first_bad("parent", (parent >= -1) & (parent < f) & (parent != np.arange(f)),
+              f"-1 (no parent) or another feature's id in 0..{f - 1}")
+    first_bad("row", (a["row"] >= 0) & (a["row"] < cfg.rows), f"row numbers in 0..{cfg.rows - 1}")
+    first_bad("row", np.diff(a["row"], prepend=0) >= 0, "row numbers in ascending order")
+    first_bad("feature", (a["feature"] >= 0) & (a["feature"] < f), f"feature ids in 0..{f - 1}")
+    value = a["value"]
+    first_bad("value", np.isfinite(value) & (value > 0), "positive activations (the non-zero ones are stored)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]

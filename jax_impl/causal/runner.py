@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 
-from jax_impl import analysis, bridge, saelens, sae_training, saes
+from jax_impl import analysis, bridge, jsonfile, saelens, sae_training, saes
 from jax_impl.atlas import Dictionary
 from jax_impl.atomic import write_json_atomic, write_text_atomic
 from jax_impl.causal.page import render_page
@@ -42,6 +42,7 @@ CAUSAL_SAES_DIR = CAUSAL_DIR / "saes"
 SAE_FILE = "sae.pth"
 SAE_CONFIG_FILE = "sae_config.json"
 FORMAT = "monosem-causal-map/1"
+MAX_FEATURE_ID = 2**31 - 1  # a feature id read from a causal map (an index of an SAE's dictionary)
 
 
 def _sae_record(run: Run, hook: str) -> dict[str, Any]:
@@ -59,11 +60,13 @@ def hook_sae(run: Run, hook: str, log: Log = print) -> tuple[saes.SAE, Path]:
     record = _sae_record(run, hook)
     config_path = folder / SAE_CONFIG_FILE
     if (folder / SAE_FILE).exists() and config_path.exists():
+        # A file that cannot be read or is not an object (JSONFileError) is one of another training: the SAE is
+        # trained again and the folder rewritten, as for another recipe.
         try:
-            same = json.loads(config_path.read_text(encoding="utf-8")).get("causal") == json.loads(json.dumps(record))
-        except (ValueError, OSError, AttributeError):
-            same = False
-        if same:
+            recorded = jsonfile.read(config_path).object()
+        except UserError:
+            recorded = {}
+        if recorded.get("causal") == json.loads(json.dumps(record)):
             return saelens.load_sae(folder / SAE_FILE, input_dim=HOOK_WIDTHS[hook]), folder / SAE_FILE
     cfg = run.config.sae
     log(f"Training a {cfg.variant} SAE ({cfg.dict_size} features) at {hook} with the run's recipe -> {folder}")
@@ -219,3 +222,30 @@ def write_causal(document: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     write_json_atomic(json_path, document)
     write_text_atomic(html_path, render_page(document))
     return json_path, html_path
+
+
+def read_causal(path: Path) -> dict[str, Any]:
+    """A causal.json (write_causal's) for the reports, with every part they take checked (the sparse circuit, the
+    labels of its hook's features, its variables' chosen features and effects there: reports.causal_sankey_view);
+    UserError naming the file and the key otherwise."""
+    doc = jsonfile.read(path, hint="rerun `monosem causal` or remove it")
+    circuit = doc.get("circuit", None)
+    if circuit.is_null:
+        return doc.value
+    hook = circuit["hook"].string()
+    for feature in circuit["features"].elements():
+        feature.integer(0, MAX_FEATURE_ID)
+    for effect in circuit.get("effects", []).elements():
+        effect.number(null=True)
+    circuit["share"].number(0, 1)
+    for variable in circuit["variables"].elements():
+        chosen = doc["variables"][variable.string()]["by_hook"][hook].get("features", None)
+        if not chosen.is_null:
+            for feature in chosen.get("chosen", []).elements():
+                feature.integer(0, MAX_FEATURE_ID)
+            for effect in chosen.get("effects", []).elements():
+                effect.number(null=True)
+    for info in doc.get("hooks", {}).get(hook, {}).get("features", {}).fields().values():
+        if info.get("label", None).string(null=True):
+            info["f1"].number()
+    return doc.value
