@@ -38,7 +38,9 @@ def _unit(w: np.ndarray) -> np.ndarray:
 
 
 class Scorer:
-    """Accumulates the scores chunk by chunk. decoder: (L, D), the SAE's feature directions."""
+    """Accumulates the scores chunk by chunk. decoder: (L, D), the SAE's feature directions. truth: as
+    synthetic.load_synthetic checks it (feature ids and parents in range, rows ascending: activations() searches
+    them), or built in memory."""
 
     def __init__(self, truth: GroundTruth, decoder: np.ndarray):
         decoder = np.asarray(decoder, np.float64)

@@ -206,7 +206,8 @@ def load_synthetic(data_dir: Path | str) -> tuple[np.ndarray, GroundTruth, Synth
 
 
 def read_config(path: Path) -> SyntheticConfig:
-    """A CONFIG_FILE: its keys typed as SyntheticConfig's fields, integers within 64 bits, then its validate."""
+    """A CONFIG_FILE: its keys typed as SyntheticConfig's fields (integers within 64 bits: jsonfile), then its
+    validate."""
     from jax_impl.config import _section_from_dict as typed_section  # the one typed reading of a config dataclass
 
     doc = jsonfile.read(path, unreadable="not a synthetic config")
@@ -214,9 +215,6 @@ def read_config(path: Path) -> SyntheticConfig:
         cfg = typed_section(SyntheticConfig, doc.value, "config")
     except ValueError as e:
         raise UserError(f"{path}: not a synthetic config ({e})") from None
-    for f in dataclasses.fields(cfg):
-        if isinstance(getattr(cfg, f.name), int):
-            doc.get(f.name, 0).integer()
     try:
         return cfg.validate()
     except ValueError as e:
@@ -292,6 +290,8 @@ def _npz_header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, siz
     except Exception as e:  # noqa: BLE001 - numpy parses the header as Python literals: ValueError, SyntaxError, ...
         raise UserError(f"{path}: unreadable synthetic data (key {name!r}: {_first_line(e)})") from None
     dtype = np.dtype(dtype)
+    if any(int(n) < 0 for n in shape):
+        raise UserError(f"{path}: key {name!r} claims shape {tuple(shape)}, expected sizes >= 0")
     if dtype.hasobject:
         raise UserError(f"{path}: key {name!r} has dtype {dtype}, expected {_TRUTH_ARRAYS[name][0]}")
     count = 1

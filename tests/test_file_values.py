@@ -181,8 +181,9 @@ def test_a_damaged_manifest_is_one_line(run_dir, capsys, text):
 
 
 def _saelens_folder(tmp_path: Path, variant: str, ours: bool = False) -> Path:
-    sae = saes.create(variant, 6, 8, saes.get(variant).config(**({"k": 2} if variant != "relu-l1" else {})),
-                      key=jax.random.key(0))
+    # the shapes and key of tests/test_fuzz_json.py's folders: the same eager programs, compiled once
+    sae = saes.create(variant, 6, 16, saes.get(variant).config(**({"k": 2} if variant != "relu-l1" else {})),
+                      key=jax.random.key(1))
     folder = saelens.save_saelens(sae, tmp_path / variant)
     if not ours:  # a plain SAELens file: what cfg.json says is all there is
         cfg = json.loads((folder / saelens.CFG_FILE).read_text())
@@ -216,7 +217,7 @@ def test_apply_b_dec_to_input_must_be_a_real_boolean(tmp_path):
     ({"k": True}, "key 'k' is true, expected a finite number"),
     ({"architecture": ["topk"]}, "key 'architecture' is a list of 1 item, expected a string"),
     ({"metadata": {"monosem": {"architecture": {}, "config": {}}}}, "key 'metadata.monosem.architecture' is an empty object"),
-    ({"d_sae": 2**31 - 1}, "tensor 'b_enc' has shape (8,), expected (2147483647,)"),  # nothing of that size is made
+    ({"d_sae": 2**31 - 1}, "tensor 'b_enc' has shape (16,), expected (2147483647,)"),  # nothing of that size is made
 ])
 def test_a_saelens_cfg_value_of_the_wrong_type_or_range_is_one_line(tmp_path, change, fragment):
     folder = _saelens_folder(tmp_path, "topk")

@@ -162,7 +162,9 @@ def test_fuzzed_manifest(tmp_path_factory, data):
 
 # --------------------------------------------------------------------------- SAELens cfg.json
 
-SAELENS_VARIANTS = ("relu-l1", "topk", "batchtopk", "matryoshka", "jumprelu")
+# SAELens's "standard" (untied), "topk" (k) and "matryoshka_batchtopk" (k, matryoshka_widths): every key the reader
+# takes (HYPOTHESIS_PROFILE=long also passed with batchtopk and jumprelu, "jumprelu" with a threshold tensor)
+SAELENS_VARIANTS = ("relu-l1", "topk", "matryoshka")
 
 
 @pytest.fixture(scope="module")
@@ -315,12 +317,23 @@ SWEEP_GRID = {"k": [2]}
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory) -> tuple[Path, Path]:
-    """(activations, a finished sweep of one topk SAE on them)."""
+    """(activations, a sweep folder of one finished topk configuration): the files a sweep writes for it
+    (train_sae.write_artifacts, its config_record), of an SAE that is not trained, with metrics of a trained one."""
+    from jax_impl.activations import open_activations
+    from jax_impl.sweep_grid import sae_configurations
+    from jax_impl.train_sae import config_record, write_artifacts
+
     root = tmp_path_factory.mktemp("sweep")
     rng = np.random.default_rng(2)
     activations = root / "acts.npy"
     np.save(activations, (rng.random((100, 6)) * (rng.random((100, 6)) < 0.4)).astype(np.float32))
-    sweep.run_sweep(root / "sw", SWEEP_GRID, activations=activations, **SWEEP_ARGS, log=lambda _: None)
+    (c,) = sae_configurations(SWEEP_GRID, **SWEEP_ARGS, seed=0)
+    model = saes.create(c.variant, 6, c.dict_size, c.cfg, key=jax.random.key(0))
+    record = config_record(model, c.variant, c.train, open_activations(activations), seed=c.seed,
+                           chunk_rows=sweep.DEFAULT_CHUNK_ROWS, devices=1)
+    metrics = {"rows": 100, "mse": 0.0123, "explained_variance": 0.61, "l0": 2.0, "dead_fraction": 0.25,
+               "final_loss": 0.0456, "train_seconds": 0.5}
+    write_artifacts(model, root / "sw" / c.name, record, metrics)
     return activations, root / "sw"
 
 
