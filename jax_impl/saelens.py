@@ -204,6 +204,9 @@ def _tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...],
         raise UserError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}, expected {shape}")
     if not np.all(np.isfinite(array)):
         raise UserError(f"{path}: tensor {name!r} contains NaN or infinite values")
+    if name == "threshold" and array.size and array.min() < 0:  # a negative one would let negative features through
+        raise UserError(f"{path}: tensor 'threshold' holds {array.min():g}, expected thresholds >= 0 (SAELens keeps "
+                        "exp(log_threshold))")
     return array
 
 

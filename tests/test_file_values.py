@@ -182,7 +182,8 @@ def test_a_damaged_manifest_is_one_line(run_dir, capsys, text):
 
 def _saelens_folder(tmp_path: Path, variant: str, ours: bool = False) -> Path:
     # the shapes and key of tests/test_fuzz_json.py's folders: the same eager programs, compiled once
-    sae = saes.create(variant, 6, 16, saes.get(variant).config(**({"k": 2} if variant != "relu-l1" else {})),
+    arch = saes.get(variant)
+    sae = saes.create(variant, 6, 16, arch.config(**({"k": 2} if "k" in arch.config.__dataclass_fields__ else {})),
                       key=jax.random.key(1))
     folder = saelens.save_saelens(sae, tmp_path / variant)
     if not ours:  # a plain SAELens file: what cfg.json says is all there is
@@ -236,6 +237,18 @@ def test_our_metadata_config_is_typed_as_the_architecture_config(tmp_path):
     with pytest.raises(UserError) as e:
         saelens.load_saelens(folder, input_dim=None)
     one_line(e.value, "metadata.monosem.config.k holds a boolean True, expected an integer")
+
+
+def test_a_negative_saelens_threshold_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _saelens_folder(tmp_path, "jumprelu")
+    tensors = load_file(folder / saelens.WEIGHTS_FILE)
+    tensors["threshold"][3] = -0.5  # jump(pre, -0.5) would pass negative pre-activations as features
+    save_file(tensors, folder / saelens.WEIGHTS_FILE)
+    with pytest.raises(UserError) as e:
+        saelens.load_saelens(folder, input_dim=None)
+    one_line(e.value, f"{folder / saelens.WEIGHTS_FILE}: tensor 'threshold' holds -0.5, expected thresholds >= 0")
 
 
 def test_a_deeply_nested_saelens_cfg_is_one_line(tmp_path):
