@@ -368,12 +368,12 @@ def test_fuzzed_sweep_metrics_and_config(finished_sweep, tmp_path_factory, monke
 @given(data=st.data())
 def test_fuzzed_sweep_done_file(finished_sweep, tmp_path_factory, monkeypatch, data):
     """A group whose one configuration diverged: its row lives in checkpoints/group-000/done.json (no folder)."""
-    activations, finished = finished_sweep
-    out = tmp_path_factory.mktemp("done") / "sw"
-    out.mkdir()
     from jax_impl.activations import open_activations
     from jax_impl.sweep_grid import sae_configurations
 
+    activations, _ = finished_sweep
+    out = tmp_path_factory.mktemp("done") / "sw"
+    out.mkdir()
     configurations = sae_configurations(SWEEP_GRID, **SWEEP_ARGS, seed=0)
     identity = json.loads(json.dumps(sweep._sae_identity(configurations, open_activations(activations),
                                                          sweep.DEFAULT_CHUNK_ROWS)))
