@@ -235,6 +235,11 @@ def _linear_in_out(sd: Mapping[str, object], key: str, source: str) -> tuple[int
     shape = tuple(getattr(sd[key], "shape", ()))
     if len(shape) != 2:
         raise UserError(f"{source}: key {key!r} has shape {shape}, expected a 2-D (out, in) weight")
+    if 0 in shape:
+        # An empty weight holds nothing, so its other size is backed by nothing either: (0, 10**12) would
+        # size a model of 10**12 inputs.
+        raise UserError(f"{source}: key {key!r} has shape {shape}, expected a 2-D (out, in) weight of at least one "
+                        "row and one column")
     return shape[1], shape[0]
 
 

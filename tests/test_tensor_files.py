@@ -300,3 +300,15 @@ def test_a_saelens_weights_header_beyond_its_file(tmp_path):
     _safetensors(weights, header, bytes(offset))
     with pytest.raises(UserError, match=r"not a readable .safetensors file \(tensor 'W_enc' declares shape \(512, 1000000000\)"):
         saelens.load_saelens(folder)
+
+
+@pytest.mark.parametrize("shape", [(0, 10**12), (10**12, 0)])
+@pytest.mark.parametrize("model", ["mlp", "sae"])
+def test_an_empty_weight_with_a_huge_other_size_sizes_nothing(model, shape):
+    """Zero elements, so no storage to check, but its other size was the model's width (found by the fuzzer)."""
+    key = "layers.input.weight" if model == "mlp" else "encoder.weight"
+    sd = (_mlp_sd() if model == "mlp" else _sae_sd()) | {key: torch.zeros(1).expand(*shape) if shape[1] == 0 else torch.zeros(shape)}
+    load = bridge.mlp_from_state_dict if model == "mlp" else bridge.sae_from_state_dict
+    with pytest.raises(UserError, match=rf"f: key '{key}' has shape \({shape[0]}, {shape[1]}\), expected a 2-D \(out, in\) "
+                                        "weight of at least one row and one column"):
+        load(sd, source="f")
