@@ -35,7 +35,6 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from jax_impl import xlsx
-from jax_impl.cli import main
 from jax_impl.errors import UserError
 from jax_impl.task import (
     INPUT_COLUMN, TARGET_COLUMN, Split, TaskShape, _check_split, _FirstWorksheet, _parse_int_list, pointer_targets,
@@ -264,7 +263,7 @@ def test_a_cell_outside_the_two_columns_is_not_read(workbooks, tmp_path):
 
 def test_the_padding_sheet_is_read_in_milliseconds(workbooks, tmp_path):
     """2 KB whose last row is 1,048,576 and whose dimension spans A..XFD: openpyxl made 1,048,570 rows of 16,384
-    cells to reach it. Its rows are read, the far one included, and `evaluate` ends at once."""
+    cells to reach it (`evaluate` ran for minutes). Its rows are read, the far one included, at once."""
     path = _edited(workbooks["ours"], tmp_path / "padding.xlsx",
                    sheet=lambda t: t.replace("<sheetData>", '<dimension ref="A1:XFD1048576"/><sheetData>')
                                     .replace('<row r="6">', '<row r="1048576">'))
@@ -273,17 +272,7 @@ def test_the_padding_sheet_is_read_in_milliseconds(workbooks, tmp_path):
     split = read_split(path)
     assert time.monotonic() - start < 2
     np.testing.assert_array_equal(split.inputs, SPLIT.inputs)
-    from flax import nnx
-
-    from jax_impl import bridge
-    from jax_impl.models import InterpretabilityMLP
-
-    bridge.save_mlp(InterpretabilityMLP(10, rngs=nnx.Rngs(0)), tmp_path / "mlp.pth")
-    start = time.monotonic()
-    predictions = tmp_path / "predictions.csv"
-    assert main(["evaluate", "--mlp", str(tmp_path / "mlp.pth"), "--data", str(path), "--predictions", str(predictions)]) == 0
-    assert time.monotonic() - start < 60
-    assert len(predictions.read_text().splitlines()) == 1 + len(SPLIT)  # the header, then one line per row
+    np.testing.assert_array_equal(split.targets, SPLIT.targets)
 
 
 def test_a_compression_bomb_is_refused_by_its_declared_size(workbooks, tmp_path, monkeypatch):
