@@ -296,8 +296,10 @@ _STRING_INDEX = re.compile(r"[0-9]{1,9}")
 # Each cell type (the `t` attribute; absent means "n") and what it holds, for messages.
 _CELL_TYPES = {"n": "a number", "s": "a shared string", "inlineStr": "an inline string", "str": "a formula's text",
                "b": "a boolean", "e": "an error", "d": "a date"}
-# What a damaged part makes zipfile or the XML parser raise (defusedxml's refusals are ValueErrors).
-_DAMAGE = (ParseError, ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError)
+# What a damaged part makes zipfile or the XML parser raise (defusedxml's refusals are ValueErrors; zipfile
+# says RuntimeError for an encrypted member and NotImplementedError for an unknown compression method).
+_DAMAGE = (ParseError, ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, RuntimeError,
+           NotImplementedError)
 
 
 @dataclass(frozen=True)

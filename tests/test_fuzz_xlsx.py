@@ -252,6 +252,26 @@ def test_hostile_cells_are_one_line(case, workbooks, tmp_path):
         assert fragment in message, (fragment, message)
 
 
+@pytest.mark.parametrize("field,value,fragment", [(8, 1, "RuntimeError: File <ZipInfo filename='xl/worksheets/sheet1.xml'"),
+                                                   (10, 99, "NotImplementedError: That compression method is not supported")])
+def test_an_encrypted_or_unknown_compression_member_is_one_line(workbooks, tmp_path, field, value, fragment):
+    """The sheet's central-directory entry flagged encrypted (bit 0 of its flags), or compressed by method 99."""
+    data = bytearray(workbooks["ours"].read_bytes())
+    entry = 0  # the central directory's entry for the sheet: signature PK\1\2, its name at offset 46
+    while True:
+        entry = data.index(b"PK\x01\x02", entry)
+        length = int.from_bytes(data[entry + 28 : entry + 30], "little")
+        if data[entry + 46 : entry + 46 + length] == SHEET.encode():
+            break
+        entry += 4
+    data[entry + field : entry + field + 2] = value.to_bytes(2, "little")
+    path = tmp_path / "split.xlsx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"split.xlsx: not a readable .xlsx workbook \(xl/worksheets/sheet1.xml is damaged") as e:
+        read_split(path)
+    assert fragment in str(e.value)
+
+
 def test_a_cell_outside_the_two_columns_is_not_read(workbooks, tmp_path):
     """A damaged cell in a column the split does not use is no reason to refuse it (openpyxl raised on it)."""
     path = _edited(workbooks["shared"], tmp_path / "split.xlsx",
