@@ -7,6 +7,9 @@ safe lazy mode (its mmap path still unpickles, and weights_only=True is the only
 
 Every defect in the file (wrong suffix, dtype, rank, empty, NaN/inf, truncated, not the claimed format, a
 pickle that would run code) is a one-line `UserError` that starts with the path and says what was expected.
+What a file declares is checked before anything is read or allocated at its size: a `.npy` header's shape
+against the file's size (in Python integers), a `.safetensors` header by bridge.safetensors_header, a torch
+tensor's strides and storage by bridge.torch_load (a stride-0 view of 10**12 rows is refused, not scanned).
 Misuse by calling code (a bad row range, chunk size or index) is a ValueError/IndexError/TypeError instead:
 those are bugs, not bad input.
 """

@@ -12,8 +12,9 @@ A file's tensors declare their sizes, and a 4 KB file can declare terabytes: a v
 with stride 0 (`torch.zeros(1).expand(10**12, 512)`), or a `.safetensors` header whose shapes the file does
 not hold. Every reader checks the declared sizes against the storage and against `memory_budget()` before
 anything is allocated or copied, in one place each: `check_tensor` for a loaded tensor (stride 0, overlapping
-or interleaved views, views beyond their storage, sparse/meta tensors), `torch_load` for the sizes of a torch
-zip archive's records, `safetensors_header` for a `.safetensors` header.
+or interleaved views, views beyond their storage), `torch_load` for the sizes of a torch zip archive's records
+(and check_tensor on all it returns), `safetensors_header` for a `.safetensors` header. The state_dict readers
+also refuse sparse and meta tensors, and empty weights, before any shape sizes a model.
 """
 
 from __future__ import annotations
