@@ -7,12 +7,17 @@ safe lazy mode (its mmap path still unpickles, and weights_only=True is the only
 
 Every defect in the file (wrong suffix, dtype, rank, empty, NaN/inf, truncated, not the claimed format, a
 pickle that would run code) is a one-line `UserError` that starts with the path and says what was expected.
+What a file declares is checked before anything is read or allocated at its size: a `.npy` header's shape
+against the file's size (in Python integers), a `.safetensors` header by bridge.safetensors_header, a torch
+tensor's strides and storage by bridge.torch_load (a stride-0 view of 10**12 rows is refused, not scanned).
 Misuse by calling code (a bad row range, chunk size or index) is a ValueError/IndexError/TypeError instead:
 those are bugs, not bad input.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,8 +256,11 @@ def _peek_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None
         except (ValueError, EOFError) as e:
             message = f"{path}: not a .npy file ({_first_line(e)}), expected an array written by np.save"
             raise UserError(message) from None
-        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-        if version not in readers:  # 3.0 (utf-8 field names) has no public header reader; np.load checks it
+        # 3.0 differs from 2.0 only in its header's encoding (utf-8 field names of a structured dtype): read as
+        # 2.0, such a name comes out garbled, and a structured dtype is refused whatever its names.
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
+                   (3, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:  # an unknown version: np.load refuses it with its own message
             return None
         try:
             shape, _fortran, dtype = readers[version](fh)
@@ -264,13 +272,15 @@ def _peek_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None
 
 def _open_npy(path: Path) -> ActivationFile:
     # The header is checked before np.load so that an object array, an empty matrix or a truncated file gets
-    # a message saying what is wrong, instead of the memmap's own error ("mmap length is greater ...").
+    # a message saying what is wrong, instead of the memmap's own error ("mmap length is greater ..."); and
+    # its size is computed in Python integers, so that a header claiming (2**32, 2**32) is "truncated", not an
+    # overflow (numpy's memmap multiplies the shape in int64 and prints a RuntimeWarning before failing).
     peeked = _peek_npy_header(path)
     if peeked is not None:
         shape, dtype, offset = peeked
         _check_npy_dtype(path, dtype)
         _check_shape(path, shape)
-        need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        need = offset + math.prod(int(n) for n in shape) * dtype.itemsize
         have = path.stat().st_size
         if have < need:
             raise UserError(
@@ -279,8 +289,11 @@ def _open_npy(path: Path) -> ActivationFile:
             )
     try:
         # mmap_mode="r": pages are read when touched, so a file larger than RAM still opens; allow_pickle=False
-        # because a .npy with pickled objects could run code.
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        # because a .npy with pickled objects could run code. A warning numpy would print becomes the error
+        # below instead (one line on this path, never a warning before it).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a damaged file fails in numpy's reader in many ways (see the header above)
         raise UserError(f"{path}: not a readable .npy file (truncated or another format: {_first_line(e)})") from None
     if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for zip archives (.npz renamed)
@@ -306,8 +319,9 @@ def _check_npy_dtype(path: Path, dtype: np.dtype) -> None:
 
 
 def _open_torch(path: Path) -> ActivationFile:
-    # Imported here, not at the top: bridge pulls in flax and the model zoo, which readers of .npy and
-    # .safetensors files do not need. torch_load is torch.load(weights_only=True) with one-line errors.
+    # Imported here, not at the top: bridge pulls in flax and the model zoo, which readers of .npy files do
+    # not need. torch_load is torch.load(weights_only=True) with one-line errors, and it has checked the
+    # tensor's declared sizes against its storage (bridge.check_tensor: no stride-0 view of 10**12 rows).
     from jax_impl.bridge import torch_load
 
     obj = torch_load(path)
@@ -330,6 +344,11 @@ def _open_torch(path: Path) -> ActivationFile:
 
 
 def _open_safetensors(path: Path) -> ActivationFile:
+    from jax_impl.bridge import safetensors_header
+
+    # The header's shapes, dtypes and data offsets against each other and the file's size, before safetensors
+    # maps anything (the file is read a slice at a time, so it is not held to the memory budget).
+    safetensors_header(path, in_memory=False)
     try:
         with safe_open(path, framework="numpy") as f:
             names = list(f.keys())

@@ -7,15 +7,26 @@ in both directions and every error names the key. `.pth` / `.pt` files are read 
 
 Every file saved here also gets a `.safetensors` twin beside it (same name, same keys and tensors), which
 loads with no unpickler at all; every loader takes either, with the same checks and messages.
+
+A file's tensors declare their sizes, and a 4 KB file can declare terabytes: a view of a few bytes of storage
+with stride 0 (`torch.zeros(1).expand(10**12, 512)`), or a `.safetensors` header whose shapes the file does
+not hold. Every reader checks the declared sizes against the storage and against `memory_budget()` before
+anything is allocated or copied, in one place each: `check_tensor` for a loaded tensor (stride 0, overlapping
+or interleaved views, views beyond their storage), `torch_load` for the sizes of a torch zip archive's records
+(and check_tensor on all it returns), `safetensors_header` for a `.safetensors` header. The state_dict readers
+also refuse sparse and meta tensors, and empty weights, before any shape sizes a model.
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import pickle
 import shutil
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,11 +90,100 @@ def _check_keys(sd: Mapping[str, object], key_map: Mapping[str, object], source:
         raise UserError(f"{source}: {'; '.join(parts)} (expected exactly {list(key_map)})")
 
 
+# --------------------------------------------------------------------------- declared sizes
+
+
+def memory_budget() -> int:
+    """The bytes one file's tensors may claim when read into memory: half the physical memory.
+
+    A file claiming more is refused before anything is allocated (a real one that large would not fit beside
+    the work done with it either); files read lazily (`.npy`, activation `.safetensors`) are not held to it.
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf (not POSIX) or no such name
+        return 8 << 30
+
+
+def _size(n_bytes: int) -> str:
+    """A byte count for a message: 2.0 TiB, 11.5 GiB, 4 bytes."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n_bytes >= 1 << shift:
+            return f"{n_bytes / (1 << shift):.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def _dense_kind(value: torch.Tensor) -> str | None:
+    """None for a dense tensor with data; else what it is ("sparse_coo", "meta", ...) for a message."""
+    if value.is_meta:
+        return "meta"
+    if value.layout != torch.strided:
+        return str(value.layout).removeprefix("torch.")
+    return None
+
+
+def check_tensor(value: torch.Tensor, where: str) -> None:
+    """Refuse a dense tensor whose declared sizes its storage does not back, or that exceeds memory_budget().
+
+    Reads metadata only (shape, strides, storage offset, storage size), never the data: a view whose elements
+    overlap (stride 0, as `expand` makes, or any as_strided layout where two indices reach one element), one
+    that reaches beyond its storage, and one claiming more than the memory budget are one-line UserErrors that
+    begin with `where` ("PATH: key 'x'"). A non-contiguous view that does not overlap (a transpose, a slice)
+    holds real values and passes. Sparse, meta and other non-strided tensors are left to the caller, whose
+    message says what it expected (they are refused before their shape is used for anything).
+    """
+    if _dense_kind(value) is not None:
+        return
+    shape, strides = tuple(value.shape), tuple(value.stride())
+    itemsize = value.element_size()
+    claimed = math.prod(shape) * itemsize  # Python ints: no overflow, however large the claim
+    if claimed == 0:
+        return  # nothing to read, whatever the strides say
+    storage = value.untyped_storage().nbytes()
+    offset = value.storage_offset()
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides))  # the furthest element, in items
+    layout = f"shape {shape} with strides {strides}"
+    if offset < 0 or any(s < 0 for s in strides) or (last + 1) * itemsize > storage:
+        raise UserError(
+            f"{where} declares {layout} at storage offset {offset}, reaching beyond its storage of {storage} bytes; "
+            "expected a tensor backed by its data"
+        )
+    # Dimensions of size > 1 by increasing stride: each must step past all that the smaller ones reach, or
+    # two indices land on one element (stride 0 is the extreme case). Interleaved layouts that happen not to
+    # collide are refused too: no writer of real weights makes them.
+    reach = 0
+    for n, s in sorted(((n, s) for n, s in zip(shape, strides) if n > 1), key=lambda d: d[1]):
+        if s <= reach:
+            raise UserError(
+                f"{where} is a view of {layout}: its {math.prod(shape)} elements ({_size(claimed)}) overlap in "
+                f"{_size(storage)} of storage (an expanded or as_strided tensor); expected a tensor that holds its "
+                "own data (save t.contiguous())"
+            )
+        reach += (n - 1) * s
+    if claimed > memory_budget():
+        raise UserError(f"{where} declares {shape} {str(value.dtype).removeprefix('torch.')}, {_size(claimed)}, more "
+                        f"than the memory budget of {_size(memory_budget())} (half the physical memory)")
+
+
+def _check_dense(value: torch.Tensor, key: str, source: str) -> None:
+    """A state_dict entry: dense, with data, backed by its storage (check_tensor); one line naming the key."""
+    kind = _dense_kind(value)
+    if kind is not None:
+        raise UserError(f"{source}: key {key!r} is a {kind} tensor, expected a dense tensor with data")
+    check_tensor(value, f"{source}: key {key!r}")
+
+
+def _check_state_dict(sd: Mapping[str, object], source: str) -> None:
+    """Every tensor of `sd` checked (_check_dense) before any of its shapes sizes a model: a template built
+    from a shape the file does not back would allocate what the file only claims."""
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor):
+            _check_dense(value, str(key), source)
+
+
 def _as_numpy(value: object, key: str, source: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        if value.layout != torch.strided or value.is_meta:
-            kind = "meta" if value.is_meta else str(value.layout).removeprefix("torch.")
-            raise UserError(f"{source}: key {key!r} is a {kind} tensor, expected a dense tensor with data")
+        _check_dense(value, key, source)
         try:
             return value.detach().cpu().numpy()
         except TypeError:  # bfloat16, quantized, ...: no numpy dtype
@@ -136,11 +236,17 @@ def _linear_in_out(sd: Mapping[str, object], key: str, source: str) -> tuple[int
     shape = tuple(getattr(sd[key], "shape", ()))
     if len(shape) != 2:
         raise UserError(f"{source}: key {key!r} has shape {shape}, expected a 2-D (out, in) weight")
+    if 0 in shape:
+        # An empty weight holds nothing, so its other size is backed by nothing either: (0, 10**12) would
+        # size a model of 10**12 inputs.
+        raise UserError(f"{source}: key {key!r} has shape {shape}, expected a 2-D (out, in) weight of at least one "
+                        "row and one column")
     return shape[1], shape[0]
 
 
 def mlp_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict") -> InterpretabilityMLP:
     """Build an eval-mode InterpretabilityMLP from upstream-keyed tensors; the input width is read off the file."""
+    _check_state_dict(sd, source)
     input_dim, _ = _linear_in_out(sd, "layers.input.weight", source)
     model = _load_into(InterpretabilityMLP(input_dim, rngs=nnx.Rngs(0)), sd, MLP_KEY_MAP, source)
     model.eval()
@@ -150,6 +256,7 @@ def mlp_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict")
 def seed_sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict") -> SparseAutoencoder:
     """The seed's nnx SparseAutoencoder from upstream `encoder.*`/`decoder.*` tensors (parity tests of the
     seed's module); every other caller wants `sae_from_state_dict`."""
+    _check_state_dict(sd, source)
     width, dict_size = _linear_in_out(sd, "encoder.weight", source)
     return _load_into(SparseAutoencoder(width, dict_size, rngs=nnx.Rngs(0)), sd, SAE_KEY_MAP, source)
 
@@ -168,6 +275,7 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
     arch = saes.architecture_of_keys(sd)
     if arch is None:
         raise UserError(f"{source}: keys {sorted(sd)} are not those of any SAE architecture ({_known_key_sets()})")
+    _check_state_dict(sd, source)
     width, dict_size = _linear_in_out(sd, "encoder.weight", source)
     if input_dim is not None and width != input_dim:
         raise UserError(
@@ -203,16 +311,23 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
 
 
 def torch_load(path: Path | str) -> object:
-    """torch.load that cannot execute code from the file, with one-line errors for the usual defects."""
+    """torch.load that cannot execute code from the file, with one-line errors for the usual defects.
+
+    Sizes are checked before and after: the archive's records (torch allocates each storage at its record's
+    size, and a compressed record can inflate a thousandfold) against memory_budget(), then every tensor in
+    what was loaded against its storage (check_tensor), so a reader never sizes anything from a view that
+    claims more than the file holds.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    _check_record_sizes(path)
     try:
         # A hostile or damaged file makes torch warn (an unusual pickle protocol, storages) before it fails:
         # those lines would break the one-line error, and on success they say nothing about the tensors.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(
@@ -223,6 +338,36 @@ def torch_load(path: Path | str) -> object:
         raise UserError(
             f"{path}: not a readable torch file (truncated or another format: {e.__class__.__name__} {str(e).strip()[:100]})"
         ) from None
+    _check_loaded_tensors(loaded, path)
+    return loaded
+
+
+def _check_record_sizes(path: Path) -> None:
+    """Refuse a torch zip archive whose records' declared (uncompressed) sizes exceed memory_budget()."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except Exception:  # noqa: BLE001 - not a zip (torch's legacy format, garbage): torch.load judges it
+        return
+    if declared > memory_budget():
+        raise UserError(f"{path}: its records declare {_size(declared)} of tensor data, more than the memory budget of "
+                        f"{_size(memory_budget())} (half the physical memory); refused before reading")
+
+
+def _check_loaded_tensors(loaded: object, path: Path) -> None:
+    """check_tensor on every tensor in what torch.load returned (nested mappings, lists and tuples), in file
+    order; iterative, so a deeply nested container is no recursion."""
+    pending: list[tuple[object, str | None]] = [(loaded, None)]
+    while pending:
+        value, name = pending.pop()
+        if isinstance(value, torch.Tensor):
+            check_tensor(value, f"{path}: key {name!r}" if name is not None else f"{path}: the tensor")
+        elif isinstance(value, Mapping):
+            items = [(v, f"{name}.{k}" if name is not None else str(k)) for k, v in value.items()]
+            pending.extend(reversed(items))
+        elif isinstance(value, (list, tuple)):
+            items = [(v, f"{name or ''}[{i}]") for i, v in enumerate(value)]
+            pending.extend(reversed(items))
 
 
 SAFETENSORS = ".safetensors"
@@ -234,11 +379,88 @@ def safetensors_twin(path: Path | str) -> Path:
     return Path(path).with_suffix(SAFETENSORS)
 
 
+# safetensors' dtype codes and their item sizes in bytes (the sub-byte float formats are not listed: a header
+# naming one has its offsets checked, and safetensors checks the rest).
+SAFETENSORS_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "C64": 8,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
+_SAFETENSORS_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def _is_count(value: object) -> bool:
+    """A JSON value that is a size or an offset: a non-negative integer (not a boolean, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def safetensors_header(path: Path | str, *, in_memory: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each tensor's (dtype code, shape) from a `.safetensors` header, checked before any data is read.
+
+    The header is JSON after an 8-byte length; each tensor declares a dtype, a shape and the [start, end)
+    byte range of its data. Checked: the header fits the file, each entry is well-formed, each range lies in
+    the file's data and spans exactly shape x item size bytes (a shape the file does not hold is refused
+    here, naming the key), and, with in_memory=True (a file read whole), that the data fits memory_budget().
+    Any defect is a one-line UserError, "PATH: not a readable .safetensors file (...)".
+    """
+    path = Path(path)
+
+    def refuse(problem: str) -> UserError:
+        return UserError(f"{path}: not a readable .safetensors file ({problem})")
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise refuse(f"{size} bytes, shorter than the 8-byte header length")
+            header_len = int.from_bytes(prefix, "little")
+            if header_len > min(size - 8, _SAFETENSORS_MAX_HEADER):
+                raise refuse(f"its header claims {header_len} bytes, but the file has {size}")
+            raw = fh.read(header_len)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # RecursionError: thousands of nested brackets
+        raise refuse(f"its header is not JSON: {str(e)[:80] or e.__class__.__name__}") from None
+    if not isinstance(header, dict):
+        raise refuse(f"its header is a JSON {type(header).__name__}, expected an object")
+    data_size = size - 8 - header_len
+    tensors, total = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise refuse(f"tensor {name!r} is described by {str(entry)[:40]}, expected an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not all(map(_is_count, shape)):
+            raise refuse(f"tensor {name!r} has dtype {str(dtype)[:20]} and shape {str(shape)[:40]}, expected a dtype code "
+                         "and a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+                and offsets[0] <= offsets[1] <= data_size):
+            raise refuse(f"tensor {name!r} has data offsets {str(offsets)[:40]}, expected [start, end] within the "
+                         f"file's {data_size} bytes of data")
+        span = offsets[1] - offsets[0]
+        if dtype in SAFETENSORS_ITEMSIZE:
+            claimed = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
+            if claimed != span:
+                raise refuse(f"tensor {name!r} declares shape {tuple(shape)} of {dtype}, {_size(claimed)}, but its data "
+                             f"offsets hold {_size(span)}")
+        total += span
+        tensors[name] = (dtype, tuple(shape))
+    if in_memory and total > memory_budget():
+        raise UserError(f"{path}: its tensors take {_size(total)}, more than the memory budget of "
+                        f"{_size(memory_budget())} (half the physical memory); refused before reading")
+    return tensors
+
+
 def read_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
-    """All tensors of a `.safetensors` file, by name; one-line UserError for a missing or unreadable file."""
+    """All tensors of a `.safetensors` file, by name, read whole after safetensors_header's checks; one-line
+    UserError for a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    safetensors_header(path, in_memory=True)
     try:
         return _read_safetensors(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ... for garbage or truncated files
@@ -323,6 +545,7 @@ def load_activations(path: Path | str, width: int = LAYER2_WIDTH) -> np.ndarray:
         raise UserError(f"{path}: activations have dtype {obj.dtype}, expected torch.float32")
     if obj.layout != torch.strided or obj.is_meta:
         raise UserError(f"{path}: activations are a {'meta' if obj.is_meta else obj.layout} tensor, expected a dense tensor with data")
+    check_tensor(obj, f"{path}: activations")  # torch_load checked a .pt's already; the .safetensors' is contiguous
     array = obj.numpy()
     if not np.all(np.isfinite(array)):
         raise UserError(f"{path}: activations contain NaN or infinite values")

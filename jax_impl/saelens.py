@@ -197,6 +197,9 @@ def _config(arch: Architecture, cfg: dict[str, Any], ours: dict[str, Any] | None
 
 def _tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
     value = tensors[name]
+    # read_safetensors checked the header's shapes against the file; this is the check every tensor reader
+    # makes (a view backed by its storage, within the memory budget) before its data is touched.
+    bridge.check_tensor(value, f"{path}: tensor {name!r}")
     if value.dtype != torch.float32:
         raise UserError(f"{path}: tensor {name!r} has dtype {str(value.dtype).removeprefix('torch.')}, expected float32")
     array = value.numpy()
@@ -222,8 +225,8 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) ->
     config = _config(arch, cfg, ours, cfg_path)
     tensors = bridge.read_safetensors(weights_path)
 
-    # The shapes we hold, from an SAE of the same size: its shapes only, so nothing of the size the cfg claims is
-    # made before the file's tensors are found to have it.
+    # The shapes we hold, from the SAE of cfg.json's size, traced (jax.eval_shape) rather than initialised:
+    # d_in and d_sae are claims of the file, and nothing is allocated until the tensors' shapes match them.
     params, buffers = jax.eval_shape(lambda: arch.init(jax.random.key(0), d_in, d_sae, config))
     wanted = {TENSOR_NAMES[name] for name in (*params, *buffers)}
     if "threshold" in wanted and "threshold" not in tensors and TRAINING_THRESHOLD in tensors:
@@ -235,7 +238,7 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) ->
         parts = [f"missing tensors {missing}"] * bool(missing) + [f"unexpected tensors {extra}"] * bool(extra)
         raise UserError(f"{weights_path}: {'; '.join(parts)} (expected exactly {sorted(wanted)} for {cfg['architecture']!r})")
 
-    def value(name: str, like: jax.Array) -> jax.Array:
+    def value(name: str, like: jax.ShapeDtypeStruct) -> jax.Array:
         saelens_name = TENSOR_NAMES[name]
         shape = tuple(like.shape)
         stored = tuple(tensors[saelens_name].shape)
