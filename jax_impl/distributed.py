@@ -43,6 +43,8 @@ from jax_impl.errors import UserError
 
 AXIS = "data"  # the mesh axis, as jax_impl.devices
 DEFAULT_TIMEOUT_S = 60.0
+MAX_TIMEOUT_S = 86400.0  # --peer-timeout: a day; larger is no timeout at all, and past int32 the runtime refuses it
+MAX_PROCESSES = 1 << 16  # --num-processes: the runtime counts tasks in an int32; far beyond any cluster we run
 _RUNTIME_MARGIN_S = 60  # the runtime's own timeouts exceed ours by this much, so the watchdog speaks first
 _POLL_S = 0.5
 # How much longer than --peer-timeout the coordination service outlives a process 0 that died: the others'
@@ -63,13 +65,13 @@ class Cluster:
         host, _, port = self.coordinator.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise UserError(f"--coordinator {self.coordinator!r}: expected HOST:PORT, e.g. 10.0.0.1:8476")
-        if self.num_processes < 1:
-            raise UserError(f"--num-processes must be >= 1, got {self.num_processes}")
+        if not 1 <= self.num_processes <= MAX_PROCESSES:
+            raise UserError(f"--num-processes must be in 1..{MAX_PROCESSES}, got {self.num_processes}")
         if not 0 <= self.process_id < self.num_processes:
             raise UserError(f"--process-id must be in 0..{self.num_processes - 1} (--num-processes {self.num_processes}), "
                             f"got {self.process_id}")
-        if not self.timeout_s > 0:
-            raise UserError(f"--peer-timeout must be > 0 seconds, got {self.timeout_s}")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # not NaN either; the runtime takes whole seconds as an int32
+            raise UserError(f"--peer-timeout must be > 0 seconds and at most {MAX_TIMEOUT_S:g} (a day), got {self.timeout_s}")
         return self
 
     @property
