@@ -16,7 +16,9 @@ train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, met
 per configuration; jax_impl.sweep_report) and sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
 While a group trains, checkpoints/group-NNN/ holds its training state (jax_impl.checkpoints; removed once the
 group's folders are written), which `resume` continues from; SIGINT/SIGTERM end the sweep after the current
-epoch with a checkpoint (jax_impl.interrupts).
+epoch with a checkpoint (jax_impl.interrupts). A configuration that diverges (train.divergence, a state that ends
+NaN, metrics that overflow) gets a row whose `status` says why and no folder; the others are written (the command
+line then exits 1 with one line).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
 from jax_impl.checkpoints import TrainingCheckpoints, data_mismatch
 from jax_impl.checks import check_dict_size, check_memory
-from jax_impl.config import MAX_SEED, CheckpointPolicy
+from jax_impl.config import MAX_SEED, CheckpointPolicy, mlp_training_bytes
 from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.models import InterpretabilityMLP
@@ -408,6 +410,9 @@ def run_sweep(
         run = load_run(run_dir, log=lambda line: None)
         configurations = mlp_configurations(grid, run.config)
         run.splits  # noqa: B018  (read and validate the splits before the lock: a bad run directory writes nothing)
+        for members in group_by(configurations, lambda c: c.cfg):  # a group's configurations train at once
+            check_memory(mlp_training_bytes(run.shape.input_dim, members[0].cfg.batch_size, len(members)),
+                         f"--grid: {len(members)} MLP configuration(s) trained at once ({members[0].name}, ...)", "the sweep")
         return _locked(out_dir, resume, lambda: _mlp_sweep(configurations, run, out_dir, grid,
                                                            _Resume(resume, checkpoint_every), log))
     # The flags first (an explicit 0 is refused, never taken for "not given"), then the run directory's defaults.
