@@ -231,7 +231,9 @@ def cmd_causal(args: argparse.Namespace) -> int:
     config = CausalConfig.quick() if args.quick else CausalConfig()
     given = {f.name: getattr(args, f"causal.{f.name}") for f in dataclasses.fields(CausalConfig)}
     config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).validate()
-    hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
+    hooks = None if args.hooks is None else [h.strip() for h in args.hooks.split(",") if h.strip()]
+    if hooks == []:  # given but naming none: not "all hooks", which is what leaving --hooks out means
+        raise UserError(f"--hooks {args.hooks!r}: no hook named; expected some of {', '.join(HOOKS)}")
     run_config = _run_config(args.run_dir)
     config.variable_names(TaskVariables(TaskShape(run_config.data.x_dim, run_config.data.y_dim)).names)
     check_memory(config.memory_bytes(run_config.data.x_dim * run_config.data.y_dim, max(HOOK_WIDTHS.values())),

@@ -193,7 +193,7 @@ class RunConfig:
         rows, width = d.n_train + d.n_val + d.n_test, d.x_dim * d.y_dim
         hook_width = HOOK_WIDTHS[self.hook] if self.hook in HOOK_WIDTHS else max(HOOK_WIDTHS.values())
         data = FLOAT32 * rows * (2 * width + sum(HOOK_WIDTHS.values()))
-        mlp = mlp_training_bytes(width, self.mlp.batch_size)
+        mlp = mlp_training_bytes(width, self.mlp.batch_size, self.mlp.epochs * -(-d.n_train // self.mlp.batch_size))
         causal = self.causal.memory_bytes(width, max(HOOK_WIDTHS.values()))
         return data + mlp + training_bytes(hook_width, self.sae.dict_size, self.sae.batch_size, rows) + causal
 
@@ -201,14 +201,16 @@ class RunConfig:
         """The flags memory_bytes grows with, as a one-line message names them."""
         d = self.data
         return (f"--n-train {d.n_train}, --n-val {d.n_val}, --n-test {d.n_test}, --data-x-dim {d.x_dim} x --data-y-dim "
-                f"{d.y_dim}, --dict-size {self.sae.dict_size} and the --causal-* sizes")
+                f"{d.y_dim}, --mlp-epochs {self.mlp.epochs}, --dict-size {self.sae.dict_size} and the --causal-* sizes")
 
 
-def mlp_training_bytes(input_dim: int, batch_size: int, configurations: int = 1) -> int:
+def mlp_training_bytes(input_dim: int, batch_size: int, total_steps: int, configurations: int = 1) -> int:
     """A lower bound of the memory training `configurations` MLPs at once holds beside their data: each one's
-    parameters with their gradient and AdamW's two moments (4x), and a batch's activations at its three layers."""
+    parameters with their gradient and AdamW's two moments (4x), and a batch's activations at its three layers;
+    and the OneCycle schedule's tables, computed for every step up front (float64 steps, lr, beta1: 3 x 8 bytes)."""
     params = input_dim * LAYER1_WIDTH + LAYER1_WIDTH * LAYER2_WIDTH + LAYER2_WIDTH * LAYER3_WIDTH + LAYER3_WIDTH
-    return FLOAT32 * configurations * (4 * params + batch_size * (LAYER1_WIDTH + LAYER2_WIDTH + LAYER3_WIDTH))
+    per_configuration = FLOAT32 * (4 * params + batch_size * (LAYER1_WIDTH + LAYER2_WIDTH + LAYER3_WIDTH))
+    return configurations * per_configuration + 3 * 8 * total_steps
 
 
 def check_task_shape(x_dim: int, y_dim: int, x_flag: str = "--x-dim", y_flag: str = "--y-dim") -> None:

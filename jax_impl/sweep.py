@@ -411,8 +411,11 @@ def run_sweep(
         configurations = mlp_configurations(grid, run.config)
         run.splits  # noqa: B018  (read and validate the splits before the lock: a bad run directory writes nothing)
         for members in group_by(configurations, lambda c: c.cfg):  # a group's configurations train at once
-            check_memory(mlp_training_bytes(run.shape.input_dim, members[0].cfg.batch_size, len(members)),
-                         f"--grid: {len(members)} MLP configuration(s) trained at once ({members[0].name}, ...)", "the sweep")
+            cfg = members[0].cfg
+            steps = cfg.epochs * -(-len(run.splits["train"]) // cfg.batch_size)
+            check_memory(mlp_training_bytes(run.shape.input_dim, cfg.batch_size, steps, len(members)),
+                         f"--grid: {len(members)} MLP configuration(s) of {cfg.epochs} epochs trained at once "
+                         f"({members[0].name}, ...)", "the sweep")
         return _locked(out_dir, resume, lambda: _mlp_sweep(configurations, run, out_dir, grid,
                                                            _Resume(resume, checkpoint_every), log))
     # The flags first (an explicit 0 is refused, never taken for "not given"), then the run directory's defaults.

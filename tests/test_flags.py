@@ -146,6 +146,12 @@ def _option_strings(command: str, dest: str) -> list[str]:
     return next(a.option_strings for a in _subcommands()[command]._actions if a.dest == dest)
 
 
+@pytest.mark.parametrize("hooks", ["", ",,", " , "])
+def test_causal_hooks_naming_none_are_refused_not_taken_for_all(hooks, tmp_path, capsys):
+    assert main(["causal", "--run-dir", str(tmp_path / "missing"), "--hooks", hooks]) == 2
+    assert one_line_error(capsys) == f"monosem: error: --hooks {hooks!r}: no hook named; expected some of layer1, layer2, layer3"
+
+
 @pytest.mark.parametrize("variant", saes.NAMES)
 def test_dict_size_0_is_refused_for_every_architecture(variant, acts, tmp_path, tripwire, one_parser, capsys):
     with pytest.raises(ValueError, match="dict_size must be >= 1, got 0"):
@@ -163,6 +169,7 @@ def test_dict_size_0_is_refused_for_every_architecture(variant, acts, tmp_path, 
     (["sweep", "--grid", "seed=0..999", "--dict-size", str(10**8)], "--dict-size 100000000 (or --grid dict_size) for 1000"),
     (["run", "--n-train", str(10**13)], "--n-train 10000000000000"),
     (["run", "--dict-size", str(10**12)], "--dict-size 1000000000000"),
+    (["run", "--mlp-epochs", str(10**12)], "--mlp-epochs 1000000000000"),  # OneCycle's tables: one entry per step
     (["synthetic", "--rows", str(10**14)], "--rows 100000000000000"),
 ])
 def test_sizes_whose_memory_cannot_fit_are_refused_before_allocation(argv, flags, acts, tmp_path, tripwire, one_parser,
