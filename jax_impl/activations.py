@@ -16,6 +16,7 @@ those are bugs, not bad input.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Iterator
@@ -213,6 +214,29 @@ def sample_rows(source: ActivationFile, n: int, rng: np.random.Generator) -> np.
     # Generator.choice without replacement avoids materialising a full permutation when k << n_rows.
     indices = rng.choice(source.n_rows, size=k, replace=False)
     return source.take(indices)
+
+
+FINGERPRINT_ROWS = 64  # rows sampled over the file beside its first and last
+_FINGERPRINT_SEED = 0x5EED  # fixed: the same file always gives the same sample, hence the same fingerprint
+_FINGERPRINT_FORMAT = "monosem-activations-fingerprint/1"
+
+
+def fingerprint(source: ActivationFile) -> str:
+    """A sha256 (hex) of what identifies the file's content, at a cost independent of its size: the file's size
+    in bytes, its shape, and the float32 values of its first and last rows and of FINGERPRINT_ROWS rows drawn
+    over it with a fixed seed (read through `take`: a few small reads of any file).
+
+    What a checkpoint's identity records of its training data (jax_impl.checkpoints): a resume on another
+    file of the same name and shape is told apart unless the two agree on every sampled row, which data that
+    differs anywhere but in a few rows does not. Independent of the path, so a moved file still resumes."""
+    n = source.n_rows
+    sampled = np.random.default_rng(_FINGERPRINT_SEED).choice(n, size=min(FINGERPRINT_ROWS, n), replace=False)
+    indices = np.unique(np.concatenate(([0, n - 1], sampled)).astype(np.int64))
+    digest = hashlib.sha256(f"{_FINGERPRINT_FORMAT} {source.path.stat().st_size} bytes, {n} x {source.width} "
+                            "float32\n".encode())
+    digest.update(indices.astype("<i8").tobytes())
+    digest.update(source.take(indices).astype("<f4").tobytes())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -67,4 +67,6 @@ def write_text_atomic(path: Path | str, text: str) -> None:
 
 
 def write_json_atomic(path: Path | str, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    # allow_nan=False: a bare NaN/Infinity is not JSON (other readers refuse it); a metric that can be undefined
+    # is None, and a NaN reaching here is a bug to see, not a file to write.
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")

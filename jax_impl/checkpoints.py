@@ -205,11 +205,43 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
+def _data_records(identity: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """(key path, record) of every data record in an identity: a dict with a "fingerprint" (of its data's content,
+    jax_impl.activations.fingerprint) and the "file" it was taken of."""
+    if not isinstance(identity, dict):
+        return []
+    if "fingerprint" in identity:
+        return [(path, identity)]
+    return [found for key, value in identity.items() for found in _data_records(value, (*path, str(key)))]
+
+
+def data_mismatch(written: Any, expected: Any, *, what: str = "training", resume: str = "--resume it") -> str | None:
+    """Why state `written` (an identity as read back from a file) was not made from the data `expected` (this
+    run's identity) names, as the tail of a one-line message, or None when every data record of `expected` is
+    in `written` with the same fingerprint. what: the writer ("training", "sweep"); resume: how the user goes on
+    with the right data ("--resume it")."""
+    for path, record in _data_records(expected):
+        old: Any = written
+        for key in path:
+            old = old.get(key) if isinstance(old, dict) else None
+        name = record.get("file", "the data")
+        if not isinstance(old, dict) or "fingerprint" not in old:
+            return (f"written by an earlier version that recorded no fingerprint of its data, so it cannot be checked "
+                    f"that {name} is what the {what} ran on; start over without --resume")
+        if old["fingerprint"] != record["fingerprint"]:
+            other = f" (was {old.get('file')})" if old.get("file") != name else ""
+            return (f"written for other activations (the fingerprint of {name}{other} differs: "
+                    f"{str(old['fingerprint'])[:12]} -> {record['fingerprint'][:12]}); pass the data of the original "
+                    f"{what} to {resume}, or start over without --resume")
+    return None
+
+
 class TrainingCheckpoints:
     """The checkpoints of one training loop in `folder`, for `jax_impl.train.run_epochs`.
 
     identity: JSON-able description of the training (config, seed, data) that a checkpoint must match to be
-    resumed; resume: look for one at the start (else the folder's old checkpoints are removed);
+    resumed; the data it reads from the user's files as records {"file", ..., "fingerprint"} (data_mismatch)
+    where it has them; resume: look for one at the start (else the folder's old checkpoints are removed);
     resume_hint: how the user continues after an interrupt (one line, e.g. the command plus --resume).
     """
 
@@ -231,7 +263,8 @@ class TrainingCheckpoints:
 
         A damaged newest one (checksum, or content that does not fit the template) is skipped with one line
         naming it; if none is valid, CheckpointError. One written by another training (its identity differs) is
-        refused with what differs."""
+        refused with what differs; one of a training on other data (a data record's fingerprint differs, or it
+        has none: an earlier version's) is refused saying so (data_mismatch)."""
         self._last_save = self.clock()
         if not self.resume:
             self.clear()
@@ -244,6 +277,9 @@ class TrainingCheckpoints:
         for epoch, path in found:
             try:
                 arrays, meta = read_file(path)
+                other_data = data_mismatch(meta.get("identity"), self.identity)
+                if other_data:
+                    raise _OtherTraining(f"{path}: {other_data}")
                 diffs = _differences(meta.get("identity"), self.identity)
                 if diffs:
                     raise _OtherTraining(f"{path}: written by another training ({'; '.join(diffs[:4])}); pass the "

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
-from jax_impl.config import RECIPES, SAE_VARIANTS, CheckpointPolicy, RunConfig, check_seed, flag_name, strong_recipe
+from jax_impl.checks import check_memory
+from jax_impl.config import (
+    RECIPES, SAE_VARIANTS, CheckpointPolicy, RunConfig, check_seed, check_task_shape, flag_name, strong_recipe,
+)
 from jax_impl.errors import Interrupted, UserError
 from jax_impl.models import HOOK_WIDTHS, HOOKS
 
@@ -90,6 +94,7 @@ def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # a bad flag is reported before the slow imports (jax, torch)
+    check_memory(config.memory_bytes(), config.memory_flags(), "the run")
     policy = CheckpointPolicy.parse(args.checkpoint_every)
     from jax_impl import interrupts
     from jax_impl.pipeline import run_pipeline
@@ -141,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from jax_impl.atomic import atomic_path
     from jax_impl.task import TaskShape, read_split
 
+    check_task_shape(args.x_dim, args.y_dim)
     shape = TaskShape(args.x_dim, args.y_dim)
     mlp = bridge.load_mlp(args.mlp)
     if mlp.input.in_features != shape.input_dim:
@@ -194,8 +200,12 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     from jax_impl import atlas
     from jax_impl.task import SPLITS
 
-    if not 0 < args.min_f1 <= 1 or args.steer_scale <= 0:
-        raise UserError(f"--min-f1 must be in (0, 1] and --steer-scale positive, got {args.min_f1} and {args.steer_scale}")
+    if not 0 < args.min_f1 <= 1:  # not NaN either: every comparison with NaN is false
+        raise UserError(f"--min-f1 must be in (0, 1], got {args.min_f1}")
+    if not 0 < args.steer_scale < math.inf:
+        raise UserError(f"--steer-scale must be a finite number > 0, got {args.steer_scale}")
+    if not math.isfinite(args.min_gain):
+        raise UserError(f"--min-gain must be a finite number, got {args.min_gain}")
     run = _run_with_sae(args, writes=True)
     names = SPLITS if args.split == "all" else (args.split,)
     doc = atlas.atlas_from_models(
@@ -221,9 +231,13 @@ def cmd_causal(args: argparse.Namespace) -> int:
     config = CausalConfig.quick() if args.quick else CausalConfig()
     given = {f.name: getattr(args, f"causal.{f.name}") for f in dataclasses.fields(CausalConfig)}
     config = dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).validate()
-    hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
+    hooks = None if args.hooks is None else [h.strip() for h in args.hooks.split(",") if h.strip()]
+    if hooks == []:  # given but naming none: not "all hooks", which is what leaving --hooks out means
+        raise UserError(f"--hooks {args.hooks!r}: no hook named; expected some of {', '.join(HOOKS)}")
     run_config = _run_config(args.run_dir)
     config.variable_names(TaskVariables(TaskShape(run_config.data.x_dim, run_config.data.y_dim)).names)
+    check_memory(config.memory_bytes(run_config.data.x_dim * run_config.data.y_dim, max(HOOK_WIDTHS.values())),
+                 config.memory_flags(), "the causal map")
     hooks, sae_paths = check_hooks(hooks, parse_sae_flags(args.sae or [], run_config.hook))
     for hook, path in sae_paths.items():
         if not path.exists():
@@ -349,9 +363,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from jax_impl import interrupts
 
     with interrupts.handled():
-        run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir, variants=variants,
-                  dict_size=args.dict_size, train=train, seed=args.seed, chunk_rows=args.chunk_rows,
-                  atlas_scores=not args.no_atlas, resume=args.resume, checkpoint_every=policy)
+        doc = run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir,
+                        variants=variants, dict_size=args.dict_size, train=train, seed=args.seed, chunk_rows=args.chunk_rows,
+                        atlas_scores=not args.no_atlas, resume=args.resume, checkpoint_every=policy)
+    # A configuration that diverged is a result of the sweep (its row says why, it has no folder), not a reason to
+    # lose the others: they are written. But the sweep did not train everything it was asked to: exit code 1, as
+    # `parity` when a result is off, with one line (2 stays for input refused before anything ran).
+    failed = [row for row in doc["configurations"] if row.get("status") != "ok"]
+    if failed:
+        print(f"monosem: {len(failed)} of {len(doc['configurations'])} configurations failed and have no folder; "
+              f"the status column of {Path(args.out) / 'sweep.csv'} says why (first: {_one_line(failed[0]['status'])})",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -364,6 +387,8 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
         cfg.validate()
     except ValueError as e:
         raise UserError(f"monosem synthetic: {e}") from None
+    check_memory(cfg.memory_bytes(), f"--rows {cfg.rows}, --dim {cfg.dim} and --n-features {cfg.n_features}",
+                 "generating the data")
     out = write_synthetic(cfg, args.out)
     print(f"Wrote {cfg.rows} x {cfg.dim} activations with {cfg.n_features} planted features to {out} "
           f"(train: monosem train-sae --activations {out / 'activations.npy'}; score: monosem synthetic-score)")
@@ -569,6 +594,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"monosem: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except MemoryError as e:  # past the estimates of jax_impl.checks.check_memory: numpy's own message names the size
+        if args.debug:
+            traceback.print_exc()
+        print(f"monosem: error: out of memory ({_one_line(e) or 'MemoryError'}); lower the sizes given", file=sys.stderr)
         return 2
     except OSError as e:  # a path given cannot be used: a file where a folder goes, no permission, disk full
         if args.debug:

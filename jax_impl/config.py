@@ -8,14 +8,16 @@ Every field is a CLI flag named `--{section}-{field}` (dashes for underscores), 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from jax_impl import saes
 from jax_impl.causal.config import CausalConfig
 from jax_impl.causal.variables import TaskVariables
+from jax_impl.checks import FLOAT32, non_finite_field
 from jax_impl.errors import UserError
-from jax_impl.models import DEFAULT_HOOK, HOOKS
+from jax_impl.models import DEFAULT_HOOK, HOOK_WIDTHS, HOOKS, LAYER1_WIDTH, LAYER2_WIDTH, LAYER3_WIDTH
 from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
 from jax_impl.task import TaskShape
 
@@ -133,8 +135,14 @@ class RunConfig:
         return cls(seed=seed, recipe=recipe, hook=hook, **sections)
 
     def validate(self) -> RunConfig:
-        """Raise UserError naming the flag when a value cannot work; return self."""
+        """Raise UserError naming the flag when a value cannot work; return self. (Whether the sizes fit in this
+        machine's memory is memory_bytes's question, asked by the command that trains: a config read back from a
+        run directory is valid on any machine.)"""
+        check_seed(self.seed)
         for section in ("data", "mlp", "sae"):
+            found = non_finite_field(getattr(self, section))
+            if found is not None:
+                raise UserError(f"{flag_name(section, found[0])} must be a finite number, got {found[1]}")
             for f in dataclasses.fields(getattr(self, section)):
                 value = getattr(getattr(self, section), f.name)
                 if isinstance(value, str) or f.name == "architecture":
@@ -142,8 +150,7 @@ class RunConfig:
                 if value <= 0:
                     raise UserError(f"{flag_name(section, f.name)} must be positive, got {value}")
         d, m, s = self.data, self.mlp, self.sae
-        if d.x_dim < 2:
-            raise UserError(f"--data-x-dim must be at least 2 (one value and one pointer per column), got {d.x_dim}")
+        check_task_shape(d.x_dim, d.y_dim, "--data-x-dim", "--data-y-dim")
         if m.batch_size > d.n_train:
             raise UserError(f"--mlp-batch-size {m.batch_size} is larger than the training split (--n-train {d.n_train})")
         if s.batch_size > d.n_train:
@@ -173,6 +180,46 @@ class RunConfig:
         except ValueError as e:
             raise UserError(f"--sae-variant {s.variant}: {e} (--dict-size {s.dict_size})") from None
         return self
+
+
+    def memory_bytes(self) -> int:
+        """A lower bound of the memory `monosem run` holds at once (jax_impl.checks.check_memory): every split's
+        rows (inputs as int32, and their float32 copy on the device), their activations at the three hooks
+        (harvested), the MLP's parameters with their gradient and AdamW's moments, and the SAE stage's training
+        (sae_training.training_bytes) on the harvested rows, and the causal stage's (CausalConfig.memory_bytes)."""
+        from jax_impl.sae_training import training_bytes  # not at the top: sae_training imports this module
+
+        d = self.data
+        rows, width = d.n_train + d.n_val + d.n_test, d.x_dim * d.y_dim
+        hook_width = HOOK_WIDTHS[self.hook] if self.hook in HOOK_WIDTHS else max(HOOK_WIDTHS.values())
+        data = FLOAT32 * rows * (2 * width + sum(HOOK_WIDTHS.values()))
+        mlp = mlp_training_bytes(width, self.mlp.batch_size, self.mlp.epochs * -(-d.n_train // self.mlp.batch_size))
+        causal = self.causal.memory_bytes(width, max(HOOK_WIDTHS.values()))
+        return data + mlp + training_bytes(hook_width, self.sae.dict_size, self.sae.batch_size, rows) + causal
+
+    def memory_flags(self) -> str:
+        """The flags memory_bytes grows with, as a one-line message names them."""
+        d = self.data
+        return (f"--n-train {d.n_train}, --n-val {d.n_val}, --n-test {d.n_test}, --data-x-dim {d.x_dim} x --data-y-dim "
+                f"{d.y_dim}, --mlp-epochs {self.mlp.epochs}, --dict-size {self.sae.dict_size} and the --causal-* sizes")
+
+
+def mlp_training_bytes(input_dim: int, batch_size: int, total_steps: int, configurations: int = 1) -> int:
+    """A lower bound of the memory training `configurations` MLPs at once holds beside their data: each one's
+    parameters with their gradient and AdamW's two moments (4x), and a batch's activations at its three layers;
+    and the OneCycle schedule's tables, computed for every step up front (float64 steps, lr, beta1: 3 x 8 bytes)."""
+    params = input_dim * LAYER1_WIDTH + LAYER1_WIDTH * LAYER2_WIDTH + LAYER2_WIDTH * LAYER3_WIDTH + LAYER3_WIDTH
+    per_configuration = FLOAT32 * (4 * params + batch_size * (LAYER1_WIDTH + LAYER2_WIDTH + LAYER3_WIDTH))
+    return configurations * per_configuration + 3 * 8 * total_steps
+
+
+def check_task_shape(x_dim: int, y_dim: int, x_flag: str = "--x-dim", y_flag: str = "--y-dim") -> None:
+    """UserError naming the flag when (x_dim, y_dim) is no task shape (jax_impl.task.TaskShape): every column needs a
+    value and a pointer, and there must be a column."""
+    if not x_dim >= 2:
+        raise UserError(f"{x_flag} must be at least 2 (one value and one pointer per column), got {x_dim}")
+    if not y_dim >= 1:
+        raise UserError(f"{y_flag} must be at least 1 (columns), got {y_dim}")
 
 
 MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
@@ -208,7 +255,7 @@ class CheckpointPolicy:
                 policy = cls(epochs=int(text), seconds=None)
         except ValueError:
             policy = None
-        if policy is None or not ((policy.epochs or 0) >= 1 or (policy.seconds or 0) > 0):
+        if policy is None or not ((policy.epochs or 0) >= 1 or math.isfinite(policy.seconds or 0) and (policy.seconds or 0) > 0):
             raise UserError(
                 f"{flag} {text!r}: expected a number of epochs (e.g. 5), seconds or minutes (e.g. 60s, 2m), or off"
             )

@@ -16,18 +16,22 @@ os._exit: the main thread may be blocked inside a collective). The runtime's own
 the watchdog speaks first; `jax_enable_recoverability` stops the coordination service from turning a dead
 peer into a fatal error of every process.
 
-Known limit: when process 0 itself dies, the runtime in the other processes aborts at once (its error poll
-on the lost coordination service is fatal and cannot be intercepted from Python): those processes end with
-the runtime's message and exit code 134 instead of one line.
+The coordination service runs in a small process of its own on process 0's host (`_ServiceProcess`), not
+inside process 0: the runtime of every other process aborts at once (a check failure, exit 134) when it loses
+the service, and the hook it offers for that cannot be called from Python in this jaxlib. So process 0's
+death is a missing peer like any other: the service lives on, the others' watchdogs see process 0's heartbeat
+stop and end with one line; the service process leaves a while after process 0 (`_serve`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +43,13 @@ from jax_impl.errors import UserError
 
 AXIS = "data"  # the mesh axis, as jax_impl.devices
 DEFAULT_TIMEOUT_S = 60.0
+MAX_TIMEOUT_S = 86400.0  # --peer-timeout: a day; larger is no timeout at all, and past int32 the runtime refuses it
+MAX_PROCESSES = 1 << 16  # --num-processes: the runtime counts tasks in an int32; far beyond any cluster we run
 _RUNTIME_MARGIN_S = 60  # the runtime's own timeouts exceed ours by this much, so the watchdog speaks first
 _POLL_S = 0.5
+# How much longer than --peer-timeout the coordination service outlives a process 0 that died: the others'
+# watchdogs need the timeout to notice, a few polls to say so through the service, and a slow start's slack.
+_SERVICE_LINGER_MARGIN_S = 15
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,13 @@ class Cluster:
         host, _, port = self.coordinator.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise UserError(f"--coordinator {self.coordinator!r}: expected HOST:PORT, e.g. 10.0.0.1:8476")
-        if self.num_processes < 1:
-            raise UserError(f"--num-processes must be >= 1, got {self.num_processes}")
+        if not 1 <= self.num_processes <= MAX_PROCESSES:
+            raise UserError(f"--num-processes must be in 1..{MAX_PROCESSES}, got {self.num_processes}")
         if not 0 <= self.process_id < self.num_processes:
             raise UserError(f"--process-id must be in 0..{self.num_processes - 1} (--num-processes {self.num_processes}), "
                             f"got {self.process_id}")
-        if not self.timeout_s > 0:
-            raise UserError(f"--peer-timeout must be > 0 seconds, got {self.timeout_s}")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # not NaN either; the runtime takes whole seconds as an int32
+            raise UserError(f"--peer-timeout must be > 0 seconds and at most {MAX_TIMEOUT_S:g} (a day), got {self.timeout_s}")
         return self
 
     @property
@@ -72,13 +81,15 @@ class Cluster:
 
 
 _ACTIVE: list[Watchdog] = []  # this process's watchdog once start() ran
+_SERVICES: list[_ServiceProcess] = []  # process 0's coordination service process, once started
 
 
 def fail(message: str) -> None:
     """End this process now with one line and exit code 2, telling the peers why (so they end too, naming this
     process). os._exit: no atexit handlers (the runtime's shutdown would wait for a missing peer), no waiting on
-    a thread stuck in a collective. Process 0 hosts the coordination service, whose loss is fatal to the
-    others, so it leaves last: it first waits (at most the timeout) for the peers that still answer to leave."""
+    a thread stuck in a collective. Process 0 leaves last: it waits (at most the timeout) for the peers that still
+    answer to leave, then stops the coordination service's process (_ServiceProcess), which would otherwise
+    linger for the peers of a process 0 that died."""
     watchdog = _ACTIVE[0] if _ACTIVE else None
     if watchdog is not None and watchdog.joined.is_set():
         c = watchdog.cluster
@@ -93,6 +104,8 @@ def fail(message: str) -> None:
                     time.sleep(_POLL_S / 5)
             else:
                 client.key_value_set(_key("left", c.process_id), "1", allow_overwrite=True)
+    for service in _SERVICES:
+        service.process.kill()
     sys.stdout.flush()
     print(f"monosem: error: {message}", file=sys.stderr, flush=True)
     os._exit(2)
@@ -216,12 +229,90 @@ def start(cluster: Cluster) -> Watchdog:
     _ACTIVE[:] = [watchdog]
     watchdog.start()
     runtime_timeout = int(cluster.timeout_s) + _RUNTIME_MARGIN_S
-    jax.distributed.initialize(
-        cluster.coordinator, cluster.num_processes, cluster.process_id,
-        initialization_timeout=runtime_timeout, heartbeat_timeout_seconds=runtime_timeout,
-    )
+    with _service_in_own_process(cluster):
+        jax.distributed.initialize(
+            cluster.coordinator, cluster.num_processes, cluster.process_id,
+            initialization_timeout=runtime_timeout, heartbeat_timeout_seconds=runtime_timeout,
+        )
     watchdog.joined.set()
     return watchdog
+
+
+# The body of a _ServiceProcess: serve until process 0 says stop, or until linger seconds after it is gone.
+# A script of its own that imports only jaxlib's runtime (importing jax_impl, hence jax, takes seconds that the
+# peers' --peer-timeout to join would pay).
+_SERVE = """
+import os, sys, time
+from jaxlib import _jax
+address, n, heartbeat, shutdown, recoverable, linger = sys.argv[1:7]
+try:
+    service = _jax.get_distributed_runtime_service(address, int(n), heartbeat_timeout=int(heartbeat),
+                                                   shutdown_timeout=int(shutdown), recoverable=recoverable == "1")
+except Exception as e:  # the port is taken, the address cannot be bound, ...
+    print("error: " + ((str(e).strip().splitlines() or [type(e).__name__])[0][:200]), flush=True)
+    os._exit(1)
+print("ready", flush=True)
+if sys.stdin.readline().strip() == "stop":
+    service.shutdown()
+else:  # end of file: process 0 died; keep serving the others until their watchdogs have ended them
+    time.sleep(float(linger))
+os._exit(0)  # not the interpreter's exit: the service's threads may still wait on clients
+"""
+
+
+class _ServiceProcess:
+    """The coordination service in a process of its own (the script _SERVE), standing in for the in-process
+    service jax.distributed keeps in process 0: it has the service's one method, shutdown.
+
+    The child reads one line on stdin: "stop" is a clean shutdown; end of file means process 0 died, and then
+    the service stays up long enough for the other processes' watchdogs to notice and end with one line. Its
+    own session: a Ctrl-C at the terminal reaches process 0, whose exit ends it, not the service itself."""
+
+    def __init__(self, address: str, num_processes: int, heartbeat_timeout: int, shutdown_timeout: int,
+                 recoverable: bool, linger_s: float):
+        argv = [sys.executable, "-c", _SERVE, address, str(num_processes), str(heartbeat_timeout), str(shutdown_timeout),
+                str(int(recoverable)), f"{linger_s:g}"]
+        # stderr: the runtime's log lines (warnings about its experimental features) are not the user's concern.
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True, start_new_session=True)
+        answer = self.process.stdout.readline().strip()  # "ready", or "error: ..." where it cannot start
+        if answer != "ready":
+            self.process.wait()
+            raise UserError(f"--coordinator: cannot start the coordination service at {address} "
+                            f"({answer.removeprefix('error: ') or f'exit code {self.process.returncode}'})")
+        self.shutdown_timeout = shutdown_timeout
+        _SERVICES[:] = [self]
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.write("stop\n")
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=self.shutdown_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def _service_in_own_process(cluster: Cluster) -> Iterator[None]:
+    """While jax.distributed.initialize runs, its coordination service (process 0 starts one) is a
+    _ServiceProcess instead of a part of this process (see the module docstring)."""
+    from jax._src import distributed as jax_distributed
+
+    runtime = jax_distributed._jax
+    make_service = runtime.get_distributed_runtime_service
+
+    def own_process(address: str, num_nodes: int, *, heartbeat_timeout: int, shutdown_timeout: int,
+                    recoverable: bool = False, **unused: Any) -> _ServiceProcess:
+        return _ServiceProcess(address, num_nodes, heartbeat_timeout, shutdown_timeout, recoverable,
+                               linger_s=cluster.timeout_s + _SERVICE_LINGER_MARGIN_S)
+
+    runtime.get_distributed_runtime_service = own_process
+    try:
+        yield
+    finally:
+        runtime.get_distributed_runtime_service = make_service
 
 
 def shard_range(n_rows: int, cluster: Cluster) -> tuple[int, int, int]:
@@ -257,3 +348,4 @@ def gather(values: np.ndarray) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(np.asarray(values)))
+

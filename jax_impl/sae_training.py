@@ -15,6 +15,7 @@ decoder renormalisation, the architecture's post-update clip, and the count of s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from jax.sharding import Mesh
 
 from jax_impl.activations import ActivationFile, iter_chunks, sample_rows
 from jax_impl.checkpoints import TrainingCheckpoints
+from jax_impl.checks import FLOAT32, require_finite
 from jax_impl.devices import place_rows, replicate, shard_batch
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
@@ -44,13 +46,24 @@ class SAETrainConfig:
     lr: float = 1e-3
     log_every: int = 10
 
-    def validate(self) -> SAETrainConfig:
+    def validate(self, flag: Callable[[str], str] = str) -> SAETrainConfig:
+        """ValueError naming the field (as flag(name) spells it, e.g. `--batch-size`) that cannot work; self."""
+        require_finite(self, flag)
         for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"{flag('lr')} must be > 0, got {self.lr}")
         return self
+
+
+def training_bytes(width: int, dict_size: int, batch_size: int, rows_held: int, configurations: int = 1) -> int:
+    """A lower bound of the memory SAE training holds at once (jax_impl.checks.check_memory): per configuration
+    the parameters (encoder, decoder, biases), their gradient and Adam's two moments (4x), and a batch's
+    pre-activations and features (2 x batch x dict_size); the rows held in memory (rows_held x width), once."""
+    params = 2 * width * dict_size + dict_size + width
+    per_configuration = 4 * params + 2 * batch_size * dict_size
+    return FLOAT32 * (configurations * per_configuration + rows_held * width)
 
 
 def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int,

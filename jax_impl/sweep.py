@@ -16,12 +16,15 @@ train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, met
 per configuration; jax_impl.sweep_report) and sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
 While a group trains, checkpoints/group-NNN/ holds its training state (jax_impl.checkpoints; removed once the
 group's folders are written), which `resume` continues from; SIGINT/SIGTERM end the sweep after the current
-epoch with a checkpoint (jax_impl.interrupts).
+epoch with a checkpoint (jax_impl.interrupts). A configuration that diverges (train.divergence, a state that ends
+NaN, metrics that overflow) gets a row whose `status` says why and no folder; the others are written (the command
+line then exits 1 with one line).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -40,26 +43,27 @@ from tqdm import tqdm
 from jax_impl import analysis, atlas, bridge, interrupts, jsonfile, saes
 from jax_impl.activations import ActivationFile, open_activations
 from jax_impl.atomic import write_json_atomic
-from jax_impl.checkpoints import TrainingCheckpoints
-from jax_impl.config import MAX_SEED, CheckpointPolicy
+from jax_impl.checkpoints import TrainingCheckpoints, data_mismatch
+from jax_impl.checks import check_dict_size, check_memory
+from jax_impl.config import MAX_SEED, CheckpointPolicy, mlp_training_bytes
 from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.online import make_online_epoch_fn
 from jax_impl.rundir import ACTIVATIONS_PATH, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, load_run
-from jax_impl.sae_training import SAETrainConfig, make_sae_step, steps_in
+from jax_impl.sae_training import SAETrainConfig, make_sae_step, steps_in, training_bytes
 from jax_impl.sweep_grid import (
     STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
 )
 from jax_impl.sweep_report import write_report
-from jax_impl.task import SPLITS, Split, TaskShape
+from jax_impl.task import SPLITS, Split, TaskShape, split_filename
 from jax_impl.train import (
-    Log, evaluation_mse, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer, raise_if_diverged,
+    Log, divergence, evaluation_mse, make_batched_epoch, make_train_step, mlp_loss, mlp_optimizer, non_finite_parameters,
     resume_progress, sae_optimizer, save_or_stop, steps_per_epoch,
 )
 from jax_impl.train_sae import (
-    CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, SAE_FILE, KEY_INIT, KEY_SHUFFLE, config_record, reconstruction_metrics,
-    write_artifacts,
+    CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, SAE_FILE, KEY_INIT, KEY_SHUFFLE, activations_record, check_metrics,
+    config_record, reconstruction_metrics, write_artifacts,
 )
 
 CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
@@ -123,14 +127,23 @@ class Progress:
         self.bar.close()
 
 
-def _check_losses(losses: np.ndarray, diverged: list[str | None], stage: str, e: int, names: Sequence[str]) -> None:
-    """Record each configuration's first NaN/inf loss (losses (C, S)) with train.raise_if_diverged's message."""
+def _check_losses(losses: np.ndarray, diverged: list[str | None], stage: str, e: int, names: Sequence[str],
+                  first: np.ndarray) -> None:
+    """Record why each configuration diverged (train.divergence: a NaN/inf or exploding loss; losses (C, S), first
+    (C,) each one's first step's loss) the first time it does."""
     for i, row in enumerate(losses):
         if diverged[i] is None:
-            try:
-                raise_if_diverged(row, f"{stage} ({names[i]})", e)
-            except TrainingDiverged as err:
-                diverged[i] = str(err)
+            diverged[i] = divergence(row, f"{stage} ({names[i]})", e, float(first[i]))
+
+
+def _check_state(carry: Any, diverged: list[str | None], stage: str, epochs: int, names: Sequence[str]) -> None:
+    """Record the configurations whose trained state holds NaN/inf (train.non_finite_parameters) as diverged."""
+    for i, name in enumerate(names):
+        if diverged[i] is None:
+            bad = non_finite_parameters(member(carry, i))
+            if bad:
+                diverged[i] = (f"{stage} ({name}) training diverged: after epoch {epochs} its state holds NaN or infinite "
+                               f"values ({', '.join(bad[:3])}); no weights were written. Try a smaller learning rate.")
 
 
 def _loss_range(losses: np.ndarray, diverged: Sequence[str | None]) -> str:
@@ -158,7 +171,7 @@ def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], car
     diverged: list[str | None] = [None] * c
     carry, first, all_losses, lines, epoch_seconds = resume_progress(checkpoints, carry)
     for e, flat in enumerate(all_losses):  # replayed from a checkpoint's losses
-        _check_losses(flat.reshape(c, -1), diverged, stage, e, names)
+        _check_losses(flat.reshape(c, -1), diverged, stage, e, names, all_losses[0].reshape(c, -1)[:, 0])
     if first:
         progress.advance(first * c)
     with interrupts.deferred():
@@ -166,7 +179,7 @@ def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], car
             started = time.perf_counter()
             carry, losses = run_epoch(carry, e)
             losses = np.asarray(losses)  # (C, S): the one host sync of the epoch
-            _check_losses(losses, diverged, stage, e, names)
+            _check_losses(losses, diverged, stage, e, names, (all_losses[0].reshape(c, -1) if all_losses else losses)[:, 0])
             carry, line = end_of_epoch(carry, e, losses, diverged)
             all_losses.append(losses.reshape(-1))
             if line:
@@ -174,6 +187,7 @@ def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], car
             progress.advance(c, line)
             epoch_seconds.append(time.perf_counter() - started)
             save_or_stop(checkpoints, carry, e + 1, epochs, all_losses, lines, epoch_seconds, label)
+    _check_state(carry, diverged, stage, epochs, names)
     return carry, all_losses[-1].reshape(c, -1), diverged, np.asarray(epoch_seconds)
 
 
@@ -396,25 +410,39 @@ def run_sweep(
         run = load_run(run_dir, log=lambda line: None)
         configurations = mlp_configurations(grid, run.config)
         run.splits  # noqa: B018  (read and validate the splits before the lock: a bad run directory writes nothing)
+        for members in group_by(configurations, lambda c: c.cfg):  # a group's configurations train at once
+            cfg = members[0].cfg
+            steps = cfg.epochs * -(-len(run.splits["train"]) // cfg.batch_size)
+            check_memory(mlp_training_bytes(run.shape.input_dim, cfg.batch_size, steps, len(members)),
+                         f"--grid: {len(members)} MLP configuration(s) of {cfg.epochs} epochs trained at once "
+                         f"({members[0].name}, ...)", "the sweep")
         return _locked(out_dir, resume, lambda: _mlp_sweep(configurations, run, out_dir, grid,
                                                            _Resume(resume, checkpoint_every), log))
-    path, run = _source_of(activations, run_dir)
+    # The flags first (an explicit 0 is refused, never taken for "not given"), then the run directory's defaults.
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows must be >= 1, got {chunk_rows}")
+    try:
+        if dict_size is not None:
+            check_dict_size(dict_size, "--dict-size")
+        if train is not None:
+            train.validate(flag=lambda name: "--" + name.replace("_", "-"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
+    path, run = _source_of(activations, run_dir)
     arch_defaults: dict[str, dict[str, Any]] = {}
     if run is not None:
         sae_cfg = run.config.sae
         arch_defaults = {sae_cfg.variant: dataclasses.asdict(sae_cfg.architecture)}
-        variants = variants or [sae_cfg.variant]
-        dict_size = dict_size or sae_cfg.dict_size
-        train = train or sae_cfg.train_config()
+        variants = [sae_cfg.variant] if variants is None else variants
+        dict_size = sae_cfg.dict_size if dict_size is None else dict_size
+        train = sae_cfg.train_config() if train is None else train
         seed = run.config.seed if seed is None else seed
-    variants = list(variants or [SAE_DEFAULTS["variant"]])
-    dict_size = dict_size or SAE_DEFAULTS["dict_size"]
-    train = train or SAE_DEFAULTS["train"]
+    variants = list([SAE_DEFAULTS["variant"]] if variants is None else variants)
+    dict_size = SAE_DEFAULTS["dict_size"] if dict_size is None else dict_size
+    train = SAE_DEFAULTS["train"] if train is None else train
     seed = 0 if seed is None else seed
-    if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
     configurations = sae_configurations(grid, variants=variants, dict_size=dict_size, train=train, seed=seed,
                                         arch_defaults=arch_defaults)
     source = open_activations(path)
@@ -427,6 +455,12 @@ def run_sweep(
         if c.train.batch_size > source.n_rows:
             raise UserError(f"--grid: configuration {c.name}: batch size {c.train.batch_size} is larger than the file "
                             f"({source.n_rows} rows of {source.path})")
+    for members in group_by(configurations, sae_group_key):  # a group's configurations train at once
+        c = members[0]
+        check_memory(training_bytes(source.width, c.dict_size, c.train.batch_size, source.n_rows, len(members)),
+                     f"--dict-size {c.dict_size} (or --grid dict_size) for {len(members)} configuration(s) trained at once "
+                     f"({c.name}, ...) with --batch-size {c.train.batch_size} on {source.n_rows} x {source.width} "
+                     "activations", "the sweep")
     if run is not None and atlas_scores:
         run.mlp  # noqa: B018  (load the run's MLP and splits before the lock: a bad run directory writes nothing)
         run.splits  # noqa: B018
@@ -506,8 +540,12 @@ def _read_json(path: Path) -> jsonfile.Node | None:
 
 
 def _same_settings(folder: Path, written: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """Refuse to read back a configuration folder written with other settings (a --resume with other flags)."""
+    """Refuse to read back a configuration folder written with other settings (a --resume with other flags) or on
+    other data (checkpoints.data_mismatch)."""
     expected = json.loads(json.dumps(expected))
+    other_data = data_mismatch(written, expected, what="sweep")
+    if other_data:
+        raise UserError(f"{folder}: {other_data}")
     diffs = [k for k in expected if written.get(k) != expected[k]]
     if diffs:
         raise UserError(f"{folder}: written by a sweep with other settings ({', '.join(diffs)} differ); pass the flags "
@@ -565,8 +603,7 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
 
 def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, chunk_rows: int) -> dict[str, Any]:
     """What a group's checkpoint must match to be resumed: its configurations and the data's shape."""
-    return {"stage": "sae", "chunk_rows": chunk_rows,
-            "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+    return {"stage": "sae", "chunk_rows": chunk_rows, "activations": activations_record(source),
             "configurations": [{"name": c.name, "variant": c.variant, "dict_size": c.dict_size, "seed": c.seed,
                                 "config": dataclasses.asdict(c.cfg), "training": dataclasses.asdict(c.train)}
                                for c in members]}
@@ -580,6 +617,11 @@ def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFi
     metrics = reconstruction_metrics(t.model, source, chunk_rows) | {
         "final_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
     }
+    try:
+        check_metrics(metrics, source)
+    except TrainingDiverged as e:  # a failed configuration, as one whose loss diverged
+        return {"name": c.name, "group": group, "variant": c.variant, **c.values, "status": str(e),
+                "seconds": round(t.seconds, 3)}
     record = config_record(t.model, c.variant, c.train, source, seed=c.seed, chunk_rows=chunk_rows, devices=1)
     # The atlas first and metrics.json last: a folder with metrics.json is complete (_read_sae_row).
     scores = _atlas_scores(run, t.model, folder) if run is not None else None
@@ -608,8 +650,7 @@ def _read_sae_row(c: SAEConfiguration, group: int, source: ActivationFile, run: 
     cfg = arch.resolve(c.cfg, c.dict_size) if arch.resolve is not None else c.cfg
     _same_settings(folder, record.object(), {
         "architecture": c.variant, "config": dataclasses.asdict(cfg), "training": dataclasses.asdict(c.train),
-        "dict_size": c.dict_size, "seed": c.seed, "chunk_rows": chunk_rows,
-        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+        "dict_size": c.dict_size, "seed": c.seed, "chunk_rows": chunk_rows, "activations": activations_record(source),
     })
     scores = None
     if run is not None:
@@ -653,18 +694,21 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
     out_dir = Path(out_dir)
     groups = group_by(configurations, lambda c: c.cfg)
     log(f"Sweep: {len(configurations)} MLP configuration(s) in {len(groups)} program(s) on the splits of {run.run_dir}")
+    splits = splits_record(run)
     progress = Progress(sum(len(g) * g[0].cfg.epochs for g in groups), log)
     table, group_records = [], []
     try:
         for g, members in enumerate(groups):
             started = time.perf_counter()
             identity = {"stage": "mlp", "data": dataclasses.asdict(run.config.data), "train_rows": len(run.splits["train"]),
+                        "splits": splits,
                         "configurations": [{"name": c.name, "seed": c.seed, "mlp": dataclasses.asdict(c.cfg)}
                                            for c in members]}
             checkpoints = resume.checkpoints(out_dir, g, identity, log)
             finished = None
             if resume.resume:
-                finished = _finished_rows(members, checkpoints, lambda c: _read_mlp_row(c, g, run, out_dir / c.name))
+                finished = _finished_rows(members, checkpoints,
+                                          lambda c: _read_mlp_row(c, g, run, out_dir / c.name, splits))
             if finished is not None:
                 log(f"Sweep group {g + 1}/{len(groups)}: every configuration is written; read back, not trained again")
                 progress.advance(len(members) * members[0].cfg.epochs)
@@ -673,7 +717,7 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
             else:
                 trained = fit_mlp_group(members, run.splits["train"], run.splits["val"], run.shape, progress, checkpoints,
                                         label=f"MLP (sweep group {g + 1}/{len(groups)})")
-                written = [_write_mlp(c, t, g, run, out_dir / c.name) for c, t in zip(members, trained, strict=True)]
+                written = [_write_mlp(c, t, g, run, out_dir / c.name, splits) for c, t in zip(members, trained, strict=True)]
                 _group_done(checkpoints, written)
                 table += written
                 seconds = time.perf_counter() - started
@@ -687,22 +731,36 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
     return write_report(out_dir, doc, log)
 
 
-def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Path) -> dict[str, Any]:
+def splits_record(run: Run) -> dict[str, dict[str, Any]]:
+    """What an MLP sweep's identity (checkpoints, MLP_CONFIG_FILE) records of the run's splits, the data it reads
+    from the run's files: per split its file's name, rows and the sha256 of its values (a fingerprint of the
+    whole split: splits are small)."""
+    record = {}
+    for name in SPLITS:
+        split = run.splits[name]
+        digest = hashlib.sha256(np.ascontiguousarray(split.inputs, "<i8").tobytes())
+        digest.update(np.ascontiguousarray(split.targets, "<f4").tobytes())
+        record[name] = {"file": split_filename(name), "rows": len(split), "fingerprint": digest.hexdigest()}
+    return record
+
+
+def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Path,
+               splits: dict[str, Any]) -> dict[str, Any]:
     if t.model is None:
         return {"name": c.name, "group": group, **c.values, "status": t.diverged, "seconds": round(t.seconds, 3)}
     metrics = {s: analysis.evaluate(t.model, run.splits[s]) for s in SPLITS} | {
         "final_train_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
     }
     bridge.save_mlp(t.model, folder / MLP_PATH)
-    record = _mlp_record(c, run)
+    record = _mlp_record(c, run, splits)
     write_json_atomic(folder / MLP_CONFIG_FILE, record)
     write_json_atomic(folder / METRICS_FILE, metrics)  # last: a folder with metrics.json is complete
     return _mlp_row(c, group, json.loads(json.dumps(metrics)), record)
 
 
-def _mlp_record(c: MLPConfiguration, run: Run) -> dict[str, Any]:
+def _mlp_record(c: MLPConfiguration, run: Run, splits: dict[str, Any]) -> dict[str, Any]:
     return {"mlp": dataclasses.asdict(c.cfg), "seed": c.seed, "run_dir": str(run.run_dir),
-            "data": dataclasses.asdict(run.config.data)}
+            "data": dataclasses.asdict(run.config.data), "splits": splits}
 
 
 def _mlp_row(c: MLPConfiguration, group: int, metrics: Mapping[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -713,13 +771,13 @@ def _mlp_row(c: MLPConfiguration, group: int, metrics: Mapping[str, Any], record
                   "config": record}
 
 
-def _read_mlp_row(c: MLPConfiguration, group: int, run: Run, folder: Path) -> dict[str, Any] | None:
+def _read_mlp_row(c: MLPConfiguration, group: int, run: Run, folder: Path, splits: dict[str, Any]) -> dict[str, Any] | None:
     """A written MLP configuration's table row from its metrics.json and mlp_config.json; None if not complete."""
     metrics, record = _read_json(folder / METRICS_FILE), _read_json(folder / MLP_CONFIG_FILE)
     if metrics is None or record is None or not (folder / MLP_PATH).is_file():
         return None
     _same_settings(folder, record.object(),
-                   {k: v for k, v in _mlp_record(c, run).items() if k != "run_dir"})
+                   {k: v for k, v in _mlp_record(c, run, splits).items() if k != "run_dir"})
     checked = {s: {"mse": metrics[s]["mse"].number(lo=0), "exact_match": metrics[s]["exact_match"].number(0, 1)}
                for s in SPLITS}
     checked |= {"final_train_loss": metrics["final_train_loss"].number(),

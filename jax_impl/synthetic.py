@@ -31,6 +31,7 @@ import numpy as np
 
 from jax_impl import jsonfile
 from jax_impl.atomic import atomic_path, write_json_atomic
+from jax_impl.checks import require_finite
 from jax_impl.errors import UserError
 
 ACTIVATIONS_FILE = "activations.npy"
@@ -60,6 +61,7 @@ class SyntheticConfig:
     seed: int = 0
 
     def validate(self) -> SyntheticConfig:
+        require_finite(self)  # NaN passes every comparison below
         for name in ("n_features", "dim", "rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -77,6 +79,13 @@ class SyntheticConfig:
         if not 0 <= self.correlation_strength < 1 or not 0 <= self.child_prob <= 1 or self.zipf_exponent <= 0:
             raise ValueError("need 0 <= correlation_strength < 1, 0 <= child_prob <= 1, zipf_exponent > 0")
         return self
+
+    def memory_bytes(self) -> int:
+        """A lower bound of what `generate` holds at once (jax_impl.checks.check_memory): the activations
+        (rows x dim float32), the directions (float64 while drawn), and a chunk's latents and magnitudes
+        (float64, chunk x n_features each)."""
+        chunk = min(self.rows, _GENERATION_CHUNK)
+        return 4 * self.rows * self.dim + 8 * self.n_features * self.dim + 2 * 8 * chunk * self.n_features
 
 
 @dataclass(frozen=True)

@@ -122,14 +122,57 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     return step
 
 
-def raise_if_diverged(losses: np.ndarray, stage: str, epoch: int) -> None:
-    """Stop on the first NaN/inf loss of an epoch (losses (steps,)), naming stage, epoch and step (1-based)."""
+# A training has exploded when an epoch's mean loss exceeds this many times its first step's loss (the initial
+# model's, on the first batch: the scale of the data and of the loss, measured before any update). Measured on
+# every training of the tests that train (105 of them: every architecture, the MLP with its OneCycle warm-up,
+# sweeps, the quick benchmarks): no epoch's mean went above 1.12 times it. Heavy-tailed activations can make one
+# batch's loss 10x an epoch's mean, which 1000 leaves a margin of 100 over. Learning rates 10^4 times the useful
+# one (SAE lr 10) reach 10^5..10^8 times it within the first epoch; larger ones overflow to inf or NaN. lr 1
+# stays at 15..260 times it: a poor training (explained variance -0.6..-11), which this rule does not call
+# exploded. No floor on the final explained variance either: a legitimate one-epoch test run
+# (tests/test_train_sae.py) ends at -16, worse than lr 1's, so no floor both catches those and spares it.
+EXPLOSION_FACTOR = 1e3
+
+
+def divergence(losses: np.ndarray, stage: str, epoch: int, first_loss: float | None = None) -> str | None:
+    """Why a training diverged in `epoch` (0-based; losses (steps,): its step losses), or None: a NaN/inf loss, or
+    an epoch's mean loss above EXPLOSION_FACTOR x `first_loss` (the training's first step's loss; None: this is
+    the first epoch and its first step is the reference). The reason names the stage, epoch and step (1-based)."""
+    losses = np.asarray(losses)
+    hint = "no weights were written. Try a smaller learning rate."
     if not np.all(np.isfinite(losses)):
         step = int(np.flatnonzero(~np.isfinite(losses))[0])
-        raise TrainingDiverged(
-            f"{stage} training diverged at epoch {epoch + 1}, step {step + 1} (loss {losses[step]}); "
-            "no weights were written. Try a smaller learning rate."
-        )
+        return f"{stage} training diverged at epoch {epoch + 1}, step {step + 1} (loss {losses[step]}); {hint}"
+    reference = float(losses[0]) if first_loss is None else first_loss
+    limit = EXPLOSION_FACTOR * reference
+    if reference > 0 and float(losses.mean(dtype=np.float64)) > limit:
+        step = int(np.flatnonzero(losses > limit)[0])
+        return (f"{stage} training diverged at epoch {epoch + 1}, step {step + 1} (loss {losses[step]:.4g}, more than "
+                f"{EXPLOSION_FACTOR:g} times the first step's {reference:.4g}; the epoch's mean "
+                f"{float(losses.mean(dtype=np.float64)):.4g}); {hint}")
+    return None
+
+
+def raise_if_diverged(losses: np.ndarray, stage: str, epoch: int, first_loss: float | None = None) -> None:
+    """TrainingDiverged with `divergence`'s reason, if there is one."""
+    reason = divergence(losses, stage, epoch, first_loss)
+    if reason is not None:
+        raise TrainingDiverged(reason)
+
+
+def first_step_loss(step_losses: list[np.ndarray]) -> float | None:
+    """The reference of `divergence`: the first step's loss of the epochs done so far (None before the first)."""
+    return float(step_losses[0][0]) if step_losses and len(step_losses[0]) else None
+
+
+def non_finite_parameters(tree: Any) -> list[str]:
+    """Key paths of the leaves of a trained pytree (parameters, buffers) that hold a NaN or infinite value: a model
+    can go bad with a finite loss (a NaN threshold silences every feature), and our own loaders refuse such
+    weights. One host transfer, after training."""
+    leaves = [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if jnp.issubdtype(getattr(leaf, "dtype", np.dtype(object)), jnp.inexact)]
+    finite = jax.device_get([jnp.all(jnp.isfinite(leaf)) for _, leaf in leaves])  # dispatched together, one fetch
+    return [name for (name, _), ok in zip(leaves, finite, strict=True) if not ok]
 
 
 def make_batched_epoch(step, batch_size: int, keep_partial_batch: bool = True):
@@ -223,7 +266,8 @@ def run_epochs(
     a checkpoint of (carry, epochs done, losses and lines so far) enough to resume bit-identically.
     checkpoints: restore from the newest checkpoint first and save one when due (jax_impl.checkpoints).
     SIGINT/SIGTERM (jax_impl.interrupts) end the loop after the current epoch with a checkpoint and an
-    `Interrupted` naming it. Stops on a NaN/inf loss (raise_if_diverged). On a terminal, a progress bar with
+    `Interrupted` naming it. Stops on a NaN/inf or exploding loss (raise_if_diverged) and on parameters that
+    end NaN/inf (non_finite_parameters). On a terminal, a progress bar with
     the running loss and the lines above it; otherwise just the lines, through `log`.
     Returns (carry, step losses (epochs, steps), the lines, wall seconds of each epoch (epochs,)).
     """
@@ -238,7 +282,7 @@ def run_epochs(
                 started = time.perf_counter()
                 carry, losses = run_epoch(carry, e)
                 losses = np.asarray(losses)  # the one host sync of the epoch
-                raise_if_diverged(losses, stage, e)
+                raise_if_diverged(losses, stage, e, first_step_loss(all_losses))
                 all_losses.append(losses)
                 bar.set_postfix(loss=f"{losses.mean():.6f}")
                 carry, line = on_epoch_end(carry, e, losses)
@@ -249,6 +293,11 @@ def run_epochs(
                 save_or_stop(checkpoints, carry, e + 1, epochs, all_losses, log_lines, epoch_seconds, stage)
         finally:
             bar.close()
+    bad = non_finite_parameters(carry)
+    if bad:
+        raise TrainingDiverged(f"{stage} training diverged: after epoch {epochs} its state holds NaN or infinite values "
+                               f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); no weights were written. Try a "
+                               "smaller learning rate.")
     return carry, np.stack(all_losses), log_lines, np.asarray(epoch_seconds)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,17 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jax_impl import bridge, sae_training, saelens, saes
-from jax_impl.activations import ActivationFile, check_finite_rows, open_activations
+from jax_impl.activations import ActivationFile, check_finite_rows, fingerprint, open_activations
 from jax_impl.atomic import write_json_atomic
 from jax_impl import distributed
 from jax_impl.checkpoints import TrainingCheckpoints
+from jax_impl.checks import check_dict_size, check_memory
 from jax_impl.config import CheckpointPolicy
 from jax_impl.devices import data_mesh
 from jax_impl.distributed import Cluster
 from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.locks import folder_lock, remove_stale_temporaries
-from jax_impl.sae_training import SAETrainConfig
+from jax_impl.sae_training import SAETrainConfig, training_bytes
 from jax_impl.train import Log
 
 SAE_FILE = "sae.pth"
@@ -135,8 +137,12 @@ def train_sae(
         raise UserError(f"--variant: {e}") from None
     cfg = arch.config() if arch_config is None else arch_config
     try:
+        check_dict_size(dict_size, "--dict-size")
+        train.validate(flag=_train_flag)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
         cfg.validate(dict_size)
-        train.validate()
     except ValueError as e:
         raise UserError(f"--variant {variant}: {e}") from None
     if chunk_rows < 1:
@@ -157,6 +163,8 @@ def train_sae(
             f"--batch-size {train.batch_size} is larger than {'the file' if source.n_rows <= chunk_rows else 'a chunk'} "
             f"({min(source.n_rows, chunk_rows)} rows of {source.path})"
         )
+    check_memory(training_bytes(source.width, dict_size, train.batch_size, min(source.n_rows, chunk_rows)),
+                 _memory_flags(dict_size, train, source), "training")
     mesh = data_mesh(devices, batch_size=train.batch_size)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -166,11 +174,20 @@ def train_sae(
         checkpoints = TrainingCheckpoints(out_dir / CHECKPOINTS_DIR, {
             "architecture": variant, "config": dataclasses.asdict(cfg), "training": dataclasses.asdict(train),
             "dict_size": dict_size, "seed": seed, "chunk_rows": chunk_rows, "devices": 1 if mesh is None else mesh.size,
-            "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+            "activations": activations_record(source),
         }, checkpoint_every, resume=resume, log=log)
         metrics = _train_and_write(source, out_dir, variant, cfg, dict_size, train, seed, chunk_rows, mesh, log, checkpoints)
         checkpoints.clear()  # every file is written: nothing left to resume
         return metrics
+
+
+def _train_flag(name: str) -> str:
+    """train-sae's flag for a field of SAETrainConfig (`batch_size` -> `--batch-size`)."""
+    return "--" + name.replace("_", "-")
+
+
+def _memory_flags(dict_size: int, train: SAETrainConfig, source: ActivationFile) -> str:
+    return f"--dict-size {dict_size} and --batch-size {train.batch_size} on {source.width}-wide activations"
 
 
 def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: Any, dict_size: int,
@@ -194,6 +211,7 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
     metrics = reconstruction_metrics(result.model, source, chunk_rows) | {
         "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
     }
+    check_metrics(metrics, source)
     record = config_record(result.model, variant, train, source, seed=seed, chunk_rows=chunk_rows,
                            devices=1 if mesh is None else mesh.size)
     write_artifacts(result.model, out_dir, record, metrics)
@@ -203,6 +221,16 @@ def _train_and_write(source: ActivationFile, out_dir: Path, variant: str, cfg: A
         f"dead {metrics['dead_fraction']:.1%} | MSE {metrics['mse']:.6g} | {seconds:.1f} s -> {out_dir / SAE_FILE}"
     )
     return metrics
+
+
+def check_metrics(metrics: dict[str, Any], source: ActivationFile) -> None:
+    """TrainingDiverged naming the first metric that is NaN or infinite (a float32 sum that overflowed on huge
+    values): such a result is no success, and JSON has no NaN. An undefined metric is None (explained_variance
+    where every row is the same), which is fine."""
+    for name, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainingDiverged(f"{source.path}: the trained SAE's {name} is {value} (float32 sums overflowed: "
+                                   "activations this large need scaling down first); no weights were written")
 
 
 def config_record(sae: saes.SAE, variant: str, train: SAETrainConfig, source: ActivationFile, *, seed: int,
@@ -217,8 +245,14 @@ def config_record(sae: saes.SAE, variant: str, train: SAETrainConfig, source: Ac
         "seed": seed,
         "chunk_rows": chunk_rows,
         "devices": devices,
-        "activations": {"file": source.path.name, "rows": source.n_rows, "width": source.width},
+        "activations": activations_record(source),
     }
+
+
+def activations_record(source: ActivationFile) -> dict[str, Any]:
+    """What a training's identity (checkpoints, CONFIG_FILE) records of its activations: the file's name (not its
+    path: a moved file is the same data), shape, and the fingerprint of its content."""
+    return {"file": source.path.name, "rows": source.n_rows, "width": source.width, "fingerprint": fingerprint(source)}
 
 
 def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -249,6 +283,8 @@ def _train_distributed(path: Path, out_dir: Path, variant: str, cfg: Any, dict_s
             if shard_rows > chunk_rows:
                 raise UserError(f"{source.path}: shards of {shard_rows} rows, more than --chunk-rows {chunk_rows}; a "
                                 "multi-process run holds its shard in memory: raise --chunk-rows or add processes")
+            check_memory(training_bytes(source.width, dict_size, train.batch_size, shard_rows),
+                         _memory_flags(dict_size, train, source), "training")
             if writer:
                 if out_dir.exists() and not out_dir.is_dir():
                     raise UserError(f"{out_dir}: is a file; --out must be a folder")
@@ -273,6 +309,7 @@ def _train_distributed(path: Path, out_dir: Path, variant: str, cfg: Any, dict_s
             metrics = metrics_from_sums(total, source.n_rows, source.width) | {
                 "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
             }
+            check_metrics(metrics, source)
             if writer:
                 record = config_record(model, variant, train, source, seed=seed, chunk_rows=chunk_rows, devices=mesh.size)
                 write_artifacts(model, out_dir, record | {"processes": cluster.num_processes}, metrics)

@@ -1,6 +1,7 @@
 """`train-sae --coordinator HOST:PORT --num-processes 2 --process-id I`: two processes on 127.0.0.1 (CPU, gloo
 collectives) train what one process trains, within float32 reduction order; process 0 alone writes; a peer that
-never arrives or dies ends the other within --peer-timeout with one line naming it, exit 2, no artifact written.
+never arrives or dies (process 0 included) ends the other within --peer-timeout with one line naming it, exit 2, no
+artifact written.
 
 Tolerance: the two processes split every batch between their devices and the compiler reduces the gradients
 across them (as --devices does on one host), the tied bias's mean and the metrics' sums are added per shard:
@@ -91,25 +92,28 @@ def test_a_peer_that_never_arrives_ends_process_0_within_the_timeout(activations
     assert not (tmp_path / "out").exists()
 
 
-def test_a_peer_killed_mid_training_ends_the_other_with_one_line(activations, tmp_path):
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_peer_killed_mid_training_ends_the_other_with_one_line(killed, activations, tmp_path):
+    """Either process: process 0 too, whose host serves the coordination service (in a process of its own, so
+    that the survivor's runtime does not abort with exit 134 when process 0 goes)."""
     port = free_port()
-    p0 = launch(activations, tmp_path / "out", 0, port, epochs=100000, timeout=5)
-    p1 = launch(activations, tmp_path / "out", 1, port, epochs=100000, timeout=5)
+    procs = [launch(activations, tmp_path / "out", i, port, epochs=100000, timeout=5) for i in (0, 1)]
+    survivor = procs[1 - killed]
     try:
-        for line in p0.stdout:  # wait until training is under way
+        for line in procs[0].stdout:  # wait until training is under way
             if line.startswith("SAE Epoch [2/"):
                 break
-        p1.kill()
-        killed = time.monotonic()
-        _, err = p0.communicate(timeout=120)
+        procs[killed].kill()
+        killed_at = time.monotonic()
+        _, err = survivor.communicate(timeout=120)
     finally:
-        for p in (p0, p1):
+        for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert p0.returncode == 2
-    assert errors(err) == ["monosem: error: process 1 of 2 stopped responding (no heartbeat for --peer-timeout 5 s: it "
-                           "died or hangs); process 0 stops too, nothing was written"], err[-2000:]
-    assert time.monotonic() - killed < 5 + 15
+    assert survivor.returncode == 2, err[-2000:]
+    assert errors(err) == [(f"monosem: error: process {killed} of 2 stopped responding (no heartbeat for --peer-timeout "
+                            f"5 s: it died or hangs); process {1 - killed} stops too, nothing was written")], err[-2000:]
+    assert time.monotonic() - killed_at < 5 + 15
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".monosem.lock"]  # no artifact, no temporary
 
 

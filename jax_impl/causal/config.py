@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from jax_impl.checks import non_finite_field
 from jax_impl.errors import UserError
 
 
@@ -16,6 +17,13 @@ class DASConfig:
     batch_size: int = 256
     lr: float = 1e-2
 
+
+
+MAX_REPORTED_RANK = 16  # study.py reports the best DAS rank among the ranks up to this
+
+
+def _flag(name: str) -> str:
+    return f"--causal-{name.replace('_', '-')}"
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,16 @@ class CausalConfig:
         return [v for v in known if v in asked]
 
     def validate(self) -> CausalConfig:
+        found = non_finite_field(self)
+        if found is not None:
+            raise UserError(f"{_flag(found[0])} must be a finite number, got {found[1]}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "ranks":
                 if not value or any(not isinstance(r, int) or r < 1 for r in value):
                     raise UserError(f"--causal-ranks must be positive integers, got {value}")
+                if min(value) > MAX_REPORTED_RANK:  # the best DAS rank is reported among those up to it
+                    raise UserError(f"--causal-ranks must include a rank of at most {MAX_REPORTED_RANK}, got {value}")
             elif f.name == "seed":
                 if not 0 <= value < 2**63:
                     raise UserError(f"--causal-seed must be in 0..{2**63 - 1}, got {value}")
@@ -67,8 +80,20 @@ class CausalConfig:
                 if not 0 < value <= 1:
                     raise UserError(f"--causal-min-iia must be in (0, 1], got {value}")
             elif not value > 0:
-                raise UserError(f"--causal-{f.name.replace('_', '-')} must be positive, got {value}")
+                raise UserError(f"{_flag(f.name)} must be positive, got {value}")
         return self
+
+    def memory_bytes(self, input_dim: int, hook_width: int) -> int:
+        """A lower bound of the memory one hook's map holds at once (jax_impl.checks.check_memory): one variable's
+        pairs (a base and a source row, and their activations at the hook), the circuit rows with theirs, and a
+        DAS training's keys (one per step) and batch."""
+        pairs = self.fit_pairs + self.eval_pairs + self.isolation_pairs
+        return 4 * (2 * pairs * (input_dim + hook_width) + self.circuit_rows * (input_dim + hook_width)
+                    + 2 * self.das_steps + self.das_batch * hook_width * max(self.ranks))
+
+    def memory_flags(self) -> str:
+        return (f"--causal-fit-pairs {self.fit_pairs}, --causal-eval-pairs {self.eval_pairs}, --causal-isolation-pairs "
+                f"{self.isolation_pairs}, --causal-circuit-rows {self.circuit_rows} and --causal-das-steps {self.das_steps}")
 
     @classmethod
     def quick(cls) -> CausalConfig:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes.base import (
     Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, mse, pre_activation, tied_init, unit_rows,
 )
@@ -34,6 +35,8 @@ class Config:
     resample_every: int = 25  # epochs between resamplings of dead features
 
     def validate(self, dict_size: int) -> None:
+        require_finite(self)  # NaN passes every comparison below, inf every lower bound
+        check_dict_size(dict_size)
         if self.l1_coeff < 0 or self.resample_every < 1:
             raise ValueError(f"l1_coeff must be >= 0 and resample_every >= 1, got {self.l1_coeff}, {self.resample_every}")
 

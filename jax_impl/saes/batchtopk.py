@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
@@ -26,6 +27,8 @@ class Config:
     threshold_lr: float = 0.01  # step of the running mean of the smallest kept activation (SAELens' default)
 
     def validate(self, dict_size: int) -> None:
+        require_finite(self)  # NaN passes every comparison below, inf every lower bound
+        check_dict_size(dict_size)
         topk.Config(self.k, self.aux_coeff).validate(dict_size)
         if not 0 < self.threshold_lr <= 1:
             raise ValueError(f"threshold_lr must be in (0, 1], got {self.threshold_lr}")

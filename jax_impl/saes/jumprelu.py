@@ -19,6 +19,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, jump, mse, pre_activation
@@ -41,6 +42,8 @@ class Config:
     decoder_init_norm: float = 0.1
 
     def validate(self, dict_size: int) -> None:
+        require_finite(self)  # NaN passes every comparison below, inf every lower bound
+        check_dict_size(dict_size)
         if self.l0_coeff < 0 or self.bandwidth <= 0 or self.init_threshold < MIN_THRESHOLD or self.decoder_init_norm <= 0:
             raise ValueError(
                 f"l0_coeff must be >= 0, bandwidth > 0, init_threshold >= {MIN_THRESHOLD}, decoder_init_norm > 0; got "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes import batchtopk, topk
 from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, mse
 
@@ -24,6 +25,8 @@ class Config:
     threshold_lr: float = 0.01
 
     def validate(self, dict_size: int) -> None:
+        require_finite(self)  # NaN passes every comparison below, inf every lower bound
+        check_dict_size(dict_size)
         batchtopk.Config(self.k, self.aux_coeff, self.threshold_lr).validate(dict_size)
         ends = group_ends(self, dict_size)
         if list(ends) != sorted(set(ends)) or ends[0] < 1 or ends[-1] != dict_size:

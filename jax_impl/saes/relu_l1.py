@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.models import SparseAutoencoder
 from jax_impl.saes.base import Architecture, KeyMapEntry, SaeLensFormat, Params, TrainContext, decode, mse
 
@@ -22,6 +23,8 @@ class Config:
     l1_coeff: float = 1e-4
 
     def validate(self, dict_size: int) -> None:
+        require_finite(self)  # NaN passes every comparison below, inf every lower bound
+        check_dict_size(dict_size)
         if self.l1_coeff < 0:
             raise ValueError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
 

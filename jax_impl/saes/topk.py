@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
     AUX_K_FACTOR, Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, decode_sparse,
@@ -22,6 +23,8 @@ class Config:
     aux_coeff: float = 1 / 32  # weight of the AuxK loss (Gao et al.)
 
     def validate(self, dict_size: int) -> None:
+        require_finite(self)  # NaN passes every comparison below, inf every lower bound
+        check_dict_size(dict_size)
         if not 1 <= self.k <= dict_size:
             raise ValueError(f"k must be in 1..{dict_size} (the dictionary size), got {self.k}")
         if self.aux_coeff < 0:

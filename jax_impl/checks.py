@@ -1,0 +1,97 @@
+"""Checks that every config's validate() and every command share: floats that must be finite, and whether the
+memory that the sizes given need is there before anything is allocated.
+
+No JAX and no project imports here (the architectures' configs, jax_impl.saes, import it, and config.py imports
+those), so any module can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from typing import Any
+
+from jax_impl.errors import UserError
+
+FLOAT32 = 4  # bytes
+
+
+def non_finite_field(config: Any) -> tuple[str, float] | None:
+    """(name, value) of the first float field of a dataclass instance that is NaN or infinite, else None.
+
+    Comparisons with NaN are all false, so a `value > 0` check lets NaN through, and an infinite learning rate
+    or coefficient passes every lower bound: each validate() asks this first."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f.name, value
+    return None
+
+
+def require_finite(config: Any, flag: Any = None) -> None:
+    """ValueError naming the first NaN/inf float field of `config` (flag(name): how the user spells it)."""
+    found = non_finite_field(config)
+    if found is not None:
+        name, value = found
+        raise ValueError(f"{flag(name) if flag else name} must be a finite number, got {value}")
+
+
+def check_dict_size(dict_size: int, flag: str = "dict_size") -> None:
+    """ValueError unless the dictionary has at least one feature (every architecture's validate asks)."""
+    if not dict_size >= 1:
+        raise ValueError(f"{flag} must be >= 1, got {dict_size}")
+
+
+def memory_budget() -> int:
+    """Bytes this process can still allocate: the kernel's estimate of available memory (MemAvailable, which counts
+    reclaimable page cache as free), else the physical memory (os.sysconf); where JAX already runs on an
+    accelerator, at most its first device's memory limit too."""
+    budget = _host_available()
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        try:
+            device = jax.local_devices()[0]
+            limit = (device.memory_stats() or {}).get("bytes_limit") if device.platform != "cpu" else None
+        except Exception:  # noqa: BLE001  (no backend, or one without memory statistics: the host's figure)
+            limit = None
+        if limit:
+            budget = min(budget, int(limit))
+    return budget
+
+
+def _host_available() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: refuse nothing
+
+
+def check_memory(need: int, flags: str, what: str) -> None:
+    """UserError naming `flags` when `need` bytes (an estimate of what `what` holds at once) exceed memory_budget().
+
+    The estimates are lower bounds (parameters, optimizer state, a batch's activations, the rows held), so a
+    refusal is certain to be right; a run that passes may still need more than estimated."""
+    budget = memory_budget()
+    if need > budget:
+        raise UserError(f"{flags}: {what} needs at least {_size(need)} of memory, more than the {_size(budget)} "
+                        "available here; lower them")
+
+
+def _size(n: int) -> str:
+    if n >= 1 << 70:  # beyond a float's comfortable range for the flags' unbounded ints (10**400 is a valid int)
+        return "more than 1 ZiB"
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024 or unit == "EiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
