@@ -123,10 +123,6 @@ def read_file(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise CheckpointError(f"{path}: not a readable monosem checkpoint ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a monosem checkpoint (expected metadata format {FORMAT!r})")
-    try:  # the epoch a training loop goes on from: an int (2.0 would pass a comparison with the file's name)
-        jsonfile.Node(meta, str(path))["epoch"].integer(0)
-    except UserError as e:
-        raise CheckpointError(str(e)) from None
     return arrays, meta
 
 
@@ -284,7 +280,8 @@ class TrainingCheckpoints:
                 if diffs:
                     raise _OtherTraining(f"{path}: written by another training ({'; '.join(diffs[:4])}); pass the "
                                          "flags of the original run to --resume it, or start over without --resume")
-                if meta.get("epoch") != epoch:
+                # an int, not 2.0 (equal to the name's 2, but the loop goes on with range(epoch, ...))
+                if type(meta.get("epoch")) is not int or meta["epoch"] != epoch:
                     raise CheckpointError(f"{path}: its name says epoch {epoch} but it holds epoch {meta.get('epoch')!r}")
                 progress = self._progress(arrays, meta, template, path)
             except _OtherTraining:
