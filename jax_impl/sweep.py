@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from jax_impl import analysis, atlas, bridge, interrupts, saes
 from jax_impl.activations import ActivationFile, open_activations
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import write_json_atomic
 from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.config import MAX_SEED, CheckpointPolicy
@@ -58,8 +59,8 @@ from jax_impl.train import (
     resume_progress, sae_optimizer, save_or_stop, steps_per_epoch,
 )
 from jax_impl.train_sae import (
-    CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, SAE_FILE, KEY_INIT, KEY_SHUFFLE, config_record, reconstruction_metrics,
-    write_artifacts,
+    CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, LAST_FILES, SAE_FILE, SAELENS_DIR, KEY_INIT, KEY_SHUFFLE, config_record,
+    reconstruction_metrics, stage_artifacts,
 )
 
 CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
@@ -396,7 +397,7 @@ def run_sweep(
         run = load_run(run_dir, log=lambda line: None)
         configurations = mlp_configurations(grid, run.config)
         run.splits  # noqa: B018  (read and validate the splits before the lock: a bad run directory writes nothing)
-        return _locked(out_dir, resume, lambda: _mlp_sweep(configurations, run, out_dir, grid,
+        return _locked(out_dir, resume, configurations, lambda: _mlp_sweep(configurations, run, out_dir, grid,
                                                            _Resume(resume, checkpoint_every), log))
     path, run = _source_of(activations, run_dir)
     if chunk_rows < 1:
@@ -430,16 +431,22 @@ def run_sweep(
     if run is not None and atlas_scores:
         run.mlp  # noqa: B018  (load the run's MLP and splits before the lock: a bad run directory writes nothing)
         run.splits  # noqa: B018
-    return _locked(out_dir, resume, lambda: _sae_sweep(configurations, source, run if atlas_scores else None, out_dir,
+    return _locked(out_dir, resume, configurations, lambda: _sae_sweep(configurations, source, run if atlas_scores else None, out_dir,
                                                        grid, chunk_rows, _Resume(resume, checkpoint_every), log))
 
 
-def _locked(out_dir: Path | str, resume: bool, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _locked(out_dir: Path | str, resume: bool, configurations: Sequence[SAEConfiguration | MLPConfiguration],
+            work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
     with folder_lock(out_dir, flag="--out", what="output folder"):
-        remove_stale_temporaries(out_dir)
+        # What a killed sweep left, only where a sweep writes: each configuration's folder (train-sae's or the
+        # MLP's files) and the groups' checkpoints.
+        written = [CHECKPOINTS_DIR, f"{CHECKPOINTS_DIR}/group-*"]
+        for c in configurations:
+            written += [c.name, f"{c.name}/{SAELENS_DIR}", f"{c.name}/{MLP_PATH.parent}"]
+        remove_stale_temporaries(out_dir, written)
         if not resume:  # as train-sae: a fresh start forgets an earlier sweep's training state
             shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
         doc = work()
@@ -576,9 +583,10 @@ def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFi
         "final_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
     }
     record = config_record(t.model, c.variant, c.train, source, seed=c.seed, chunk_rows=chunk_rows, devices=1)
-    # The atlas first and metrics.json last: a folder with metrics.json is complete (_read_sae_row).
-    scores = _atlas_scores(run, t.model, folder) if run is not None else None
-    write_artifacts(t.model, folder, record, metrics)
+    # The folder's files, the atlas among them, are one set (metrics.json moved last: _read_sae_row).
+    with artifact_set(folder, last=LAST_FILES) as staging:
+        scores = _atlas_scores(run, t.model, folder.name, staging) if run is not None else None
+        stage_artifacts(t.model, staging, record, metrics)
     return _sae_row(c, group, metrics, record, scores)
 
 
@@ -621,11 +629,12 @@ def _read_sae_row(c: SAEConfiguration, group: int, source: ActivationFile, run: 
 ATLAS_COLUMNS = ("monosemantic_share", "share_f1_0_9", "live", "monosemantic", "consistent_share_of_monosemantic")
 
 
-def _atlas_scores(run: Run, sae: saes.SAE, folder: Path) -> dict[str, Any]:
-    """The atlas's summary scores of sae with the run's MLP on all its rows; the document beside the SAE."""
+def _atlas_scores(run: Run, sae: saes.SAE, name: str, folder: Path) -> dict[str, Any]:
+    """The atlas's summary scores of sae (configuration `name`) with the run's MLP on all its rows; the document
+    written into `folder` (its staging folder)."""
     try:
         doc = atlas.atlas_from_models(run.mlp, sae, run.rows(), run.shape, hook=run.hook,
-                                      source=f"{run.run_dir} (all splits), sweep {folder.name}")
+                                      source=f"{run.run_dir} (all splits), sweep {name}")
     except UserError:  # no feature fires on any row: nothing to label
         return {k: None for k in ATLAS_COLUMNS} | {"live": 0}
     write_json_atomic(folder / atlas.ATLAS_JSON, doc)
@@ -681,10 +690,12 @@ def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Pa
     metrics = {s: analysis.evaluate(t.model, run.splits[s]) for s in SPLITS} | {
         "final_train_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
     }
-    bridge.save_mlp(t.model, folder / MLP_PATH)
     record = _mlp_record(c, run)
-    write_json_atomic(folder / MLP_CONFIG_FILE, record)
-    write_json_atomic(folder / METRICS_FILE, metrics)  # last: a folder with metrics.json is complete
+    # One set (jax_impl.artifact_set), metrics.json moved last: a folder with metrics.json is complete.
+    with artifact_set(folder, last=(MLP_CONFIG_FILE, METRICS_FILE)) as staging:
+        bridge.save_mlp(t.model, staging / MLP_PATH)
+        write_json_atomic(staging / MLP_CONFIG_FILE, record)
+        write_json_atomic(staging / METRICS_FILE, metrics)
     return _mlp_row(c, group, json.loads(json.dumps(metrics)), record)
 
 
