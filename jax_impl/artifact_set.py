@@ -64,6 +64,7 @@ def artifact_set(root: Path | str, *, last: Sequence[str] = ()) -> Iterator[Path
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    finish_commit(root)  # one left here (a failed undo, a folder no tidying lists): completed before it is replaced
     staging = create_temporary_folder(root, STAGING)
     try:
         try:
