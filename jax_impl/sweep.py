@@ -12,8 +12,9 @@ rounding: a vmapped matmul may sum in another order than the single one (docs/sw
 
 Outputs under `out_dir` (held with the folder lock, like train-sae): one subfolder per configuration with
 train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, metrics.json) or the MLP's
-(mlp/perfect_mlp.pth and .safetensors, mlp_config.json, metrics.json); sweep.csv and sweep.json (one row
-per configuration; jax_impl.sweep_report) and sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
+(mlp/perfect_mlp.pth and .safetensors, mlp_config.json, metrics.json), each folder committed as one artifact set
+(jax_impl.artifact_set); sweep.csv and sweep.json (one row per configuration; jax_impl.sweep_report) and
+sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
 While a group trains, checkpoints/group-NNN/ holds its training state (jax_impl.checkpoints; removed once the
 group's folders are written), which `resume` continues from; SIGINT/SIGTERM end the sweep after the current
 epoch with a checkpoint (jax_impl.interrupts).
@@ -22,6 +23,7 @@ epoch with a checkpoint (jax_impl.interrupts).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import shutil
 import sys
@@ -444,8 +446,8 @@ def _locked(out_dir: Path | str, resume: bool, configurations: Sequence[SAEConfi
         # What a killed sweep left, only where a sweep writes: each configuration's folder (train-sae's or the
         # MLP's files) and the groups' checkpoints.
         written = [CHECKPOINTS_DIR, f"{CHECKPOINTS_DIR}/group-*"]
-        for c in configurations:
-            written += [c.name, f"{c.name}/{SAELENS_DIR}", f"{c.name}/{MLP_PATH.parent}"]
+        for name in (glob.escape(c.name) for c in configurations):  # a name is a name, not a pattern
+            written += [name, f"{name}/{SAELENS_DIR}", f"{name}/{MLP_PATH.parent}"]
         remove_stale_temporaries(out_dir, written)
         if not resume:  # as train-sae: a fresh start forgets an earlier sweep's training state
             shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
