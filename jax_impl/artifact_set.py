@@ -116,7 +116,7 @@ def _staged_files(staging: Path, last: Sequence[str]) -> list[str]:
     """The regular files under staging as relative POSIX paths: sorted, then `last` in its order."""
     files = []
     for folder, dirs, names in os.walk(staging):  # does not follow symlinks
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not OUR_TEMPORARY.fullmatch(d))  # a writer's private temporary folder
         for name in names:
             path = Path(folder) / name
             if stat.S_ISREG(os.lstat(path).st_mode) and not OUR_TEMPORARY.fullmatch(name):
