@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from flax import nnx
 from safetensors.torch import load_file as _read_safetensors
-from safetensors.torch import save_file as _write_safetensors
+from safetensors.torch import save as _safetensors_bytes
 
 from jax_impl.atomic import atomic_path
 from jax_impl.errors import UserError
@@ -469,10 +469,14 @@ def read_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path | str) -> None:
-    """Write `tensors` as `.safetensors`, atomically. Deterministic: the header lists names in sorted order."""
+    """Write `tensors` as `.safetensors`, atomically. Deterministic: the header lists names in sorted order.
+
+    The bytes are made in memory and written into atomic_path's temporary: safetensors' save_file would write
+    a file of its own (mode 0600, whatever the umask) and rename it over ours."""
     contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
+    data = _safetensors_bytes(contiguous, metadata={"format": "pt"})  # "pt": HF's loaders expect it
     with atomic_path(path) as tmp:
-        _write_safetensors(contiguous, str(tmp), metadata={"format": "pt"})  # "pt": HF's loaders expect it
+        tmp.write_bytes(data)
 
 
 def _load_state_dict_file(path: Path | str) -> Mapping[str, object]:

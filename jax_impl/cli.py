@@ -224,8 +224,8 @@ def cmd_causal(args: argparse.Namespace) -> int:
     from jax_impl.causal.config import CausalConfig
     from jax_impl.causal.runner import causal_map, check_hooks, parse_sae_flags
     from jax_impl.causal.variables import TaskVariables
-    from jax_impl.locks import folder_lock
-    from jax_impl.rundir import Run
+    from jax_impl.locks import folder_lock, remove_stale_temporaries
+    from jax_impl.rundir import WRITTEN_FOLDERS, Run
     from jax_impl.task import TaskShape
 
     config = CausalConfig.quick() if args.quick else CausalConfig()
@@ -245,6 +245,7 @@ def cmd_causal(args: argparse.Namespace) -> int:
     out_dir = args.out or args.run_dir
     run = Run(args.run_dir, run_config, out_dir=out_dir)
     with folder_lock(Path(out_dir), flag="--out" if args.out else "--run-dir", what="output folder"):
+        remove_stale_temporaries(Path(out_dir), WRITTEN_FOLDERS)
         document = causal_map(run, hooks=hooks, sae_paths=sae_paths, config=config)
     print(f"Saved {Path(out_dir) / 'causal' / 'causal.json'} and causal.html")
     return 0 if document else 1

@@ -4,6 +4,10 @@ For each model two files under `RUN_DIR/export/`: a TorchScript module (`*.torch
 `torch.jit.load`) and a `torch.export` program (`*.pt2`, for `torch.export.load`) whose batch
 dimension is dynamic. Both carry their own code, so they load in a process that cannot import this
 project. The MLP returns `(prediction (N, 1), layer2 (N, 512))`, the SAE `(reconstruction, features)`.
+
+`monosem export` (export_run) writes the four programs, the `.safetensors` twins and the SAELens folder as one
+artifact set (jax_impl.artifact_set) under the run directory's lock: all of them or, on any failure, none.
+The archives' bytes depend on neither the checkout's place nor PYTHONHASHSEED.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from pathlib import Path
 import torch
 
 from jax_impl import bridge, saelens
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import atomic_path
-from jax_impl.rundir import MLP_PATH, SAE_PATH, SAELENS_DIR
+from jax_impl.locks import folder_lock, remove_stale_temporaries
+from jax_impl.rundir import MLP_PATH, SAE_PATH, SAELENS_DIR, WRITTEN_FOLDERS
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.saes import SAE
 from torch_ref.models import mlp_from_state_dict
@@ -81,9 +87,32 @@ def _relative_strings_in_pickle(data: bytes) -> bytes | None:
     return b"".join([*out, data[last:]])
 
 
+# TorchScript declares a module's constants (`eps : Final[float] = 1e-05`, `in_features : Final[int] = 20`) in
+# the iteration order of a Python set of their names (torch.jit._recursive.infer_concrete_type_builder), which
+# follows the process's string hash seed: the same module scripted under two PYTHONHASHSEEDs gave two archives.
+# Each run of consecutive declarations is put in name order; the order carries no meaning (each is a named class
+# attribute), the run keeps its length, so the debug tables' byte offsets into the code still hold.
+_CONSTANT_LINE = re.compile(rb"  [A-Za-z_]\w* : Final\[.*\] = .*")
+
+
+def _constants_in_name_order(code: bytes) -> bytes:
+    """TorchScript code with each run of consecutive constant declarations sorted by name."""
+    lines = code.split(b"\n")
+    out, run = [], []
+    for line in lines:
+        if _CONSTANT_LINE.fullmatch(line):
+            run.append(line)
+            continue
+        out += sorted(run) + [line]
+        run = []
+    return b"\n".join(out + sorted(run))
+
+
 def _without_absolute_paths(path: Path) -> None:
     """Rewrite the TorchScript archive at `path` (in place) with package-relative file names in its debug
-    tables; a table that cannot be rewritten is left out (TorchScript loads and runs without them).
+    tables (a table that cannot be rewritten is left out: TorchScript loads and runs without them) and its
+    constants in name order (_constants_in_name_order), so its bytes follow neither the checkout's place nor
+    PYTHONHASHSEED.
 
     torch's own archive reader and writer (torch._C, private, fine with torch pinned) keep its layout: records
     aligned for memory mapping, and the serialization id recomputed from what is written."""
@@ -98,6 +127,8 @@ def _without_absolute_paths(path: Path) -> None:
             data = _relative_strings_in_pickle(data)
             if data is None:
                 continue
+        elif name.startswith("code/") and name.endswith(".py"):
+            data = _constants_in_name_order(data)
         writer.write_record(name, data, len(data))
     writer.write_end_of_file()
 
@@ -137,7 +168,8 @@ def _export(module: torch.nn.Module, in_features: int, torchscript_path: Path, p
 
 
 def export_models(mlp: InterpretabilityMLP, sae: SAE, run_dir: Path | str) -> dict[str, Path]:
-    """Write the four EXPORT_FILES under `run_dir` (each atomically); returns their paths by name."""
+    """Write the four EXPORT_FILES under `run_dir` (each atomically; the pipeline gives its stage's staging
+    folder); returns their paths by name."""
     run_dir = Path(run_dir)
     paths = {name: run_dir / rel for name, rel in EXPORT_FILES.items()}
     torch_mlp = mlp_from_state_dict(bridge.mlp_to_state_dict(mlp))
@@ -149,15 +181,20 @@ def export_models(mlp: InterpretabilityMLP, sae: SAE, run_dir: Path | str) -> di
 
 def export_run(run_dir: Path | str) -> dict[str, Path]:
     """Export the `.pth` models of a finished run (read with weights_only=True, validated by the bridge), and
-    (re)write the SAE's SAELens folder and the `.safetensors` twins, for runs written before they existed."""
+    (re)write the SAE's SAELens folder and the `.safetensors` twins, for runs written before they existed; all
+    of them one artifact set, under the run directory's lock. Returns their paths by name."""
     run_dir = Path(run_dir)
-    mlp, sae = bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH)
-    paths = export_models(mlp, sae, run_dir)
-    for path, state in ((MLP_PATH, bridge.mlp_to_state_dict(mlp)), (SAE_PATH, bridge.sae_to_state_dict(sae))):
-        paths[f"{path.stem}_safetensors"] = run_dir / bridge.safetensors_twin(path)
-        bridge.write_safetensors(state, paths[f"{path.stem}_safetensors"])
-    paths["sae_saelens"] = saelens.save_saelens(sae, run_dir / SAELENS_DIR)
-    return paths
+    bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH)  # checked first: a wrong --run-dir stays as it is
+    with folder_lock(run_dir, flag="--run-dir", what="run directory"):
+        remove_stale_temporaries(run_dir, WRITTEN_FOLDERS)
+        mlp, sae = bridge.load_mlp(run_dir / MLP_PATH), bridge.load_sae(run_dir / SAE_PATH)  # as the tidying left them
+        with artifact_set(run_dir) as staging:
+            written = export_models(mlp, sae, staging)
+            for path, state in ((MLP_PATH, bridge.mlp_to_state_dict(mlp)), (SAE_PATH, bridge.sae_to_state_dict(sae))):
+                written[f"{path.stem}_safetensors"] = staging / bridge.safetensors_twin(path)
+                bridge.write_safetensors(state, written[f"{path.stem}_safetensors"])
+            written["sae_saelens"] = saelens.save_saelens(sae, staging / SAELENS_DIR)
+    return {name: run_dir / path.relative_to(staging) for name, path in written.items()}
 
 
 def export_sae(sae: SAE, torchscript_path: Path | str) -> Path:

@@ -1,8 +1,10 @@
 """`monosem run`: the seed's pipeline as named stages over one run directory.
 
 data -> mlp -> harvest -> sae -> atlas -> causal -> probe -> reports -> export (`STAGES`).
-Every stage writes its artifacts atomically and then records itself in `manifest.json`, so a killed
-run leaves only complete files and `--resume` restarts at the first stage not recorded. The training
+Every stage writes its artifacts and the `manifest.json` that records it as one artifact set
+(jax_impl.artifact_set: staged in the run directory, then committed together), so a failed or killed stage
+leaves the files and manifest of the stages before it as they were, and `--resume` restarts at the first
+stage not recorded. The training
 stages (mlp, sae) also checkpoint their state inside the stage (RUN_DIR/checkpoints/STAGE,
 jax_impl.checkpoints), and `--resume` continues such a stage from its newest valid checkpoint.
 """
@@ -26,17 +28,18 @@ import numpy as np
 from flax import nnx
 
 from jax_impl import analysis, atlas, bridge, reports, sae_training, saelens, saes
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import write_json_atomic, write_text_atomic
 from jax_impl.checkpoints import TrainingCheckpoints
 from jax_impl.config import CheckpointPolicy, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.export import EXPORT_FILES, export_models
-from jax_impl.causal.runner import CAUSAL_HTML, CAUSAL_JSON, causal_map, read_causal
+from jax_impl.causal.runner import CAUSAL_HTML, CAUSAL_JSON, causal_map, read_causal, write_causal
 from jax_impl.harvest import harvest_activations
 from jax_impl.locks import folder_lock, remove_stale_temporaries
 from jax_impl.rundir import (  # noqa: F401  (re-exported: the layout names callers knew from here)
     ACTIVATIONS_PATH, CHECKPOINTS_DIR, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE, LOCK, MANIFEST, MLP_PATH,
-    PROBE_PATH, SAE_PATH, SAELENS_DIR, Run, dataset_path, read_manifest,
+    PROBE_PATH, SAE_PATH, SAELENS_DIR, WRITTEN_FOLDERS, Run, dataset_path, read_manifest,
 )
 from jax_impl.models import InterpretabilityMLP
 from jax_impl.online import fit_mlp_online
@@ -46,22 +49,23 @@ from jax_impl.train import fit_mlp
 Log = Callable[[str], None]
 
 
-# --- stages: each returns the metrics it wants recorded in the manifest ---------------------------------
+# --- stages: each writes its files under `out` (run_pipeline: the staging folder of the stage's artifact set;
+# by default the run's own folder) and returns the metrics it wants recorded in the manifest -----------------
 
 
-def stage_data(run: Run) -> dict:
+def stage_data(run: Run, out: Path | None = None) -> dict:
     d = run.config.data
     sizes = {"train": d.n_train, "val": d.n_val, "test": d.n_test}
     splits = generate_splits(run.key(KEY_DATA), sizes, run.shape)
     for name, split in splits.items():
-        path = dataset_path(run.run_dir, name)
+        path = dataset_path(run.run_dir if out is None else out, name)
         run.log(f"Generating {len(split)} rows for {path.name}...")
         write_split(path, split)
     run.splits = splits
     return {"rows": sizes}
 
 
-def stage_mlp(run: Run, checkpoints: TrainingCheckpoints | None = None) -> dict:
+def stage_mlp(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoints | None = None) -> dict:
     train, val, test = (run.splits[s] for s in SPLITS)
     model = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(run.key(KEY_MLP_INIT)))
     if run.config.mlp.data == "online":  # fresh rows every step; the train split is only harvested
@@ -74,22 +78,22 @@ def stage_mlp(run: Run, checkpoints: TrainingCheckpoints | None = None) -> dict:
             model, train.inputs, train.targets, run.config.mlp,
             key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log, checkpoints=checkpoints,
         )
-    bridge.save_mlp(result.model, run.run_dir / MLP_PATH)
+    bridge.save_mlp(result.model, (run.run_dir if out is None else out) / MLP_PATH)
     run.mlp = result.model
     return {s: analysis.evaluate(result.model, run.splits[s]) for s in SPLITS} | {
         "final_train_loss": float(result.epoch_losses[-1])
     }
 
 
-def stage_harvest(run: Run) -> dict:
+def stage_harvest(run: Run, out: Path | None = None) -> dict:
     activations = harvest_activations(run.mlp, run.splits["train"].inputs, run.hook)
-    bridge.save_activations(activations, run.run_dir / ACTIVATIONS_PATH)
+    bridge.save_activations(activations, (run.run_dir if out is None else out) / ACTIVATIONS_PATH)
     run.log(f"Saved activations of shape: {list(activations.shape)}")
     run.activations = activations
     return {"shape": list(activations.shape), "hook": run.hook}
 
 
-def stage_sae(run: Run, checkpoints: TrainingCheckpoints | None = None) -> dict:
+def stage_sae(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoints | None = None) -> dict:
     cfg = run.config.sae
     run.log(f"Loaded activations: {list(run.activations.shape)}")
     sae = saes.create(
@@ -98,8 +102,9 @@ def stage_sae(run: Run, checkpoints: TrainingCheckpoints | None = None) -> dict:
     result = sae_training.fit(
         sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log, checkpoints=checkpoints
     )
-    bridge.save_sae(result.model, run.run_dir / SAE_PATH)
-    saelens.save_saelens(result.model, run.run_dir / SAELENS_DIR, hook_name=run.hook)
+    out = run.run_dir if out is None else out
+    bridge.save_sae(result.model, out / SAE_PATH)
+    saelens.save_saelens(result.model, out / SAELENS_DIR, hook_name=run.hook)
     run.sae = result.model
     return {
         "variant": cfg.variant,
@@ -115,21 +120,22 @@ def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
     return test.inputs[:5]
 
 
-def stage_atlas(run: Run) -> dict:
+def stage_atlas(run: Run, out: Path | None = None) -> dict:
     """Label every SAE feature on all rows and test the labels causally (a few seconds)."""
     rows = run.rows()
     # The source names no path: the same run in another directory writes the same bytes.
     doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source="the run's train, val and test splits",
                                   hook=run.hook)
-    atlas.write_atlas(doc, run.out_dir)
+    atlas.write_atlas(doc, run.out_dir if out is None else out)
     run.log(atlas.format_summary(doc))
     return {"metrics": doc["metrics"], "summary": doc["summary"]}
 
 
-def stage_causal(run: Run) -> dict:
+def stage_causal(run: Run, out: Path | None = None) -> dict:
     """The causal map at the run's hook with its own SAE (config.causal: by default CausalConfig.quick();
     `monosem causal` does every hook)."""
-    doc = causal_map(run, hooks=[run.hook], config=run.config.causal, log=run.log)
+    doc = causal_map(run, hooks=[run.hook], config=run.config.causal, log=run.log, write=False)
+    write_causal(doc, run.out_dir if out is None else out)
     best = {v: {k: d["best"][k] for k in ("hook", "das_iia", "iia", "isolation")} | {"features": len(d["best"]["features"])}
             for v, d in doc["variables"].items()}
     circuit = doc["circuit"] and {k: doc["circuit"][k] for k in ("hook", "variables", "size", "share")}
@@ -144,35 +150,38 @@ def probe_text(run: Run, rows: np.ndarray) -> str:
     return "\n".join(analysis.format_probe(report, labels) for report in reports)
 
 
-def stage_probe(run: Run) -> dict:
+def stage_probe(run: Run, out: Path | None = None) -> dict:
     text = probe_text(run, probe_inputs(run.shape, run.splits["test"]))
     run.log(text)
-    write_text_atomic(run.run_dir / PROBE_PATH, text + "\n")
+    write_text_atomic((run.run_dir if out is None else out) / PROBE_PATH, text + "\n")
     return {}
 
 
-def stage_reports(run: Run) -> dict:
+def stage_reports(run: Run, out: Path | None = None) -> dict:
     """The circuit trace workbook and the three HTML reports, over the train + val + test rows."""
+    out = run.out_dir if out is None else out
     rows = run.rows()
     predictions, layer2 = analysis.mlp_forward(run.mlp, rows.inputs, run.hook)  # the hook's activation
     _, features = analysis.sae_forward(run.sae, layer2)
     causal_json = run.out_dir / CAUSAL_JSON
     causal = read_causal(causal_json) if causal_json.exists() else None
     paths = reports.write_reports(
-        run.out_dir, rows.inputs, rows.targets, predictions, layer2, features,
+        out, rows.inputs, rows.targets, predictions, layer2, features,
         x_dim=run.shape.x_dim, y_dim=run.shape.y_dim, log=run.log, causal=causal,
     )
-    return {"rows": len(rows), "files": [str(p.relative_to(run.out_dir)) for p in paths.values()]}
+    return {"rows": len(rows), "files": [str(p.relative_to(out)) for p in paths.values()]}
 
 
-def stage_export(run: Run) -> dict:
-    paths = export_models(run.mlp, run.sae, run.run_dir)
-    return {"files": [str(p.relative_to(run.run_dir)) for p in paths.values()]}
+def stage_export(run: Run, out: Path | None = None) -> dict:
+    out = run.run_dir if out is None else out
+    paths = export_models(run.mlp, run.sae, out)
+    return {"files": [str(p.relative_to(out)) for p in paths.values()]}
 
 
 @dataclass(frozen=True)
 class Stage:
-    """fn(run) -> metrics; a training stage's fn also takes `checkpoints` (its TrainingCheckpoints)."""
+    """fn(run, out) -> metrics, its files written under `out`; a training stage's fn also takes `checkpoints`
+    (its TrainingCheckpoints)."""
 
     name: str
     title: str
@@ -281,19 +290,32 @@ def _stage_checkpoints(run_dir: Path, stage: Stage, config: RunConfig, policy: C
 
 
 def _remove_checkpoints(run_dir: Path, keep: str | None) -> None:
-    """Remove the checkpoint folders of every stage but `keep` (and the checkpoints folder once empty)."""
+    """Remove the checkpoint folders of every training stage but `keep` (and the checkpoints folder once empty);
+    nothing else in it, and nothing through a symlink (a linked folder is not ours to empty)."""
     folder = run_dir / CHECKPOINTS_DIR
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return
-    for child in folder.iterdir():
-        if child.name == keep:
-            continue
-        if child.is_dir() and not child.is_symlink():
+    for stage in STAGES:
+        child = folder / stage.name
+        if stage.trains and stage.name != keep and child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
-        else:
-            child.unlink()
     with contextlib.suppress(OSError):
         folder.rmdir()  # only if empty
+
+
+def run_stage(run: Run, stage: Stage, manifest: dict, checkpoints: TrainingCheckpoints | None = None) -> dict:
+    """Run one stage and commit its files together with the manifest that records it, as one artifact set
+    (jax_impl.artifact_set; the caller holds the run directory's lock). Returns the new manifest; on any
+    failure the run directory holds its previous files and manifest."""
+    with artifact_set(run.run_dir, last=(MANIFEST,)) as staging:
+        t0 = time.perf_counter()
+        metrics = stage.fn(run, staging, checkpoints=checkpoints) if stage.trains else stage.fn(run, staging)
+        seconds = time.perf_counter() - t0
+        recorded = {"seconds": round(seconds, 3), "completed_at": datetime.now().isoformat()}
+        manifest = {**manifest, "stages": {**manifest["stages"], stage.name: recorded},
+                    "metrics": {**manifest["metrics"], stage.name: metrics}}
+        write_json_atomic(staging / MANIFEST, manifest)
+    return manifest
 
 
 def run_pipeline(
@@ -309,7 +331,7 @@ def run_pipeline(
     run_dir = Path(run_dir)
     started = datetime.now()
     with run_dir_lock(run_dir):
-        remove_stale_temporaries(run_dir)
+        remove_stale_temporaries(run_dir, WRITTEN_FOLDERS)
         previous = read_manifest(run_dir)
         done = _completed_stages(previous, config, run_dir, resume)
         first_pending = next((stage.name for stage in STAGES if stage.name not in done), None)
@@ -328,16 +350,8 @@ def run_pipeline(
                 log(f"[{i}/{len(STAGES)}] {stage.title}: already completed, skipped (--resume)")
                 continue
             log(f"[{i}/{len(STAGES)}] {stage.title}...")
-            t0 = time.perf_counter()
-            if stage.trains:
-                checkpoints = _stage_checkpoints(run_dir, stage, config, checkpoint_every, resume, log)
-                metrics = stage.fn(run, checkpoints=checkpoints)
-            else:
-                checkpoints, metrics = None, stage.fn(run)
-            seconds = time.perf_counter() - t0
-            manifest["stages"][stage.name] = {"seconds": round(seconds, 3), "completed_at": datetime.now().isoformat()}
-            manifest["metrics"][stage.name] = metrics
-            write_json_atomic(run_dir / MANIFEST, manifest)
+            checkpoints = _stage_checkpoints(run_dir, stage, config, checkpoint_every, resume, log) if stage.trains else None
+            manifest = run_stage(run, stage, manifest, checkpoints)
             if checkpoints is not None:  # recorded as completed: its checkpoints are no longer needed
                 _remove_checkpoints(run_dir, keep=None)
         seconds = {name: s["seconds"] for name, s in manifest["stages"].items()}

@@ -40,6 +40,10 @@ SAE_PATH = Path("sae/sae_model.pth")
 SAELENS_DIR = Path("sae/saelens")
 PROBE_PATH = Path("probe.txt")
 CHECKPOINTS_DIR = Path("checkpoints")  # training state of an unfinished stage (jax_impl.checkpoints); removed when it completes
+# Every folder of a run directory (or of an --out folder of `causal`) that monosem's writers write into: the
+# only places jax_impl.locks.remove_stale_temporaries looks for what a killed writer left (a glob per component).
+WRITTEN_FOLDERS = ("dataset", "mlp", "sae", "sae/saelens", "export", "causal", "causal/saes/*",
+                   "causal/saes/*/saelens", "checkpoints", "checkpoints/*")
 
 # Independent PRNG streams per purpose, derived from the one user seed (`Run.key(stream)`).
 KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE = range(5)

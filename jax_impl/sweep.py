@@ -12,8 +12,9 @@ rounding: a vmapped matmul may sum in another order than the single one (docs/sw
 
 Outputs under `out_dir` (held with the folder lock, like train-sae): one subfolder per configuration with
 train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, metrics.json) or the MLP's
-(mlp/perfect_mlp.pth and .safetensors, mlp_config.json, metrics.json); sweep.csv and sweep.json (one row
-per configuration; jax_impl.sweep_report) and sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
+(mlp/perfect_mlp.pth and .safetensors, mlp_config.json, metrics.json), each folder committed as one artifact set
+(jax_impl.artifact_set); sweep.csv and sweep.json (one row per configuration; jax_impl.sweep_report) and
+sweep.html (the L0-vs-EV Pareto front, or the MLP seeds' spread).
 While a group trains, checkpoints/group-NNN/ holds its training state (jax_impl.checkpoints; removed once the
 group's folders are written), which `resume` continues from; SIGINT/SIGTERM end the sweep after the current
 epoch with a checkpoint (jax_impl.interrupts). A configuration that diverges (train.divergence, a state that ends
@@ -24,6 +25,7 @@ line then exits 1 with one line).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import shutil
@@ -42,6 +44,7 @@ from tqdm import tqdm
 
 from jax_impl import analysis, atlas, bridge, interrupts, jsonfile, saes
 from jax_impl.activations import ActivationFile, open_activations
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import write_json_atomic
 from jax_impl.checkpoints import TrainingCheckpoints, data_mismatch
 from jax_impl.checks import check_dict_size, check_memory
@@ -62,8 +65,8 @@ from jax_impl.train import (
     resume_progress, sae_optimizer, save_or_stop, steps_per_epoch,
 )
 from jax_impl.train_sae import (
-    CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, SAE_FILE, KEY_INIT, KEY_SHUFFLE, activations_record, check_metrics,
-    config_record, reconstruction_metrics, write_artifacts,
+    CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, LAST_FILES, SAE_FILE, SAELENS_DIR, KEY_INIT, KEY_SHUFFLE,
+    activations_record, check_metrics, config_record, reconstruction_metrics, stage_artifacts,
 )
 
 CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
@@ -416,7 +419,7 @@ def run_sweep(
             check_memory(mlp_training_bytes(run.shape.input_dim, cfg.batch_size, steps, len(members)),
                          f"--grid: {len(members)} MLP configuration(s) of {cfg.epochs} epochs trained at once "
                          f"({members[0].name}, ...)", "the sweep")
-        return _locked(out_dir, resume, lambda: _mlp_sweep(configurations, run, out_dir, grid,
+        return _locked(out_dir, resume, configurations, lambda: _mlp_sweep(configurations, run, out_dir, grid,
                                                            _Resume(resume, checkpoint_every), log))
     # The flags first (an explicit 0 is refused, never taken for "not given"), then the run directory's defaults.
     if chunk_rows < 1:
@@ -464,16 +467,22 @@ def run_sweep(
     if run is not None and atlas_scores:
         run.mlp  # noqa: B018  (load the run's MLP and splits before the lock: a bad run directory writes nothing)
         run.splits  # noqa: B018
-    return _locked(out_dir, resume, lambda: _sae_sweep(configurations, source, run if atlas_scores else None, out_dir,
+    return _locked(out_dir, resume, configurations, lambda: _sae_sweep(configurations, source, run if atlas_scores else None, out_dir,
                                                        grid, chunk_rows, _Resume(resume, checkpoint_every), log))
 
 
-def _locked(out_dir: Path | str, resume: bool, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _locked(out_dir: Path | str, resume: bool, configurations: Sequence[SAEConfiguration | MLPConfiguration],
+            work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
     with folder_lock(out_dir, flag="--out", what="output folder"):
-        remove_stale_temporaries(out_dir)
+        # What a killed sweep left, only where a sweep writes: each configuration's folder (train-sae's or the
+        # MLP's files) and the groups' checkpoints.
+        written = [CHECKPOINTS_DIR, f"{CHECKPOINTS_DIR}/group-*"]
+        for name in (glob.escape(c.name) for c in configurations):  # a name is a name, not a pattern
+            written += [name, f"{name}/{SAELENS_DIR}", f"{name}/{MLP_PATH.parent}"]
+        remove_stale_temporaries(out_dir, written)
         if not resume:  # as train-sae: a fresh start forgets an earlier sweep's training state
             shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
         doc = work()
@@ -623,9 +632,10 @@ def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFi
         return {"name": c.name, "group": group, "variant": c.variant, **c.values, "status": str(e),
                 "seconds": round(t.seconds, 3)}
     record = config_record(t.model, c.variant, c.train, source, seed=c.seed, chunk_rows=chunk_rows, devices=1)
-    # The atlas first and metrics.json last: a folder with metrics.json is complete (_read_sae_row).
-    scores = _atlas_scores(run, t.model, folder) if run is not None else None
-    write_artifacts(t.model, folder, record, metrics)
+    # The folder's files, the atlas among them, are one set (metrics.json moved last: _read_sae_row).
+    with artifact_set(folder, last=LAST_FILES) as staging:
+        scores = _atlas_scores(run, t.model, folder.name, staging) if run is not None else None
+        stage_artifacts(t.model, staging, record, metrics)
     return _sae_row(c, group, metrics, record, scores)
 
 
@@ -671,11 +681,12 @@ def _sae_metrics(metrics: jsonfile.Node) -> dict[str, Any]:
 ATLAS_COLUMNS = ("monosemantic_share", "share_f1_0_9", "live", "monosemantic", "consistent_share_of_monosemantic")
 
 
-def _atlas_scores(run: Run, sae: saes.SAE, folder: Path) -> dict[str, Any]:
-    """The atlas's summary scores of sae with the run's MLP on all its rows; the document beside the SAE."""
+def _atlas_scores(run: Run, sae: saes.SAE, name: str, folder: Path) -> dict[str, Any]:
+    """The atlas's summary scores of sae (configuration `name`) with the run's MLP on all its rows; the document
+    written into `folder` (its staging folder)."""
     try:
         doc = atlas.atlas_from_models(run.mlp, sae, run.rows(), run.shape, hook=run.hook,
-                                      source=f"{run.run_dir} (all splits), sweep {folder.name}")
+                                      source=f"{run.run_dir} (all splits), sweep {name}")
     except UserError:  # no feature fires on any row: nothing to label
         return {k: None for k in ATLAS_COLUMNS} | {"live": 0}
     write_json_atomic(folder / atlas.ATLAS_JSON, doc)
@@ -751,10 +762,12 @@ def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Pa
     metrics = {s: analysis.evaluate(t.model, run.splits[s]) for s in SPLITS} | {
         "final_train_loss": t.final_loss, "train_seconds": round(t.seconds, 3),
     }
-    bridge.save_mlp(t.model, folder / MLP_PATH)
     record = _mlp_record(c, run, splits)
-    write_json_atomic(folder / MLP_CONFIG_FILE, record)
-    write_json_atomic(folder / METRICS_FILE, metrics)  # last: a folder with metrics.json is complete
+    # One set (jax_impl.artifact_set), metrics.json moved last: a folder with metrics.json is complete.
+    with artifact_set(folder, last=(MLP_CONFIG_FILE, METRICS_FILE)) as staging:
+        bridge.save_mlp(t.model, staging / MLP_PATH)
+        write_json_atomic(staging / MLP_CONFIG_FILE, record)
+        write_json_atomic(staging / METRICS_FILE, metrics)
     return _mlp_row(c, group, json.loads(json.dumps(metrics)), record)
 
 

@@ -10,8 +10,9 @@ memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tenso
   metrics.json      explained variance, L0, dead fraction and MSE over every row, training seconds
   checkpoints/      the training state while it runs (jax_impl.checkpoints); removed once the files above exist
 
-each written atomically (temporary file, then rename), the JSONs after the weights. `resume=True`
-(`--resume`) continues from the newest valid checkpoint in checkpoints/.
+committed together as one artifact set (jax_impl.artifact_set: staged in out_dir, then renamed into place, the
+JSONs last), so a failure at any point leaves the previous set whole. `resume=True` (`--resume`) continues
+from the newest valid checkpoint in checkpoints/.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from jax.sharding import Mesh
 
 from jax_impl import bridge, sae_training, saelens, saes
 from jax_impl.activations import ActivationFile, check_finite_rows, fingerprint, open_activations
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import write_json_atomic
 from jax_impl import distributed
 from jax_impl.checkpoints import TrainingCheckpoints
@@ -47,6 +49,8 @@ SAELENS_DIR = "saelens"
 CONFIG_FILE = "sae_config.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINTS_DIR = "checkpoints"
+# The folders of out_dir that train-sae writes into (jax_impl.locks sweeps only these, and out_dir itself).
+WRITTEN_FOLDERS = (SAELENS_DIR, CHECKPOINTS_DIR)
 DEFAULT_CHUNK_ROWS = 1 << 18  # 262,144 rows: 512 MiB of float32 at d = 512
 
 _KEY_INIT, _KEY_SHUFFLE = range(2)
@@ -170,7 +174,7 @@ def train_sae(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
     with folder_lock(out_dir, flag="--out", what="output folder"):
-        remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(out_dir, WRITTEN_FOLDERS)
         checkpoints = TrainingCheckpoints(out_dir / CHECKPOINTS_DIR, {
             "architecture": variant, "config": dataclasses.asdict(cfg), "training": dataclasses.asdict(train),
             "dict_size": dict_size, "seed": seed, "chunk_rows": chunk_rows, "devices": 1 if mesh is None else mesh.size,
@@ -255,13 +259,24 @@ def activations_record(source: ActivationFile) -> dict[str, Any]:
     return {"file": source.path.name, "rows": source.n_rows, "width": source.width, "fingerprint": fingerprint(source)}
 
 
+# Moved into place last, in this order: a folder with metrics.json holds a complete set (jax_impl.sweep reads so).
+LAST_FILES = (CONFIG_FILE, METRICS_FILE)
+
+
 def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """train-sae's files for a trained SAE, each atomically, the JSONs after the weights (jax_impl.sweep
-    writes each configuration's folder with this too)."""
-    bridge.save_sae(sae, out_dir / SAE_FILE)
-    saelens.save_saelens(sae, out_dir / SAELENS_DIR, hook_name=None)
-    write_json_atomic(out_dir / CONFIG_FILE, record)
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    """train-sae's files for a trained SAE into out_dir, committed as one set (jax_impl.artifact_set); the
+    caller holds out_dir's lock."""
+    with artifact_set(out_dir, last=LAST_FILES) as staging:
+        stage_artifacts(sae, staging, record, metrics)
+
+
+def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """write_artifacts' files, written into `folder` (an artifact set's staging folder; jax_impl.sweep adds a
+    configuration's atlas to the same set)."""
+    bridge.save_sae(sae, folder / SAE_FILE)
+    saelens.save_saelens(sae, folder / SAELENS_DIR, hook_name=None)
+    write_json_atomic(folder / CONFIG_FILE, record)
+    write_json_atomic(folder / METRICS_FILE, metrics)
 
 
 def _train_distributed(path: Path, out_dir: Path, variant: str, cfg: Any, dict_size: int, train: SAETrainConfig,
@@ -289,7 +304,7 @@ def _train_distributed(path: Path, out_dir: Path, variant: str, cfg: Any, dict_s
                 if out_dir.exists() and not out_dir.is_dir():
                     raise UserError(f"{out_dir}: is a file; --out must be a folder")
                 stack.enter_context(folder_lock(out_dir, flag="--out", what="output folder"))
-                remove_stale_temporaries(out_dir)
+                remove_stale_temporaries(out_dir, WRITTEN_FOLDERS)
             root = jax.random.key(seed)
             sae = saes.create(variant, source.width, dict_size, cfg, key=jax.random.fold_in(root, _KEY_INIT))
             say(f"Training a {variant} SAE ({dict_size} features) on {source.n_rows} x {source.width} activations from "

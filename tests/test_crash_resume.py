@@ -248,18 +248,19 @@ def test_sigkill_in_every_stage_then_resume_matches_an_uninterrupted_run(stages,
 
 
 def test_stale_temporaries_are_swept_only_under_the_lock(tmp_path):
-    """What SIGKILL leaves (`.NAME.<random>.tmp` files and folders) goes at the next run; real files stay."""
+    """What SIGKILL leaves (`.NAME.monosem-<random>.tmp` files and folders, and `.NAME.<random>.tmp` of earlier
+    versions' artifacts) goes at the next run, in the folders the run writes; real files stay."""
     from jax_impl.locks import remove_stale_temporaries
 
     (tmp_path / "mlp").mkdir()
     keep = [tmp_path / "mlp" / "perfect_mlp.pth", tmp_path / ".monosem.lock", tmp_path / "notes.tmp"]
-    stale = [tmp_path / ".manifest.json.abc123.tmp", tmp_path / "mlp" / ".perfect_mlp.pth.x1y2z3.tmp"]
+    stale = [tmp_path / ".manifest.json.abc123de.tmp", tmp_path / "mlp" / ".perfect_mlp.pth.monosem-x1y2z3w4.tmp"]
     for p in keep + stale:
         p.write_bytes(b"x")
-    staged = tmp_path / ".sae_model.pth.q9w8e7.tmp"
+    staged = tmp_path / ".sae_model.pth.monosem-q9w8e7r6.tmp"
     staged.mkdir()
     (staged / "sae_model.pth").write_bytes(b"half")
-    remove_stale_temporaries(tmp_path)
+    remove_stale_temporaries(tmp_path, ["mlp"])
     assert all(p.exists() for p in keep)
     assert not any(p.exists() for p in [*stale, staged])
 

@@ -5,8 +5,8 @@ Each hook's SAE is, in order: the one the caller names for it (`--sae [HOOK=]PAT
 run's hook, an SAE this command trained earlier at that hook with the same recipe (causal/saes/HOOK/), or a new
 one trained now with the run's recipe (architecture, dictionary size, epochs, flags) on the hook's activations
 of the train split, written there as the family's usual files: sae.pth, sae.safetensors, saelens/,
-sae.torchscript.pt, sae_config.json, metrics.json. Every pair is drawn outside the train split (the rows the
-SAEs train on).
+sae.torchscript.pt, sae_config.json, metrics.json, committed as one artifact set (jax_impl.artifact_set), as
+are causal.json and causal.html. Every pair is drawn outside the train split (the rows the SAEs train on).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax
 
 from jax_impl import analysis, bridge, jsonfile, saelens, sae_training, saes
 from jax_impl.atlas import Dictionary
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import write_json_atomic, write_text_atomic
 from jax_impl.causal.page import render_page
 from jax_impl.causal.config import CausalConfig
@@ -84,16 +85,18 @@ def hook_sae(run: Run, hook: str, log: Log = print) -> tuple[saes.SAE, Path]:
 
 
 def write_hook_sae(sae: saes.SAE, folder: Path, hook: str, record: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """The family's files for an SAE at a hook, the config (which marks the set complete) last."""
+    """The family's files for an SAE at a hook, one artifact set; the config (which marks the set complete)
+    moved into place last. The caller holds the output folder's lock."""
     from jax_impl.export import export_sae  # torch-only work, imported when an SAE is written
 
-    bridge.save_sae(sae, folder / SAE_FILE)
-    saelens.save_saelens(sae, folder / "saelens", hook_name=hook)
-    export_sae(sae, folder / "sae.torchscript.pt")
-    write_json_atomic(folder / "metrics.json", metrics)
-    write_json_atomic(folder / SAE_CONFIG_FILE, {"causal": record, "architecture": sae.arch.name,
-                                                 "config": dataclasses.asdict(sae.cfg), "input_dim": sae.input_dim,
-                                                 "dict_size": sae.dict_size})
+    with artifact_set(folder, last=("metrics.json", SAE_CONFIG_FILE)) as staging:
+        bridge.save_sae(sae, staging / SAE_FILE)
+        saelens.save_saelens(sae, staging / "saelens", hook_name=hook)
+        export_sae(sae, staging / "sae.torchscript.pt")
+        write_json_atomic(staging / "metrics.json", metrics)
+        write_json_atomic(staging / SAE_CONFIG_FILE, {"causal": record, "architecture": sae.arch.name,
+                                                      "config": dataclasses.asdict(sae.cfg), "input_dim": sae.input_dim,
+                                                      "dict_size": sae.dict_size})
 
 
 def parse_sae_flags(values: Sequence[str], default_hook: str) -> dict[str, Path]:
@@ -218,10 +221,11 @@ def format_summary(document: Mapping[str, Any]) -> str:
 
 
 def write_causal(document: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    json_path, html_path = Path(out_dir) / CAUSAL_JSON, Path(out_dir) / CAUSAL_HTML
-    write_json_atomic(json_path, document)
-    write_text_atomic(html_path, render_page(document))
-    return json_path, html_path
+    """out_dir/causal/causal.json and its page, one artifact set; the caller holds out_dir's lock."""
+    with artifact_set(out_dir, last=(CAUSAL_JSON.as_posix(),)) as staging:
+        write_json_atomic(staging / CAUSAL_JSON, document)
+        write_text_atomic(staging / CAUSAL_HTML, render_page(document))
+    return Path(out_dir) / CAUSAL_JSON, Path(out_dir) / CAUSAL_HTML
 
 
 def read_causal(path: Path) -> dict[str, Any]:
