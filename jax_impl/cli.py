@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from pathlib import Path
 
@@ -189,10 +190,26 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if all(row.ok for row in rows) else 1
 
 
+@contextlib.contextmanager
+def _output_set(out_dir: Path, flag: str) -> Iterator[Path]:
+    """Hold out_dir's lock (jax_impl.locks) and yield a staging folder whose files are committed into out_dir
+    as one artifact set (jax_impl.artifact_set): a failure leaves out_dir's previous files as they were."""
+    from jax_impl.artifact_set import artifact_set
+    from jax_impl.locks import folder_lock, remove_stale_temporaries
+    from jax_impl.rundir import WRITTEN_FOLDERS
+
+    with folder_lock(out_dir, flag=flag, what="output folder"):
+        remove_stale_temporaries(out_dir, WRITTEN_FOLDERS)
+        with artifact_set(out_dir) as staging:
+            yield staging
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from jax_impl.pipeline import stage_reports
 
-    stage_reports(_run_with_sae(args, writes=True))
+    run = _run_with_sae(args, writes=True)
+    with _output_set(run.out_dir, "--out" if args.out else "--run-dir") as staging:
+        stage_reports(run, staging)
     return 0
 
 
@@ -215,8 +232,10 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         hook=run.hook, min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
     print(atlas.format_summary(doc))
-    for path in atlas.write_atlas(doc, run.out_dir):
-        print(f"Saved {path}")
+    with _output_set(run.out_dir, "--out" if args.out else "--run-dir") as staging:
+        written = atlas.write_atlas(doc, staging)
+    for path in written:
+        print(f"Saved {run.out_dir / path.relative_to(staging)}")
     return 0
 
 

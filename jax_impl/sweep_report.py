@@ -19,6 +19,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import write_json_atomic, write_text_atomic
 
 SWEEP_JSON, SWEEP_CSV, SWEEP_HTML = "sweep.json", "sweep.csv", "sweep.html"
@@ -174,17 +175,18 @@ def mlp_figure(doc: Mapping[str, Any]) -> go.Figure:
 
 
 def write_report(out_dir: Path, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    """Complete doc (pareto, spread), write sweep.json, sweep.csv and sweep.html into out_dir atomically, log
-    the table. Returns doc."""
+    """Complete doc (pareto, spread), write sweep.json, sweep.csv and sweep.html into out_dir as one artifact set
+    (jax_impl.artifact_set; the caller holds out_dir's lock), log the table. Returns doc."""
     if doc["stage"] == "sae":
         doc["pareto"] = pareto_front(doc["configurations"])
         for row in doc["configurations"]:
             row["pareto"] = row["name"] in doc["pareto"]
     doc["spread"] = seed_spread(doc)
-    write_json_atomic(out_dir / SWEEP_JSON, _finite(doc))
-    write_text_atomic(out_dir / SWEEP_CSV, csv_text(doc))
     figure = sae_figure(doc) if doc["stage"] == "sae" else mlp_figure(doc)
-    write_text_atomic(out_dir / SWEEP_HTML, figure.to_html(include_plotlyjs=True, full_html=True))
+    with artifact_set(out_dir, last=(SWEEP_JSON,)) as staging:
+        write_json_atomic(staging / SWEEP_JSON, _finite(doc))
+        write_text_atomic(staging / SWEEP_CSV, csv_text(doc))
+        write_text_atomic(staging / SWEEP_HTML, figure.to_html(include_plotlyjs=True, full_html=True))
     log(format_table(doc))
     log(f"Wrote {out_dir / SWEEP_CSV}, {out_dir / SWEEP_JSON} and {out_dir / SWEEP_HTML}")
     return doc

@@ -30,9 +30,11 @@ from statistics import NormalDist
 import numpy as np
 
 from jax_impl import jsonfile
+from jax_impl.artifact_set import artifact_set
 from jax_impl.atomic import atomic_path, write_json_atomic
 from jax_impl.checks import require_finite
 from jax_impl.errors import UserError
+from jax_impl.locks import folder_lock, remove_stale_temporaries
 
 ACTIVATIONS_FILE = "activations.npy"
 TRUTH_FILE = "ground_truth.npz"
@@ -181,17 +183,20 @@ def generate(cfg: SyntheticConfig) -> tuple[np.ndarray, GroundTruth]:
 
 
 def write_synthetic(cfg: SyntheticConfig, out_dir: Path | str) -> Path:
-    """Generate and write ACTIVATIONS_FILE, TRUTH_FILE and CONFIG_FILE into out_dir (each atomically)."""
+    """Generate and write ACTIVATIONS_FILE, TRUTH_FILE and CONFIG_FILE into out_dir, one artifact set
+    (jax_impl.artifact_set) under out_dir's lock (jax_impl.locks)."""
     x, truth = generate(cfg)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; --out must be a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / ACTIVATIONS_FILE) as tmp, open(tmp, "wb") as f:
-        np.save(f, x)  # a file object: np.save would append .npy to the temporary's name
-    with atomic_path(out_dir / TRUTH_FILE) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **dataclasses.asdict(truth))
-    write_json_atomic(out_dir / CONFIG_FILE, dataclasses.asdict(cfg))
+    with folder_lock(out_dir, flag="--out", what="output folder"):
+        remove_stale_temporaries(out_dir)
+        with artifact_set(out_dir, last=(CONFIG_FILE,)) as staging:
+            with atomic_path(staging / ACTIVATIONS_FILE) as tmp, open(tmp, "wb") as f:
+                np.save(f, x)  # a file object: np.save would append .npy to the temporary's name
+            with atomic_path(staging / TRUTH_FILE) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **dataclasses.asdict(truth))
+            write_json_atomic(staging / CONFIG_FILE, dataclasses.asdict(cfg))
     return out_dir
 
 

@@ -463,3 +463,44 @@ def test_torchscript_bytes_do_not_depend_on_the_hash_seed(tmp_path):
         assert p.returncode == 0, output[-2000:]
     first, second = ((f / "mlp.torchscript.pt").read_bytes() for f in folders)
     assert first == second
+
+
+# --------------------------------------------------------------------------- the other commands' sets
+
+SYNTHETIC = ["--rows", "64", "--dim", "8", "--n-features", "12", "--parents", "2", "--children-per-parent", "2",
+             "--correlation-rank", "1"]
+
+
+def test_synthetic_failing_at_every_write_leaves_the_previous_set(tmp_path, monkeypatch, capsys):
+    """`monosem synthetic`'s three files (activations, ground truth, config) are one set."""
+    previous = tmp_path / "previous"
+    assert main(["synthetic", "--out", str(previous), *SYNTHETIC, "--seed", "0"]) == 0
+    new = tmp_path / "new"
+    assert main(["synthetic", "--out", str(new), *SYNTHETIC, "--seed", "1"]) == 0
+    out = tmp_path / "out"
+
+    def failed(name, k):
+        assert NO_SPACE in _one_line(capsys, out), (name, k)
+        assert _files(out) == _files(previous), (name, k)
+
+    def reset():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(previous, out)
+
+    renames = _fail_each_write_in_turn(
+        monkeypatch, out, lambda: main(["synthetic", "--out", str(out), *SYNTHETIC, "--seed", "1"]), failed, reset)
+    assert renames == 3 + 1 + 2 * 3, renames
+    assert _files(out) == _files(new)
+
+
+def test_the_atlas_command_failing_mid_commit_leaves_the_previous_atlas(run_copy, monkeypatch, capsys):
+    """`monosem atlas` takes the folder's lock and commits feature_atlas.json and .html together."""
+    (run_copy / "feature_atlas.html").write_text("an older page\n")
+    before = _files(run_copy)
+    with monkeypatch.context() as m:  # the json's own write, the html's, the journal, the json's two moves
+        m.setattr(os, "replace", _Failing(os.replace, run_copy, 2 + 1 + 2 + 1))  # ... then the html's first
+        assert main(["atlas", "--run-dir", str(run_copy)]) == 2
+    assert NO_SPACE in _one_line(capsys, run_copy)
+    assert _files(run_copy) == before
+    assert main(["atlas", "--run-dir", str(run_copy)]) == 0
+    assert _files(run_copy)["feature_atlas.html"] != before["feature_atlas.html"]

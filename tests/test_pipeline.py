@@ -158,9 +158,11 @@ def test_unknown_flag_exits_2(capsys):
 
 
 def test_second_process_in_the_same_run_dir_is_refused(tmp_path):
+    # The child takes the lock as run_dir_lock does (folder_lock), without importing the pipeline (torch, plotly:
+    # seconds per process) that the parent's run_dir_lock already brought in.
     child = (
-        "import sys; from pathlib import Path; from jax_impl.pipeline import run_dir_lock\n"
-        "with run_dir_lock(Path(sys.argv[1])): pass"
+        "import sys; from pathlib import Path; from jax_impl.locks import folder_lock\n"
+        "with folder_lock(Path(sys.argv[1]), flag='--run-dir', what='run directory'): pass"
     )
     with run_dir_lock(tmp_path):
         refused = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True)
