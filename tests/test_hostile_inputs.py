@@ -178,7 +178,7 @@ def test_pickled_code_is_refused_by_every_command(argv, kind, tmp_path, capsys):
     assert not marker.exists()
     # nothing was written or changed, nothing half-written left behind
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".monosem.lock"} == {
-        p: b for p, b in before.items()
+        p: b for p, b in before.items() if p.name != ".monosem.lock"  # (synthetic's folder holds one of its own)
     }
 
 
