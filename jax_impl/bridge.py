@@ -10,7 +10,7 @@ loads with no unpickler at all; every loader takes either, with the same checks 
 
 A file's tensors declare their sizes, and a 4 KB file can declare terabytes: a view of a few bytes of storage
 with stride 0 (`torch.zeros(1).expand(10**12, 512)`), or a `.safetensors` header whose shapes the file does
-not hold. Every reader checks the declared sizes against the storage and against `memory_budget()` before
+not hold. Every reader checks the declared sizes against the storage and against `file_budget()` before
 anything is allocated or copied, in one place each: `check_tensor` for a loaded tensor (stride 0, overlapping
 or interleaved views, views beyond their storage), `torch_load` for the sizes of a torch zip archive's records
 (and check_tensor on all it returns), `safetensors_header` for a `.safetensors` header. The state_dict readers
@@ -40,6 +40,7 @@ from safetensors.torch import load_file as _read_safetensors
 from safetensors.torch import save as _safetensors_bytes
 
 from jax_impl.atomic import atomic_path
+from jax_impl.checks import file_budget, format_bytes
 from jax_impl.errors import UserError
 from jax_impl.models import LAYER2_WIDTH, InterpretabilityMLP, SparseAutoencoder
 from jax_impl import saes
@@ -93,26 +94,6 @@ def _check_keys(sd: Mapping[str, object], key_map: Mapping[str, object], source:
 # --------------------------------------------------------------------------- declared sizes
 
 
-def memory_budget() -> int:
-    """The bytes one file's tensors may claim when read into memory: half the physical memory.
-
-    A file claiming more is refused before anything is allocated (a real one that large would not fit beside
-    the work done with it either); files read lazily (`.npy`, activation `.safetensors`) are not held to it.
-    """
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):  # no sysconf (not POSIX) or no such name
-        return 8 << 30
-
-
-def _size(n_bytes: int) -> str:
-    """A byte count for a message: 2.0 TiB, 11.5 GiB, 4 bytes."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n_bytes >= 1 << shift:
-            return f"{n_bytes / (1 << shift):.1f} {unit}"
-    return f"{n_bytes} bytes"
-
-
 def _dense_kind(value: torch.Tensor) -> str | None:
     """None for a dense tensor with data; else what it is ("sparse_coo", "meta", ...) for a message."""
     if value.is_meta:
@@ -123,7 +104,7 @@ def _dense_kind(value: torch.Tensor) -> str | None:
 
 
 def check_tensor(value: torch.Tensor, where: str) -> None:
-    """Refuse a dense tensor whose declared sizes its storage does not back, or that exceeds memory_budget().
+    """Refuse a dense tensor whose declared sizes its storage does not back, or that exceeds file_budget().
 
     Reads metadata only (shape, strides, storage offset, storage size), never the data: a view whose elements
     overlap (stride 0, as `expand` makes, or any as_strided layout where two indices reach one element), one
@@ -155,14 +136,14 @@ def check_tensor(value: torch.Tensor, where: str) -> None:
     for n, s in sorted(((n, s) for n, s in zip(shape, strides) if n > 1), key=lambda d: d[1]):
         if s <= reach:
             raise UserError(
-                f"{where} is a view of {layout}: its {math.prod(shape)} elements ({_size(claimed)}) overlap in "
-                f"{_size(storage)} of storage (an expanded or as_strided tensor); expected a tensor that holds its "
+                f"{where} is a view of {layout}: its {math.prod(shape)} elements ({format_bytes(claimed)}) overlap in "
+                f"{format_bytes(storage)} of storage (an expanded or as_strided tensor); expected a tensor that holds its "
                 "own data (save t.contiguous())"
             )
         reach += (n - 1) * s
-    if claimed > memory_budget():
-        raise UserError(f"{where} declares {shape} {str(value.dtype).removeprefix('torch.')}, {_size(claimed)}, more "
-                        f"than the memory budget of {_size(memory_budget())} (half the physical memory)")
+    if claimed > file_budget():
+        raise UserError(f"{where} declares {shape} {str(value.dtype).removeprefix('torch.')}, {format_bytes(claimed)}, more "
+                        f"than the memory budget of {format_bytes(file_budget())} (half the physical memory)")
 
 
 def _check_dense(value: torch.Tensor, key: str, source: str) -> None:
@@ -314,7 +295,7 @@ def torch_load(path: Path | str) -> object:
     """torch.load that cannot execute code from the file, with one-line errors for the usual defects.
 
     Sizes are checked before and after: the archive's records (torch allocates each storage at its record's
-    size, and a compressed record can inflate a thousandfold) against memory_budget(), then every tensor in
+    size, and a compressed record can inflate a thousandfold) against file_budget(), then every tensor in
     what was loaded against its storage (check_tensor), so a reader never sizes anything from a view that
     claims more than the file holds.
     """
@@ -343,15 +324,15 @@ def torch_load(path: Path | str) -> object:
 
 
 def _check_record_sizes(path: Path) -> None:
-    """Refuse a torch zip archive whose records' declared (uncompressed) sizes exceed memory_budget()."""
+    """Refuse a torch zip archive whose records' declared (uncompressed) sizes exceed file_budget()."""
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
     except Exception:  # noqa: BLE001 - not a zip (torch's legacy format, garbage): torch.load judges it
         return
-    if declared > memory_budget():
-        raise UserError(f"{path}: its records declare {_size(declared)} of tensor data, more than the memory budget of "
-                        f"{_size(memory_budget())} (half the physical memory); refused before reading")
+    if declared > file_budget():
+        raise UserError(f"{path}: its records declare {format_bytes(declared)} of tensor data, more than the memory budget of "
+                        f"{format_bytes(file_budget())} (half the physical memory); refused before reading")
 
 
 def _check_loaded_tensors(loaded: object, path: Path) -> None:
@@ -399,7 +380,7 @@ def safetensors_header(path: Path | str, *, in_memory: bool) -> dict[str, tuple[
     The header is JSON after an 8-byte length; each tensor declares a dtype, a shape and the [start, end)
     byte range of its data. Checked: the header fits the file, each entry is well-formed, each range lies in
     the file's data and spans exactly shape x item size bytes (a shape the file does not hold is refused
-    here, naming the key), and, with in_memory=True (a file read whole), that the data fits memory_budget().
+    here, naming the key), and, with in_memory=True (a file read whole), that the data fits file_budget().
     Any defect is a one-line UserError, "PATH: not a readable .safetensors file (...)".
     """
     path = Path(path)
@@ -444,13 +425,13 @@ def safetensors_header(path: Path | str, *, in_memory: bool) -> dict[str, tuple[
         if dtype in SAFETENSORS_ITEMSIZE:
             claimed = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
             if claimed != span:
-                raise refuse(f"tensor {name!r} declares shape {tuple(shape)} of {dtype}, {_size(claimed)}, but its data "
-                             f"offsets hold {_size(span)}")
+                raise refuse(f"tensor {name!r} declares shape {tuple(shape)} of {dtype}, {format_bytes(claimed)}, but its data "
+                             f"offsets hold {format_bytes(span)}")
         total += span
         tensors[name] = (dtype, tuple(shape))
-    if in_memory and total > memory_budget():
-        raise UserError(f"{path}: its tensors take {_size(total)}, more than the memory budget of "
-                        f"{_size(memory_budget())} (half the physical memory); refused before reading")
+    if in_memory and total > file_budget():
+        raise UserError(f"{path}: its tensors take {format_bytes(total)}, more than the memory budget of "
+                        f"{format_bytes(file_budget())} (half the physical memory); refused before reading")
     return tensors
 
 

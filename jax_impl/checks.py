@@ -69,10 +69,22 @@ def _host_available() -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return physical_memory()
+
+
+def physical_memory() -> int:
+    """The machine's physical memory in bytes (os.sysconf); 2**62 where it cannot be told (refuse nothing)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62  # unknown: refuse nothing
+    except (ValueError, OSError, AttributeError):  # no sysconf (not POSIX) or no such name
+        return 1 << 62
+
+
+def file_budget() -> int:
+    """The bytes one file's tensors may claim when read into memory: half the physical memory. A file claiming
+    more is refused before anything is allocated (a real one that large would not fit beside the work done with
+    it either); files read lazily (`.npy`, activation `.safetensors`) are not held to it (jax_impl.bridge)."""
+    return physical_memory() // 2
 
 
 def check_memory(need: int, flags: str, what: str) -> None:
@@ -82,11 +94,12 @@ def check_memory(need: int, flags: str, what: str) -> None:
     refusal is certain to be right; a run that passes may still need more than estimated."""
     budget = memory_budget()
     if need > budget:
-        raise UserError(f"{flags}: {what} needs at least {_size(need)} of memory, more than the {_size(budget)} "
+        raise UserError(f"{flags}: {what} needs at least {format_bytes(need)} of memory, more than the {format_bytes(budget)} "
                         "available here; lower them")
 
 
-def _size(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """A byte count for a message: 4 bytes, 11.5 GiB, 1.8 PiB."""
     if n >= 1 << 70:  # beyond a float's comfortable range for the flags' unbounded ints (10**400 is a valid int)
         return "more than 1 ZiB"
     value = float(n)

@@ -1,18 +1,25 @@
-"""examples/quickstart.ipynb: committed without outputs, and every cell runs without an error.
+"""examples/quickstart.ipynb: committed without outputs, every name it takes from the package exists, and (`-m slow`)
+every cell runs without an error.
 
 The notebook is executed with nbclient in a kernel started from this interpreter (sys.executable, i.e. the
-venv that runs pytest), its run directory in a temporary folder (MONOSEM_QUICKSTART_DIR). About 25 s on
-two CPU cores. After an edit in Jupyter, strip it before committing:
+venv that runs pytest), its run directory in a temporary folder (MONOSEM_QUICKSTART_DIR). About 45 s alone on
+two CPU cores and 70 s beside the rest of the suite, so `make test` checks the names the cells import and use
+from jax_impl (what an API change breaks) and `-m slow` executes it. After an edit in Jupyter, strip it before
+committing:
 
     .venv/bin/python scripts/strip_notebook.py examples/quickstart.ipynb
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import importlib
 import json
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import nbformat
 import pytest
@@ -41,6 +48,36 @@ def test_committed_notebook_is_stripped():
     assert "widgets" not in nb.metadata, f"{NOTEBOOK.name} keeps saved widget state; run `{STRIP_COMMAND}`"
 
 
+def test_every_package_name_the_notebook_uses_exists():
+    """Each `from jax_impl... import name` of a cell, and each `alias.name` read from a jax_impl module a cell
+    imports (`from jax_impl import atlas` ... `atlas.feature_labels`, in that cell or a later one), exists."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    modules: dict[str, ModuleType] = {}  # a name bound by a cell -> the jax_impl module it is
+    checked, missing = 0, []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jax_impl":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    checked += 1
+                    with contextlib.suppress(ImportError):  # a submodule not imported yet (`from jax_impl import saes`)
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                    if not hasattr(module, alias.name):
+                        missing.append(f"cell {i}: from {node.module} import {alias.name}")
+                    elif isinstance(getattr(module, alias.name), ModuleType):
+                        modules[alias.asname or alias.name] = getattr(module, alias.name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                checked += 1
+                if not hasattr(modules[node.value.id], node.attr):
+                    missing.append(f"cell {i}: {node.value.id}.{node.attr}")
+    assert checked > 10, checked  # the notebook uses the package: this counted its names
+    assert not missing, f"{NOTEBOOK.name} uses names the package no longer has: {missing}"
+
+
 def _this_interpreter_kernel(tmp_path: Path) -> KernelManager:
     """A kernel manager whose only kernelspec runs ipykernel under sys.executable (not whatever `python3`
     kernelspec a Jupyter data directory holds)."""
@@ -56,6 +93,7 @@ def _this_interpreter_kernel(tmp_path: Path) -> KernelManager:
     return KernelManager(kernel_name="monosem-test", kernel_spec_manager=specs)
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     monkeypatch.setenv("MONOSEM_QUICKSTART_DIR", str(run_dir))  # the kernel inherits the environment

@@ -184,7 +184,7 @@ def test_a_view_beyond_its_storage_is_refused():
 def test_the_memory_budget(monkeypatch, tmp_path):
     sd = _mlp_sd()
     torch.save(sd, tmp_path / "mlp.pth")
-    monkeypatch.setattr(bridge, "memory_budget", lambda: 100_000)
+    monkeypatch.setattr(bridge, "file_budget", lambda: 100_000)
     with pytest.raises(UserError, match=r"its records declare .* more than the memory budget of 97.7 KiB"):
         bridge.torch_load(tmp_path / "mlp.pth")
     with pytest.raises(UserError, match=r"key 'layers.hidden1.weight' declares \(512, 256\) float32, 512.0 KiB, more than "
@@ -198,7 +198,7 @@ def test_the_memory_budget(monkeypatch, tmp_path):
 def test_the_real_memory_budget_is_half_the_physical_memory():
     import os
 
-    assert bridge.memory_budget() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    assert bridge.file_budget() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 def test_a_compressed_record_that_inflates_past_the_budget(monkeypatch, tmp_path):
@@ -213,7 +213,7 @@ def test_a_compressed_record_that_inflates_past_the_budget(monkeypatch, tmp_path
             zout.writestr(info, data)
     assert deflated.stat().st_size < 20_000
     assert bridge.torch_load(deflated).shape == (1_000_000, 1)  # torch reads it: the check is ours
-    monkeypatch.setattr(bridge, "memory_budget", lambda: 1 << 20)
+    monkeypatch.setattr(bridge, "file_budget", lambda: 1 << 20)
     with pytest.raises(UserError, match=r"deflated.pt: its records declare 3.8 MiB of tensor data, more than the memory "
                                         r"budget of 1.0 MiB .* refused before reading"):
         open_activations(deflated)
@@ -231,7 +231,7 @@ def _safetensors(path: Path, header: dict, data: bytes) -> Path:
 HEADER_CASES = {
     # id: (header entries for tensor "x" over 16 bytes of data, fragment of the one line)
     "shape_beyond_the_file": ({"dtype": "F32", "shape": list(HUGE), "data_offsets": [0, 16]},
-                              "tensor 'x' declares shape (1000000000000, 512) of F32, 1862.6 TiB, but its data offsets hold 16 bytes"),
+                              "tensor 'x' declares shape (1000000000000, 512) of F32, 1.8 PiB, but its data offsets hold 16 bytes"),
     "shape_overflowing_int64": ({"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 16]}, "declares shape"),
     "offsets_beyond_the_file": ({"dtype": "F32", "shape": [4, 2**40], "data_offsets": [0, 2**42 * 4]},
                                 "data offsets [0, 17592186044416], expected [start, end] within the file's 16 bytes"),
