@@ -86,8 +86,8 @@ class SAEConfig:
             flat = {k: v for k, v in d.items() if k in _FLAT_ARCHITECTURE_FIELDS}
             arch_values = {k: v for k, v in flat.items() if k in {f.name for f in dataclasses.fields(arch_config)}}
         trainer = {k: v for k, v in d.items() if k != "architecture" and k not in flat}
-        base = _section_from_dict(cls, trainer, where)
-        return dataclasses.replace(base, architecture=_section_from_dict(arch_config, arch_values, f"{where}.architecture"))
+        base = section_from_dict(cls, trainer, where)
+        return dataclasses.replace(base, architecture=section_from_dict(arch_config, arch_values, f"{where}.architecture"))
 
 
 # The architecture fields that SAEConfig held itself before each architecture had its own config.
@@ -117,11 +117,11 @@ class RunConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"config has unknown keys {unknown} (expected {sorted(known)})")
-        sections = {name: _section_from_dict(kind, d.get(name), f"config.{name}")
+        sections = {name: section_from_dict(kind, d.get(name), f"config.{name}")
                     for name, kind in (("data", DataConfig), ("mlp", MLPConfig))}
         sections["sae"] = SAEConfig.from_dict(d.get("sae"), "config.sae")
         # manifests written before the causal stage existed have none: the stage's defaults
-        sections["causal"] = (_section_from_dict(CausalConfig, d["causal"], "config.causal") if "causal" in d
+        sections["causal"] = (section_from_dict(CausalConfig, d["causal"], "config.causal") if "causal" in d
                               else CausalConfig.quick())
         seed = d.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -272,8 +272,10 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _section_from_dict(kind: type, d: Any, where: str) -> Any:
-    """One section dataclass from its dict, every field given of its default's type."""
+def section_from_dict(kind: type, d: Any, where: str) -> Any:
+    """One section dataclass (kind) from its dict d, every field given of its default's type; ValueError naming `where`
+    (the key path, e.g. config.sae) otherwise. Used by every reader of a config from a file (manifest, SAELens
+    metadata, synthetic config)."""
     fields = {f.name: f for f in dataclasses.fields(kind)}
     if not isinstance(d, dict):
         raise ValueError(f"{where} holds {_json_type(d)}, expected an object with keys {list(fields)}")

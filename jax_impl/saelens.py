@@ -25,7 +25,7 @@ import torch
 
 from jax_impl import bridge, jsonfile, saes
 from jax_impl.atomic import write_text_atomic
-from jax_impl.config import _section_from_dict as typed_section  # the one typed reading of a config dataclass
+from jax_impl.config import section_from_dict as typed_section  # the one typed reading of a config dataclass
 from jax_impl.errors import UserError
 from jax_impl.models import LAYER2_WIDTH
 from jax_impl.saes import SAE, Architecture
@@ -179,7 +179,7 @@ def _architecture(cfg: dict[str, Any], path: Path) -> tuple[Architecture, dict[s
 
 
 def _config(arch: Architecture, cfg: dict[str, Any], ours: dict[str, Any] | None, path: Path) -> Any:
-    """Our config of `arch` from the file: its fields typed as the config dataclass's (config._section_from_dict,
+    """Our config of `arch` from the file: its fields typed as the config dataclass's (config.section_from_dict,
     as a manifest's are), then its own validate against d_sae."""
     values = dict(ours or {})
     if ours is None:

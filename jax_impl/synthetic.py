@@ -222,7 +222,7 @@ def load_synthetic(data_dir: Path | str) -> tuple[np.ndarray, GroundTruth, Synth
 def read_config(path: Path) -> SyntheticConfig:
     """A CONFIG_FILE: its keys typed as SyntheticConfig's fields (integers within 64 bits: jsonfile), then its
     validate."""
-    from jax_impl.config import _section_from_dict as typed_section  # the one typed reading of a config dataclass
+    from jax_impl.config import section_from_dict as typed_section  # the one typed reading of a config dataclass
 
     doc = jsonfile.read(path, unreadable="not a synthetic config")
     try:
