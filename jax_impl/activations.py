@@ -21,6 +21,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -124,6 +125,25 @@ class ActivationFile:
             raise ValueError(f"rows({start}, {stop}) is outside 0 <= start <= stop <= {self.n_rows}")
         return self._reader.read(start, stop)
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """A sha256 (hex) of what identifies the file's content, at a cost independent of its size: the file's
+        size in bytes, its shape, and the float32 values of its first and last rows and of FINGERPRINT_ROWS rows
+        drawn over it with a fixed seed (read through `take`: a few small reads of any file). Computed once per
+        opened file (a sweep records it in every configuration's identity).
+
+        What a checkpoint's identity records of its training data (jax_impl.checkpoints): a resume on another
+        file of the same name and shape is told apart unless the two agree on every sampled row, which data that
+        differs anywhere but in a few rows does not. Independent of the path, so a moved file still resumes."""
+        n = self.n_rows
+        sampled = np.random.default_rng(_FINGERPRINT_SEED).choice(n, size=min(FINGERPRINT_ROWS, n), replace=False)
+        indices = np.unique(np.concatenate(([0, n - 1], sampled)).astype(np.int64))
+        digest = hashlib.sha256(f"{_FINGERPRINT_FORMAT} {self.path.stat().st_size} bytes, {n} x {self.width} "
+                                "float32\n".encode())
+        digest.update(indices.astype("<i8").tobytes())
+        digest.update(self.take(indices).astype("<f4").tobytes())
+        return digest.hexdigest()
+
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows at integer `indices` (len,), in the order given (sorted or not, repeats allowed).
 
@@ -222,21 +242,8 @@ _FINGERPRINT_FORMAT = "monosem-activations-fingerprint/1"
 
 
 def fingerprint(source: ActivationFile) -> str:
-    """A sha256 (hex) of what identifies the file's content, at a cost independent of its size: the file's size
-    in bytes, its shape, and the float32 values of its first and last rows and of FINGERPRINT_ROWS rows drawn
-    over it with a fixed seed (read through `take`: a few small reads of any file).
-
-    What a checkpoint's identity records of its training data (jax_impl.checkpoints): a resume on another
-    file of the same name and shape is told apart unless the two agree on every sampled row, which data that
-    differs anywhere but in a few rows does not. Independent of the path, so a moved file still resumes."""
-    n = source.n_rows
-    sampled = np.random.default_rng(_FINGERPRINT_SEED).choice(n, size=min(FINGERPRINT_ROWS, n), replace=False)
-    indices = np.unique(np.concatenate(([0, n - 1], sampled)).astype(np.int64))
-    digest = hashlib.sha256(f"{_FINGERPRINT_FORMAT} {source.path.stat().st_size} bytes, {n} x {source.width} "
-                            "float32\n".encode())
-    digest.update(indices.astype("<i8").tobytes())
-    digest.update(source.take(indices).astype("<f4").tobytes())
-    return digest.hexdigest()
+    """`source.fingerprint`: a sha256 (hex) of what identifies the file's content (ActivationFile.fingerprint)."""
+    return source.fingerprint
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ from jax_impl.train import (
 )
 from jax_impl.train_sae import (
     CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, LAST_FILES, SAE_FILE, SAELENS_DIR, KEY_INIT, KEY_SHUFFLE,
-    activations_record, check_metrics, config_record, reconstruction_metrics, stage_artifacts,
+    activations_record, check_metrics, config_record, reconstruction_metrics, stage_artifacts, train_flag,
 )
 
 CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
@@ -428,7 +428,7 @@ def run_sweep(
         if dict_size is not None:
             check_dict_size(dict_size, "--dict-size")
         if train is not None:
-            train.validate(flag=lambda name: "--" + name.replace("_", "-"))
+            train.validate(flag=train_flag)
     except ValueError as e:
         raise UserError(str(e)) from None
     if seed is not None and not 0 <= seed <= MAX_SEED:

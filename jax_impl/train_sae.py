@@ -142,7 +142,7 @@ def train_sae(
     cfg = arch.config() if arch_config is None else arch_config
     try:
         check_dict_size(dict_size, "--dict-size")
-        train.validate(flag=_train_flag)
+        train.validate(flag=train_flag)
     except ValueError as e:
         raise UserError(str(e)) from None
     try:
@@ -185,7 +185,7 @@ def train_sae(
         return metrics
 
 
-def _train_flag(name: str) -> str:
+def train_flag(name: str) -> str:
     """train-sae's flag for a field of SAETrainConfig (`batch_size` -> `--batch-size`)."""
     return "--" + name.replace("_", "-")
 

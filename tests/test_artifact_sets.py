@@ -153,24 +153,24 @@ def _fail_each_write_in_turn(monkeypatch, root: Path, command, check_failed, res
 # --------------------------------------------------------------------------- train-sae
 
 
+def _complete_set(acts: Path, tmp_path_factory, name: str, seed: int) -> Path:
+    out = tmp_path_factory.mktemp(name) / "out"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sae_training, "fit", _fit_once)
+        assert _train_sae(acts, out, seed=seed) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def previous_set(acts, tmp_path_factory) -> Path:
     """train-sae's complete set for seed 0 (read-only; copy it)."""
-    out = tmp_path_factory.mktemp("previous") / "out"
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(sae_training, "fit", _fit_once)
-        assert _train_sae(acts, out, seed=0) == 0
-    return out
+    return _complete_set(acts, tmp_path_factory, "previous", seed=0)
 
 
 @pytest.fixture(scope="module")
 def new_set(acts, tmp_path_factory) -> Path:
     """train-sae's complete set for seed 1 written into a fresh folder: what the commands below must leave."""
-    out = tmp_path_factory.mktemp("new") / "out"
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(sae_training, "fit", _fit_once)
-        assert _train_sae(acts, out, seed=1) == 0
-    return out
+    return _complete_set(acts, tmp_path_factory, "new", seed=1)
 
 
 def test_train_sae_failing_at_every_write_leaves_the_previous_set(acts, previous_set, new_set, tmp_path, monkeypatch,
