@@ -44,14 +44,18 @@ import pandas as pd
 import torch
 from flax import nnx
 
-from jax_impl import analysis
-from jax_impl.config import MLPConfig, SAEConfig
-from jax_impl.harvest import harvest_activations
-from jax_impl.models import LAYER1_WIDTH, LAYER2_WIDTH, LAYER3_WIDTH, InterpretabilityMLP, SparseAutoencoder
-from jax_impl.reports import demo_arrays, write_reports
-from jax_impl.task import TaskShape, generate_splits, write_split
-from jax_impl.train import fit_mlp, fit_sae
+from jax_impl.evaluation import inference
+from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.jobs.run_config import SAEConfig
+from jax_impl.data.harvest import harvest_activations
+from jax_impl.models.mlp import LAYER1_WIDTH, LAYER2_WIDTH, LAYER3_WIDTH, InterpretabilityMLP
+from jax_impl.reports.circuit_trace import demo_arrays, write_reports
+from jax_impl.task.pointer import TaskShape, generate_splits, write_split
+from jax_impl.training.mlp_trainer import fit_mlp
 from torch_ref import models as torch_models
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the seed's SAE module lives beside the parity tests
+from parity_tests.seed_sae import SparseAutoencoder, fit_sae  # noqa: E402
 from torch_ref import train as torch_train
 
 HERE = Path(__file__).resolve().parent
@@ -214,9 +218,9 @@ def torch_probe(mlp: torch.nn.Module, sae: torch.nn.Module, rows: np.ndarray) ->
         prediction, layer2 = mlp(torch.tensor(row, dtype=torch.float32)[None])
         _, features = sae(layer2)
         f = features[0]
-        top = torch.topk(f, analysis.PROBE_TOP)
+        top = torch.topk(f, inference.PROBE_TOP)
         lines.append(
-            f"{row.tolist()} -> {prediction.item():.4f}, {(f > analysis.PROBE_THRESHOLD).sum().item()} active, "
+            f"{row.tolist()} -> {prediction.item():.4f}, {(f > inference.PROBE_THRESHOLD).sum().item()} active, "
             + ", ".join(f"#{i} {v:.4f}" for i, v in zip(top.indices.tolist(), top.values.tolist()))
         )
     return lines
@@ -419,11 +423,11 @@ def run_benchmark(plan: Plan, log: Callable[[str], None]) -> dict:
                flops=sae_flops_epoch, extra={"jax_compile_seconds": sae.jax_compile.summary()})
 
         log("probe")
-        probe_rows = np.asarray(analysis.SEED_PROBE_INPUTS)
+        probe_rows = np.asarray(inference.SEED_PROBE_INPUTS)
         jax_probe, torch_probe_s = Samples(), Samples()
         for _ in range(plan.reps + 1):
-            elapsed, _ = timed(lambda: [analysis.format_probe(report)
-                                        for report in analysis.probe(trained["mlp"], trained["sae"], probe_rows, shape)])
+            elapsed, _ = timed(lambda: [inference.format_probe(report)
+                                        for report in inference.probe(trained["mlp"], trained["sae"], probe_rows, shape)])
             jax_probe.values.append(elapsed)
             elapsed, _ = timed(lambda: torch_probe(trained["torch_mlp"], trained["torch_sae"], probe_rows))
             torch_probe_s.values.append(elapsed)

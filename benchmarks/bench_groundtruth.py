@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/bench_groundtruth.py [--quick] [--rows N] [--epochs E] [--out benchmarks/groundtruth]
 
-One synthetic dataset (jax_impl.synthetic, default config: 256 planted features in 64 dimensions, Zipf
+One synthetic dataset (jax_impl.data.synthetic, default config: 256 planted features in 64 dimensions, Zipf
 firing, varying magnitudes, correlated firing, 8 parents with 3 children each) is written once. For each
 architecture and each sparsity setting, ours trains with `train_sae` (the `monosem train-sae` code) on its
 `.npy` and SAELens' trainer (`sae_lens.SAETrainer`, the one `sae_lens.synthetic.train_toy_sae` uses, with
 the architecture's defaults) on the same rows in the same shuffled epochs, batch size, step count, learning
-rate and dictionary size, in this process on this machine. Both are scored by jax_impl.groundtruth (MCC, F1
+rate and dictionary size, in this process on this machine. Both are scored by jax_impl.evaluation.groundtruth (MCC, F1
 of matched latents, absorption, EV, L0, dead) and timed, training only (construction to the last step).
 
 Writes OUT.json, OUT.md (the table) and OUT.html (plotly, offline: MCC vs L0 per architecture and library).
@@ -33,11 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jax_impl import groundtruth, saes  # noqa: E402
-from jax_impl.sae_training import SAETrainConfig  # noqa: E402
-from jax_impl.synthetic import ACTIVATIONS_FILE, SyntheticConfig, load_synthetic, write_synthetic  # noqa: E402
-from jax_impl.saelens import load_sae  # noqa: E402
-from jax_impl.train_sae import SAE_FILE, train_sae  # noqa: E402
+from jax_impl.evaluation import groundtruth  # noqa: E402
+from jax_impl import saes
+from jax_impl.training.sae_trainer import SAETrainConfig  # noqa: E402
+from jax_impl.data.synthetic import ACTIVATIONS_FILE, SyntheticConfig, load_synthetic, write_synthetic  # noqa: E402
+from jax_impl.interop.saelens import load_sae  # noqa: E402
+from jax_impl.jobs.train_sae import SAE_FILE, train_sae  # noqa: E402
 
 # (architecture, our config fields, SAELens architecture, its config fields): one row per sparsity setting.
 # k-based architectures match L0 by construction; the penalty ones by their coefficient (the achieved L0 of

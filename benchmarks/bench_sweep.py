@@ -32,15 +32,15 @@ import numpy as np
 from flax import nnx
 
 from jax_impl import saes
-from jax_impl.config import MLPConfig
-from jax_impl.models import InterpretabilityMLP
-from jax_impl.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE
-from jax_impl.sae_training import SAETrainConfig, fit
-from jax_impl.sweep import Progress, fit_mlp_group, fit_sae_group
-from jax_impl.sweep_grid import mlp_configurations, sae_configurations
-from jax_impl.task import TaskShape, generate_splits
-from jax_impl.train import fit_mlp
-from jax_impl.train_sae import KEY_INIT, KEY_SHUFFLE
+from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.jobs.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE
+from jax_impl.training.sae_trainer import SAETrainConfig, fit
+from jax_impl.jobs.sweep import Progress, fit_mlp_group, fit_sae_group
+from jax_impl.jobs.sweep_grid import mlp_configurations, sae_configurations
+from jax_impl.task.pointer import TaskShape, generate_splits
+from jax_impl.training.mlp_trainer import fit_mlp
+from jax_impl.jobs.train_sae import KEY_INIT, KEY_SHUFFLE
 
 HERE = Path(__file__).resolve().parent
 
@@ -109,7 +109,7 @@ def main() -> None:
                                   train=train, seed=0)
     shape = TaskShape()
     splits = generate_splits(jax.random.key(0), {"train": n_rows, "val": 1000, "test": 1000}, shape)
-    from jax_impl.config import RunConfig
+    from jax_impl.jobs.run_config import RunConfig
 
     run_config = RunConfig(mlp=MLPConfig(epochs=epochs, log_every=epochs))
     mlps = mlp_configurations({"seed": range(8)}, run_config)

@@ -29,9 +29,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_impl import train  # noqa: E402
-from jax_impl.config import MLPConfig, SAEConfig  # noqa: E402
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder  # noqa: E402
+from jax_impl.training import loop, mlp_trainer  # noqa: E402
+from jax_impl.training.mlp_trainer import MLPConfig  # noqa: E402
+from jax_impl.jobs.run_config import SAEConfig
+from jax_impl.models.mlp import InterpretabilityMLP  # noqa: E402
+from jax_impl.training.sae_trainer import sae_optimizer  # noqa: E402
 
 N_ROWS = 8000
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ")
@@ -52,7 +54,7 @@ def profile_epoch(model: nnx.Module, loss_fn, tx, arrays: tuple[jax.Array, ...],
                   flops_per_epoch: float) -> dict:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     carry = (params, rest, tx.init(params))
-    epoch = train.make_batched_epoch(train.make_train_step(graphdef, tx, loss_fn), batch_size)
+    epoch = mlp_trainer.make_batched_epoch(mlp_trainer.make_train_step(graphdef, tx, loss_fn), batch_size)
     permutation = jnp.asarray(np.random.default_rng(0).permutation(N_ROWS))
     kinds = kernel_kinds(epoch.lower(carry, arrays, permutation).compile().as_text())
     carry, losses = epoch(carry, arrays, permutation)  # compile and warm up
@@ -89,20 +91,22 @@ def profile_epoch(model: nnx.Module, loss_fn, tx, arrays: tuple[jax.Array, ...],
 
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench import mlp_layers, sae_layers, training_flops_per_row
+    from parity_tests.seed_sae import SparseAutoencoder, sae_loss
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 10, (N_ROWS, 10)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, (N_ROWS, 1)), jnp.float32)
     activations = jnp.asarray(np.maximum(rng.normal(size=(N_ROWS, 512)), 0), jnp.float32)
     mlp_cfg, sae_cfg = MLPConfig(), SAEConfig()
-    total_steps = mlp_cfg.epochs * train.steps_per_epoch(N_ROWS, mlp_cfg.batch_size)
+    total_steps = mlp_cfg.epochs * loop.steps_per_epoch(N_ROWS, mlp_cfg.batch_size)
     result = {
-        "mlp": profile_epoch(InterpretabilityMLP(10, rngs=nnx.Rngs(0)), train.mlp_loss,
-                             train.mlp_optimizer(mlp_cfg, total_steps), (x, y), mlp_cfg.batch_size,
+        "mlp": profile_epoch(InterpretabilityMLP(10, rngs=nnx.Rngs(0)), mlp_trainer.mlp_loss,
+                             mlp_trainer.mlp_optimizer(mlp_cfg, total_steps), (x, y), mlp_cfg.batch_size,
                              training_flops_per_row(mlp_layers(10)) * N_ROWS),
         "sae": profile_epoch(SparseAutoencoder(512, sae_cfg.dict_size, rngs=nnx.Rngs(0)),
-                             partial(train.sae_loss, l1_coeff=sae_cfg.architecture.l1_coeff), train.sae_optimizer(sae_cfg),
+                             partial(sae_loss, l1_coeff=sae_cfg.architecture.l1_coeff), sae_optimizer(sae_cfg),
                              (activations,), sae_cfg.batch_size,
                              training_flops_per_row(sae_layers(sae_cfg.dict_size)) * N_ROWS),
     }

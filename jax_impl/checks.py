@@ -83,7 +83,7 @@ def physical_memory() -> int:
 def file_budget() -> int:
     """The bytes one file's tensors may claim when read into memory: half the physical memory. A file claiming
     more is refused before anything is allocated (a real one that large would not fit beside the work done with
-    it either); files read lazily (`.npy`, activation `.safetensors`) are not held to it (jax_impl.bridge)."""
+    it either); files read lazily (`.npy`, activation `.safetensors`) are not held to it (jax_impl.interop.bridge)."""
     return physical_memory() // 2
 
 
@@ -108,3 +108,45 @@ def format_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """UserError naming the flag when `seed` cannot seed jax.random.key."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{flag} must be in 0..{MAX_SEED} (a PRNG seed), got {seed}")
+
+
+def json_type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def section_from_dict(kind: type, d: Any, where: str) -> Any:
+    """One section dataclass (kind) from its dict d, every field given of its default's type; ValueError naming `where`
+    (the key path, e.g. config.sae) otherwise. Used by every reader of a config from a file (manifest, SAELens
+    metadata, synthetic config)."""
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} holds {json_type_name(d)}, expected an object with keys {list(fields)}")
+    unknown = sorted(set(d) - set(fields), key=str)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown} (expected some of {list(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name not in d:
+            continue  # a field added after the file was written: its default
+        want, value = type(f.default), d[name]
+        if want is tuple and isinstance(value, list):  # JSON has no tuples (e.g. matryoshka's groups: ints)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{where}.{name} holds {value!r:.40}, expected a list of integers")
+            value = tuple(value)
+        ok = isinstance(value, want) and not isinstance(value, bool)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            raise ValueError(f"{where}.{name} holds {json_type_name(value)} {value!r:.40}, expected {json_type_name(want())}")
+        values[name] = value
+    return kind(**values)

@@ -1,4 +1,4 @@
-"""`monosem`: a thin command line over the Python API (jax_impl.pipeline, analysis, bridge, task)."""
+"""`monosem`: a thin command line over the Python API (jax_impl.jobs.pipeline, analysis, bridge, task)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from typing import Any
 from pathlib import Path
 
 from jax_impl.checks import check_memory
-from jax_impl.config import (
-    RECIPES, SAE_VARIANTS, CheckpointPolicy, RunConfig, check_seed, check_task_shape, flag_name, strong_recipe,
-)
+from jax_impl.jobs.run_config import RECIPES, SAE_VARIANTS, RunConfig, flag_name, strong_recipe
+from jax_impl.training.checkpoints import CheckpointPolicy
+from jax_impl.checks import check_seed
+from jax_impl.task.pointer import check_task_shape
 from jax_impl.errors import Interrupted, UserError
-from jax_impl.models import HOOK_WIDTHS, HOOKS
+from jax_impl.models.mlp import HOOK_WIDTHS, HOOKS
 
 DEFAULT_RUN_DIR = Path("runs/default")
 _CONFIG_SECTIONS = ("data", "mlp", "sae", "causal")
@@ -97,8 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # a bad flag is reported before the slow imports (jax, torch)
     check_memory(config.memory_bytes(), config.memory_flags(), "the run")
     policy = CheckpointPolicy.parse(args.checkpoint_every)
-    from jax_impl import interrupts
-    from jax_impl.pipeline import run_pipeline
+    from jax_impl.training import interrupts
+    from jax_impl.jobs.pipeline import run_pipeline
 
     with interrupts.handled():
         run_pipeline(config, args.run_dir, resume=args.resume, checkpoint_every=policy)
@@ -106,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_config(run_dir: Path) -> RunConfig:
-    from jax_impl.rundir import run_config
+    from jax_impl.jobs.rundir import run_config
 
     return run_config(run_dir)
 
@@ -114,7 +115,7 @@ def _run_config(run_dir: Path) -> RunConfig:
 def _run_with_sae(args: argparse.Namespace, writes: bool):
     """The run of --run-dir, with --sae in place of its own SAE; where the command writes files, --sae needs
     --out so that the run's own atlas and reports are never overwritten with another SAE's."""
-    from jax_impl.rundir import Run
+    from jax_impl.jobs.rundir import Run
 
     sae, out = getattr(args, "sae", None), getattr(args, "out", None)
     if writes and sae is not None and out is None:
@@ -127,8 +128,8 @@ def _run_with_sae(args: argparse.Namespace, writes: bool):
 def cmd_probe(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from jax_impl.pipeline import probe_inputs, probe_text
-    from jax_impl.task import first_invalid_input
+    from jax_impl.jobs.pipeline import probe_inputs, probe_text
+    from jax_impl.task.pointer import first_invalid_input
 
     run = _run_with_sae(args, writes=False)
     if args.input:
@@ -143,9 +144,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jax_impl import analysis, bridge, saelens
-    from jax_impl.atomic import atomic_path
-    from jax_impl.task import TaskShape, read_split
+    from jax_impl.evaluation import inference
+    from jax_impl.interop import bridge, saelens
+    from jax_impl.files.atomic import atomic_path
+    from jax_impl.task.pointer import TaskShape, read_split
 
     check_task_shape(args.x_dim, args.y_dim)
     shape = TaskShape(args.x_dim, args.y_dim)
@@ -157,13 +159,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     sae = saelens.load_sae(args.sae, input_dim=HOOK_WIDTHS[args.hook]) if args.sae else None
     split = read_split(args.data, shape)
-    metrics = analysis.evaluate(mlp, split, sae, args.hook)
+    metrics = inference.evaluate(mlp, split, sae, args.hook)
     if sae is not None:
-        from jax_impl.atlas import model_splice_metrics
+        from jax_impl.evaluation.atlas import model_splice_metrics
 
         metrics.update(model_splice_metrics(mlp, sae, split, args.hook))
     if args.predictions:
-        prediction, _ = analysis.mlp_forward(mlp, split.inputs)
+        prediction, _ = inference.mlp_forward(mlp, split.inputs)
         with atomic_path(args.predictions) as tmp:
             tmp.write_text("prediction\n" + "".join(f"{v:.9g}\n" for v in prediction.tolist()), encoding="utf-8")
     if args.json:
@@ -175,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from jax_impl.export import export_run
+    from jax_impl.jobs.export import export_run
 
     for path in export_run(args.run_dir).values():
         print(f"wrote {path}")
@@ -183,7 +185,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from jax_impl.parity import compare_run, format_table
+    from jax_impl.jobs.parity import compare_run, format_table
 
     rows = compare_run(args.run_dir)
     print(format_table(rows))
@@ -192,11 +194,11 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _output_set(out_dir: Path, flag: str) -> Iterator[Path]:
-    """Hold out_dir's lock (jax_impl.locks) and yield a staging folder whose files are committed into out_dir
-    as one artifact set (jax_impl.artifact_set): a failure leaves out_dir's previous files as they were."""
-    from jax_impl.artifact_set import artifact_set
-    from jax_impl.locks import folder_lock, remove_stale_temporaries
-    from jax_impl.rundir import WRITTEN_FOLDERS
+    """Hold out_dir's lock (jax_impl.files.locks) and yield a staging folder whose files are committed into out_dir
+    as one artifact set (jax_impl.files.artifact_set): a failure leaves out_dir's previous files as they were."""
+    from jax_impl.files.artifact_set import artifact_set
+    from jax_impl.files.locks import folder_lock, remove_stale_temporaries
+    from jax_impl.jobs.rundir import WRITTEN_FOLDERS
 
     with folder_lock(out_dir, flag=flag, what="output folder"):
         remove_stale_temporaries(out_dir, WRITTEN_FOLDERS)
@@ -205,7 +207,7 @@ def _output_set(out_dir: Path, flag: str) -> Iterator[Path]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from jax_impl.pipeline import stage_reports
+    from jax_impl.jobs.pipeline import stage_reports
 
     run = _run_with_sae(args, writes=True)
     with _output_set(run.out_dir, "--out" if args.out else "--run-dir") as staging:
@@ -214,8 +216,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
-    from jax_impl import atlas
-    from jax_impl.task import SPLITS
+    from jax_impl.evaluation import atlas
+    from jax_impl.task.pointer import SPLITS
 
     if not 0 < args.min_f1 <= 1:  # not NaN either: every comparison with NaN is false
         raise UserError(f"--min-f1 must be in (0, 1], got {args.min_f1}")
@@ -240,12 +242,12 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 
 def cmd_causal(args: argparse.Namespace) -> int:
-    from jax_impl.causal.config import CausalConfig
-    from jax_impl.causal.runner import causal_map, check_hooks, parse_sae_flags
-    from jax_impl.causal.variables import TaskVariables
-    from jax_impl.locks import folder_lock, remove_stale_temporaries
-    from jax_impl.rundir import WRITTEN_FOLDERS, Run
-    from jax_impl.task import TaskShape
+    from jax_impl.evaluation.causal.config import CausalConfig
+    from jax_impl.jobs.causal import causal_map, check_hooks, parse_sae_flags
+    from jax_impl.task.variables import TaskVariables
+    from jax_impl.files.locks import folder_lock, remove_stale_temporaries
+    from jax_impl.jobs.rundir import WRITTEN_FOLDERS, Run
+    from jax_impl.task.pointer import TaskShape
 
     config = CausalConfig.quick() if args.quick else CausalConfig()
     given = {f.name: getattr(args, f"causal.{f.name}") for f in dataclasses.fields(CausalConfig)}
@@ -330,8 +332,8 @@ def _parse_int_list(text: str) -> tuple[int, ...]:
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
     from jax_impl import saes
-    from jax_impl.sae_training import SAETrainConfig
-    from jax_impl.train_sae import train_sae
+    from jax_impl.training.sae_trainer import SAETrainConfig
+    from jax_impl.jobs.train_sae import train_sae
 
     try:
         saes.get(args.variant)
@@ -347,11 +349,11 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         if len(given) != 3:
             raise UserError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes P and "
                             f"--process-id I (got only {', '.join(given)})")
-        from jax_impl.distributed import Cluster
+        from jax_impl.training.distributed import Cluster
 
         cluster = Cluster(args.coordinator, args.num_processes, args.process_id, args.peer_timeout).validate()
     policy = CheckpointPolicy.parse(args.checkpoint_every)
-    from jax_impl import interrupts
+    from jax_impl.training import interrupts
 
     with interrupts.handled():
         train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
@@ -361,9 +363,9 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from jax_impl.sae_training import SAETrainConfig
-    from jax_impl.sweep import run_sweep
-    from jax_impl.sweep_grid import parse_grid
+    from jax_impl.training.sae_trainer import SAETrainConfig
+    from jax_impl.jobs.sweep import run_sweep
+    from jax_impl.jobs.sweep_grid import parse_grid
 
     grid = parse_grid(args.grid or [])
     train = None
@@ -373,14 +375,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             "--grid epochs=..., --grid batch_size=..., --grid max_lr=...")
         defaults = SAETrainConfig(epochs=20, batch_size=256, log_every=1)
         if args.run_dir is not None:
-            from jax_impl.rundir import run_config
+            from jax_impl.jobs.rundir import run_config
 
             defaults = run_config(args.run_dir).sae.train_config()
         train = SAETrainConfig(**{name: value if value is not None else getattr(defaults, name) for name, value in (
             ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr), ("log_every", args.log_every))})
     variants = [v.strip() for v in args.variant.split(",")] if args.variant else None
     policy = CheckpointPolicy.parse(args.checkpoint_every)
-    from jax_impl import interrupts
+    from jax_impl.training import interrupts
 
     with interrupts.handled():
         doc = run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir,
@@ -399,7 +401,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
-    from jax_impl.synthetic import SyntheticConfig, write_synthetic
+    from jax_impl.data.synthetic import SyntheticConfig, write_synthetic
 
     fields = {f.name: getattr(args, f"synthetic.{f.name}") for f in dataclasses.fields(SyntheticConfig)}
     cfg = SyntheticConfig(**{name: value for name, value in fields.items() if value is not None})
@@ -416,7 +418,7 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_synthetic_score(args: argparse.Namespace) -> int:
-    from jax_impl.groundtruth import score_file
+    from jax_impl.evaluation.groundtruth import score_file
 
     scores = score_file(args.sae, args.data)
     if args.json:
@@ -504,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from jax_impl.saes import NAMES  # the registry: its names and its configs' fields are the flags below
 
-    from jax_impl.causal.config import CausalConfig
+    from jax_impl.evaluation.causal.config import CausalConfig
 
     p = sub.add_parser("causal", help="interchange interventions for every task variable at each hook: whole vector, "
                        "learned subspaces (DAS) and named SAE features; writes causal/causal.json and causal.html")
@@ -577,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flag(p)
     p.set_defaults(func=cmd_sweep)
 
-    from jax_impl.synthetic import SyntheticConfig
+    from jax_impl.data.synthetic import SyntheticConfig
 
     p = sub.add_parser("synthetic", help="write activations built from planted features (a ground truth to score SAEs on)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
@@ -626,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
         print(f"monosem: error: {_one_line(names + ': ' if names else '')}{_one_line(e.strerror or e)}", file=sys.stderr)
         return 2
-    except Interrupted as e:  # SIGINT/SIGTERM, handled by jax_impl.interrupts: what was saved, how to go on
+    except Interrupted as e:  # SIGINT/SIGTERM, handled by jax_impl.training.interrupts: what was saved, how to go on
         print(f"monosem: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ class TrainingDiverged(UserError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the command (jax_impl.interrupts); a KeyboardInterrupt, so code that handles
+    """SIGINT or SIGTERM stopped the command (jax_impl.training.interrupts); a KeyboardInterrupt, so code that handles
     Ctrl-C handles it too. The message says what was saved and how to continue; exit code 128 + signal."""
 
     def __init__(self, signum: int, message: str):

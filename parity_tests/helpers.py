@@ -60,7 +60,7 @@ def assert_close(name: str, actual, expected, tol: float) -> float:
 
 def task_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n rows of the 5x2 pointer task: inputs (n, 10) float32, targets (n, 1) float32."""
-    from jax_impl.task import pointer_targets
+    from jax_impl.task.pointer import pointer_targets
 
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 10, size=(n, 2, 4))

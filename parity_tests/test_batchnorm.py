@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from flax import nnx
 
-from jax_impl import bridge
+from jax_impl.interop import bridge
 from parity_tests.helpers import assert_close, task_rows, ulps
 from torch_ref.models import InterpretabilityMLP
 

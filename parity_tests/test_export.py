@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from jax_impl import bridge
-from jax_impl.export import EXPORT_FILES, export_models
+from jax_impl.interop import bridge
+from jax_impl.jobs.export import EXPORT_FILES, export_models
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 

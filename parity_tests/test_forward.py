@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from jax_impl import bridge
+from jax_impl.interop import bridge
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
+from parity_tests.seed_sae import seed_sae_from_state_dict
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder, mlp_from_state_dict
 
 # Random torch-initialised weights: the outputs differ only by summation order in dot products of
@@ -92,7 +93,7 @@ def test_mlp_upstream_weights_train_mode(upstream_state_dict, upstream_splits):
 def test_sae_random_weights(dict_size):
     torch.manual_seed(2)
     reference = SparseAutoencoder(512, dict_size)
-    model = bridge.seed_sae_from_state_dict(reference.state_dict())
+    model = seed_sae_from_state_dict(reference.state_dict())
     # Non-negative, sparse-ish inputs like ReLU activations, at the scale of a trained layer2 (up to ~5).
     x = torch.relu(torch.randn(256, 512, generator=torch.Generator().manual_seed(3)) * 2.0)
     reconstruction, features = reference(x)

@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from flax import nnx
 
-from jax_impl import bridge
-from jax_impl.train import mlp_loss, sae_loss
+from jax_impl.interop import bridge
+from jax_impl.training.mlp_trainer import mlp_loss
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
+from parity_tests.seed_sae import SAE_KEY_MAP, sae_loss, seed_sae_from_state_dict
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from torch_ref.train import sae_loss as torch_sae_loss
 
@@ -58,7 +59,7 @@ def test_mlp_loss_gradients():
 def test_sae_loss_gradients():
     torch.manual_seed(5)
     reference = SparseAutoencoder(512, 2048)
-    model = bridge.seed_sae_from_state_dict(reference.state_dict())
+    model = seed_sae_from_state_dict(reference.state_dict())
     x = torch.relu(torch.randn(128, 512, generator=torch.Generator().manual_seed(6)) * 2.0)
     l1_coeff = 1e-4
 
@@ -67,6 +68,6 @@ def test_sae_loss_gradients():
     jax_loss, grads = nnx.jit(nnx.value_and_grad(sae_loss), static_argnums=2)(model, x.numpy(), l1_coeff)
     assert_close("SAE loss", jax_loss, loss, ulps(loss, 8))
 
-    ours = grads_by_torch_key(grads, bridge.SAE_KEY_MAP)
+    ours = grads_by_torch_key(grads, SAE_KEY_MAP)
     for key, param in reference.named_parameters():
         assert_close(f"dSAE/d {key}", ours[key], param.grad, ulps(param.grad, GRAD_ULPS, floor=0.0))

@@ -13,10 +13,13 @@ import pytest
 import torch
 from flax import nnx
 
-from jax_impl import bridge
-from jax_impl.config import MLPConfig, SAEConfig
-from jax_impl.train import mlp_optimizer, sae_optimizer
+from jax_impl.interop import bridge
+from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.jobs.run_config import SAEConfig
+from jax_impl.training.mlp_trainer import mlp_optimizer
+from jax_impl.training.sae_trainer import sae_optimizer
 from parity_tests.helpers import EPS32, assert_close, randomize_batch_stats, task_rows, ulps
+from parity_tests.seed_sae import seed_sae_as_family, seed_sae_from_state_dict
 from torch_ref import train as torch_train
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 
@@ -88,7 +91,7 @@ def weight_decay(request) -> float:
 def test_sae_recipe_steps_match_torch():
     torch.manual_seed(8)
     reference = SparseAutoencoder(512, 2048)
-    model = bridge.seed_sae_from_state_dict(reference.state_dict())
+    model = seed_sae_from_state_dict(reference.state_dict())
     cfg = SAEConfig()
     optimizer = torch.optim.Adam(reference.parameters(), lr=cfg.lr)
     tx = sae_optimizer(cfg)
@@ -99,11 +102,11 @@ def test_sae_recipe_steps_match_torch():
         optimizer.zero_grad()
         torch_train.sae_loss(*reference(x), x, cfg.architecture.l1_coeff).backward()
         optimizer.step()
-        grads = torch_grads_as_jax(reference, bridge.seed_sae_from_state_dict)
+        grads = torch_grads_as_jax(reference, seed_sae_from_state_dict)
         params = nnx.state(model, nnx.Param)
         updates, opt_state = tx.update(grads, opt_state, params)
         nnx.update(model, optax.apply_updates(params, updates))
 
-    ours = bridge.sae_to_state_dict(model)
+    ours = bridge.sae_to_state_dict(seed_sae_as_family(model))
     for key, value in reference.named_parameters():
         assert_close(f"Adam, {STEPS} steps: {key}", ours[key], value, param_tol(value, STEPS * cfg.lr))

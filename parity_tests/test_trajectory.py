@@ -23,10 +23,12 @@ import pytest
 import torch
 from flax import nnx
 
-from jax_impl import bridge
-from jax_impl.config import MLPConfig, SAEConfig
-from jax_impl.train import fit_mlp, fit_sae
+from jax_impl.interop import bridge
+from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.jobs.run_config import SAEConfig
+from jax_impl.training.mlp_trainer import fit_mlp
 from parity_tests.helpers import assert_close, task_rows
+from parity_tests.seed_sae import SAE_KEY_MAP, fit_sae, seed_sae_from_state_dict
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from torch_ref.train import harvest_layer2, train_mlp, train_sae
 
@@ -83,12 +85,12 @@ def _run_sae(data, dtype):
     _, _, _, activations, sae = data
     reference = copy.deepcopy(sae).to(dtype)
     losses = train_sae(reference, activations.to(dtype), permutations(33))
-    model = bridge.seed_sae_from_state_dict(sae.state_dict())
+    model = seed_sae_from_state_dict(sae.state_dict())
     if dtype == torch.float64:
         model = _to_float64(model)
     # float32 activations: exact in float64 too, so both sides see the same numbers.
     result = fit_sae(model, activations.numpy(), SAEConfig(epochs=EPOCHS), permutations=permutations(33), log=lambda _: None)
-    return result.step_losses, losses, _jax_state_dict(result.model, bridge.SAE_KEY_MAP), reference.state_dict()
+    return result.step_losses, losses, _jax_state_dict(result.model, SAE_KEY_MAP), reference.state_dict()
 
 
 def test_mlp_trajectory_float64(data):

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_impl.causal.config import CausalConfig
-from jax_impl.causal.runner import causal_map
-from jax_impl.harvest import harvest_activations
-from jax_impl.rundir import ACTIVATIONS_PATH, Run, run_config
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.train_sae import train_sae
+from jax_impl.evaluation.causal.config import CausalConfig
+from jax_impl.jobs.causal import causal_map
+from jax_impl.data.harvest import harvest_activations
+from jax_impl.jobs.rundir import ACTIVATIONS_PATH, Run, run_config
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.jobs.train_sae import train_sae
 
 
 def _sae_for_seed(run: Run, hook: str, out: Path, seed: int, variant: str, dict_size: int, arch, epochs: int,

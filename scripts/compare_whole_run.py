@@ -13,6 +13,7 @@ Prints a Markdown table (docs/parity.md keeps one).
 from __future__ import annotations
 
 import argparse
+import sys
 import copy
 import time
 from pathlib import Path
@@ -20,14 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jax_impl import bridge
-from jax_impl.analysis import mlp_forward
-from jax_impl.config import MLPConfig, SAEConfig
-from jax_impl.harvest import harvest_activations
-from jax_impl.task import read_split
-from jax_impl.train import fit_mlp, fit_sae
+from jax_impl.interop import bridge
+from jax_impl.evaluation.inference import mlp_forward
+from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.jobs.run_config import SAEConfig
+from jax_impl.data.harvest import harvest_activations
+from jax_impl.task.pointer import read_split
+from jax_impl.training.mlp_trainer import fit_mlp
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from torch_ref.train import harvest_layer2, sae_loss, train_mlp, train_sae
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the seed's SAE module lives beside the parity tests
+from parity_tests.seed_sae import fit_sae, seed_sae_from_state_dict  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "upstream" / "dataset"
 # Their exact gradient is 0 (a train-mode BatchNorm follows), so both frameworks random-walk them on
@@ -95,7 +100,7 @@ def main() -> None:
     mlp = fit_mlp(bridge.mlp_from_state_dict(init_mlp.state_dict()), train.inputs, train.targets, mlp_cfg,
                   permutations=mlp_perms, log=lambda _: None).model
     acts = harvest_activations(mlp, train.inputs)
-    sae_result = fit_sae(bridge.seed_sae_from_state_dict(init_sae.state_dict()), acts, sae_cfg, permutations=sae_perms, log=lambda _: None)
+    sae_result = fit_sae(seed_sae_from_state_dict(init_sae.state_dict()), acts, sae_cfg, permutations=sae_perms, log=lambda _: None)
     jax_mlp, jax_sae = bridge.mlp_to_state_dict(mlp), bridge.sae_to_state_dict(sae_result.model)
     # Evaluated through torch modules holding the JAX weights, so both columns use one evaluation code path.
     as_torch = InterpretabilityMLP()

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_impl import atlas
-from jax_impl.models import HOOKS
-from jax_impl.rundir import load_run
+from jax_impl.evaluation import atlas
+from jax_impl.models.mlp import HOOKS
+from jax_impl.jobs.rundir import load_run
 
 
 def main() -> None:

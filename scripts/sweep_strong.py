@@ -12,7 +12,7 @@ For every setting it trains an SAE on the run's harvested activations (mlp_activ
 training rows), then measures on all 10,000 rows of the run's dataset what docs/strong_recipe.md reports:
 explained variance, dead fraction, L0, MLP MSE clean and with the reconstruction spliced in, the share of
 live features whose best concept F1 >= 0.7 (the atlas's "monosemantic"), and the worst best-F1 over the
-pointer concepts (p1=k, p2=k) and over the target values. Concept scores are the atlas's (jax_impl.atlas);
+pointer concepts (p1=k, p2=k) and over the target values. Concept scores are the atlas's (jax_impl.evaluation.atlas);
 the causal tests are left to `monosem atlas` on the chosen setting. Prints a markdown table and writes
 RUN_DIR/sweep_strong_GRID.json.
 """
@@ -29,15 +29,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_impl import analysis, atlas, bridge
-from jax_impl.atomic import write_json_atomic
-from jax_impl.config import MLPConfig, RunConfig, SAEConfig
-from jax_impl.models import InterpretabilityMLP
-from jax_impl.online import fit_mlp_online
-from jax_impl.rundir import ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, dataset_path
-from jax_impl import sae_training, saes
-from jax_impl.task import SPLITS, TaskShape, concat_splits, generate_splits, read_split
-from jax_impl.train import fit_mlp
+from jax_impl.evaluation import inference, atlas
+from jax_impl.interop import bridge
+from jax_impl.files.atomic import write_json_atomic
+from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.jobs.run_config import RunConfig, SAEConfig
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.training.online import fit_mlp_online
+from jax_impl.jobs.rundir import ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, dataset_path
+from jax_impl.training import sae_trainer
+from jax_impl import saes
+from jax_impl.task.pointer import SPLITS, TaskShape, concat_splits, generate_splits, read_split
+from jax_impl.training.mlp_trainer import fit_mlp
 
 MIN_F1 = 0.7  # the atlas's default threshold for a monosemantic feature
 
@@ -77,7 +80,7 @@ def sweep_mlp(seed: int) -> None:
             train = splits["train"]
             result = fit_mlp(model, train.inputs, train.targets, cfg, key=run.key(KEY_MLP_SHUFFLE), log=print)
         seconds = time.perf_counter() - t0
-        test = analysis.evaluate(result.model, splits["test"])
+        test = inference.evaluate(result.model, splits["test"])
         steps = result.step_losses.size
         print(f"| {data} | {batch} | {epochs} | {steps} | {steps * batch / 1e6:.1f}M | {seconds:.0f} "
               f"| {test['mse']:.4f} | {100 * test['exact_match']:.1f}% |", flush=True)
@@ -98,9 +101,9 @@ def targets_met(row: dict) -> list[str]:
 
 def score(mlp, sae, split, shape: TaskShape) -> dict:
     """Reconstruction metrics and concept coverage of one SAE on the rows of `split`."""
-    metrics = analysis.evaluate(mlp, split, sae)
-    _, layer2 = analysis.mlp_forward(mlp, split.inputs)
-    _, features = analysis.sae_forward(sae, layer2)
+    metrics = inference.evaluate(mlp, split, sae)
+    _, layer2 = inference.mlp_forward(mlp, split.inputs)
+    _, features = inference.sae_forward(sae, layer2)
     live = features[:, features.max(axis=0) > 0]
     concepts = atlas.task_concepts(split.inputs, shape.x_dim, shape.y_dim)
     f1 = atlas.score_features(live, concepts.mask).f1  # (live, C)
@@ -121,7 +124,7 @@ def train(setting: dict, activations: np.ndarray, epochs: int, seed: int):
     cfg = SAEConfig(epochs=epochs, log_every=epochs, architecture=arch_config,
                     **{k: v for k, v in setting.items() if k in trainer})
     sae = saes.create(cfg.variant, activations.shape[1], cfg.dict_size, cfg.architecture, key=jax.random.key(seed))
-    return sae_training.fit(sae, activations, cfg.train_config(), key=jax.random.key(seed + 1), log=lambda _: None).model
+    return sae_trainer.fit(sae, activations, cfg.train_config(), key=jax.random.key(seed + 1), log=lambda _: None).model
 
 
 def main() -> None:

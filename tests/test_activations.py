@@ -1,4 +1,4 @@
-"""jax_impl.activations: the three activation formats, their validation, and bounded-memory reads."""
+"""jax_impl.data.activations: the three activation formats, their validation, and bounded-memory reads."""
 
 import os
 import pickle
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from jax_impl.activations import (
+from jax_impl.data.activations import (
     ACTIVATION_SUFFIXES,
     ActivationFile,
     iter_chunks,

@@ -1,6 +1,6 @@
 """Nothing of the user's touched, nothing half-claimed (issue 24, items 1, 2 and part of 7).
 
-- An artifact set is one unit (jax_impl.artifact_set): every rename and every file write of a command fails
+- An artifact set is one unit (jax_impl.files.artifact_set): every rename and every file write of a command fails
   in turn (ENOSPC) into a folder that holds a complete earlier set: after each failure the folder holds
   exactly that set, exit 2 and one line; a process killed between the commit's renames leaves a journal that
   the next command completes (the whole new set). For train-sae, the pipeline's harvest stage and export.
@@ -29,20 +29,20 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, TINY_RUN_ARGS
-from jax_impl import sae_training
-from jax_impl.artifact_set import JOURNAL
+from jax_impl.training import sae_trainer
+from jax_impl.files.artifact_set import JOURNAL
 from jax_impl.cli import main
 from jax_impl.errors import TrainingDiverged
-from jax_impl.locks import LOCK_FILE
+from jax_impl.files.locks import LOCK_FILE
 
 TRAIN_SAE = ["--variant", "topk", "--k", "4", "--dict-size", "32", "--epochs", "1", "--batch-size", "64",
              "--checkpoint-every", "off"]
 NO_SPACE = os.strerror(errno.ENOSPC)
 
-# sae_training.fit's results by (PRNG key, dictionary size): each seed trains once per session; the commands
+# sae_trainer.fit's results by (PRNG key, dictionary size): each seed trains once per session; the commands
 # below then run whole (lock, tidying, metrics, every write) in a fraction of a second.
 _TRAINED: dict[tuple[bytes, int], Any] = {}
-_real_fit = sae_training.fit
+_real_fit = sae_trainer.fit
 
 
 def _fit_once(sae, rows, train, *, key, **kwargs):
@@ -54,7 +54,7 @@ def _fit_once(sae, rows, train, *, key, **kwargs):
 
 @pytest.fixture(autouse=True)
 def _trained_once(monkeypatch):
-    monkeypatch.setattr(sae_training, "fit", _fit_once)
+    monkeypatch.setattr(sae_trainer, "fit", _fit_once)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def _fail_each_write_in_turn(monkeypatch, root: Path, command, check_failed, res
 def _complete_set(acts: Path, tmp_path_factory, name: str, seed: int) -> Path:
     out = tmp_path_factory.mktemp(name) / "out"
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(sae_training, "fit", _fit_once)
+        m.setattr(sae_trainer, "fit", _fit_once)
         assert _train_sae(acts, out, seed=seed) == 0
     return out
 
@@ -214,7 +214,7 @@ def test_a_commit_killed_between_renames_is_completed_by_the_next_command(acts, 
     def diverges(*args, **kwargs):
         raise TrainingDiverged("loss is NaN at epoch 1")
 
-    monkeypatch.setattr(sae_training, "fit", diverges)
+    monkeypatch.setattr(sae_trainer, "fit", diverges)
     capsys.readouterr()
     assert _train_sae(acts, out, seed=2) == 2
     assert "loss is NaN" in capsys.readouterr().err
@@ -248,9 +248,9 @@ def run_copy(tiny_run, tmp_path) -> Path:
 def test_a_pipeline_stage_and_its_manifest_are_one_set(tiny_run, run_copy, monkeypatch):
     """The harvest stage (activations .pt, its .safetensors twin and the manifest that records the stage),
     failing at each of its writes: the run directory as it was; then all three new."""
-    from jax_impl.models import InterpretabilityMLP
-    from jax_impl.pipeline import STAGES, run_stage
-    from jax_impl.rundir import load_run, read_manifest
+    from jax_impl.models.mlp import InterpretabilityMLP
+    from jax_impl.jobs.pipeline import STAGES, run_stage
+    from jax_impl.jobs.rundir import load_run, read_manifest
 
     run = load_run(run_copy, log=lambda line: None)
     run.mlp = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(12345))  # other activations than the run's
@@ -441,7 +441,7 @@ import sys
 from pathlib import Path
 import torch
 from torch_ref.models import InterpretabilityMLP
-from jax_impl.export import _write_torchscript
+from jax_impl.jobs.export import _write_torchscript
 torch.manual_seed(0)
 _write_torchscript(InterpretabilityMLP(20).eval().requires_grad_(False), Path(sys.argv[1]) / "mlp.torchscript.pt")
 """

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_impl import analysis, atlas
-from jax_impl.atlas_page import render_page
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.evaluation import inference, atlas
+from jax_impl.reports.atlas_page import render_page
+from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl import saes
-from jax_impl.task import TaskShape, pointer_targets
+from jax_impl.task.pointer import TaskShape, pointer_targets
 
 ROW = [8, 9, 5, 1, 3, 2, 9, 4, 7, 1]  # the seed's first probe input: p1=3, p2=1, a[p1]=1, b[p2]=9, target 8
 
@@ -166,11 +166,11 @@ def test_splice_metrics_perfect_and_mean_reconstruction():
 
 def test_weights_from_nnx_modules_match_the_modules():
     mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(0))
-    _, layer2 = analysis.mlp_forward(mlp, _random_rows(16, 5))
-    np.testing.assert_allclose(atlas.Readout.from_mlp(mlp)(layer2), analysis.readout(mlp, layer2), rtol=1e-5, atol=1e-5)
+    _, layer2 = inference.mlp_forward(mlp, _random_rows(16, 5))
+    np.testing.assert_allclose(atlas.Readout.from_mlp(mlp)(layer2), inference.readout(mlp, layer2), rtol=1e-5, atol=1e-5)
     for sae in (saes.create("relu-l1", 512, 64, key=jax.random.key(1)),
                 saes.create("topk", 512, 64, saes.topk.Config(k=5), key=jax.random.key(2))):
-        reconstruction, features = analysis.sae_forward(sae, layer2)
+        reconstruction, features = inference.sae_forward(sae, layer2)
         d = atlas.Dictionary.from_sae(sae)
         np.testing.assert_allclose(d.encode(layer2), features, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(d.decode(features), reconstruction, rtol=1e-5, atol=1e-5)
@@ -341,15 +341,16 @@ def test_files_page_and_labels(circuit_atlas, tmp_path):
 
 
 def test_atlas_command_on_a_run_directory(tmp_path, capsys):
-    from jax_impl import bridge, cli
-    from jax_impl.config import RunConfig
-    from jax_impl.task import Split, write_split
+    from jax_impl.interop import bridge
+    from jax_impl import cli
+    from jax_impl.jobs.run_config import RunConfig
+    from jax_impl.task.pointer import Split, write_split
 
     for i, name in enumerate(("train", "val", "test")):
         inputs = _random_rows(40, 10 + i)
         write_split(tmp_path / "dataset" / f"mlp_{name}.xlsx", Split(inputs, pointer_targets(inputs).astype(np.float32)))
     bridge.save_mlp(InterpretabilityMLP(10, rngs=nnx.Rngs(0)), tmp_path / "mlp" / "perfect_mlp.pth")
-    bridge.save_sae(SparseAutoencoder(512, 32, rngs=nnx.Rngs(1)), tmp_path / "sae" / "sae_model.pth")
+    bridge.save_sae(saes.create("relu-l1", 512, 32, key=jax.random.key(1)), tmp_path / "sae" / "sae_model.pth")
     (tmp_path / "manifest.json").write_text(json.dumps({"config": RunConfig().to_dict()}))
     assert cli.main(["atlas", "--run-dir", str(tmp_path), "--split", "test"]) == 0
     doc = json.loads((tmp_path / atlas.ATLAS_JSON).read_text())
@@ -366,9 +367,9 @@ def test_every_hook_reads_out_to_the_models_prediction(hook):
     prediction; and an edit of the activation moves both alike."""
     from flax import nnx
 
-    from jax_impl import analysis
-    from jax_impl.harvest import harvest_activations
-    from jax_impl.models import HOOK_WIDTHS, InterpretabilityMLP
+    from jax_impl.evaluation import inference
+    from jax_impl.data.harvest import harvest_activations
+    from jax_impl.models.mlp import HOOK_WIDTHS, InterpretabilityMLP
 
     mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(3))
     rng = np.random.default_rng(5)
@@ -376,15 +377,15 @@ def test_every_hook_reads_out_to_the_models_prediction(hook):
         bn.running_mean[...] = jnp.asarray(rng.normal(size=bn.running_mean.shape), jnp.float32)
         bn.running_var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=bn.running_var.shape), jnp.float32)
     inputs = rng.integers(0, 4, size=(64, 10))
-    prediction, h = analysis.mlp_forward(mlp, inputs, hook)
+    prediction, h = inference.mlp_forward(mlp, inputs, hook)
     assert h.shape == (64, HOOK_WIDTHS[hook])
     np.testing.assert_array_equal(harvest_activations(mlp, inputs, hook), h)
-    reference, _ = analysis.mlp_forward(mlp, inputs)  # the plain forward (through layer2)
+    reference, _ = inference.mlp_forward(mlp, inputs)  # the plain forward (through layer2)
     np.testing.assert_allclose(prediction, reference, rtol=1e-6, atol=1e-6)
     readout = atlas.Readout.from_mlp(mlp, hook)
     np.testing.assert_allclose(np.asarray(readout(jnp.asarray(h))), prediction, rtol=1e-5, atol=1e-5)
     edited = h - 0.5 * np.abs(rng.normal(size=h.shape)).astype(np.float32)  # negative entries too
-    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(edited))), analysis.readout(mlp, edited, hook),
+    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(edited))), inference.readout(mlp, edited, hook),
                                rtol=1e-5, atol=1e-5)
 
 

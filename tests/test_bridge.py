@@ -1,11 +1,13 @@
+import jax
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
-from jax_impl import bridge
+from jax_impl import saes
+from jax_impl.interop import bridge
 from jax_impl.errors import UserError
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
+from jax_impl.models.mlp import InterpretabilityMLP
 
 
 def test_upstream_pth_round_trips_bit_exactly(upstream, tmp_path):
@@ -21,7 +23,7 @@ def test_upstream_pth_round_trips_bit_exactly(upstream, tmp_path):
 
 
 def test_sae_round_trip(tmp_path):
-    sae = SparseAutoencoder(512, 64, rngs=nnx.Rngs(1))
+    sae = saes.create("relu-l1", 512, 64, key=jax.random.key(1))
     bridge.save_sae(sae, tmp_path / "sae.pth")
     sd = torch.load(tmp_path / "sae.pth", weights_only=True)
     assert {k: tuple(v.shape) for k, v in sd.items()} == {
@@ -29,7 +31,7 @@ def test_sae_round_trip(tmp_path):
     }
     back = bridge.load_sae(tmp_path / "sae.pth")
     assert back.arch.name == "relu-l1"
-    np.testing.assert_array_equal(np.asarray(back.params()["w_dec"]), np.asarray(sae.decoder.kernel[...]))
+    np.testing.assert_array_equal(np.asarray(back.params()["w_dec"]), np.asarray(sae.params()["w_dec"]))
 
 
 def _mlp_sd():

@@ -1,4 +1,4 @@
-"""The causal map (jax_impl.causal) on networks whose answer is planted, and its command line."""
+"""The causal map (jax_impl.evaluation.causal) on networks whose answer is planted, and its command line."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_impl.atlas import Readout
-from jax_impl.causal import CausalConfig, PairSampler, TaskVariables
-from jax_impl.causal.interventions import Site, fit_subspaces, iia, set_outputs, subspace_outputs
-from jax_impl.causal.planted import early_selection, identity_dictionary, late_selection
-from jax_impl.causal.study import PairSet, causal_map_of_site
-from jax_impl.causal.config import DASConfig
-from jax_impl.task import TaskShape, pointer_targets
+from jax_impl.evaluation.atlas import Readout
+from jax_impl.evaluation.causal import CausalConfig
+from jax_impl.task.variables import PairSampler, TaskVariables
+from jax_impl.evaluation.causal.interventions import Site, fit_subspaces, iia, set_outputs, subspace_outputs
+from jax_impl.evaluation.causal.planted import early_selection, identity_dictionary, late_selection
+from jax_impl.evaluation.causal.study import PairSet, causal_map_of_site
+from jax_impl.evaluation.causal.config import DASConfig
+from jax_impl.task.pointer import TaskShape, pointer_targets
 
 SMALL = CausalConfig(fit_pairs=192, eval_pairs=192, isolation_pairs=96, ranks=(1, 4), das_steps=150,
                      max_features=8, shortlist=16, random_draws=2, circuit_rows=192)
@@ -138,9 +139,9 @@ def test_feature_patch_in_torch_equals_ours(tiny_run, tmp_path):
     """The patch computed by plain torch on the exported files equals ours."""
     import torch
 
-    from jax_impl.causal.interventions import encode
-    from jax_impl.atlas import Dictionary
-    from jax_impl.rundir import load_run
+    from jax_impl.evaluation.causal.interventions import encode
+    from jax_impl.evaluation.atlas import Dictionary
+    from jax_impl.jobs.rundir import load_run
     from torch_ref.models import mlp_from_state_dict
     from torch_ref.saes import sae_from_state_dict
 
@@ -192,7 +193,7 @@ def test_causal_command_trains_a_missing_hook_sae_and_writes_the_map(tiny_run, t
     import torch
 
     from jax_impl.cli import main
-    from jax_impl.models import HOOK_WIDTHS
+    from jax_impl.models.mlp import HOOK_WIDTHS
 
     out = tmp_path / "out"
     argv = ["causal", "--run-dir", str(tiny_run), "--out", str(out), "--hooks", "layer2,layer3", *CLI_TINY]

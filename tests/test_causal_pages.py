@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from jax_impl import reports
-from jax_impl.causal import CausalConfig, TaskVariables
-from jax_impl.causal.planted import early_selection, identity_dictionary, late_selection
-from jax_impl.causal.runner import build_document, write_causal
-from jax_impl.causal.study import PairSet, causal_map_of_site
-from jax_impl.task import TaskShape
+from jax_impl.reports import circuit_trace
+from jax_impl.evaluation.causal import CausalConfig
+from jax_impl.task.variables import TaskVariables
+from jax_impl.evaluation.causal.planted import early_selection, identity_dictionary, late_selection
+from jax_impl.jobs.causal import build_document, write_causal
+from jax_impl.evaluation.causal.study import PairSet, causal_map_of_site
+from jax_impl.task.pointer import TaskShape
 from test_reports_browser import GD, N, N_FEATURES, browser, open_offline, page_at  # noqa: F401  (fixtures)
 
 TINY = CausalConfig(fit_pairs=128, eval_pairs=128, isolation_pairs=64, ranks=(1, 4), das_steps=100, max_features=4,
@@ -44,12 +45,12 @@ def test_document_names_where_each_variable_is_mediated(document, tmp_path):
 
 
 def test_sankey_causal_view_links_are_measured_effects(document):
-    view = reports.causal_sankey_view(document)
+    view = circuit_trace.causal_sankey_view(document)
     c = document["circuit"]
     assert view["heads"][1].startswith("task variable") and set(view["column"]) <= {1, 3, 4}
     to_output = [val for s, t, val in zip(view["source"], view["target"], view["value"]) if view["column"][t] == 4]
     assert sorted(to_output) == sorted(round(e, 4) for e in c["effects"] if e > 0)
-    assert reports.causal_sankey_view({"circuit": None}) is None
+    assert circuit_trace.causal_sankey_view({"circuit": None}) is None
 
 
 def test_causal_page_in_chromium(browser, document, tmp_path):  # noqa: F811
@@ -77,12 +78,12 @@ def test_causal_page_in_chromium(browser, document, tmp_path):  # noqa: F811
 
 
 def test_sankey_page_offers_the_causal_view(page_at, document, tmp_path):  # noqa: F811
-    arrays = reports.demo_arrays(N, n_features=N_FEATURES, seed=11)
-    paths = reports.write_reports(tmp_path, **arrays, log=lambda _: None, causal=document)
+    arrays = circuit_trace.demo_arrays(N, n_features=N_FEATURES, seed=11)
+    paths = circuit_trace.write_reports(tmp_path, **arrays, log=lambda _: None, causal=document)
     page = page_at(paths["sankey"])
     page.select_option("#filter", "causal")
     page.wait_for_selector('#plot[data-shown="causal"]', timeout=5_000)
-    view = reports.causal_sankey_view(document)
+    view = circuit_trace.causal_sankey_view(document)
     assert page.evaluate(f"() => {GD}.data[0].node.customdata") == view["label"]
     heads = page.evaluate(f"() => {GD}.layout.annotations.map(a => a.text)")
     assert any("task variable" in h for h in heads)

@@ -1,4 +1,4 @@
-"""Our interchange interventions (jax_impl.causal) against pyvene, Stanford's intervention library (the `interop` extra).
+"""Our interchange interventions (jax_impl.evaluation.causal) against pyvene, Stanford's intervention library (the `interop` extra).
 
 One briefly trained MLP (about 87% of held-out rows exact), exported to the PyTorch reference (torch_ref) through
 the bridge, and wrapped in pyvene's `IntervenableModel` at `act2.output`: the ReLU after bn2, i.e. our `layer2` hook.
@@ -26,17 +26,18 @@ pv = pytest.importorskip("pyvene")
 
 from flax import nnx  # noqa: E402
 
-from jax_impl import bridge, saes  # noqa: E402
-from jax_impl.atlas import Dictionary  # noqa: E402
-from jax_impl.causal.config import DASConfig  # noqa: E402
-from jax_impl.causal.interventions import (  # noqa: E402
+from jax_impl.interop import bridge  # noqa: E402
+from jax_impl import saes
+from jax_impl.evaluation.atlas import Dictionary  # noqa: E402
+from jax_impl.evaluation.causal.config import DASConfig  # noqa: E402
+from jax_impl.evaluation.causal.interventions import (  # noqa: E402
     Site, encode, feature_patch, fit_subspaces, iia, outputs, set_outputs, subspace_outputs,
 )
-from jax_impl.causal.variables import PairSampler, TaskVariables, random_rows  # noqa: E402
-from jax_impl.config import MLPConfig  # noqa: E402
-from jax_impl.models import InterpretabilityMLP  # noqa: E402
-from jax_impl.task import TaskShape, pointer_targets  # noqa: E402
-from jax_impl.train import fit_mlp  # noqa: E402
+from jax_impl.task.variables import PairSampler, TaskVariables, random_rows  # noqa: E402
+from jax_impl.training.mlp_trainer import MLPConfig  # noqa: E402
+from jax_impl.models.mlp import InterpretabilityMLP  # noqa: E402
+from jax_impl.task.pointer import TaskShape, pointer_targets  # noqa: E402
+from jax_impl.training.mlp_trainer import fit_mlp  # noqa: E402
 from torch_ref.models import mlp_from_state_dict  # noqa: E402
 from torch_ref.saes import sae_from_state_dict  # noqa: E402
 

@@ -17,18 +17,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_impl import checkpoints as ck
+from jax_impl.training import checkpoints as ck
 from jax_impl import saes
-from jax_impl.activations import open_activations
-from jax_impl.bridge import mlp_to_state_dict
-from jax_impl.checkpoints import CheckpointError, TrainingCheckpoints
-from jax_impl.config import CheckpointPolicy, MLPConfig
+from jax_impl.data.activations import open_activations
+from jax_impl.interop.bridge import mlp_to_state_dict
+from jax_impl.training.checkpoints import CheckpointError, TrainingCheckpoints
+from jax_impl.training.checkpoints import CheckpointPolicy
+from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.errors import Interrupted, UserError
-from jax_impl.models import InterpretabilityMLP
-from jax_impl.online import fit_mlp_online
-from jax_impl.sae_training import SAETrainConfig, fit
-from jax_impl.task import TaskShape, generate_splits
-from jax_impl.train import fit_mlp
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.training.online import fit_mlp_online
+from jax_impl.training.sae_trainer import SAETrainConfig, fit
+from jax_impl.task.pointer import TaskShape, generate_splits
+from jax_impl.training.mlp_trainer import fit_mlp
 
 EVERY_EPOCH = CheckpointPolicy(epochs=1, seconds=None)
 

@@ -29,10 +29,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RUN_ARGS, xlsx_cells
-from jax_impl import bridge
+from jax_impl.interop import bridge
 from jax_impl.cli import main
-from jax_impl.pipeline import MANIFEST, STAGES
-from jax_impl.task import read_split
+from jax_impl.jobs.rundir import MANIFEST
+from jax_impl.jobs.pipeline import STAGES
+from jax_impl.task.pointer import read_split
 
 MONOSEM = Path(sys.executable).with_name("monosem")
 STAGE_NAMES = [s.name for s in STAGES]
@@ -234,7 +235,7 @@ def test_sigkill_in_every_stage_then_resume_matches_an_uninterrupted_run(stages,
 def test_stale_temporaries_are_swept_only_under_the_lock(tmp_path):
     """What SIGKILL leaves (`.NAME.monosem-<random>.tmp` files and folders, and `.NAME.<random>.tmp` of earlier
     versions' artifacts) goes at the next run, in the folders the run writes; real files stay."""
-    from jax_impl.locks import remove_stale_temporaries
+    from jax_impl.files.locks import remove_stale_temporaries
 
     (tmp_path / "mlp").mkdir()
     keep = [tmp_path / "mlp" / "perfect_mlp.pth", tmp_path / ".monosem.lock", tmp_path / "notes.tmp"]
@@ -251,7 +252,7 @@ def test_stale_temporaries_are_swept_only_under_the_lock(tmp_path):
 
 def test_a_failed_write_leaves_the_previous_file(tmp_path):
     """The writer raising half-way (disk full, a bug) leaves the old artifact and no temporary behind."""
-    from jax_impl.atomic import atomic_path
+    from jax_impl.files.atomic import atomic_path
 
     target = tmp_path / "perfect_mlp.pth"
     target.write_bytes(b"old")

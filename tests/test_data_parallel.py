@@ -22,8 +22,8 @@ import json, sys
 from pathlib import Path
 import jax, numpy as np, torch
 from jax_impl import saes
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.train_sae import train_sae
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.jobs.train_sae import train_sae
 from jax_impl.errors import UserError
 
 assert jax.device_count() == 4, jax.devices()
@@ -48,9 +48,9 @@ for name, fields in configs.items():
     report[name] = {"diff": diff, "devices": [c["devices"] for c in cfg_files]}
 # The step really is partitioned: its compiled program reduces across the devices.
 import jax.numpy as jnp
-from jax_impl.devices import data_mesh, replicate
-from jax_impl.sae_training import make_sae_step
-from jax_impl.train import sae_optimizer
+from jax_impl.training.devices import data_mesh, replicate
+from jax_impl.training.sae_trainer import make_sae_step
+from jax_impl.training.sae_trainer import sae_optimizer
 sae = saes.create("topk", 20, 32, saes.topk.Config(k=4), key=jax.random.key(0))
 mesh, tx = data_mesh(4, batch_size=64), sae_optimizer(train)
 carry = replicate((sae.params(), sae.buffers(), tx.init(sae.params()), jnp.zeros(32, jnp.int32)), mesh)

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_impl.atomic import write_json_atomic
+from jax_impl.files.atomic import write_json_atomic
 from jax_impl.cli import main
 from jax_impl.errors import TrainingDiverged
-from jax_impl.train import EXPLOSION_FACTOR, divergence, run_epochs
+from jax_impl.training.loop import EXPLOSION_FACTOR, divergence, run_epochs
 
 ARTIFACTS = ("sae.pth", "sae.safetensors", "sae_config.json", "metrics.json", "saelens")
 

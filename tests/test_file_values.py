@@ -1,5 +1,5 @@
 """Every value read from a JSON or .npz file is checked before use (issue 24, item 4): the cases the issue names,
-one per reader, each a one-line UserError naming the file and the key (jax_impl.jsonfile and its callers).
+one per reader, each a one-line UserError naming the file and the key (jax_impl.files.jsonfile and its callers).
 
 The structure-aware fuzzing of the same readers is tests/test_fuzz_json.py; this file holds the named cases and
 the parser's own properties. Everything here runs in this process on documents of a few KB.
@@ -18,14 +18,17 @@ import jax
 import numpy as np
 import pytest
 
-from jax_impl import atlas, jsonfile, saelens, saes
-from jax_impl import checkpoints as ck
-from jax_impl.causal.runner import read_causal
+from jax_impl.evaluation import atlas
+from jax_impl.files import jsonfile
+from jax_impl.interop import saelens
+from jax_impl import saes
+from jax_impl.training import checkpoints as ck
+from jax_impl.jobs.causal import read_causal
 from jax_impl.cli import main
-from jax_impl.config import RunConfig
+from jax_impl.jobs.run_config import RunConfig
 from jax_impl.errors import UserError
-from jax_impl.rundir import MANIFEST, run_config
-from jax_impl.synthetic import CONFIG_FILE, TRUTH_FILE, SyntheticConfig, load_synthetic, write_synthetic
+from jax_impl.jobs.rundir import MANIFEST, run_config
+from jax_impl.data.synthetic import CONFIG_FILE, TRUTH_FILE, SyntheticConfig, load_synthetic, write_synthetic
 
 DEEP = 100_000  # json.loads raises RecursionError near 1000 levels
 
@@ -395,7 +398,7 @@ CAUSAL = {
     (("variables", "T", "by_hook", "layer2", "features", "effects"), ["x"], "features.effects[0]' is 'x'"),
 ])
 def test_a_causal_map_for_the_reports_is_checked(tmp_path, path, value, fragment):
-    from jax_impl.reports import causal_sankey_view
+    from jax_impl.reports.circuit_trace import causal_sankey_view
 
     file = tmp_path / "causal.json"
     file.write_text(json.dumps(CAUSAL))

@@ -20,10 +20,10 @@ import pytest
 
 from jax_impl import cli, saes
 from jax_impl.cli import build_parser, main
-from jax_impl.config import RunConfig
+from jax_impl.jobs.run_config import RunConfig
 from jax_impl.errors import UserError
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.sweep_grid import SAE_KEYS, mlp_configurations, mlp_keys, sae_configurations
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.jobs.sweep_grid import SAE_KEYS, mlp_configurations, mlp_keys, sae_configurations
 
 # Where 0 is a meaningful value of an integer flag (by argparse dest): it must still refuse -1.
 ZERO_ALLOWED = {"seed", "causal.seed", "synthetic.seed", "process_id", "synthetic.parents",
@@ -93,14 +93,14 @@ def tripwire(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("a bad flag reached training")
 
-    import jax_impl.distributed
-    import jax_impl.pipeline
-    import jax_impl.sae_training
-    import jax_impl.sweep
-    import jax_impl.synthetic
-    for module, name in ((jax_impl.sae_training, "fit"), (jax_impl.pipeline, "run_pipeline"),
-                         (jax_impl.sweep, "_locked"), (jax_impl.synthetic, "write_synthetic"),
-                         (jax_impl.distributed, "start")):
+    import jax_impl.training.distributed
+    import jax_impl.jobs.pipeline
+    import jax_impl.training.sae_trainer
+    import jax_impl.jobs.sweep
+    import jax_impl.data.synthetic
+    for module, name in ((jax_impl.training.sae_trainer, "fit"), (jax_impl.jobs.pipeline, "run_pipeline"),
+                         (jax_impl.jobs.sweep, "_locked"), (jax_impl.data.synthetic, "write_synthetic"),
+                         (jax_impl.training.distributed, "start")):
         monkeypatch.setattr(module, name, reached)
 
 

@@ -86,6 +86,6 @@ def test_an_injected_enospc_names_the_file_and_leaves_no_partial_file(activation
     assert _train(activations, out, dict_size=64) == 2
     err = _assert_one_line_naming_a_file_in(out, capsys)
     assert "No space left on device" in err and ".tmp" not in err, err
-    # the set is one unit (jax_impl.artifact_set): nothing lost, nothing new, not even the two files written before
+    # the set is one unit (jax_impl.files.artifact_set): nothing lost, nothing new, not even the two files written before
     assert _files(out) == before
     assert not list(out.rglob(".*.tmp"))

@@ -37,14 +37,14 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file as save_safetensors
 
-from jax_impl import bridge
-from jax_impl import checkpoints as ck
+from jax_impl.interop import bridge
+from jax_impl.training import checkpoints as ck
 from jax_impl.cli import main
 from jax_impl.errors import Interrupted
-from jax_impl.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.train_sae import train_sae
-from jax_impl.config import CheckpointPolicy
+from jax_impl.jobs.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.jobs.train_sae import train_sae
+from jax_impl.training.checkpoints import CheckpointPolicy
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 
@@ -594,7 +594,7 @@ def sweep_rows(tmp_path_factory) -> Path:
 def _sweep_work(specs: list[str]) -> dict[str, int] | None:
     """What the grid would train (from the public API), or None when it is refused."""
     from jax_impl.errors import UserError
-    from jax_impl.sweep_grid import parse_grid, sae_configurations
+    from jax_impl.jobs.sweep_grid import parse_grid, sae_configurations
 
     try:
         configs = sae_configurations(parse_grid(specs), variants=["topk"], dict_size=8,

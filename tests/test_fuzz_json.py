@@ -35,20 +35,24 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from jax_impl import atlas, saelens, saes, sweep
-from jax_impl import checkpoints as ck
-from jax_impl.analysis import format_probe
-from jax_impl.causal.runner import read_causal
-from jax_impl.config import CheckpointPolicy, RunConfig
+from jax_impl.evaluation import atlas
+from jax_impl.interop import saelens
+from jax_impl import saes
+from jax_impl.jobs import sweep
+from jax_impl.training import checkpoints as ck
+from jax_impl.evaluation.inference import format_probe
+from jax_impl.jobs.causal import read_causal
+from jax_impl.training.checkpoints import CheckpointPolicy
+from jax_impl.jobs.run_config import RunConfig
 from jax_impl.errors import UserError
-from jax_impl.groundtruth import Scorer
-from jax_impl.models import HOOK_WIDTHS
-from jax_impl.pipeline import _completed_stages
-from jax_impl.reports import causal_sankey_view
-from jax_impl.rundir import MANIFEST, Run, read_manifest, run_config
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.synthetic import CONFIG_FILE, TRUTH_FILE, SyntheticConfig, load_synthetic, write_synthetic
-from jax_impl.train_sae import CONFIG_FILE as SAE_CONFIG_FILE
+from jax_impl.evaluation.groundtruth import Scorer
+from jax_impl.models.mlp import HOOK_WIDTHS
+from jax_impl.jobs.pipeline import _completed_stages
+from jax_impl.reports.circuit_trace import causal_sankey_view
+from jax_impl.jobs.rundir import MANIFEST, Run, read_manifest, run_config
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.data.synthetic import CONFIG_FILE, TRUTH_FILE, SyntheticConfig, load_synthetic, write_synthetic
+from jax_impl.jobs.train_sae import CONFIG_FILE as SAE_CONFIG_FILE
 from test_file_values import CAUSAL
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -319,9 +323,9 @@ SWEEP_GRID = {"k": [2]}
 def finished_sweep(tmp_path_factory) -> tuple[Path, Path]:
     """(activations, a sweep folder of one finished topk configuration): the files a sweep writes for it
     (train_sae.write_artifacts, its config_record), of an SAE that is not trained, with metrics of a trained one."""
-    from jax_impl.activations import open_activations
-    from jax_impl.sweep_grid import sae_configurations
-    from jax_impl.train_sae import config_record, write_artifacts
+    from jax_impl.data.activations import open_activations
+    from jax_impl.jobs.sweep_grid import sae_configurations
+    from jax_impl.jobs.train_sae import config_record, write_artifacts
 
     root = tmp_path_factory.mktemp("sweep")
     rng = np.random.default_rng(2)
@@ -368,8 +372,8 @@ def test_fuzzed_sweep_metrics_and_config(finished_sweep, tmp_path_factory, monke
 @given(data=st.data())
 def test_fuzzed_sweep_done_file(finished_sweep, tmp_path_factory, monkeypatch, data):
     """A group whose one configuration diverged: its row lives in checkpoints/group-000/done.json (no folder)."""
-    from jax_impl.activations import open_activations
-    from jax_impl.sweep_grid import sae_configurations
+    from jax_impl.data.activations import open_activations
+    from jax_impl.jobs.sweep_grid import sae_configurations
 
     activations, _ = finished_sweep
     out = tmp_path_factory.mktemp("done") / "sw"
@@ -435,7 +439,7 @@ def test_fuzzed_atlas_labels(tmp_path_factory, data):
     labels = read_or_refuse(path, lambda: atlas.feature_labels(path))
     if labels is not None:
         assert all(isinstance(k, int) and isinstance(v, str) for k, v in labels.items())
-        from jax_impl.analysis import ProbeReport
+        from jax_impl.evaluation.inference import ProbeReport
 
         format_probe(ProbeReport(inputs=(1, 2), expected=1.0, prediction=1.0, active_count=1,
                                  top_features=[(4, 0.5)]), labels)

@@ -31,10 +31,11 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from jax_impl import bridge, saes
-from jax_impl.activations import open_activations
+from jax_impl.interop import bridge
+from jax_impl import saes
+from jax_impl.data.activations import open_activations
 from jax_impl.errors import UserError
-from jax_impl.models import InterpretabilityMLP
+from jax_impl.models.mlp import InterpretabilityMLP
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 HUGE_SHAPES = [(10**12, 512), (2**40,), (10**6, 10**6), (1, 2**59), (2**29, 2**29, 4)]  # numel * 8 < 2**63

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RUN_ARGS
-from jax_impl import bridge, parity
+from jax_impl.interop import bridge
+from jax_impl.jobs import parity
 from jax_impl.cli import main
-from jax_impl.rundir import ACTIVATIONS_PATH, SAE_PATH, SAELENS_DIR, load_run
+from jax_impl.jobs.rundir import ACTIVATIONS_PATH, SAE_PATH, SAELENS_DIR, load_run
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,12 @@ import pytest
 import torch
 from flax import nnx
 
-from jax_impl import bridge, saelens
+from jax_impl import saes
+from jax_impl.interop import bridge, saelens
 from jax_impl.cli import _config_from_args, build_parser, main
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
-from jax_impl.rundir import ACTIVATIONS_PATH, MANIFEST, MLP_PATH, SAE_PATH, SAELENS_DIR, dataset_path
-from jax_impl.task import TaskShape, generate_splits, write_split
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.jobs.rundir import ACTIVATIONS_PATH, MANIFEST, MLP_PATH, SAE_PATH, SAELENS_DIR, dataset_path
+from jax_impl.task.pointer import TaskShape, generate_splits, write_split
 
 REPO = Path(__file__).resolve().parents[1]
 MONOSEM = Path(sys.executable).with_name("monosem")
@@ -57,7 +58,7 @@ def fabricate_run(run_dir: Path, stages=("data", "mlp", "harvest", "sae", "probe
         write_split(dataset_path(run_dir, name), split)
     bridge.save_mlp(InterpretabilityMLP(10, rngs=nnx.Rngs(0)), run_dir / MLP_PATH)
     bridge.save_activations(np.random.default_rng(0).random((d.n_train, 512), dtype=np.float32), run_dir / ACTIVATIONS_PATH)
-    bridge.save_sae(SparseAutoencoder(512, config.sae.dict_size, rngs=nnx.Rngs(1)), run_dir / SAE_PATH)
+    bridge.save_sae(saes.create("relu-l1", 512, config.sae.dict_size, key=jax.random.key(1)), run_dir / SAE_PATH)
     saelens.save_saelens(bridge.load_sae(run_dir / SAE_PATH), run_dir / SAELENS_DIR)
     (run_dir / "probe.txt").write_text("probe\n")
     manifest = {"config": config.to_dict(), "seed": config.seed, "stages": {s: {"seconds": 0.0} for s in stages},
@@ -100,7 +101,7 @@ def write_code_bomb(path: Path, marker: Path, kind: str) -> None:
     if kind == "activations":
         payload = [torch.zeros(2, 512), _RunsCode(marker)]
     else:
-        keys = bridge.MLP_KEY_MAP if kind == "mlp" else bridge.SAE_KEY_MAP
+        keys = bridge.MLP_KEY_MAP if kind == "mlp" else saes.get("relu-l1").config_keys()
         payload = {k: torch.zeros(1) for k in keys}
         payload[next(iter(keys))] = _RunsCode(marker)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +325,7 @@ def _mlp_sd():
 
 
 def _sae_sd():
-    return bridge.sae_to_state_dict(SparseAutoencoder(512, 64, rngs=nnx.Rngs(0)))
+    return bridge.sae_to_state_dict(saes.create("relu-l1", 512, 64, key=jax.random.key(0)))
 
 
 def _edited(sd, **changes):
@@ -385,7 +386,7 @@ PTH_CASES = {
     "sae_wrong_decoder_shape": ("--sae", lambda p: torch.save(_edited(_sae_sd(), decoder__weight=torch.zeros(512, 65)), p),
                                 ["key 'decoder.weight' has shape (512, 65), expected (512, 64)"]),
     "sae_nan": ("--sae", lambda p: torch.save(_nan_at(_sae_sd(), "encoder.bias"), p), ["key 'encoder.bias' contains NaN"]),
-    "sae_wrong_width": ("--sae", lambda p: torch.save(bridge.sae_to_state_dict(SparseAutoencoder(256, 64, rngs=nnx.Rngs(0))), p),
+    "sae_wrong_width": ("--sae", lambda p: torch.save(bridge.sae_to_state_dict(saes.create("relu-l1", 256, 64, key=jax.random.key(0))), p),
                         ["key 'encoder.weight' has shape (64, 256), expected (64, 512)"]),
 }
 

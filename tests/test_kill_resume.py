@@ -31,9 +31,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RUN_ARGS
-from jax_impl import checkpoints as ck
+from jax_impl.training import checkpoints as ck
 from jax_impl.cli import main
-from jax_impl.pipeline import MANIFEST, STAGES
+from jax_impl.jobs.rundir import MANIFEST
+from jax_impl.jobs.pipeline import STAGES
 from test_crash_resume import _artifacts, check_loads_completely
 
 MONOSEM = Path(sys.executable).with_name("monosem")
@@ -48,7 +49,7 @@ EPOCHS = {"mlp": MLP_EPOCHS, "sae": SAE_EPOCHS}
 # temporary file, a marker line is printed, and the process sleeps until it is killed (or signalled).
 WRAPPER = r"""
 import contextlib, os, sys, time
-from jax_impl import checkpoints
+from jax_impl.training import checkpoints
 real = checkpoints.atomic_path
 suffix, nth, count = os.environ.get("PAUSE_AT"), int(os.environ.get("PAUSE_AT_WRITE", "0")), 0
 

@@ -1,9 +1,11 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder, TorchBatchNorm1d
+from jax_impl import saes
+from jax_impl.models.mlp import InterpretabilityMLP, TorchBatchNorm1d
 
 
 def test_mlp_and_sae_shapes():
@@ -11,7 +13,7 @@ def test_mlp_and_sae_shapes():
     prediction, layer2 = mlp(jnp.ones((7, 10)))
     assert prediction.shape == (7, 1) and layer2.shape == (7, 512)
     assert float(layer2.min()) >= 0.0  # after ReLU
-    sae = SparseAutoencoder(512, 2048, rngs=nnx.Rngs(0))
+    sae = saes.create("relu-l1", 512, 2048, key=jax.random.key(0))
     reconstruction, features = sae(layer2)
     assert reconstruction.shape == (7, 512) and features.shape == (7, 2048)
     assert float(features.min()) >= 0.0
@@ -73,20 +75,20 @@ def test_batchnorm_refuses_a_batch_of_one_in_training():
 
 def test_probe_reports_the_strongest_features_in_eval_mode():
     """The probe against a direct eval-mode forward: threshold, order (ties by id), count, expected output."""
-    from jax_impl import analysis
+    from jax_impl.evaluation import inference
 
     mlp = InterpretabilityMLP(rngs=nnx.Rngs(0))
-    sae = SparseAutoencoder(dict_size=64, rngs=nnx.Rngs(1))
+    sae = saes.create("relu-l1", 512, 64, key=jax.random.key(1))
     rows = np.array([[8, 9, 5, 1, 3, 2, 9, 4, 7, 1], [0, 0, 0, 0, 0, 9, 9, 9, 9, 2]])
     mlp.train()
-    reports = analysis.probe(mlp, sae, rows)
+    reports = inference.probe(mlp, sae, rows)
     assert mlp.bn1.use_running_average is False  # the caller's module keeps its mode
     mlp.eval()
     prediction, layer2 = mlp(jnp.asarray(rows, jnp.float32))
     _, features = sae(layer2)
     for report, row, p, f in zip(reports, rows, np.asarray(prediction)[:, 0], np.asarray(features)):
-        active = [i for i in range(64) if f[i] > analysis.PROBE_THRESHOLD]
-        expected_top = sorted(active, key=lambda i: (-f[i], i))[: analysis.PROBE_TOP]
+        active = [i for i in range(64) if f[i] > inference.PROBE_THRESHOLD]
+        expected_top = sorted(active, key=lambda i: (-f[i], i))[: inference.PROBE_TOP]
         assert report.inputs == tuple(row.tolist())
         assert report.prediction == pytest.approx(float(p), abs=1e-6)
         assert report.active_count == len(active)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from jax_impl.cli import main
-from jax_impl.pipeline import run_dir_lock
+from jax_impl.jobs.pipeline import run_dir_lock
 
 
 # The upstream classes, written from the spec, independent of this project's code.
@@ -43,7 +43,7 @@ class UpstreamSAE(nn.Module):
 
 
 def test_artifacts_load_strictly_in_plain_torch(tiny_run):
-    from jax_impl.task import read_split
+    from jax_impl.task.pointer import read_split
 
     mlp = UpstreamMLP()
     mlp.load_state_dict(torch.load(tiny_run / "mlp" / "perfect_mlp.pth", weights_only=True), strict=True)
@@ -116,7 +116,7 @@ def test_evaluate_reproduces_upstream_numbers(upstream, tmp_path, capsys):
     model = UpstreamMLP()
     model.load_state_dict(torch.load(pth, weights_only=True))
     model.eval()
-    from jax_impl.task import read_split
+    from jax_impl.task.pointer import read_split
 
     with torch.no_grad():
         expected = model(torch.tensor(read_split(upstream / "dataset" / "mlp_val.xlsx").inputs, dtype=torch.float32))
@@ -161,7 +161,7 @@ def test_second_process_in_the_same_run_dir_is_refused(tmp_path):
     # The child takes the lock as run_dir_lock does (folder_lock), without importing the pipeline (torch, plotly:
     # seconds per process) that the parent's run_dir_lock already brought in.
     child = (
-        "import sys; from pathlib import Path; from jax_impl.locks import folder_lock\n"
+        "import sys; from pathlib import Path; from jax_impl.files.locks import folder_lock\n"
         "with folder_lock(Path(sys.argv[1]), flag='--run-dir', what='run directory'): pass"
     )
     with run_dir_lock(tmp_path):

@@ -1,7 +1,7 @@
 """Circuit reports: the long table, the workbook, the page data and the offline pages.
 
 Expected values are recomputed here independently (per-row Python sorts and dict sums)
-from the arrays that went into the reports.
+from the arrays that went into the circuit_trace.
 """
 
 from __future__ import annotations
@@ -15,25 +15,25 @@ import numpy as np
 import openpyxl
 import pytest
 
-from jax_impl import reports
+from jax_impl.reports import circuit_trace
 
 N, N_FEATURES, K = 300, 256, 10
 
 
 @pytest.fixture(scope="module")
 def arrays() -> dict[str, np.ndarray]:
-    return reports.demo_arrays(N, n_features=N_FEATURES, seed=7)
+    return circuit_trace.demo_arrays(N, n_features=N_FEATURES, seed=7)
 
 
 @pytest.fixture(scope="module")
-def trace(arrays) -> reports.CircuitTrace:
-    return reports.circuit_trace_table(**arrays)
+def trace(arrays) -> circuit_trace.CircuitTrace:
+    return circuit_trace.circuit_trace_table(**arrays)
 
 
 @pytest.fixture(scope="module")
 def written(arrays, tmp_path_factory) -> dict[str, Path]:
     logs: list[str] = []
-    paths = reports.write_reports(tmp_path_factory.mktemp("reports"), **arrays, log=logs.append)
+    paths = circuit_trace.write_reports(tmp_path_factory.mktemp("reports"), **arrays, log=logs.append)
     assert len(logs) == 6 and all(str(p) in "\n".join(logs) for p in paths.values())
     return paths
 
@@ -60,7 +60,7 @@ def energies_by_row(arrays) -> list[tuple[int, int, int, float]]:
 
 
 def test_demo_arrays_follow_the_task():
-    d = reports.demo_arrays(500, n_features=128, seed=3)
+    d = circuit_trace.demo_arrays(500, n_features=128, seed=3)
     for row, target in zip(d["inputs"], d["expected"]):
         p1, p2, a, b = pointer_values(row)
         assert 0 <= p1 <= 3 and 0 <= p2 <= 3
@@ -74,7 +74,7 @@ def test_top_k_desc_breaks_ties_by_lower_id():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 4, size=(50, 30)).astype(np.float32)   # many ties
     x[0] = 0                                                   # all tied
-    ids, vals = reports.top_k_desc(x, 7)
+    ids, vals = circuit_trace.top_k_desc(x, 7)
     for row, got_ids, got_vals in zip(x, ids, vals):
         want = top_ids(row, 7)
         assert got_ids.tolist() == want
@@ -82,7 +82,7 @@ def test_top_k_desc_breaks_ties_by_lower_id():
 
 
 def test_top_k_desc_k_larger_than_width():
-    ids, _ = reports.top_k_desc(np.array([[0.5, 2.0, 1.0]], np.float32), 10)
+    ids, _ = circuit_trace.top_k_desc(np.array([[0.5, 2.0, 1.0]], np.float32), 10)
     assert ids.tolist() == [[1, 2, 0]]
 
 
@@ -103,7 +103,7 @@ def test_trace_table_matches_per_sample_reference(arrays, trace):
 def test_trace_table_other_shape_reads_first_and_last_column():
     # 3 columns of 4: [a0 a1 a2 p1 | c0 c1 c2 pc | b0 b1 b2 p2]
     inputs = np.array([[5, 6, 7, 2, 9, 9, 9, 0, 1, 2, 3, 1]])
-    t = reports.circuit_trace_table(inputs, np.array([6.0]), np.array([5.6]), np.ones((1, 512), np.float32),
+    t = circuit_trace.circuit_trace_table(inputs, np.array([6.0]), np.array([5.6]), np.ones((1, 512), np.float32),
                                     np.ones((1, 64), np.float32), x_dim=4, y_dim=3, top_k=3)
     assert (t.p1[0], t.p2[0], t.v1[0], t.v2[0]) == (2, 1, 7, 2)
     assert t.neuron_id.tolist() == [[0, 1, 2]]
@@ -112,7 +112,7 @@ def test_trace_table_other_shape_reads_first_and_last_column():
 def test_trace_table_rejects_non_finite(arrays):
     args = dict(arrays, predictions=np.where(np.arange(N) == 5, np.nan, arrays["predictions"]))
     with pytest.raises(ValueError, match="predictions has non-finite"):
-        reports.circuit_trace_table(**args)
+        circuit_trace.circuit_trace_table(**args)
 
 
 @pytest.mark.parametrize("bad", ["inputs", "layer2", "predictions"])
@@ -120,13 +120,13 @@ def test_trace_table_rejects_mismatched_shapes(arrays, bad):
     args = dict(arrays)
     args[bad] = args[bad][:-1] if bad != "inputs" else args[bad][:, :-1]
     with pytest.raises(ValueError, match=bad):
-        reports.circuit_trace_table(**args)
+        circuit_trace.circuit_trace_table(**args)
 
 
 def test_workbook_layout(written):
     ws = openpyxl.load_workbook(written["trace"]).active
-    assert [c.value for c in ws[1]] == list(reports.TRACE_COLUMNS)
-    assert ws.max_row == N * K + 1 and ws.max_column == len(reports.TRACE_COLUMNS)
+    assert [c.value for c in ws[1]] == list(circuit_trace.TRACE_COLUMNS)
+    assert ws.max_row == N * K + 1 and ws.max_column == len(circuit_trace.TRACE_COLUMNS)
     assert ws.freeze_panes == "A2"
     assert all(c.font.b for c in ws[1])
     for row in (1, 2, 57, ws.max_row):
@@ -144,7 +144,7 @@ def test_workbook_values_match_arrays(arrays, written):
     rows = list(ws.iter_rows(min_row=2, values_only=True))
     rng = np.random.default_rng(1)
     for r in [0, 9, 10, len(rows) - 1, *rng.integers(0, len(rows), 40).tolist()]:
-        row = dict(zip(reports.TRACE_COLUMNS, rows[r]))
+        row = dict(zip(circuit_trace.TRACE_COLUMNS, rows[r]))
         s, rank = divmod(r, K)
         inp, target, pred = arrays["inputs"][s], arrays["expected"][s], arrays["predictions"][s]
         p1, p2, a, b = pointer_values(inp)
@@ -173,7 +173,7 @@ def test_heatmap_sums_and_top_pairs(arrays, trace):
         cell = (round(arrays["expected"][s]), f"{p1}-{p2}")
         cell_energy[cell] += e
         pair_energy[cell][(n_id, f_id)] += e
-    hm = reports.heatmap_data(trace)
+    hm = circuit_trace.heatmap_data(trace)
     assert hm["rows"] == sorted({c[0] for c in cell_energy})
     assert hm["cols"] == sorted({c[1] for c in cell_energy})
     for i, out in enumerate(hm["rows"]):
@@ -191,17 +191,17 @@ def test_bell_curve_stats(arrays, trace):
         by_pair[(n_id, f_id)].append(e)
     kept = {p: v for p, v in by_pair.items() if len(v) > 2 and statistics.stdev(v) > 0}
     want = sorted(kept, key=lambda p: (-statistics.mean(kept[p]) * len(kept[p]), p))
-    stats = reports.bell_curve_data(trace)
+    stats = circuit_trace.bell_curve_data(trace)
     got = list(zip(stats["neuron"], stats["feature"]))
-    assert got == want[:reports.BELL_MAX_PAIRS]
+    assert got == want[:circuit_trace.BELL_MAX_PAIRS]
     for i, pair in enumerate(got[:20]):
         assert stats["count"][i] == len(kept[pair])
         assert stats["mean"][i] == pytest.approx(statistics.mean(kept[pair]), abs=1e-6)
         assert stats["std"][i] == pytest.approx(statistics.stdev(kept[pair]), abs=1e-6)
-    assert len(reports.bell_curve_data(trace, max_pairs=5)["neuron"]) == 5
+    assert len(circuit_trace.bell_curve_data(trace, max_pairs=5)["neuron"]) == 5
 
 
-def sankey_reference(arrays, keep=lambda s: True, per_step: int = reports.SANKEY_LINKS_PER_STEP):
+def sankey_reference(arrays, keep=lambda s: True, per_step: int = circuit_trace.SANKEY_LINKS_PER_STEP):
     """(node labels, links) of the Sankey by dict sums over the rows of the kept samples."""
     steps = [defaultdict(float) for _ in range(4)]
     for s, n_id, f_id, e in energies_by_row(arrays):
@@ -220,7 +220,7 @@ def sankey_reference(arrays, keep=lambda s: True, per_step: int = reports.SANKEY
 
 
 def test_sankey_views_match_reference(arrays, trace):
-    data = reports.sankey_data(trace)
+    data = circuit_trace.sankey_data(trace)
     assert set(data["views"]) == {"all"} | {k for _, opts in data["filters"] for k, _ in opts}
     filters = {"all": lambda s: True, "out:3": lambda s: round(arrays["expected"][s]) == 3,
                "idx:1-2": lambda s: tuple(arrays["inputs"][s, [4, 9]]) == (1, 2)}
@@ -243,11 +243,11 @@ def test_sankey_views_match_reference(arrays, trace):
             assert flow == pytest.approx(max(inflow[label], outflow[label]), abs=1e-3)
         neuron_flow = [f for f, c in zip(view["flow"], view["column"]) if c == 2]
         assert neuron_flow == sorted(neuron_flow, reverse=True)
-    assert max(len(v["source"]) for v in data["views"].values()) <= 4 * reports.SANKEY_LINKS_PER_STEP
+    assert max(len(v["source"]) for v in data["views"].values()) <= 4 * circuit_trace.SANKEY_LINKS_PER_STEP
 
 
 def test_sankey_keeps_only_the_largest_links(arrays, trace):
-    view = reports.sankey_data(trace, links_per_step=5)["views"]["all"]
+    view = circuit_trace.sankey_data(trace, links_per_step=5)["views"]["all"]
     _, links = sankey_reference(arrays, per_step=5)
     assert len(view["source"]) == 20 == len(links)
 
@@ -271,15 +271,15 @@ def test_pages_load_nothing_from_the_network(written):
 
 
 def test_no_temp_files_left(written):
-    assert sorted(p.name for p in written["trace"].parent.iterdir()) == sorted(reports.REPORT_FILES.values())
+    assert sorted(p.name for p in written["trace"].parent.iterdir()) == sorted(circuit_trace.REPORT_FILES.values())
 
 
 def test_all_zero_activations_still_write_every_report(arrays, tmp_path):
     # An untrained or dead model: every energy is 0, so no pair has a curve and no link is kept.
     zero = dict(arrays, layer2=np.zeros_like(arrays["layer2"]), features=np.zeros_like(arrays["features"]))
-    paths = reports.write_reports(tmp_path, **zero, log=lambda _: None)
-    t = reports.circuit_trace_table(**zero)
+    paths = circuit_trace.write_reports(tmp_path, **zero, log=lambda _: None)
+    t = circuit_trace.circuit_trace_table(**zero)
     assert t.neuron_id[0].tolist() == list(range(K))  # ties: lowest ids first
-    assert reports.bell_curve_data(t)["neuron"] == []
-    assert all(v["source"] == [] for v in reports.sankey_data(t)["views"].values())
+    assert circuit_trace.bell_curve_data(t)["neuron"] == []
+    assert all(v["source"] == [] for v in circuit_trace.sankey_data(t)["views"].values())
     assert all(p.stat().st_size > 0 for p in paths.values())

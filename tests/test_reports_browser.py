@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_impl import reports
+from jax_impl.reports import circuit_trace
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -41,12 +41,12 @@ def browser():
 
 @pytest.fixture(scope="module")
 def arrays() -> dict[str, np.ndarray]:
-    return reports.demo_arrays(N, n_features=N_FEATURES, seed=11)
+    return circuit_trace.demo_arrays(N, n_features=N_FEATURES, seed=11)
 
 
 @pytest.fixture(scope="module")
 def written(arrays, tmp_path_factory) -> dict[str, Path]:
-    return reports.write_reports(tmp_path_factory.mktemp("reports"), **arrays, log=lambda _: None)
+    return circuit_trace.write_reports(tmp_path_factory.mktemp("reports"), **arrays, log=lambda _: None)
 
 
 def open_offline(browser, path: Path, requests: list[str], errors: list[str]):
@@ -179,7 +179,7 @@ def test_bell_curves_draw_default_pairs_and_controls_work(page_at, written):
 
 
 def test_sankey_draws_nodes_and_links_and_filters(page_at, written, arrays):
-    views = reports.sankey_data(reports.circuit_trace_table(**arrays))["views"]
+    views = circuit_trace.sankey_data(circuit_trace.circuit_trace_table(**arrays))["views"]
     page = page_at(written["sankey"])
 
     def drawn(key: str) -> None:
@@ -213,7 +213,7 @@ def test_sankey_draws_nodes_and_links_and_filters(page_at, written, arrays):
 
 def test_pages_without_energy_show_no_errors(page_at, arrays, tmp_path):
     zero = dict(arrays, layer2=np.zeros_like(arrays["layer2"]), features=np.zeros_like(arrays["features"]))
-    paths = reports.write_reports(tmp_path / "zero", **zero, log=lambda _: None)
+    paths = circuit_trace.write_reports(tmp_path / "zero", **zero, log=lambda _: None)
     assert page_at(paths["bell_curves"]).locator("#pairs option").count() == 0
     page = page_at(paths["sankey"])
     page.wait_for_selector('#plot[data-shown="all"]')

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_impl import checkpoints
-from jax_impl.activations import FINGERPRINT_ROWS, fingerprint, open_activations
+from jax_impl.training import checkpoints
+from jax_impl.data.activations import FINGERPRINT_ROWS, fingerprint, open_activations
 from jax_impl.cli import main
-from jax_impl.config import CheckpointPolicy
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.train_sae import train_sae
+from jax_impl.training.checkpoints import CheckpointPolicy
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.jobs.train_sae import train_sae
 
 ROWS, WIDTH = 96, 8
 TRAIN = ["--variant", "relu-l1", "--dict-size", "8", "--epochs", "2", "--batch-size", "16"]

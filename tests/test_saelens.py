@@ -1,6 +1,6 @@
 """SAELens's on-disk format, checked against the real `sae-lens` package (the `interop` extra).
 
-Ours -> SAELens: every architecture written by jax_impl.saelens loads with `sae_lens.SAE.load_from_disk`, and
+Ours -> SAELens: every architecture written by jax_impl.interop.saelens loads with `sae_lens.SAE.load_from_disk`, and
 SAELens's encode/decode equal ours on every row. SAELens -> ours: folders that SAELens itself saves (each of its
 inference architectures, and its training BatchTopK / Matryoshka files) load into ours with equal outputs.
 """
@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from jax_impl import saelens, saes
+from jax_impl.interop import saelens
+from jax_impl import saes
 from jax_impl.cli import main
 from jax_impl.errors import UserError
-from jax_impl.sae_training import SAETrainConfig, fit
+from jax_impl.training.sae_trainer import SAETrainConfig, fit
 
 
 def _sae_lens():
@@ -212,7 +213,7 @@ def _sha(path: Path) -> str:
 
 
 def test_run_writes_a_saelens_folder_that_equals_its_sae(tiny_run):
-    from jax_impl.rundir import SAELENS_DIR, load_run
+    from jax_impl.jobs.rundir import SAELENS_DIR, load_run
 
     run = load_run(tiny_run, log=lambda line: None)
     folder = tiny_run / SAELENS_DIR

@@ -11,10 +11,11 @@ import torch
 from flax import nnx
 from safetensors.torch import load_file, save_file
 
-from jax_impl import bridge, saes
+from jax_impl.interop import bridge
+from jax_impl import saes
 from jax_impl.errors import UserError
-from jax_impl.models import InterpretabilityMLP
-from jax_impl.rundir import ACTIVATIONS_PATH, MLP_PATH, SAE_PATH
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.jobs.rundir import ACTIVATIONS_PATH, MLP_PATH, SAE_PATH
 
 
 @pytest.mark.parametrize("path", [MLP_PATH, SAE_PATH, ACTIVATIONS_PATH])

@@ -11,18 +11,20 @@ import pytest
 import torch
 from flax import nnx
 
-from jax_impl import bridge
+from jax_impl.interop import bridge
 from jax_impl.cli import _config_from_args, build_parser
-from jax_impl.config import MLPConfig, RunConfig, strong_recipe
+from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.jobs.run_config import RunConfig, strong_recipe
 from jax_impl.errors import UserError
-from jax_impl.models import InterpretabilityMLP
-from jax_impl.online import fit_mlp_online
-from jax_impl import sae_training, saes
-from jax_impl.sae_training import SAETrainConfig
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.training.online import fit_mlp_online
+from jax_impl.training import sae_trainer
+from jax_impl import saes
+from jax_impl.training.sae_trainer import SAETrainConfig
 from jax_impl.saes.anthropic import resample_dead
 from jax_impl.saes.base import TrainContext
-from jax_impl.task import TaskShape, generate_splits
-from jax_impl.train import evaluation_mse
+from jax_impl.task.pointer import TaskShape, generate_splits
+from jax_impl.training.mlp_trainer import evaluation_mse
 
 
 def _config(*argv: str) -> RunConfig:
@@ -137,7 +139,7 @@ def _activations(n: int = 256, d: int = 32) -> np.ndarray:
 def test_topk_keeps_k_features_and_unit_decoder_rows():
     x = _activations()
     sae = saes.create("topk", 32, 48, saes.topk.Config(k=5), key=jax.random.key(0))
-    result = sae_training.fit(sae, x, SAETrainConfig(epochs=3, batch_size=64), key=jax.random.key(0), log=lambda _: None)
+    result = sae_trainer.fit(sae, x, SAETrainConfig(epochs=3, batch_size=64), key=jax.random.key(0), log=lambda _: None)
     reconstruction, features = result.model(jnp.asarray(x))
     assert int((np.asarray(features) > 0).sum(axis=1).max()) <= 5
     np.testing.assert_allclose(np.linalg.norm(np.asarray(result.model.params()["w_dec"]), axis=1), 1.0, atol=1e-5)
@@ -191,7 +193,7 @@ VARIANT_FLAGS = {"topk": ("--sae-k", "4"), "anthropic": ("--sae-resample-every",
 @pytest.fixture(scope="module")
 def strong_run(tmp_path_factory):
     """The data, (online) mlp and harvest stages of a tiny strong run."""
-    from jax_impl import pipeline
+    from jax_impl.jobs import pipeline
 
     run = pipeline.Run(tmp_path_factory.mktemp("strong"), _config(*TINY_STRONG, *VARIANT_FLAGS["topk"]), log=lambda _: None)
     for stage in (pipeline.stage_data, pipeline.stage_mlp, pipeline.stage_harvest):
@@ -201,7 +203,7 @@ def strong_run(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", ["topk", "anthropic"])
 def test_pipeline_stages_train_save_and_reload_a_variant(variant, strong_run, tmp_path):
-    from jax_impl import pipeline
+    from jax_impl.jobs import pipeline
     from torch_ref.saes import sae_from_state_dict
 
     run = pipeline.Run(tmp_path, _config(*TINY_STRONG, "--sae-variant", variant, *VARIANT_FLAGS[variant]), log=lambda _: None)

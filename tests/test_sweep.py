@@ -34,14 +34,16 @@ import numpy as np
 import pytest
 import torch
 
-from jax_impl import analysis, bridge, saes
+from jax_impl.evaluation import inference
+from jax_impl.interop import bridge
+from jax_impl import saes
 from jax_impl.cli import main
-from jax_impl.rundir import MLP_PATH, load_run
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.sweep import run_sweep
-from jax_impl.sweep_grid import parse_grid, sae_configurations
-from jax_impl.sweep_report import SWEEP_CSV, SWEEP_HTML, SWEEP_JSON, pareto_front
-from jax_impl.train_sae import CONFIG_FILE, METRICS_FILE, SAE_FILE, train_sae
+from jax_impl.jobs.rundir import MLP_PATH, load_run
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.jobs.sweep import run_sweep
+from jax_impl.jobs.sweep_grid import parse_grid, sae_configurations
+from jax_impl.reports.sweep_page import SWEEP_CSV, SWEEP_HTML, SWEEP_JSON, pareto_front
+from jax_impl.jobs.train_sae import CONFIG_FILE, METRICS_FILE, SAE_FILE, train_sae
 
 SAE_WEIGHTS = 2e-6
 JUMPRELU_THRESHOLDS = 2
@@ -157,7 +159,7 @@ def test_mlp_seeds_train_together_and_the_run_seed_is_the_runs_mlp(tiny_run, tmp
     b = torch.load(tiny_run / MLP_PATH, weights_only=True)
     assert _max_diff(a, b, skip=PRE_BATCHNORM) <= MLP_WEIGHTS
     rows = run.rows()
-    assert np.abs(analysis.mlp_forward(ours, rows.inputs)[0] - analysis.mlp_forward(run.mlp, rows.inputs)[0]).max() <= MLP_PREDICTIONS
+    assert np.abs(inference.mlp_forward(ours, rows.inputs)[0] - inference.mlp_forward(run.mlp, rows.inputs)[0]).max() <= MLP_PREDICTIONS
     manifest = json.loads((tiny_run / "manifest.json").read_text())["metrics"]["mlp"]
     metrics = json.loads((tmp_path / "mlp" / "001-seed7" / METRICS_FILE).read_text())
     assert metrics["test"]["mse"] == pytest.approx(manifest["test"]["mse"], rel=1e-3)
@@ -221,7 +223,7 @@ def test_grid_parsing_types_and_ranges():
 
 
 def test_a_second_sweep_into_the_same_folder_is_refused(activations, tmp_path, capsys):
-    from jax_impl.locks import folder_lock
+    from jax_impl.files.locks import folder_lock
 
     with folder_lock(tmp_path / "out", flag="--out", what="output folder"):
         assert main(["sweep", "--activations", str(activations), "--out", str(tmp_path / "out"), "--dict-size", "8",
@@ -236,9 +238,9 @@ def test_online_mlp_seeds_are_what_fit_mlp_online_trains(tiny_run, tmp_path):
     import jax
     from flax import nnx
 
-    from jax_impl.models import InterpretabilityMLP
-    from jax_impl.online import fit_mlp_online
-    from jax_impl.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE
+    from jax_impl.models.mlp import InterpretabilityMLP
+    from jax_impl.training.online import fit_mlp_online
+    from jax_impl.jobs.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE
 
     run = load_run(tiny_run, log=quiet)
     doc = run_sweep(tmp_path / "online", {"seed": [7, 8], "data": ["online"]}, stage="mlp", run_dir=tiny_run, log=quiet)
@@ -250,8 +252,8 @@ def test_online_mlp_seeds_are_what_fit_mlp_online_trains(tiny_run, tmp_path):
     ).model
     ours = bridge.load_mlp(tmp_path / "online" / doc["configurations"][0]["name"] / MLP_PATH)
     rows = run.rows()
-    assert np.abs(analysis.mlp_forward(ours, rows.inputs)[0] - analysis.mlp_forward(alone, rows.inputs)[0]).max() <= MLP_PREDICTIONS
-    assert doc["configurations"][0]["test_mse"] == pytest.approx(analysis.evaluate(alone, run.splits["test"])["mse"], rel=1e-3)
+    assert np.abs(inference.mlp_forward(ours, rows.inputs)[0] - inference.mlp_forward(alone, rows.inputs)[0]).max() <= MLP_PREDICTIONS
+    assert doc["configurations"][0]["test_mse"] == pytest.approx(inference.evaluate(alone, run.splits["test"])["mse"], rel=1e-3)
 
 
 def test_a_diverging_configuration_is_recorded_and_the_others_are_written(activations, tmp_path):

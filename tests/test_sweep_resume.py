@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_impl import checkpoints as ck
+from jax_impl.training import checkpoints as ck
 from jax_impl.cli import main
-from jax_impl.config import CheckpointPolicy
+from jax_impl.training.checkpoints import CheckpointPolicy
 from jax_impl.errors import Interrupted, UserError
-from jax_impl.rundir import MLP_PATH
-from jax_impl.sae_training import SAETrainConfig
-from jax_impl.sweep import run_sweep
-from jax_impl.sweep_report import SWEEP_CSV, SWEEP_JSON
+from jax_impl.jobs.rundir import MLP_PATH
+from jax_impl.training.sae_trainer import SAETrainConfig
+from jax_impl.jobs.sweep import run_sweep
+from jax_impl.reports.sweep_page import SWEEP_CSV, SWEEP_JSON
 
 EVERY_EPOCH = CheckpointPolicy(epochs=1, seconds=None)
 TIMING = {"seconds", "train_seconds"}

@@ -13,9 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from jax_impl import groundtruth, saes
-from jax_impl.sae_training import SAETrainConfig, fit
-from jax_impl.synthetic import (ACTIVATIONS_FILE, CONFIG_FILE, TRUTH_FILE, GroundTruth, SyntheticConfig, generate,
+from jax_impl.evaluation import groundtruth
+from jax_impl import saes
+from jax_impl.training.sae_trainer import SAETrainConfig, fit
+from jax_impl.data.synthetic import (ACTIVATIONS_FILE, CONFIG_FILE, TRUTH_FILE, GroundTruth, SyntheticConfig, generate,
                                 load_synthetic, write_synthetic)
 
 SMALL = SyntheticConfig(n_features=48, dim=32, rows=40_000, parents=4, children_per_parent=2, seed=3)

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from jax_impl.errors import UserError
-from jax_impl.task import (
+from jax_impl.task.pointer import (
     Split, TaskShape, generate_splits, pointer_targets, read_split, sample_pointer_task, write_split,
 )
-from jax_impl.analysis import SEED_PROBE_INPUTS
+from jax_impl.evaluation.inference import SEED_PROBE_INPUTS
 
 
 def test_seed_examples():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jax_impl.templates import fill, template
+from jax_impl.reports.templates import fill, template
 
 
 def test_every_page_template_is_package_data_with_its_markers():

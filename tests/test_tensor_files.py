@@ -19,18 +19,20 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 from safetensors.torch import save_file
 
-from jax_impl import bridge, saelens
-from jax_impl.activations import open_activations
+from jax_impl import saes
+from jax_impl.interop import bridge, saelens
+from jax_impl.data.activations import open_activations
 from jax_impl.cli import main
 from jax_impl.errors import UserError
-from jax_impl.models import InterpretabilityMLP, SparseAutoencoder
-from jax_impl.task import Split, pointer_targets, write_split
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.task.pointer import Split, pointer_targets, write_split
 
 HUGE = (10**12, 512)  # 2 PB of float32, declared by a few bytes
 
@@ -40,7 +42,7 @@ def _mlp_sd() -> OrderedDict:
 
 
 def _sae_sd(width: int = 512, dict_size: int = 16) -> OrderedDict:
-    return bridge.sae_to_state_dict(SparseAutoencoder(width, dict_size, rngs=nnx.Rngs(1)))
+    return bridge.sae_to_state_dict(saes.create("relu-l1", width, dict_size, key=jax.random.key(1)))
 
 
 @pytest.fixture(scope="module")

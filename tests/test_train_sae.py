@@ -15,7 +15,7 @@ import torch
 
 from jax_impl import saes
 from jax_impl.cli import main
-from jax_impl.train_sae import CONFIG_FILE, METRICS_FILE, SAE_FILE
+from jax_impl.jobs.train_sae import CONFIG_FILE, METRICS_FILE, SAE_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, ROWS, DICT = 37, 1200, 48
@@ -149,7 +149,7 @@ def test_registry_names_every_architecture_once():
 def test_default_matryoshka_groups_are_saved_resolved(tmp_path):
     import jax
 
-    from jax_impl import bridge
+    from jax_impl.interop import bridge
     from torch_ref.saes import sae_from_state_dict
 
     sae = saes.create("matryoshka", WIDTH, 64, key=jax.random.key(0))
@@ -174,7 +174,7 @@ def test_same_seed_same_bytes(variant, activations, tmp_path):
 
 
 def test_a_second_writer_into_the_same_out_folder_is_refused(activations, tmp_path, capsys):
-    from jax_impl.locks import LOCK_FILE, folder_lock
+    from jax_impl.files.locks import LOCK_FILE, folder_lock
 
     out = tmp_path / "out"
     argv = ["train-sae", "--activations", str(activations), "--out", str(out), "--epochs", "1", "--batch-size", "100"]

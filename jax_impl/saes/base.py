@@ -2,7 +2,7 @@
 
 An architecture (one module of this package each) is an `Architecture`: its config dataclass, its
 initialisation, its inference activation, its training loss, its extra buffers and its torch key map.
-The trainer (jax_impl.sae_training) and the bridge, atlas, export and CLI only ever ask the registry
+The trainer (jax_impl.training.sae_trainer) and the bridge, atlas, export and CLI only ever ask the registry
 (jax_impl.saes) for one; none of them branches on a name.
 
 Tied-bias parameterisation (all architectures but the seed's `relu-l1`):
@@ -233,7 +233,7 @@ class KeyMapEntry:
 
 @dataclass(frozen=True)
 class SaeLensFormat:
-    """How an architecture is written in SAELens's on-disk format (jax_impl.saelens) and read back from it.
+    """How an architecture is written in SAELens's on-disk format (jax_impl.interop.saelens) and read back from it.
 
     architecture: the SAELens architecture written to cfg.json (the inference one: SAELens itself saves a
     trained BatchTopK as "jumprelu" with its threshold in every feature). reads: the SAELens architectures
@@ -283,7 +283,7 @@ class Architecture:
     tied_bias: bool = True  # pre-encoder bias b_dec subtracted, and b_dec initialised to the mean row
     saelens: SaeLensFormat | None = None  # None: not expressible in SAELens's format
     # Config floats that must stay Python constants under jit (e.g. a custom_vjp's non-differentiable
-    # argument). A sweep (jax_impl.sweep) passes every other float field as a traced, vmapped value, and
+    # argument). A sweep (jax_impl.jobs.sweep) passes every other float field as a traced, vmapped value, and
     # groups configurations that differ in one of these into separate programs, like ints and tuples.
     static_floats: tuple[str, ...] = ()
 
@@ -307,7 +307,7 @@ class Architecture:
 class SAE(nnx.Module):
     """Any architecture's SAE as one nnx module: trained tensors as nnx.Param, buffers as nnx.BatchStat.
 
-    `sae(x)` -> (reconstruction (N, D), features (N, F)) at inference, like models.SparseAutoencoder.
+    `sae(x)` -> (reconstruction (N, D), features (N, F)) at inference.
     """
 
     def __init__(self, arch: Architecture, cfg: Any, params: Params, buffers: Buffers):

@@ -2,7 +2,8 @@
 loss = MSE + l1_coeff * batch mean of each row's L1 norm; free decoder norms, no pre-encoder bias.
 
 Keys are upstream's `SparseAutoencoder` (encoder.{weight,bias}, decoder.{weight,bias}); init is torch's
-Linear init drawn exactly as models.SparseAutoencoder draws it, so the seed recipe's bytes do not change.
+Linear init (models.mlp.torch_linear), encoder then decoder from one nnx.Rngs(key), as the seed's module drew it
+(parity_tests/seed_sae.py), so the seed recipe's bytes do not change.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_impl.checks import check_dict_size, require_finite
-from jax_impl.models import SparseAutoencoder
+from jax_impl.models.mlp import torch_linear
 from jax_impl.saes.base import Architecture, KeyMapEntry, SaeLensFormat, Params, TrainContext, decode, mse
 
 
@@ -30,11 +31,10 @@ class Config:
 
 
 def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config) -> tuple[Params, dict]:
-    sae = SparseAutoencoder(input_dim, dict_size, rngs=nnx.Rngs(key))
-    return {
-        "w_enc": sae.encoder.kernel[...], "b_enc": sae.encoder.bias[...],
-        "w_dec": sae.decoder.kernel[...], "b_dec": sae.decoder.bias[...],
-    }, {}
+    rngs = nnx.Rngs(key)
+    encoder = torch_linear(input_dim, dict_size, rngs=rngs)
+    decoder = torch_linear(dict_size, input_dim, rngs=rngs)
+    return {"w_enc": encoder.kernel[...], "b_enc": encoder.bias[...], "w_dec": decoder.kernel[...], "b_dec": decoder.bias[...]}, {}
 
 
 def activate(pre: jax.Array, params: Params, buffers: dict, cfg: Config) -> jax.Array:

@@ -1,0 +1,274 @@
+"""SAELens's on-disk format: a folder holding `cfg.json` and `sae_weights.safetensors`.
+
+Every SAE a run trains is also written this way (`RUN_DIR/sae/saelens/`, and `OUT/saelens/` of
+`monosem train-sae`), so `sae_lens.SAE.load_from_disk(folder)` loads it; `--sae FOLDER` of `monosem atlas`,
+`probe`, `report` and `evaluate` reads one, so an SAE trained with SAELens on our activations works here.
+
+SAELens keeps tensors in our layout under its own names: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec
+(d_sae, d_in), b_dec (d_in,), and threshold (d_sae,) for "jumprelu". Which SAELens architecture each of ours
+is written as, and which SAELens architectures it is read from, is its `Architecture.saelens`. Our own
+architecture name and config go into cfg.json's free-form `metadata.monosem`, so a folder written here reads
+back as exactly the SAE that was saved (a `batchtopk` stays a `batchtopk`, not the `jumprelu` SAELens sees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from jax_impl.interop import bridge
+from jax_impl.files import jsonfile
+from jax_impl import saes
+from jax_impl.files.atomic import write_text_atomic
+from jax_impl.checks import section_from_dict as typed_section  # the one typed reading of a config dataclass
+from jax_impl.errors import UserError
+from jax_impl.models.mlp import LAYER2_WIDTH
+from jax_impl.saes import SAE, Architecture
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+# The cfg.json layout written: SAELens 6's (`architecture`, `metadata`); older loaders rename pre-6 keys.
+FORMAT_VERSION = "6.0.0"
+
+# Our tensor names -> SAELens's (both in the same layout; no transposes).
+TENSOR_NAMES = {"w_enc": "W_enc", "b_enc": "b_enc", "w_dec": "W_dec", "b_dec": "b_dec", "threshold": "threshold"}
+# SAELens saves a training BatchTopK's running threshold under this name (one scalar).
+TRAINING_THRESHOLD = "topk_threshold"
+# SAELens config fields that are fields of our configs, by SAELens architecture: SAELens name -> ours.
+CONFIG_FIELDS: dict[str, dict[str, str]] = {
+    "topk": {"k": "k"},
+    "batchtopk": {"k": "k"},
+    "matryoshka_batchtopk": {"k": "k", "matryoshka_widths": "groups"},
+}
+# cfg.json settings we read with their only supported value (what our SAEs compute).
+_PLAIN_SETTINGS = {"normalize_activations": "none", "reshape_activations": "none"}
+# SAELens's TopK / BatchTopK option (its training BatchTopK's default): pre-activations scaled by each decoder
+# row's norm, activations divided by it before decoding. Read by folding the norms into the weights.
+RESCALE = "rescale_acts_by_decoder_norm"
+
+
+def is_saelens_dir(path: Path | str) -> bool:
+    return Path(path).is_dir()
+
+
+def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(cfg.json's dict, the tensors by SAELens name) for `sae`. ValueError where the architecture has no
+    SAELens form."""
+    arch, fmt = sae.arch, sae.arch.saelens
+    if fmt is None:
+        raise ValueError(f"the {arch.name} architecture has no SAELens form")
+    values = sae.params() | sae.buffers()
+    tensors = {TENSOR_NAMES[name]: np.asarray(values[name]) for name in ("w_enc", "b_enc", "w_dec", "b_dec")}
+    if fmt.architecture == "jumprelu":
+        # SAELens keeps one threshold per feature; a BatchTopK's single (possibly not yet set, < 0) threshold
+        # is spread over every feature, as SAELens's own BatchTopK saves it.
+        threshold = np.maximum(np.asarray(values["threshold"], np.float32), 0.0)
+        tensors["threshold"] = np.broadcast_to(threshold, (sae.dict_size,))
+    cfg: dict[str, Any] = {
+        "d_in": sae.input_dim,
+        "d_sae": sae.dict_size,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": arch.tied_bias,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": "monosemanticity-mlp",
+            "hook_name": hook_name,
+            "monosem": {"architecture": arch.name, "config": dataclasses.asdict(sae.cfg)},
+        },
+        "architecture": fmt.architecture,
+    }
+    for saelens_name, ours in CONFIG_FIELDS.get(fmt.architecture, {}).items():
+        cfg[saelens_name] = getattr(sae.cfg, ours)
+    if fmt.architecture == "topk":
+        cfg["rescale_acts_by_decoder_norm"] = False
+    torch_tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in tensors.items()}
+    return cfg, torch_tensors
+
+
+def save_saelens(sae: SAE, folder: Path | str, *, hook_name: str | None = "layer2") -> Path:
+    """Write `folder/sae_weights.safetensors` then `folder/cfg.json`, each atomically; returns the folder."""
+    folder = Path(folder)
+    cfg, tensors = saelens_state(sae, hook_name=hook_name)
+    bridge.write_safetensors(tensors, folder / WEIGHTS_FILE)
+    write_text_atomic(folder / CFG_FILE, json.dumps(cfg, indent=2) + "\n")
+    return folder
+
+
+# --------------------------------------------------------------------------- reading
+
+
+# The largest d_in or d_sae read from a cfg.json (JAX indexes with int32); the tensors of the weights file must
+# then have the shapes these describe.
+MAX_WIDTH = 2**31 - 1
+
+
+def _read_cfg(folder: Path) -> dict[str, Any]:
+    """The values of folder's cfg.json that this reader uses, each checked (jax_impl.files.jsonfile) and with its
+    SAELens default where the file has none: d_in, d_sae, architecture, apply_b_dec_to_input, RESCALE, the
+    architecture's CONFIG_FIELDS present, and "monosem": our own (architecture name, config) from its metadata or
+    None. UserError naming the file and the key otherwise."""
+    path = folder / CFG_FILE
+    if not path.is_file():
+        raise UserError(f"{folder}: no {CFG_FILE}; expected a SAELens SAE folder ({CFG_FILE} + {WEIGHTS_FILE})")
+    doc = jsonfile.read(path)
+    doc.fields()
+    for key, plain in _PLAIN_SETTINGS.items():
+        if doc.get(key, plain).value != plain:
+            raise UserError(f"{path}: key {key!r} is {jsonfile.describe(doc[key].value)}; only {plain!r} is supported here")
+    architecture = doc.get("architecture", "standard").string()
+    cfg: dict[str, Any] = {
+        "d_in": doc["d_in"].integer(1, MAX_WIDTH),
+        "d_sae": doc["d_sae"].integer(1, MAX_WIDTH),
+        "architecture": architecture,
+        "apply_b_dec_to_input": doc.get("apply_b_dec_to_input", True).boolean(),
+        RESCALE: doc.get(RESCALE, False).boolean(),
+    }
+    for saelens_name in CONFIG_FIELDS.get(architecture, {}):
+        node = doc.get(saelens_name)
+        if not node.present:
+            continue
+        if saelens_name == "k":  # SAELens's BatchTopK k is a float: an integral one reads as an int
+            k = node.number()
+            if isinstance(k, float) and not k.is_integer():
+                node.fail("a whole number of features")
+            cfg["k"] = int(k)
+        else:
+            cfg[saelens_name] = [element.integer() for element in node.elements()]
+    cfg["monosem"] = _our_metadata(doc)
+    return cfg
+
+
+def _our_metadata(doc: jsonfile.Node) -> tuple[str, dict[str, Any]] | None:
+    """(architecture, config) that a folder written here records in metadata.monosem; None for a file without
+    them (SAELens's own), whose metadata is free-form."""
+    metadata = doc.get("metadata", None).value
+    ours = doc["metadata"].get("monosem", None) if isinstance(metadata, dict) else None
+    if ours is None or not isinstance(ours.value, dict):
+        return None
+    name = ours.get("architecture", None).string(null=True)
+    if name not in saes.REGISTRY:
+        return None
+    return name, ours["config"].object()  # its fields are typed by _config
+
+
+def _architecture(cfg: dict[str, Any], path: Path) -> tuple[Architecture, dict[str, Any] | None]:
+    """Our architecture for a SAELens cfg, and our own config when the file's metadata records it."""
+    name, tied = cfg["architecture"], cfg["apply_b_dec_to_input"]
+    if cfg["monosem"] is not None:
+        arch = saes.get(cfg["monosem"][0])
+        if arch.saelens is not None and arch.saelens.architecture == name and arch.tied_bias == tied:
+            return arch, cfg["monosem"][1]
+    for arch in saes.REGISTRY.values():
+        if arch.saelens is not None and name in arch.saelens.reads and arch.tied_bias == tied:
+            return arch, None
+    known = sorted({(r, a.tied_bias) for a in saes.REGISTRY.values() if a.saelens for r in a.saelens.reads})
+    shown = ", ".join(f"{r} (apply_b_dec_to_input {str(t).lower()})" for r, t in known)
+    raise UserError(
+        f"{path}: SAELens architecture {name!r} with apply_b_dec_to_input {str(tied).lower()} is not one we read; "
+        f"expected one of {shown}"
+    )
+
+
+def _config(arch: Architecture, cfg: dict[str, Any], ours: dict[str, Any] | None, path: Path) -> Any:
+    """Our config of `arch` from the file: its fields typed as the config dataclass's (config.section_from_dict,
+    as a manifest's are), then its own validate against d_sae."""
+    values = dict(ours or {})
+    if ours is None:
+        for saelens_name, field in CONFIG_FIELDS.get(cfg["architecture"], {}).items():
+            if saelens_name in cfg:
+                values[field] = cfg[saelens_name]
+    where = "metadata.monosem.config" if ours is not None else "config"
+    try:
+        config = typed_section(arch.config, values, where)
+        config.validate(cfg["d_sae"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: the {arch.name} config {values} is not valid here ({e})") from None
+    return arch.resolve(config, cfg["d_sae"]) if arch.resolve is not None else config
+
+
+def _tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    value = tensors[name]
+    # read_safetensors checked the header's shapes against the file; this is the check every tensor reader
+    # makes (a view backed by its storage, within the memory budget) before its data is touched.
+    bridge.check_tensor(value, f"{path}: tensor {name!r}")
+    if value.dtype != torch.float32:
+        raise UserError(f"{path}: tensor {name!r} has dtype {str(value.dtype).removeprefix('torch.')}, expected float32")
+    array = value.numpy()
+    if tuple(array.shape) != shape:
+        raise UserError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}, expected {shape}")
+    if not np.all(np.isfinite(array)):
+        raise UserError(f"{path}: tensor {name!r} contains NaN or infinite values")
+    if name == "threshold" and array.size and array.min() < 0:  # a negative one would let negative features through
+        raise UserError(f"{path}: tensor 'threshold' holds {array.min():g}, expected thresholds >= 0 (SAELens keeps "
+                        "exp(log_threshold))")
+    return array
+
+
+def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) -> SAE:
+    """The SAE in a SAELens folder, as one of our architectures (input_dim: the width it must read; None: any)."""
+    folder = Path(folder)
+    cfg = _read_cfg(folder)
+    cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    if input_dim is not None and d_in != input_dim:
+        raise UserError(f"{cfg_path}: d_in is {d_in}, expected {input_dim}: the SAE must read the MLP's {input_dim}-wide activations")
+    arch, ours = _architecture(cfg, cfg_path)
+    config = _config(arch, cfg, ours, cfg_path)
+    tensors = bridge.read_safetensors(weights_path)
+
+    # The shapes we hold, from the SAE of cfg.json's size, traced (jax.eval_shape) rather than initialised:
+    # d_in and d_sae are claims of the file, and nothing is allocated until the tensors' shapes match them.
+    params, buffers = jax.eval_shape(lambda: arch.init(jax.random.key(0), d_in, d_sae, config))
+    wanted = {TENSOR_NAMES[name] for name in (*params, *buffers)}
+    if "threshold" in wanted and "threshold" not in tensors and TRAINING_THRESHOLD in tensors:
+        tensors = dict(tensors)  # a SAELens training BatchTopK's file: its scalar running threshold,
+        threshold = tensors.pop(TRAINING_THRESHOLD)  # which SAELens keeps in float64
+        tensors["threshold"] = threshold.float() if threshold.dtype == torch.float64 else threshold
+    missing, extra = sorted(wanted - set(tensors)), sorted(set(tensors) - wanted)
+    if missing or extra:
+        parts = [f"missing tensors {missing}"] * bool(missing) + [f"unexpected tensors {extra}"] * bool(extra)
+        raise UserError(f"{weights_path}: {'; '.join(parts)} (expected exactly {sorted(wanted)} for {cfg['architecture']!r})")
+
+    def value(name: str, like: jax.ShapeDtypeStruct) -> jax.Array:
+        saelens_name = TENSOR_NAMES[name]
+        shape = tuple(like.shape)
+        stored = tuple(tensors[saelens_name].shape)
+        if shape == () and stored in ((d_sae,), ()):  # one threshold for every feature, as SAELens spreads it
+            array = _tensor(tensors, saelens_name, stored, weights_path)
+            if array.size and not np.all(array == array.reshape(-1)[0]):
+                raise UserError(f"{weights_path}: tensor {saelens_name!r} differs between features; the {arch.name} "
+                                "architecture has one threshold for all of them")
+            return jnp.asarray(array.reshape(-1)[0] if array.size else array)
+        return jnp.asarray(_tensor(tensors, saelens_name, shape, weights_path))
+
+    params = {k: value(k, v) for k, v in params.items()}
+    if cfg[RESCALE]:
+        params = _fold_decoder_norms(params, weights_path)
+    return SAE(arch, config, params, {k: value(k, v) for k, v in buffers.items()})
+
+
+def _fold_decoder_norms(p: saes.base.Params, path: Path) -> saes.base.Params:
+    """The same SAE with unit decoder rows: (x W_enc + b_enc) * n selects and scales as SAELens's rescaled
+    pre-activations do, and (f / n) W_dec = f (W_dec / n)."""
+    norms = jnp.linalg.norm(p["w_dec"], axis=1)
+    if not bool(jnp.all(norms > 0)):
+        raise UserError(f"{path}: tensor 'W_dec' has an all-zero row, which {RESCALE} divides by")
+    return p | {"w_enc": p["w_enc"] * norms, "b_enc": p["b_enc"] * norms, "w_dec": p["w_dec"] / norms[:, None]}
+
+
+def load_sae(path: Path | str, *, input_dim: int | None = LAYER2_WIDTH) -> SAE:
+    """An SAE from a `.pth` / `.safetensors` state_dict (bridge.load_sae) or a SAELens folder."""
+    if is_saelens_dir(path):
+        return load_saelens(path, input_dim=input_dim)
+    return bridge.load_sae(path, input_dim=input_dim)

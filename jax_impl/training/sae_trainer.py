@@ -1,0 +1,200 @@
+"""One trainer for every SAE architecture: a jitted `lax.scan` over the batches of a chunk of rows, fed by
+the architecture's loss and hooks (jax_impl.saes); it knows no architecture by name.
+
+Rows come from an in-memory (N, D) array (one chunk: the whole epoch is one jitted call) or from an
+`activations.ActivationFile` streamed in shuffled chunks of `chunk_rows` rows (one chunk = one scanned
+program), so peak memory is set by the chunk, not the file. Within a chunk the rows are permuted on device
+and cut into consecutive batches (torch's DataLoader order); the last, shorter batch is trained on only
+where the architecture says so (`keep_partial_batch`, the seed's relu-l1).
+
+Per step: loss and gradients, the decoder's parallel-gradient removal (unit-decoder architectures), Adam,
+decoder renormalisation, the architecture's post-update clip, and the count of steps since each latent fired
+(latents silent for an epoch's worth of steps are `dead` for AuxK). Per epoch: the architecture's host hook
+(e.g. resampling) on a sample of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax.sharding import Mesh
+
+from jax_impl.data.activations import ActivationFile, iter_chunks, sample_rows
+from jax_impl.training.checkpoints import TrainingCheckpoints
+from jax_impl.checks import FLOAT32, require_finite
+from jax_impl.training.devices import place_rows, replicate, shard_batch
+from jax_impl.saes import SAE
+from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
+from jax_impl.training.loop import Log, TrainResult, make_batched_epoch, run_epochs
+
+HOOK_SAMPLE_ROWS = 65536  # rows an epoch hook (resampling) sees when the activations are streamed
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """What every architecture's training shares."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    log_every: int = 10
+
+    def validate(self, flag: Callable[[str], str] = str) -> SAETrainConfig:
+        """ValueError naming the field (as flag(name) spells it, e.g. `--batch-size`) that cannot work; self."""
+        require_finite(self, flag)
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"{flag('lr')} must be > 0, got {self.lr}")
+        return self
+
+
+def training_bytes(width: int, dict_size: int, batch_size: int, rows_held: int, configurations: int = 1) -> int:
+    """A lower bound of the memory SAE training holds at once (jax_impl.checks.check_memory): per configuration
+    the parameters (encoder, decoder, biases), their gradient and Adam's two moments (4x), and a batch's
+    pre-activations and features (2 x batch x dict_size); the rows held in memory (rows_held x width), once."""
+    params = 2 * width * dict_size + dict_size + width
+    per_configuration = 4 * params + 2 * batch_size * dict_size
+    return FLOAT32 * (configurations * per_configuration + rows_held * width)
+
+
+def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int,
+                  mesh: Mesh | None = None, axis_name: str | None = None):
+    """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32).
+
+    mesh: split each batch over its devices (jax_impl.training.devices), the carry replicated. axis_name: the step runs
+    under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.jobs.sweep)."""
+
+    def step(carry, x):
+        x = shard_batch(x, mesh)
+        p, b, opt_state, since_fired = carry
+        dead = since_fired >= dead_after
+        # Under a sweep's vmap: one dead count for the whole group (a pmax over the configurations is unbatched),
+        # so that AuxK's lax.switch stays a switch instead of a select over every branch (base.aux_k_loss).
+        group_dead = None if axis_name is None else jax.lax.pmax(jnp.sum(dead, dtype=jnp.int32), axis_name)
+        ctx = TrainContext(dead=dead, group_dead=group_dead)
+        (loss, (features, b)), grads = jax.value_and_grad(arch.loss, has_aux=True)(p, b, x, ctx, cfg)
+        if arch.unit_decoder:
+            grads = project_out_parallel(grads, p)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        p = optax.apply_updates(p, updates)
+        if arch.unit_decoder:
+            p = renormalise_decoder(p)
+        if arch.post_update is not None:
+            p = arch.post_update(p)
+        since_fired = jnp.where(jnp.any(features > 0, axis=0), 0, since_fired + 1)
+        return (p, b, opt_state, since_fired), loss
+
+    return step
+
+
+def make_chunk_fn(step, batch_size: int, keep_partial_batch: bool):
+    """A jitted `run(carry, rows (n, D), permutation (n,)) -> (carry, step losses (S,))` over one chunk."""
+    epoch = make_batched_epoch(lambda carry, batch: step(carry, *batch), batch_size, keep_partial_batch)
+    return lambda carry, rows, permutation: epoch(carry, (rows,), permutation)
+
+
+def steps_in(n_rows: int, batch_size: int, keep_partial_batch: bool) -> int:
+    return -(-n_rows // batch_size) if keep_partial_batch else n_rows // batch_size
+
+
+def _column_mean(rows: np.ndarray | ActivationFile, chunk_rows: int, n: int) -> jax.Array:
+    if isinstance(rows, ActivationFile):
+        total = np.zeros(rows.width, np.float64)
+        for start in range(0, rows.n_rows, chunk_rows):
+            total += rows.rows(start, min(start + chunk_rows, rows.n_rows)).sum(axis=0, dtype=np.float64)
+        return jnp.asarray(total / rows.n_rows, jnp.float32)
+    return jnp.mean(rows if rows.shape[0] == n else rows[:n], axis=0)  # rows past n: padding (jax_impl.training.distributed)
+
+
+def fit(
+    sae: SAE,
+    rows: np.ndarray | jax.Array | ActivationFile,
+    train: SAETrainConfig,
+    *,
+    key: jax.Array,
+    permutations: np.ndarray | None = None,
+    chunk_rows: int | None = None,
+    log: Log = print,
+    mesh: Mesh | None = None,
+    n_rows: int | None = None,
+    checkpoints: TrainingCheckpoints | None = None,
+) -> TrainResult:
+    """Train `sae` (any architecture; it is left untouched) on rows (N, D) float32 or a streamed file.
+
+    key: the shuffling stream (epoch e's permutation is drawn from fold_in(key, e)); `permutations`
+    (epochs, N) replaces it for parity tests (in-memory rows only). chunk_rows: stream an ActivationFile in
+    chunks of this many rows (default: all rows in one chunk). mesh: data parallel over its devices
+    (jax_impl.training.devices.data_mesh; None: one device). n_rows: train on rows[:n_rows] only (in-memory rows whose
+    tail is padding: a multi-process global array, jax_impl.training.distributed). Logs `SAE Epoch [10/100] | Loss: 0.004299`
+    every train.log_every epochs. checkpoints: save the carry (parameters, buffers, Adam state, dead-latent
+    counters) and resume from it (jax_impl.training.checkpoints). Returns TrainResult(model = the trained SAE in a new module).
+    """
+    arch, cfg = sae.arch, sae.cfg
+    streamed = isinstance(rows, ActivationFile)
+    n = rows.n_rows if streamed else rows.shape[0] if n_rows is None else n_rows
+    chunk_rows = n if chunk_rows is None else min(chunk_rows, n)
+    if not streamed:
+        rows = place_rows(rows, mesh)
+    if steps_in(min(chunk_rows, n), train.batch_size, arch.keep_partial_batch) == 0:
+        raise ValueError(f"batch size {train.batch_size} is larger than a chunk of {chunk_rows} rows")
+    tx = sae_optimizer(train)
+    # Copies: the chunk function donates its carry, and `sae` keeps its initial weights.
+    p, b = jax.tree.map(jnp.copy, (sae.params(), sae.buffers()))
+    if arch.tied_bias:
+        p = p | {"b_dec": _column_mean(rows, chunk_rows, n)}  # centre (papers: geometric median)
+    chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
+    n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
+    initial = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)
+    step = make_sae_step(arch, cfg, tx, dead_after=n_steps, mesh=mesh)  # dead: silent for a whole epoch of batches
+    run_chunk = make_chunk_fn(step, train.batch_size, arch.keep_partial_batch)
+    if permutations is not None:
+        permutations = np.asarray(permutations)
+        if streamed or permutations.shape != (train.epochs, n):
+            raise ValueError(f"permutations must have shape {(train.epochs, n)} and rows must be in memory")
+    draw = jax.jit(lambda k, e, m: jax.random.permutation(jax.random.fold_in(k, e), m), static_argnums=2)
+
+    def run_epoch(carry, e: int):
+        # Epoch e's order (and the streamed chunks' order) is drawn from fold_in(key, e) alone: resumable.
+        if not streamed:
+            order = jnp.asarray(permutations[e]) if permutations is not None else draw(key, e, n)
+            return run_chunk(carry, rows, replicate(order, mesh))
+        epoch_key = jax.random.fold_in(key, e)
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(epoch_key)))
+        losses = []
+        for i, chunk in enumerate(iter_chunks(rows, chunk_rows, rng)):
+            carry, chunk_losses = run_chunk(carry, *replicate((jnp.asarray(chunk), draw(epoch_key, i, len(chunk))), mesh))
+            losses.append(chunk_losses)
+        return carry, jnp.concatenate(losses)
+
+    def on_epoch_end(carry, e: int, losses: np.ndarray):
+        head = f"SAE Epoch [{e + 1}/{train.epochs}]"
+        line = f"{head} | Loss: {losses.mean():.6f}" if (e + 1) % train.log_every == 0 else None
+        if arch.epoch_hook is not None:
+            hook_rows = rows if not streamed else jnp.asarray(
+                sample_rows(rows, HOOK_SAMPLE_ROWS, np.random.default_rng(e)))
+            hook_key = jax.random.fold_in(jax.random.fold_in(key, e), 1)
+            p, opt_state, note = arch.epoch_hook(carry[0], carry[2], hook_rows, hook_key, e, cfg, train.epochs)
+            if note:
+                carry = (p, carry[1], opt_state, carry[3])
+                line = f"{line or head} | {note}"
+        return carry, line
+
+    carry, step_losses, log_lines, epoch_seconds = run_epochs(
+        train.epochs, "SAE", initial, run_epoch, on_epoch_end, log, checkpoints
+    )
+    trained = SAE(arch, cfg, carry[0], carry[1])
+    return TrainResult(model=trained, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)
+
+
+def sae_optimizer(cfg: SAETrainConfig) -> optax.GradientTransformation:
+    """Adam at cfg.lr (any config with an `lr`: SAETrainConfig, the run's SAEConfig)."""
+    return optax.adam(cfg.lr, b1=0.9, b2=0.999, eps=1e-8)

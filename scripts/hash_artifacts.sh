@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Hash every artifact of the seed and strong recipes, a train-sae of each architecture and a small sweep, so that a
+# refactor that should change no number can be checked byte for byte (run before and after, then diff the lists).
+#
+#   bash scripts/hash_artifacts.sh OUT > before.sha256
+set -euo pipefail
+OUT=${1:?usage: hash_artifacts.sh OUT}
+MONOSEM=${MONOSEM:-monosem}
+rm -rf "$OUT"; mkdir -p "$OUT"
+$MONOSEM run --run-dir "$OUT/seed" --checkpoint-every off >/dev/null
+$MONOSEM run --run-dir "$OUT/strong" --recipe strong --checkpoint-every off >/dev/null
+ACTS="$OUT/seed/mlp_activations.safetensors"
+for variant in relu-l1 topk anthropic batchtopk matryoshka jumprelu; do
+  $MONOSEM train-sae --activations "$ACTS" --out "$OUT/train_sae/$variant" --variant "$variant" --dict-size 64 \
+      --epochs 3 --checkpoint-every off >/dev/null
+done
+$MONOSEM sweep --activations "$ACTS" --out "$OUT/sweep" --variant topk,relu-l1 --grid dict_size=32,64 --epochs 2 \
+    --no-atlas >/dev/null
+cd "$OUT" && find . -type f | LC_ALL=C sort | xargs sha256sum
