@@ -1,0 +1,2 @@
+"""Training: the one jitted epoch loop (loop), the MLP trainers (mlp_trainer, online), the SAE trainer
+(sae_trainer), and what runs around them: checkpoints, interrupts, learning-rate schedules, devices and hosts."""
