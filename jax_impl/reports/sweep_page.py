@@ -186,7 +186,7 @@ def write_report(out_dir: Path, doc: dict[str, Any], log: Callable[[str], None])
     with artifact_set(out_dir, last=(SWEEP_JSON,)) as staging:
         write_json_atomic(staging / SWEEP_JSON, _finite(doc))
         write_text_atomic(staging / SWEEP_CSV, csv_text(doc))
-        write_text_atomic(staging / SWEEP_HTML, figure.to_html(include_plotlyjs=True, full_html=True))
+        write_text_atomic(staging / SWEEP_HTML, figure.to_html(include_plotlyjs=True, full_html=True, div_id="sweep-plot"))
     log(format_table(doc))
     log(f"Wrote {out_dir / SWEEP_CSV}, {out_dir / SWEEP_JSON} and {out_dir / SWEEP_HTML}")
     return doc
