@@ -1,4 +1,5 @@
-"""`monosem`: a thin command line over the Python API (jax_impl.jobs.pipeline, analysis, bridge, task)."""
+"""`monosem`: a thin command line over the Python API (the public names in jax_impl/__init__.py and the modules
+they come from). Every command runs at the highest matmul precision (jax_impl.precision)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def _python(code: str) -> str:
 
 def test_import_imports_neither_jax_nor_torch():
     out = _python("import sys, jax_impl; print(jax_impl.__version__); "
-                  "print(*sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'torch', 'numpy'}))")
+                  "heavy = {'jax', 'jaxlib', 'flax', 'torch', 'numpy'}; "
+                  "print(*sorted({m.split('.')[0] for m in sys.modules} & heavy))")
     version, heavy = (out.splitlines() + [""])[:2]
     assert version == jax_impl.__version__
     assert heavy == "", f"`import jax_impl` imported {heavy}"
@@ -63,7 +64,8 @@ def test_import_and_a_public_function_change_no_jax_setting():
         "mm.evaluate(InterpretabilityMLP(rngs=nnx.Rngs(0)), split)\n"
         "after_call = dict(jax.config.values)\n"
         "for name, values in (('import jax_impl', after_import), ('mm.evaluate', after_call)):\n"
-        "    changed = {k: (before.get(k), values.get(k)) for k in {*before, *values} if before.get(k) != values.get(k)}\n"
+        "    changed = {k: (before.get(k), values.get(k)) for k in {*before, *values}\n"
+        "               if before.get(k) != values.get(k)}\n"
         "    print(name, changed)\n"
         "print(jax.config.jax_default_matmul_precision)\n"
     )

@@ -552,7 +552,8 @@ class _FirstWorksheet:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The task's splits (rows of each) and its shape: `y_dim` columns of `x_dim` integers, inputs (N, x_dim * y_dim)."""
+    """The task's splits (rows of each) and its shape: `y_dim` columns of `x_dim` integers, so inputs are
+    (N, x_dim * y_dim)."""
 
     n_train: int = 8000
     n_val: int = 1000
