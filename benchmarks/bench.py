@@ -45,16 +45,18 @@ import torch
 from flax import nnx
 
 from jax_impl.evaluation import inference
+from jax_impl.precision import highest_precision
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.data.harvest import harvest_activations
 from jax_impl.models.mlp import LAYER1_WIDTH, LAYER2_WIDTH, LAYER3_WIDTH, InterpretabilityMLP
-from jax_impl.reports.circuit_trace import demo_arrays, write_reports
+from jax_impl.reports.circuit_trace import write_reports
 from jax_impl.task.pointer import TaskShape, generate_splits, write_split
 from jax_impl.training.mlp_trainer import fit_mlp
 from torch_ref import models as torch_models
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the seed's SAE module lives beside the parity tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the seed's SAE (beside the parity tests), the demo
+from benchmarks.report_demo import demo_arrays  # noqa: E402
 from parity_tests.seed_sae import SparseAutoencoder, fit_sae  # noqa: E402
 from torch_ref import train as torch_train
 
@@ -662,6 +664,7 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: a smoke check")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from jax_impl.evaluation import groundtruth  # noqa: E402
 from jax_impl import saes
+from jax_impl.precision import highest_precision  # noqa: E402
 from jax_impl.training.sae_trainer import SAETrainConfig  # noqa: E402
 from jax_impl.data.synthetic import ACTIVATIONS_FILE, SyntheticConfig, load_synthetic, write_synthetic  # noqa: E402
 from jax_impl.interop.saelens import load_sae  # noqa: E402
@@ -117,6 +118,7 @@ def score_saelens(sae, x: np.ndarray, truth) -> dict:
     return scorer.result()
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="topk and batchtopk at k = 5 only")

@@ -25,6 +25,7 @@ import torch
 
 from jax_impl.interop import bridge
 from jax_impl import saes
+from jax_impl.precision import highest_precision
 from jax_impl.training.sae_trainer import SAETrainConfig, make_chunk_fn, make_sae_step
 from jax_impl.training.sae_trainer import sae_optimizer
 from torch_ref import saes as ref
@@ -120,6 +121,7 @@ def streaming_rss(rows: int, width: int, chunk_rows: int) -> dict:
     return out
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jax_impl import saes
+from jax_impl.precision import highest_precision
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.jobs.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE
@@ -92,6 +93,7 @@ def mlp_workload(splits, configurations, shape: TaskShape):
     return "mlp", sequential, sweep
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)

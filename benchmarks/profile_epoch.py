@@ -29,6 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from jax_impl.precision import highest_precision  # noqa: E402
 from jax_impl.training import loop, mlp_trainer  # noqa: E402
 from jax_impl.training.mlp_trainer import MLPConfig  # noqa: E402
 from jax_impl.jobs.run_config import SAEConfig
@@ -89,6 +90,7 @@ def profile_epoch(model: nnx.Module, loss_fn, tx, arrays: tuple[jax.Array, ...],
     }
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -1,9 +1,100 @@
-"""monosemanticity-mlp: a pointer-arithmetic MLP and its sparse-autoencoder decomposition in JAX/Flax NNX."""
+"""monosemanticity-mlp: a pointer-arithmetic MLP and its sparse-autoencoder decomposition in JAX/Flax NNX.
 
-import jax
+The public API, for a notebook or a script (`import jax_impl as mm`; docs/usage.md):
 
-# Float32 matmuls must stay float32 on accelerators too (GPUs would otherwise use TF32), or the parity
-# with the PyTorch reference is lost at the third decimal.
-jax.config.update("jax_default_matmul_precision", "highest")
+- a run: `RunConfig` (sections `DataConfig`, `MLPConfig`, `SAEConfig`, `CausalConfig`; `strong_recipe()`),
+  `run_pipeline(config, run_dir)`, `load_run(run_dir)` -> `Run`, `CheckpointPolicy`;
+- an SAE on any activations: `train_sae(activations, out_dir, ...)` with `SAETrainConfig`, the family `saes`
+  (`saes.create`, `saes.NAMES`, `saes.topk.Config`, ...) and its model class `SAE`; `open_activations(path)`;
+- a sweep: `run_sweep(out_dir, grid, ...)`;
+- reading the models: `evaluate`, `probe`, `build_atlas`, `atlas_from_models`, `feature_labels`, `causal_map`;
+- files: `load_mlp`, `save_mlp`, `load_sae`, `save_sae`, `save_saelens`, `read_split`, `export_models`,
+  `export_run`; errors `UserError` (bad input, one line) and `Interrupted`.
 
-__version__ = "0.1.0"
+Each name is imported on first use, so `import jax_impl` is fast and imports neither JAX nor torch; it changes no
+JAX setting either: the functions that compute set the matmul precision they need for their own call
+(jax_impl.precision).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it (tool.setuptools.dynamic)
+
+# The public names by the module that defines them (their home, not a re-export), imported on first use.
+_LAZY: dict[str, tuple[str, ...]] = {
+    "jax_impl.jobs.run_config": ("RunConfig", "SAEConfig", "strong_recipe"),
+    "jax_impl.task.pointer": ("DataConfig", "read_split"),
+    "jax_impl.training.mlp_trainer": ("MLPConfig",),
+    "jax_impl.evaluation.causal.config": ("CausalConfig",),
+    "jax_impl.training.checkpoints": ("CheckpointPolicy",),
+    "jax_impl.jobs.pipeline": ("run_pipeline",),
+    "jax_impl.jobs.rundir": ("Run", "load_run"),
+    "jax_impl.jobs.train_sae": ("train_sae",),
+    "jax_impl.training.sae_trainer": ("SAETrainConfig",),
+    "jax_impl.saes.base": ("SAE",),
+    "jax_impl.data.activations": ("open_activations",),
+    "jax_impl.jobs.sweep": ("run_sweep",),
+    "jax_impl.evaluation.inference": ("evaluate", "probe"),
+    "jax_impl.evaluation.atlas": ("build_atlas", "atlas_from_models", "feature_labels"),
+    "jax_impl.jobs.causal": ("causal_map",),
+    "jax_impl.jobs.export": ("export_models", "export_run"),
+    "jax_impl.interop.bridge": ("load_mlp", "save_mlp", "save_sae"),
+    "jax_impl.interop.saelens": ("load_sae", "save_saelens"),
+    "jax_impl.errors": ("UserError", "Interrupted"),
+}
+_SUBPACKAGES = ("saes",)  # public as a whole: the architecture registry and one module per architecture
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = [*_HOME, *_SUBPACKAGES]
+
+if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.py keeps it equal to _LAZY
+    from jax_impl import saes as saes
+    from jax_impl.data.activations import open_activations as open_activations
+    from jax_impl.errors import Interrupted as Interrupted
+    from jax_impl.errors import UserError as UserError
+    from jax_impl.evaluation.atlas import atlas_from_models as atlas_from_models
+    from jax_impl.evaluation.atlas import build_atlas as build_atlas
+    from jax_impl.evaluation.atlas import feature_labels as feature_labels
+    from jax_impl.evaluation.causal.config import CausalConfig as CausalConfig
+    from jax_impl.evaluation.inference import evaluate as evaluate
+    from jax_impl.evaluation.inference import probe as probe
+    from jax_impl.interop.bridge import load_mlp as load_mlp
+    from jax_impl.interop.bridge import save_mlp as save_mlp
+    from jax_impl.interop.bridge import save_sae as save_sae
+    from jax_impl.interop.saelens import load_sae as load_sae
+    from jax_impl.interop.saelens import save_saelens as save_saelens
+    from jax_impl.jobs.causal import causal_map as causal_map
+    from jax_impl.jobs.export import export_models as export_models
+    from jax_impl.jobs.export import export_run as export_run
+    from jax_impl.jobs.pipeline import run_pipeline as run_pipeline
+    from jax_impl.jobs.run_config import RunConfig as RunConfig
+    from jax_impl.jobs.run_config import SAEConfig as SAEConfig
+    from jax_impl.jobs.run_config import strong_recipe as strong_recipe
+    from jax_impl.jobs.rundir import Run as Run
+    from jax_impl.jobs.rundir import load_run as load_run
+    from jax_impl.jobs.sweep import run_sweep as run_sweep
+    from jax_impl.jobs.train_sae import train_sae as train_sae
+    from jax_impl.saes.base import SAE as SAE
+    from jax_impl.task.pointer import DataConfig as DataConfig
+    from jax_impl.task.pointer import read_split as read_split
+    from jax_impl.training.checkpoints import CheckpointPolicy as CheckpointPolicy
+    from jax_impl.training.mlp_trainer import MLPConfig as MLPConfig
+    from jax_impl.training.sae_trainer import SAETrainConfig as SAETrainConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])  # what tab completion offers: the API, not this module's helpers

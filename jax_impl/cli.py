@@ -1,4 +1,5 @@
-"""`monosem`: a thin command line over the Python API (jax_impl.jobs.pipeline, analysis, bridge, task)."""
+"""`monosem`: a thin command line over the Python API (the public names in jax_impl/__init__.py and the modules
+they come from). Every command runs at the highest matmul precision (jax_impl.precision)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from pathlib import Path
 
+from jax_impl import __version__
 from jax_impl.checks import check_memory
 from jax_impl.jobs.run_config import RECIPES, SAE_VARIANTS, RunConfig, flag_name, strong_recipe
 from jax_impl.training.checkpoints import CheckpointPolicy
@@ -20,6 +22,7 @@ from jax_impl.checks import check_seed
 from jax_impl.task.pointer import check_task_shape
 from jax_impl.errors import Interrupted, UserError
 from jax_impl.models.mlp import HOOK_WIDTHS, HOOKS
+from jax_impl.precision import matmul_precision
 
 DEFAULT_RUN_DIR = Path("runs/default")
 _CONFIG_SECTIONS = ("data", "mlp", "sae", "causal")
@@ -452,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and write PyTorch-compatible artifacts.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"monosem {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the whole pipeline into a run directory")
@@ -611,7 +615,8 @@ def _one_line(message: object) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with matmul_precision():  # float32 matmuls at full precision for everything a command computes
+            return args.func(args)
     except UserError as e:
         if args.debug:
             traceback.print_exc()

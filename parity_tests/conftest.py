@@ -15,6 +15,17 @@ UPSTREAM_MLP = UPSTREAM / "mlp" / "perfect_mlp.pth"
 UPSTREAM_SPLITS = {s: UPSTREAM / "dataset" / f"mlp_{s}.xlsx" for s in ("train", "val", "test")}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def highest_matmul_precision():
+    """Every JAX computation of the parity suite, its fixtures' included, traces float32 matmuls at full precision,
+    as `monosem` and the public functions do (jax_impl.precision): the tests call the library's internals, which do
+    not set it, and `import jax_impl` sets nothing for the process. Thread-local, like the tests."""
+    from jax_impl.precision import matmul_precision
+
+    with matmul_precision():
+        yield
+
+
 def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("PARITY_REPORT")
     if path and MEASURED:

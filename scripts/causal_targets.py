@@ -24,6 +24,7 @@ from jax_impl.evaluation.causal.config import CausalConfig
 from jax_impl.jobs.causal import causal_map
 from jax_impl.data.harvest import harvest_activations
 from jax_impl.jobs.rundir import ACTIVATIONS_PATH, Run, run_config
+from jax_impl.precision import highest_precision
 from jax_impl.training.sae_trainer import SAETrainConfig
 from jax_impl.jobs.train_sae import train_sae
 
@@ -45,6 +46,7 @@ def _sae_for_seed(run: Run, hook: str, out: Path, seed: int, variant: str, dict_
     return folder / "sae.pth"
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", type=Path, required=True)

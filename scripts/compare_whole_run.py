@@ -23,6 +23,7 @@ import torch
 
 from jax_impl.interop import bridge
 from jax_impl.evaluation.inference import mlp_forward
+from jax_impl.precision import highest_precision
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.data.harvest import harvest_activations
@@ -60,6 +61,7 @@ def sae_eval_loss(sae: SparseAutoencoder, activations: torch.Tensor, l1_coeff: f
     return float(sae_loss(*sae(activations), activations, l1_coeff))
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder with mlp_{train,val,test}.xlsx")

@@ -27,8 +27,10 @@ import numpy as np
 from jax_impl.evaluation import atlas
 from jax_impl.models.mlp import HOOKS
 from jax_impl.jobs.rundir import load_run
+from jax_impl.precision import highest_precision
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True)

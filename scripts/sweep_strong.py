@@ -32,6 +32,7 @@ from flax import nnx
 from jax_impl.evaluation import inference, atlas
 from jax_impl.interop import bridge
 from jax_impl.files.atomic import write_json_atomic
+from jax_impl.precision import highest_precision
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.jobs.run_config import RunConfig, SAEConfig
 from jax_impl.models.mlp import InterpretabilityMLP
@@ -127,6 +128,7 @@ def train(setting: dict, activations: np.ndarray, epochs: int, seed: int):
     return sae_trainer.fit(sae, activations, cfg.train_config(), key=jax.random.key(seed + 1), log=lambda _: None).model
 
 
+@highest_precision  # float32 matmuls at full precision, as `monosem` computes them
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, help="a finished run (required unless --mlp)")

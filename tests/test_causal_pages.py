@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks.report_demo import demo_arrays
 from jax_impl.reports import circuit_trace
 from jax_impl.evaluation.causal import CausalConfig
 from jax_impl.task.variables import TaskVariables
@@ -78,7 +79,7 @@ def test_causal_page_in_chromium(browser, document, tmp_path):  # noqa: F811
 
 
 def test_sankey_page_offers_the_causal_view(page_at, document, tmp_path):  # noqa: F811
-    arrays = circuit_trace.demo_arrays(N, n_features=N_FEATURES, seed=11)
+    arrays = demo_arrays(N, n_features=N_FEATURES, seed=11)
     paths = circuit_trace.write_reports(tmp_path, **arrays, log=lambda _: None, causal=document)
     page = page_at(paths["sankey"])
     page.select_option("#filter", "causal")

@@ -15,6 +15,7 @@ import numpy as np
 import openpyxl
 import pytest
 
+from benchmarks.report_demo import demo_arrays
 from jax_impl.reports import circuit_trace
 
 N, N_FEATURES, K = 300, 256, 10
@@ -22,7 +23,7 @@ N, N_FEATURES, K = 300, 256, 10
 
 @pytest.fixture(scope="module")
 def arrays() -> dict[str, np.ndarray]:
-    return circuit_trace.demo_arrays(N, n_features=N_FEATURES, seed=7)
+    return demo_arrays(N, n_features=N_FEATURES, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def energies_by_row(arrays) -> list[tuple[int, int, int, float]]:
 
 
 def test_demo_arrays_follow_the_task():
-    d = circuit_trace.demo_arrays(500, n_features=128, seed=3)
+    d = demo_arrays(500, n_features=128, seed=3)
     for row, target in zip(d["inputs"], d["expected"]):
         p1, p2, a, b = pointer_values(row)
         assert 0 <= p1 <= 3 and 0 <= p2 <= 3

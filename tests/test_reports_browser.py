@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.report_demo import demo_arrays
 from jax_impl.reports import circuit_trace
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,7 +42,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def arrays() -> dict[str, np.ndarray]:
-    return circuit_trace.demo_arrays(N, n_features=N_FEATURES, seed=11)
+    return demo_arrays(N, n_features=N_FEATURES, seed=11)
 
 
 @pytest.fixture(scope="module")

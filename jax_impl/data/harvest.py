@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.models.mlp import DEFAULT_HOOK, InterpretabilityMLP
+from jax_impl.precision import highest_precision
 
 
 @partial(jax.jit, static_argnames="hook")
@@ -21,6 +22,7 @@ def _harvest(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, hook: str) 
     return jax.vmap(one_row)(x)
 
 
+@highest_precision
 def harvest_activations(model: InterpretabilityMLP, inputs: np.ndarray, hook: str = DEFAULT_HOOK) -> np.ndarray:
     """The activation at `hook` of every row in row order (upstream harvested layer2 in a shuffled order).
     inputs (N, D) -> (N, HOOK_WIDTHS[hook]) float32 (layer2: (N, 512)).

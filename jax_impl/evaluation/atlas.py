@@ -34,6 +34,7 @@ from scipy.stats import rankdata
 
 from jax_impl.evaluation import inference
 from jax_impl.files import jsonfile
+from jax_impl.precision import highest_precision
 from jax_impl.reports.atlas_page import render_page
 from jax_impl.files.atomic import write_text_atomic
 from jax_impl.errors import UserError
@@ -644,6 +645,7 @@ def _json_number(x: float, digits: int = 4) -> float | None:
     return None if not np.isfinite(x) else round(float(x), digits)
 
 
+@highest_precision
 def build_atlas(
     layer2: jax.Array,
     inputs: np.ndarray,
@@ -662,9 +664,12 @@ def build_atlas(
 ) -> dict[str, Any]:
     """Label, score and test every live feature on N rows; returns the feature_atlas.json document.
 
-    layer2 (N, 512) float32, inputs (N, x_dim*y_dim) int, targets (N,) float; metrics (the SAE's
-    quality on these rows) is copied into the document. A feature is monosemantic when the F1 of
-    its best concept is >= min_f1.
+    layer2 (N, 512) float32, inputs (N, x_dim*y_dim) int, targets (N,) float; dictionary: the SAE's encoder and
+    decoder, readout: the MLP from the hook on (Dictionary.from_sae, Readout.from_mlp); metrics (the SAE's
+    quality on these rows) is copied into the document. A feature is monosemantic when the F1 of its best
+    concept is >= min_f1; its label is causally consistent when steering it (steer_scale x its mean activation,
+    on at most steer_sample rows) moves the output >= min_gain of the way the task predicts (order concepts:
+    when ablating it matters). Each feature gets its top_k rows and a histogram of `bins` bins.
     """
     layer2 = jnp.asarray(layer2, jnp.float32)
     inputs = np.asarray(inputs, np.int64)
@@ -780,12 +785,14 @@ def model_splice_metrics(mlp: InterpretabilityMLP, sae: SAE, split: Split, hook:
     return splice_metrics(h, split.targets, Dictionary.from_sae(sae), Readout.from_mlp(mlp, hook))
 
 
+@highest_precision
 def atlas_from_models(
     mlp: InterpretabilityMLP, sae: SAE, split: Split, shape: TaskShape, source: str, hook: str = DEFAULT_HOOK,
     **settings: Any,
 ) -> dict[str, Any]:
-    """build_atlas for loaded models on a split, the SAE reading the activations at `hook`; settings are
-    build_atlas's keyword arguments."""
+    """build_atlas for loaded models (`mlp`, and `sae` reading the activations at `hook`) on a split of the task
+    `shape`; source: where the models came from, recorded in the document; settings are build_atlas's keyword
+    arguments."""
     _, h = inference.mlp_forward(mlp, split.inputs, hook)
     dictionary, readout = Dictionary.from_sae(sae), Readout.from_mlp(mlp, hook)
     metrics = inference.evaluate(mlp, split, sae, hook) | splice_metrics(h, split.targets, dictionary, readout)

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from jax_impl.data.synthetic import GroundTruth
+from jax_impl.precision import highest_precision
 
 DEFAULT_CHUNK_ROWS = 16384
 
@@ -128,6 +129,7 @@ def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np
     return precision, recall, f1
 
 
+@highest_precision
 def score_sae(sae: Any, x: np.ndarray, truth: GroundTruth, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, float]:
     """Score one of our SAEs (a jax_impl.saes.SAE) on rows x (N, D) of the synthetic data behind `truth`."""
     scorer = Scorer(truth, np.asarray(sae.params()["w_dec"]))

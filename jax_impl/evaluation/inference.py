@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.models.mlp import DEFAULT_HOOK, InterpretabilityMLP
+from jax_impl.precision import highest_precision
 from jax_impl.saes import SAE
 from jax_impl.task.pointer import Split, TaskShape, pointer_targets
 
@@ -42,6 +43,7 @@ def _readout(model: InterpretabilityMLP, h: jax.Array, hook: str) -> jax.Array:
     return model.readout_from(h, hook)
 
 
+@highest_precision
 def mlp_forward(model: InterpretabilityMLP, inputs: np.ndarray, hook: str = DEFAULT_HOOK) -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode forward. inputs (N, D) -> (prediction (N,) float32, the activation at `hook` (N, width)
     float32: layer2 (N, 512) by default)."""
@@ -50,12 +52,14 @@ def mlp_forward(model: InterpretabilityMLP, inputs: np.ndarray, hook: str = DEFA
     return np.asarray(prediction)[:, 0], np.asarray(h)
 
 
+@highest_precision
 def sae_forward(sae: SAE, layer2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """layer2 (N, 512) -> (reconstruction (N, 512), features (N, dict_size)), float32."""
     reconstruction, features = _sae_forward(sae, jnp.asarray(layer2, jnp.float32))
     return np.asarray(reconstruction), np.asarray(features)
 
 
+@highest_precision
 def readout(model: InterpretabilityMLP, h: np.ndarray, hook: str = DEFAULT_HOOK) -> np.ndarray:
     """The MLP's output from a (possibly edited) activation at `hook` (N, width) -> (N,) float32."""
     model.eval()
@@ -72,11 +76,12 @@ def prediction_metrics(prediction: np.ndarray, targets: np.ndarray) -> dict[str,
     }
 
 
+@highest_precision
 def evaluate(
     model: InterpretabilityMLP, split: Split, sae: SAE | None = None, hook: str = DEFAULT_HOOK
 ) -> dict[str, float]:
-    """MLP metrics on a split and, with an SAE, its reconstruction quality on that split's activations at
-    `hook` (layer2 by default).
+    """`model`'s metrics on a split (inputs (N, D), targets (N,)) and, with `sae` (an SAE on the activations at
+    `hook`, layer2 (N, 512) by default), its reconstruction quality on them.
 
     explained_variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (centred over the rows);
     l0 = mean count of features > 0 per row; dead_fraction = share of features never > 0 on the rows;
@@ -121,12 +126,13 @@ def _probe_forward(
     return prediction[:, 0], features
 
 
+@highest_precision
 def probe(
     model: InterpretabilityMLP, sae: SAE, inputs: np.ndarray, shape: TaskShape = TaskShape(),
     hook: str = DEFAULT_HOOK,
 ) -> list[ProbeReport]:
-    """Which SAE features (of an SAE on the activations at `hook`) fire on each input row, with the MLP in
-    eval mode. inputs (N, D) or one row (D,).
+    """Which features of `sae` (an SAE on the activations at `hook`) fire on each input row, with `model` (the
+    MLP) in eval mode. inputs (N, D) or one row (D,) of the task `shape`; one ProbeReport per row.
 
     One jitted call for all rows: per-row dispatch of two forwards cost more than the forwards themselves.
     """

@@ -453,6 +453,8 @@ def _load_state_dict_file(path: Path | str) -> Mapping[str, object]:
 
 
 def load_mlp(path: Path | str) -> InterpretabilityMLP:
+    """The MLP of a `.pth` or `.safetensors` state_dict with the upstream keys (read with weights_only=True);
+    UserError naming the file and key when it is not one."""
     return mlp_from_state_dict(_load_state_dict_file(path), source=str(path))
 
 

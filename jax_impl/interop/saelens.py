@@ -97,7 +97,8 @@ def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[s
 
 
 def save_saelens(sae: SAE, folder: Path | str, *, hook_name: str | None = "layer2") -> Path:
-    """Write `folder/sae_weights.safetensors` then `folder/cfg.json`, each atomically; returns the folder."""
+    """Write `folder/sae_weights.safetensors` then `folder/cfg.json`, each atomically; returns the folder.
+    hook_name: the activation SAELens records it reads (None: none recorded)."""
     folder = Path(folder)
     cfg, tensors = saelens_state(sae, hook_name=hook_name)
     bridge.write_safetensors(tensors, folder / WEIGHTS_FILE)
@@ -268,7 +269,8 @@ def _fold_decoder_norms(p: saes.base.Params, path: Path) -> saes.base.Params:
 
 
 def load_sae(path: Path | str, *, input_dim: int | None = LAYER2_WIDTH) -> SAE:
-    """An SAE from a `.pth` / `.safetensors` state_dict (bridge.load_sae) or a SAELens folder."""
+    """An SAE from a `.pth` / `.safetensors` state_dict (bridge.load_sae) or a SAELens folder at `path`, its
+    architecture told by its keys. input_dim: the width D of the activations it must read (None: any)."""
     if is_saelens_dir(path):
         return load_saelens(path, input_dim=input_dim)
     return bridge.load_sae(path, input_dim=input_dim)

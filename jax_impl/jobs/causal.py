@@ -23,6 +23,7 @@ import jax
 from jax_impl.evaluation import inference
 from jax_impl.interop import bridge, saelens
 from jax_impl.files import jsonfile
+from jax_impl.precision import highest_precision
 from jax_impl.training import sae_trainer
 from jax_impl import saes
 from jax_impl.evaluation.atlas import Dictionary
@@ -136,12 +137,15 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+@highest_precision
 def causal_map(
     run: Run, *, hooks: Sequence[str] | None = None, sae_paths: Mapping[str, Path | str] | None = None,
     config: CausalConfig = CausalConfig(), log: Log = print, write: bool = True,
 ) -> dict[str, Any]:
     """The causal map of the run's MLP at `hooks` (default all three): the causal.json document, also written with
-    its page under run.out_dir/causal/ when `write`."""
+    its page under run.out_dir/causal/ when `write`. sae_paths: {hook: an SAE file or SAELens folder} (default:
+    the run's own SAE at its hook, at another hook one trained with the run's recipe into causal/saes/HOOK/);
+    config: the pairs, DAS and circuit settings."""
     config.validate()
     hooks, sae_paths = check_hooks(hooks, sae_paths)
     variables = TaskVariables(run.shape)

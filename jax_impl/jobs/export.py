@@ -168,8 +168,8 @@ def _export(module: torch.nn.Module, in_features: int, torchscript_path: Path, p
 
 
 def export_models(mlp: InterpretabilityMLP, sae: SAE, run_dir: Path | str) -> dict[str, Path]:
-    """Write the four EXPORT_FILES under `run_dir` (each atomically; the pipeline gives its stage's staging
-    folder); returns their paths by name."""
+    """Write the four EXPORT_FILES of `mlp` and `sae` (TorchScript and torch.export programs) under `run_dir`
+    (each atomically; the pipeline gives its stage's staging folder); returns their paths by name."""
     run_dir = Path(run_dir)
     paths = {name: run_dir / rel for name, rel in EXPORT_FILES.items()}
     torch_mlp = mlp_from_state_dict(bridge.mlp_to_state_dict(mlp))

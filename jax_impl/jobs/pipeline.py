@@ -29,6 +29,7 @@ from flax import nnx
 
 from jax_impl.evaluation import inference, atlas
 from jax_impl.interop import bridge, saelens
+from jax_impl.precision import highest_precision
 from jax_impl.reports import circuit_trace
 from jax_impl.training import sae_trainer
 from jax_impl import saes
@@ -323,11 +324,13 @@ def run_stage(run: Run, stage: Stage, manifest: dict, checkpoints: TrainingCheck
     return manifest
 
 
+@highest_precision
 def run_pipeline(
     config: RunConfig, run_dir: Path | str, *, resume: bool = False, log: Log = print,
     checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
 ) -> dict:
-    """Run (or resume) every stage into `run_dir`; returns the final manifest.
+    """Run (or resume) every stage of `config` (data, mlp, harvest, sae, atlas, causal, probe, reports, export)
+    into `run_dir`; returns the final manifest (config, versions, each stage's metrics). log: where progress goes.
 
     The training stages save their state to RUN_DIR/checkpoints/STAGE every `checkpoint_every`; with `resume`
     the first unfinished stage continues from its newest valid checkpoint. A stage's checkpoints are removed

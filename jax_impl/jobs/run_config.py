@@ -74,6 +74,10 @@ _FLAT_ARCHITECTURE_FIELDS = ("k", "aux_coeff", "l1_coeff", "resample_every")
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Everything `monosem run` / run_pipeline does, as data: the PRNG seed, the hook the SAE decomposes and one
+    section per stage (data, mlp, sae, causal). The defaults are the seed recipes; strong_recipe() the strong one.
+    Each field is a flag (module docstring); validate() names the field or flag that cannot work."""
+
     seed: int = 0
     recipe: str = "seed"  # which defaults the other fields started from (one of RECIPES)
     hook: str = DEFAULT_HOOK  # the MLP activation harvested and decomposed (one of HOOKS)

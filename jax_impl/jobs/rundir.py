@@ -194,5 +194,6 @@ class Run:
 
 
 def load_run(run_dir: Path | str, log: Log = print) -> Run:
-    """A finished run directory, its config read from its manifest."""
+    """A finished run directory (what `monosem run` / run_pipeline wrote at `run_dir`), its config read from its
+    manifest; its mlp, sae, splits and activations are read on first use. log: where messages go."""
     return Run(run_dir, run_config(run_dir), log)

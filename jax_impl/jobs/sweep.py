@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from jax_impl.evaluation import inference, atlas
 from jax_impl.interop import bridge
+from jax_impl.precision import highest_precision
 from jax_impl.training import interrupts
 from jax_impl.files import jsonfile
 from jax_impl import saes
@@ -380,6 +381,7 @@ def _source_of(activations: Path | str | None, run_dir: Path | str | None) -> tu
     return path, run
 
 
+@highest_precision
 def run_sweep(
     out_dir: Path | str,
     grid: Mapping[str, Sequence[Any]] | None = None,

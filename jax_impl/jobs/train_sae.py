@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jax_impl.interop import bridge, saelens
+from jax_impl.precision import highest_precision
 from jax_impl.training import sae_trainer
 from jax_impl import saes
 from jax_impl.data.activations import ActivationFile, check_finite_rows, fingerprint, open_activations
@@ -108,6 +109,7 @@ def metrics_from_sums(sums: dict[str, Any], n: int, width: int) -> dict[str, flo
     }
 
 
+@highest_precision
 def train_sae(
     activations: Path | str,
     out_dir: Path | str,

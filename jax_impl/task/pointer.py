@@ -227,7 +227,8 @@ def _check_split(split: Split, row_numbers: np.ndarray, shape: TaskShape, path: 
 
 
 def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
-    """Read and validate an upstream-format xlsx split; any defect raises UserError naming row and column."""
+    """Read and validate an upstream-format xlsx split at `path` for the task `shape`: a Split of inputs
+    (N, x_dim * y_dim) int32 and targets (N,) float32. Any defect raises UserError naming row and column."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (expected an .xlsx split with columns {INPUT_COLUMN}, {TARGET_COLUMN})")
@@ -551,6 +552,9 @@ class _FirstWorksheet:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The task's splits (rows of each) and its shape: `y_dim` columns of `x_dim` integers, so inputs are
+    (N, x_dim * y_dim)."""
+
     n_train: int = 8000
     n_val: int = 1000
     n_test: int = 1000

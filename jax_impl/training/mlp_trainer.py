@@ -13,6 +13,7 @@ import optax
 
 from jax_impl.checks import FLOAT32
 from jax_impl.models.mlp import LAYER1_WIDTH, LAYER2_WIDTH, LAYER3_WIDTH, InterpretabilityMLP
+from jax_impl.precision import highest_precision
 from jax_impl.training.checkpoints import TrainingCheckpoints
 from jax_impl.training.loop import Log, TrainResult, fit_module, steps_per_epoch
 from jax_impl.training.schedules import onecycle_tables
@@ -56,6 +57,7 @@ def evaluation_mse(model: InterpretabilityMLP, inputs: np.ndarray, targets: np.n
     return float(_eval_mse(model, x, y))
 
 
+@highest_precision
 def fit_mlp(
     model: InterpretabilityMLP,
     inputs: np.ndarray,
@@ -94,6 +96,10 @@ MLP_DATA = ("split", "online")  # train on the fixed split (seed) or on fresh ro
 
 @dataclass(frozen=True)
 class MLPConfig:
+    """The MLP's training: `epochs` of `batch_size` rows, AdamW (weight_decay) under a one-cycle schedule
+    (max_lr, pct_start, div_factor, final_div_factor, as torch's OneCycleLR), on the train split or on fresh
+    task rows each step (`data`: one of MLP_DATA); a line every `log_every` epochs."""
+
     epochs: int = 500
     batch_size: int = 64
     max_lr: float = 1e-2

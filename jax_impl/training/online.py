@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl.precision import highest_precision
 from jax_impl.training.checkpoints import TrainingCheckpoints
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.models.mlp import InterpretabilityMLP
@@ -49,6 +50,7 @@ def _make_online_epoch_fn(
 make_online_epoch_fn = _make_online_epoch_fn  # public: jax_impl.jobs.sweep vmaps it over MLP seeds
 
 
+@highest_precision
 def fit_mlp_online(
     model: InterpretabilityMLP,
     cfg: MLPConfig,

@@ -27,6 +27,7 @@ import optax
 from jax.sharding import Mesh
 
 from jax_impl.data.activations import ActivationFile, iter_chunks, sample_rows
+from jax_impl.precision import highest_precision
 from jax_impl.training.checkpoints import TrainingCheckpoints
 from jax_impl.checks import FLOAT32, require_finite
 from jax_impl.training.devices import place_rows, replicate, shard_batch
@@ -39,7 +40,8 @@ HOOK_SAMPLE_ROWS = 65536  # rows an epoch hook (resampling) sees when the activa
 
 @dataclass(frozen=True)
 class SAETrainConfig:
-    """What every architecture's training shares."""
+    """What every architecture's training shares: `epochs` over the rows, `batch_size` rows a step, Adam's `lr`,
+    a line every `log_every` epochs."""
 
     epochs: int = 100
     batch_size: int = 128
@@ -115,6 +117,7 @@ def _column_mean(rows: np.ndarray | ActivationFile, chunk_rows: int, n: int) -> 
     return jnp.mean(rows if rows.shape[0] == n else rows[:n], axis=0)  # rows past n: padding (jax_impl.training.distributed)
 
 
+@highest_precision
 def fit(
     sae: SAE,
     rows: np.ndarray | jax.Array | ActivationFile,

@@ -21,6 +21,7 @@ from jax_impl.evaluation.causal.interventions import (
     Site, ablation_effects, encode, fit_subspaces, iia, mean_ablation_outputs, outputs, select_features,
     set_outputs, subspace_outputs,
 )
+from jax_impl.precision import highest_precision
 from jax_impl.task.variables import KIND_NAMES, MINIMAL, PairSampler, Pairs, TaskVariables
 from jax_impl.task.pointer import TaskShape
 
@@ -78,6 +79,7 @@ class _Activations:
         return self._h[s:e], self._h[e:e + n]
 
 
+@highest_precision
 def causal_map_of_site(
     site: Site, dictionary: Dictionary | None, variables: TaskVariables, pairs: PairSet,
     config: CausalConfig = CausalConfig(), *, label_rows: np.ndarray | None = None,
