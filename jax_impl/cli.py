@@ -34,7 +34,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=defaults.seed, help=f"PRNG seed (default {defaults.seed})")
     group.add_argument("--recipe", choices=RECIPES, default=defaults.recipe,
                        help="defaults for the flags below: the seed's, or the strong recipe's "
-                       "(online-data MLP, TopK SAE; docs/strong_recipe.md) (default seed)")
+                       "(online-data MLP, TopK SAE; docs/run.md) (default seed)")
     group.add_argument("--hook", choices=HOOKS, default=None,
                        help="the MLP activation the SAE decomposes: layer1 (after bn1, 256), layer2 (after bn2, 512; "
                        "the seed's) or layer3 (after hidden2, 256) (default: the recipe's, layer2)")
@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint in --out (same flags and activations)")
     _add_checkpoint_flag(p)
     group = p.add_argument_group("many hosts (JAX's multi-process runtime; start one process per host with the same "
-                                 "flags but --process-id; process 0 writes --out; docs/sweeps.md)")
+                                 "flags but --process-id; process 0 writes --out; docs/devices.md)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address for the coordination service")
     group.add_argument("--num-processes", type=int, metavar="P", help="how many processes take part")
     group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..P-1")

@@ -1,7 +1,7 @@
 """Comparison helpers for the parity suite.
 
 Every comparison goes through `assert_close`, which records the measured max |diff| next to its
-tolerance; `PARITY_REPORT=path.json pytest parity_tests` writes them out (docs/parity.md is built from it).
+tolerance; `PARITY_REPORT=path.json pytest parity_tests` writes them out (the full measured table; docs/parity.md).
 """
 
 from __future__ import annotations

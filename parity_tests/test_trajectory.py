@@ -9,7 +9,7 @@ Two comparisons, because float32 cannot show what it is meant to:
   own running RMS, so an entry whose true gradient is ~0 (the biases right before a BatchNorm; SAE
   weights of features that barely fire) turns rounding noise into steps of up to lr; and a ReLU input
   within rounding of 0 flips one sample's contribution. torch float32 itself drifts from torch float64
-  on these very runs by as much (docs/parity.md), so these tolerances are that noise floor, not precision.
+  on these very runs by as much (CHANGELOG.md), so these tolerances are that noise floor, not precision.
 """
 
 from __future__ import annotations
@@ -122,12 +122,12 @@ def test_sae_trajectory_float64(data):
 def test_mlp_trajectory_float32(data):
     ours, losses, params, reference = _run_mlp(data, torch.float32)
     # Noise floor of two float32 runs of this recipe (2 epochs, peak lr 1e-2): once a ReLU kink flips,
-    # ~1e-2 on the loss (torch float32 vs torch float64 on 2,048 upstream rows; docs/parity.md). 5e-2 is
+    # ~1e-2 on the loss (torch float32 vs torch float64 on 2,048 upstream rows; CHANGELOG.md). 5e-2 is
     # 1% of the loss: a wrong batch order, schedule or BatchNorm mode costs far more.
     assert_close("MLP float32, per-step loss (2 epochs)", ours, losses, 5e-2)
     # After a flip, weights drift by up to ~lr per remaining step (measured up to 0.13 between torch float32
     # and float64), so Adam's reach, 2 x peak lr x steps, is the only bound two float32 runs obey. Without a
-    # flip (as here) they agree to ~1e-5: see the measured values in docs/parity.md. The running statistics
+    # flip (as here) they agree to ~1e-5: see the values PARITY_REPORT writes (docs/parity.md). The running statistics
     # are compared tightly in test_batchnorm.py and in the float64 trajectory above.
     adam_reach = MLPConfig().max_lr * EPOCHS * (ROWS // 64)
     for key, value in reference.items():

@@ -7,7 +7,7 @@ moves the same run: the floor against which the JAX-vs-torch drift should be rea
 
     python scripts/compare_whole_run.py --mlp-epochs 50 --sae-epochs 10 --float64
 
-Prints a Markdown table (docs/parity.md keeps one).
+Prints a Markdown table (CHANGELOG.md records the runs).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ run's hook) beside that ceiling at each hook, estimated by `atlas.linear_readout
 on the train rows (in-sample, the generous number) and checked on the val + test rows (the columns show the
 held-out F1; the in-sample one at the run's hook). Then one line per family: its mean held-out ceiling at
 each hook, so a reader sees where each concept family lives. The estimate comes from a search, so a true
-ceiling can be somewhat higher. docs/atlas.md and docs/strong_recipe.md keep the tables of the runs.
+ceiling can be somewhat higher. CHANGELOG.md keeps the measured runs.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sweep behind `--recipe strong` (second version, docs/strong_recipe.md), on the sweep engine: every
+# The sweep behind `--recipe strong` (second version, CHANGELOG.md), on the sweep engine: every
 # architecture of the TopK family and JumpReLU at several sizes and sparsities on a strong run's harvested
 # layer2, then the best settings at longer training; each SAE scored by the atlas and against the recipe's
 # targets (scripts/strong_targets.py). About 40 minutes on 2 cores.

@@ -6,10 +6,10 @@ Usage (after `monosem run --recipe strong --run-dir runs/strong`):
     python scripts/sweep_strong.py --mlp     # the MLP settings instead (no run directory needed)
 
 `--mlp` trains the MLP with the seed recipe and with online data at a few batch sizes, on the splits and
-keys `monosem run --seed 0` uses, and prints test MSE, exact match and seconds (docs/strong_recipe.md).
+keys `monosem run --seed 0` uses, and prints test MSE, exact match and seconds (CHANGELOG.md).
 
 For every setting it trains an SAE on the run's harvested activations (mlp_activations.pt, the 8,000
-training rows), then measures on all 10,000 rows of the run's dataset what docs/strong_recipe.md reports:
+training rows), then measures on all 10,000 rows of the run's dataset what CHANGELOG.md reports:
 explained variance, dead fraction, L0, MLP MSE clean and with the reconstruction spliced in, the share of
 live features whose best concept F1 >= 0.7 (the atlas's "monosemantic"), and the worst best-F1 over the
 pointer concepts (p1=k, p2=k) and over the target values. Concept scores are the atlas's (jax_impl.evaluation.atlas);

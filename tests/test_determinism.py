@@ -2,7 +2,7 @@
 
 `.pth` / `.pt` / `.pt2` byte for byte, xlsx cell for cell (an xlsx also stores its creation time),
 `probe.txt` and the manifest's metrics exactly. test_crash_resume.py checks the same across processes
-and across SIGKILL + --resume; docs/robustness.md says what is and is not guaranteed on GPU.
+and across SIGKILL + --resume; docs/devices.md says what is and is not guaranteed on GPU.
 """
 
 from __future__ import annotations

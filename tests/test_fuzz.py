@@ -11,7 +11,7 @@ values, JSON nodes) and gives it to the command that reads it, in this process. 
   - on exit 0 every file written is complete (loads), and a resumed run writes the same bytes as before.
 
 Example counts: the `ci` settings profile (conftest.py, the default) runs a few derandomized examples per
-test; `HYPOTHESIS_PROFILE=long` runs many more (docs/robustness.md records a long run).
+test; `HYPOTHESIS_PROFILE=long` runs many more (CHANGELOG.md records a long run).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ and gives it to the reader. The property:
     training's epoch, the Sankey's causal view, the probe's labels).
 
 Counts: the `ci` profile (conftest.py) runs the examples each test's `budget` names; HYPOTHESIS_PROFILE=long
-runs `long` of them (docs/robustness.md records the counts).
+runs `long` of them (CHANGELOG.md records the counts).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ user's home.
 A real process imports the package from a copy of this checkout in a temporary folder (PYTHONPATH;
 asserted), with its own working directory, run directory and train-sae output folder, and its files are
 compared with the session's run made here, every file byte for byte (TorchScript archives too: their constants
-are written in name order, not in the hash seed's; docs/robustness.md); the `-m slow` variant runs both sides
+are written in name order, not in the hash seed's; CHANGELOG.md); the `-m slow` variant runs both sides
 in fresh processes.
 """
 

@@ -505,7 +505,7 @@ def mean_pointer_swaps(
     h: jax.Array, features: np.ndarray, directions: jax.Array, best: np.ndarray, concepts: Concepts,
     targets: np.ndarray, readout: Readout, min_gain: float = 0.5,
 ) -> dict[str, Any]:
-    """The mean pointer swap, kept as a negative control (docs/atlas.md): swap `p1=k` for `p1=j` by adding the
+    """The mean pointer swap, kept as a negative control (CHANGELOG.md): swap `p1=k` for `p1=j` by adding the
     *mean* contribution of the `p1=j` features. That vector carries no row's `a[j]`, so even a perfect pointer
     feature fails it; the atlas no longer reports it. jax_impl.evaluation.causal answers the question with interchange
     interventions instead.

@@ -32,7 +32,7 @@ QUANTITIES = ("prediction", "layer2", "features", "reconstruction")
 # reach |z| ~ 300 (weights up to 31 on inputs up to 9), where one float32 ulp is 3e-5; BatchNorm divides
 # by sqrt(running_var) ~ 35, so one ulp there is ~1e-6 in layer2, which the later layers carry on
 # (K = 512 and 256 terms for the prediction, 512 and 2048 through the SAE). Measured: 2-4e-6, i.e. a few
-# ulps (docs/parity.md). The bounds allow ~50 such ulps, and remain far below what a semantic slip does
+# ulps (CHANGELOG.md). The bounds allow ~50 such ulps, and remain far below what a semantic slip does
 # (a biased running_var, a missing transpose, train-mode BatchNorm: >= 1e-2).
 # layer1 and layer3 (the other hook points) carry the same few-ulp error as layer2 (layer1 before it, layer3
 # one 512-term layer after it, with weights < 1).

@@ -24,7 +24,7 @@ from jax_impl.training.sae_trainer import SAETrainConfig, training_bytes
 from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
 from jax_impl.task.pointer import TaskShape
 
-RECIPES = ("seed", "strong")  # see strong_recipe() and docs/strong_recipe.md
+RECIPES = ("seed", "strong")  # see strong_recipe() and docs/run.md
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,12 @@ class RunConfig:
 
 def strong_recipe() -> RunConfig:
     """The `--recipe strong` defaults: online-data MLP, TopK SAE (chosen by scripts/sweep_strong.py, then
-    scripts/strong_sweep.sh for the second version; measurements in docs/strong_recipe.md)."""
+    scripts/strong_sweep.sh for the second version; measurements in CHANGELOG.md)."""
     return RunConfig(
         recipe="strong",
         mlp=MLPConfig(data="online", batch_size=512, epochs=500),
         # Second version (issue 12): 200 SAE epochs instead of 100, the only change the sweep of
-        # scripts/strong_sweep.sh supports (spliced MSE within 0.01 of clean; docs/strong_recipe.md).
+        # scripts/strong_sweep.sh supports (spliced MSE within 0.01 of clean; CHANGELOG.md).
         sae=SAEConfig(variant="topk", dict_size=128, architecture=saes.topk.Config(k=32), epochs=200),
     )
 

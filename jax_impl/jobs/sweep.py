@@ -8,7 +8,7 @@ float hyperparameters (lr, l1_coeff, aux_coeff, ...) travel in the carry as trac
 program serves every seed and every value of them. Different shapes are different groups, run one after the
 other. Each configuration's initialisation and batch order come from its seed exactly as in a standalone
 `monosem train-sae` (SAE) or `monosem run` (MLP), so its folder holds what that command writes, up to float
-rounding: a vmapped matmul may sum in another order than the single one (docs/sweeps.md: measured and tested).
+rounding: a vmapped matmul may sum in another order than the single one (tests/test_sweep.py; measured in CHANGELOG.md).
 
 Outputs under `out_dir` (held with the folder lock, like train-sae): one subfolder per configuration with
 train-sae's files (SAE: sae.pth, sae.safetensors, saelens/, sae_config.json, metrics.json) or the MLP's

@@ -82,7 +82,7 @@ ARCHITECTURE = Architecture(
     loss=loss,
     key_map=KEY_MAP,
     # Free decoder norms, as SAELens trains BatchTopK: on the ground-truth benchmark MCC 0.833 -> 0.891 at k = 5
-    # and 0.838 -> 0.873 at k = 8 against unit rows (docs/groundtruth.md). Plain topk keeps unit rows (0.923
+    # and 0.838 -> 0.873 at k = 8 against unit rows (CHANGELOG.md). Plain topk keeps unit rows (0.923
     # -> 0.933 at k = 5 is within the benchmark's noise, and the strong recipe is a topk).
     unit_decoder=False,
     saelens=SaeLensFormat("jumprelu", reads=("batchtopk",)),  # as SAELens saves a trained BatchTopK

@@ -37,7 +37,7 @@ class Config:
     # Initial norm of every decoder row; the encoder starts as the decoder's transpose, and the decoder's norms
     # are free in training (SAELens' decoder_init_norm, Anthropic's heuristic: small pre-activations at the
     # start). An L0 penalty does not reward shrinking the features, so nothing pins the norms. Measured on the
-    # ground-truth benchmark (docs/groundtruth.md), MCC at L0 ~4: unit encoder columns and unit decoder rows
+    # ground-truth benchmark (CHANGELOG.md), MCC at L0 ~4: unit encoder columns and unit decoder rows
     # 0.80; encoder columns of norm 0.1, unit decoder rows 0.88; this 0.89-0.90 (SAELens 0.895).
     decoder_init_norm: float = 0.1
 

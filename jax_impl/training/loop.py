@@ -60,7 +60,7 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
 
 # XLA:CPU's default copy insertion copies every loop-carried weight once per scan step (11 copy kernels per
 # MLP step); region analysis proves the updates can happen in place and drops them: about 7% less CPU time
-# per MLP epoch, 4% per SAE epoch, bitwise-identical results (docs/performance.md). Other backends ignore it.
+# per MLP epoch, 4% per SAE epoch, bitwise-identical results (CHANGELOG.md). Other backends ignore it.
 EPOCH_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
