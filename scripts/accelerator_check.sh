@@ -97,7 +97,7 @@ step parity "$PYTHON" -m pytest -q -p no:cacheprovider "${PARITY[@]}"
 step run_gpu "${MONOSEM[@]}" run --run-dir "$OUT/run_gpu" "${RUN_FLAGS[@]}"
 step run_cpu env JAX_PLATFORMS=cpu "${MONOSEM[@]}" run --run-dir "$OUT/run_cpu" "${RUN_FLAGS[@]}"
 if "${MONOSEM[@]}" sweep --help > /dev/null 2>&1; then
-    step sweep "${MONOSEM[@]}" sweep --activations "$OUT/run_gpu/mlp/mlp_activations.pt" --out "$OUT/sweep" \
+    step sweep "${MONOSEM[@]}" sweep --activations "$OUT/run_gpu/mlp_activations.pt" --out "$OUT/sweep" \
         --variant topk --grid k=16,32 --grid seed=0,1,2,3 --dict-size 512 --epochs 5
 fi
 step bench_saes "$PYTHON" benchmarks/bench_saes.py "${BENCH_FLAGS[@]}" --no-streaming --torch-device "$TORCH_DEVICE" \
