@@ -26,7 +26,8 @@ __version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it (t
 # The public names by the module that defines them (their home, not a re-export), imported on first use.
 _LAZY: dict[str, tuple[str, ...]] = {
     "jax_impl.jobs.run_config": ("RunConfig", "SAEConfig", "strong_recipe"),
-    "jax_impl.task.pointer": ("DataConfig", "read_split"),
+    "jax_impl.task.pointer": ("DataConfig",),
+    "jax_impl.task.splits": ("read_split",),
     "jax_impl.training.mlp_trainer": ("MLPConfig",),
     "jax_impl.evaluation.causal.config": ("CausalConfig",),
     "jax_impl.training.checkpoints": ("CheckpointPolicy",),
@@ -38,7 +39,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "jax_impl.data.activations": ("open_activations",),
     "jax_impl.jobs.sweep": ("run_sweep",),
     "jax_impl.evaluation.inference": ("evaluate", "probe"),
-    "jax_impl.evaluation.atlas": ("build_atlas", "atlas_from_models", "feature_labels"),
+    "jax_impl.evaluation.atlas.document": ("build_atlas", "atlas_from_models", "feature_labels"),
     "jax_impl.jobs.causal": ("causal_map",),
     "jax_impl.jobs.export": ("export_models", "export_run"),
     "jax_impl.interop.bridge": ("load_mlp", "save_mlp", "save_sae"),
@@ -55,9 +56,9 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.p
     from jax_impl.data.activations import open_activations as open_activations
     from jax_impl.errors import Interrupted as Interrupted
     from jax_impl.errors import UserError as UserError
-    from jax_impl.evaluation.atlas import atlas_from_models as atlas_from_models
-    from jax_impl.evaluation.atlas import build_atlas as build_atlas
-    from jax_impl.evaluation.atlas import feature_labels as feature_labels
+    from jax_impl.evaluation.atlas.document import atlas_from_models as atlas_from_models
+    from jax_impl.evaluation.atlas.document import build_atlas as build_atlas
+    from jax_impl.evaluation.atlas.document import feature_labels as feature_labels
     from jax_impl.evaluation.causal.config import CausalConfig as CausalConfig
     from jax_impl.evaluation.inference import evaluate as evaluate
     from jax_impl.evaluation.inference import probe as probe
@@ -79,7 +80,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.p
     from jax_impl.jobs.train_sae import train_sae as train_sae
     from jax_impl.saes.base import SAE as SAE
     from jax_impl.task.pointer import DataConfig as DataConfig
-    from jax_impl.task.pointer import read_split as read_split
+    from jax_impl.task.splits import read_split as read_split
     from jax_impl.training.checkpoints import CheckpointPolicy as CheckpointPolicy
     from jax_impl.training.mlp_trainer import MLPConfig as MLPConfig
     from jax_impl.training.sae_trainer import SAETrainConfig as SAETrainConfig

@@ -150,7 +150,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from jax_impl.evaluation import inference
     from jax_impl.interop import bridge, saelens
     from jax_impl.files.atomic import atomic_path
-    from jax_impl.task.pointer import TaskShape, read_split
+    from jax_impl.task.pointer import TaskShape
+    from jax_impl.task.splits import read_split
 
     check_task_shape(args.x_dim, args.y_dim)
     shape = TaskShape(args.x_dim, args.y_dim)
@@ -164,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split = read_split(args.data, shape)
     metrics = inference.evaluate(mlp, split, sae, args.hook)
     if sae is not None:
-        from jax_impl.evaluation.atlas import model_splice_metrics
+        from jax_impl.evaluation.inference import model_splice_metrics
 
         metrics.update(model_splice_metrics(mlp, sae, split, args.hook))
     if args.predictions:
@@ -219,7 +220,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
-    from jax_impl.evaluation import atlas
+    from jax_impl.evaluation.atlas.document import atlas_from_models, format_summary
+    from jax_impl.reports.atlas_page import write_atlas
     from jax_impl.task.pointer import SPLITS
 
     if not 0 < args.min_f1 <= 1:  # not NaN either: every comparison with NaN is false
@@ -230,15 +232,15 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         raise UserError(f"--min-gain must be a finite number, got {args.min_gain}")
     run = _run_with_sae(args, writes=True)
     names = SPLITS if args.split == "all" else (args.split,)
-    doc = atlas.atlas_from_models(
+    doc = atlas_from_models(
         run.mlp, run.sae, run.rows(names), run.shape,
         source=("the run's train, val and test splits" if args.split == "all" else f"the run's {args.split} split")
         + (f" with the SAE {args.sae.name}" if args.sae else ""),  # no path: the bytes do not depend on where it runs
         hook=run.hook, min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
-    print(atlas.format_summary(doc))
+    print(format_summary(doc))
     with _output_set(run.out_dir, "--out" if args.out else "--run-dir") as staging:
-        written = atlas.write_atlas(doc, staging)
+        written = write_atlas(doc, staging)
     for path in written:
         print(f"Saved {run.out_dir / path.relative_to(staging)}")
     return 0

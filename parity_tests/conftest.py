@@ -42,7 +42,7 @@ def upstream_state_dict() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def upstream_splits():
     """{split: Split} for the three upstream xlsx files, read with the JAX reader."""
-    from jax_impl.task.pointer import read_split
+    from jax_impl.task.splits import read_split
 
     if not all(p.is_file() for p in UPSTREAM_SPLITS.values()):
         missing_upstream(UPSTREAM / "dataset")

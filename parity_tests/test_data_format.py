@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jax_impl.task.pointer import Split, read_split, write_split
+from jax_impl.task.pointer import Split
+from jax_impl.task.splits import read_split, write_split
 from parity_tests.conftest import UPSTREAM_SPLITS
 from parity_tests.helpers import missing_upstream
 from parity_tests.helpers import task_rows

@@ -15,7 +15,8 @@ from jax_impl.cli import main
 from jax_impl.task.pointer import DataConfig
 from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path
-from jax_impl.task.pointer import SPLITS, Split, write_split
+from jax_impl.task.pointer import SPLITS, Split
+from jax_impl.task.splits import write_split
 from parity_tests.helpers import randomize_batch_stats, task_rows
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 

@@ -27,7 +27,7 @@ from jax_impl.precision import highest_precision
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.data.harvest import harvest_activations
-from jax_impl.task.pointer import read_split
+from jax_impl.task.splits import read_split
 from jax_impl.training.mlp_trainer import fit_mlp
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from torch_ref.train import harvest_layer2, sae_loss, train_mlp, train_sae

@@ -9,7 +9,7 @@ feature_atlas.json):
 A `relu-l1` or `anthropic` SAE feature is active exactly where an affine function of its hook's activation
 is positive, so no such feature detects a concept better than the best half-space of that activation does.
 For each concept of the chosen families this prints the run's best SAE feature F1 (from the atlas, at the
-run's hook) beside that ceiling at each hook, estimated by `atlas.linear_readout_f1` on the run's MLP: fitted
+run's hook) beside that ceiling at each hook, estimated by `linear_probe.linear_readout_f1` on the run's MLP: fitted
 on the train rows (in-sample, the generous number) and checked on the val + test rows (the columns show the
 held-out F1; the in-sample one at the run's hook). Then one line per family: its mean held-out ceiling at
 each hook, so a reader sees where each concept family lives. The estimate comes from a search, so a true
@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_impl.evaluation import atlas
+from jax_impl.evaluation.atlas.document import ATLAS_JSON
+from jax_impl.evaluation.atlas.linear_probe import ceilings_by_hook
+from jax_impl.task.concepts import FAMILIES
 from jax_impl.models.mlp import HOOKS
 from jax_impl.jobs.rundir import load_run
 from jax_impl.precision import highest_precision
@@ -39,14 +41,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     families, hooks = tuple(args.families.split(",")), tuple(args.hooks.split(","))
-    if sorted(set(families) - set(atlas.FAMILIES)) or sorted(set(hooks) - set(HOOKS)):
-        parser.error(f"--families must be some of {list(atlas.FAMILIES)} and --hooks some of {list(HOOKS)}")
+    if sorted(set(families) - set(FAMILIES)) or sorted(set(hooks) - set(HOOKS)):
+        parser.error(f"--families must be some of {list(FAMILIES)} and --hooks some of {list(HOOKS)}")
 
     run = load_run(args.run_dir, log=lambda _: None)
     rows = run.rows()
     fit_rows = np.arange(len(rows)) < len(run.splits["train"])
-    ceilings = atlas.ceilings_by_hook(run.mlp, rows, run.shape, fit_rows, hooks, families)
-    best_feature = {c["concept"]: c for c in json.loads((args.run_dir / atlas.ATLAS_JSON).read_text())["concepts"]}
+    ceilings = ceilings_by_hook(run.mlp, rows, run.shape, fit_rows, hooks, families)
+    best_feature = {c["concept"]: c for c in json.loads((args.run_dir / ATLAS_JSON).read_text())["concepts"]}
 
     print(f"{args.run_dir}: {len(rows)} rows, SAE at {run.hook}; ceilings fitted on the {fit_rows.sum()} train rows, "
           f"F1 on the other {len(rows) - fit_rows.sum()} (held out)\n")

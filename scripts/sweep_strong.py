@@ -29,7 +29,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_impl.evaluation import inference, atlas
+from jax_impl.evaluation import inference
+from jax_impl.evaluation.atlas.scores import score_features
+from jax_impl.task.concepts import task_concepts
 from jax_impl.interop import bridge
 from jax_impl.files.atomic import write_json_atomic
 from jax_impl.precision import highest_precision
@@ -40,7 +42,8 @@ from jax_impl.training.online import fit_mlp_online
 from jax_impl.jobs.rundir import ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, dataset_path
 from jax_impl.training import sae_trainer
 from jax_impl import saes
-from jax_impl.task.pointer import SPLITS, TaskShape, concat_splits, generate_splits, read_split
+from jax_impl.task.pointer import SPLITS, TaskShape, concat_splits, generate_splits
+from jax_impl.task.splits import read_split
 from jax_impl.training.mlp_trainer import fit_mlp
 
 MIN_F1 = 0.7  # the atlas's default threshold for a monosemantic feature
@@ -106,8 +109,8 @@ def score(mlp, sae, split, shape: TaskShape) -> dict:
     _, layer2 = inference.mlp_forward(mlp, split.inputs)
     _, features = inference.sae_forward(sae, layer2)
     live = features[:, features.max(axis=0) > 0]
-    concepts = atlas.task_concepts(split.inputs, shape.x_dim, shape.y_dim)
-    f1 = atlas.score_features(live, concepts.mask).f1  # (live, C)
+    concepts = task_concepts(split.inputs, shape.x_dim, shape.y_dim)
+    f1 = score_features(live, concepts.mask).f1  # (live, C)
     best_per_concept = f1.max(axis=0)
     families = np.asarray(concepts.families)
     return {

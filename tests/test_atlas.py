@@ -21,16 +21,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_impl.evaluation import inference, atlas
-from jax_impl.reports.atlas_page import render_page
-from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl import saes
+from jax_impl.evaluation import inference
+from jax_impl.evaluation.atlas.document import ATLAS_HTML, ATLAS_JSON, build_atlas, feature_labels
+from jax_impl.evaluation.atlas.effects import CausalEffects, causal_effects, consistency, mean_pointer_swaps
+from jax_impl.evaluation.atlas.linear_probe import linear_readout_f1
+from jax_impl.evaluation.atlas.scores import best_threshold_f1, score_features
+from jax_impl.evaluation.dictionary import Dictionary
+from jax_impl.evaluation.metrics import splice_metrics
+from jax_impl.models.mlp import InterpretabilityMLP, Readout
+from jax_impl.reports.atlas_page import render_page, write_atlas
+from jax_impl.task.concepts import Concepts, task_concepts
 from jax_impl.task.pointer import TaskShape, pointer_targets
 
 ROW = [8, 9, 5, 1, 3, 2, 9, 4, 7, 1]  # the seed's first probe input: p1=3, p2=1, a[p1]=1, b[p2]=9, target 8
 
 
-def _concept(concepts: atlas.Concepts, name: str) -> int:
+def _concept(concepts: Concepts, name: str) -> int:
     return concepts.names.index(name)
 
 
@@ -47,7 +54,7 @@ def _random_rows(n: int, seed: int, zero_b: bool = False) -> np.ndarray:
 
 def test_concepts_of_a_known_row_and_their_counterfactual_targets():
     inputs = np.array([ROW] + _random_rows(200, 0).tolist())
-    c = atlas.task_concepts(inputs, 5, 2)
+    c = task_concepts(inputs, 5, 2)
     holds = {name for name, on in zip(c.names, c.mask[0]) if on}
     assert {"p1=3", "p2=1", "a[p1]=1", "b[p2]=9", "target=8", "a[p1]<b[p2]", "a_0=8", "b_3=7"} <= holds
     assert {"p1=3 & a_3=1", "p2=1 & b_1=9"} <= holds
@@ -69,13 +76,13 @@ def test_concepts_of_a_known_row_and_their_counterfactual_targets():
 
 def test_constant_concepts_are_dropped_and_other_shapes_work():
     inputs = _random_rows(300, 1, zero_b=True)
-    c = atlas.task_concepts(inputs, 5, 2)
+    c = task_concepts(inputs, 5, 2)
     assert "b_0=0" not in c.names and "b[p2]=0" not in c.names and "a[p1]<b[p2]" not in c.names
     assert "p2=1" in c.names and "a[p1]>b[p2]" in c.names
     shape = TaskShape(4, 3)
     rng = np.random.default_rng(2)
     cols = np.concatenate([rng.integers(0, 10, (400, 3, 3)), rng.integers(0, 3, (400, 3, 1))], axis=2)
-    c3 = atlas.task_concepts(cols.reshape(400, 12), shape.x_dim, shape.y_dim)
+    c3 = task_concepts(cols.reshape(400, 12), shape.x_dim, shape.y_dim)
     assert {"p3=2", "c[p3]=4", "a[p1]>c[p3]", "b_2=7"} <= set(c3.names)
     targets = pointer_targets(cols.reshape(400, 12), shape)
     # The target family agrees with the task's own target function.
@@ -93,7 +100,7 @@ def test_scores_match_their_definitions():
     features[:, 4] = 0
     features[0, 4] = 1.0  # fires once
     mask = rng.random((n, 4)) < 0.3
-    s = atlas.score_features(features, mask)
+    s = score_features(features, mask)
     for i in range(5):
         for k in range(4):
             on, pos = features[:, i] > 0, mask[:, k]
@@ -118,7 +125,7 @@ def test_best_threshold_f1_tries_every_cut():
         2 * np.sum((scores > t) & mask) / (np.sum(scores > t) + mask.sum()) for t in np.unique(scores)[:-1] + 0.5
     )
     expected = max(expected, 2 * mask.sum() / (60 + mask.sum()))  # everything called positive
-    f1, threshold = atlas.best_threshold_f1(scores, mask)
+    f1, threshold = best_threshold_f1(scores, mask)
     assert f1 == pytest.approx(expected)
     called = scores > threshold
     assert 2 * np.sum(called & mask) / (called.sum() + mask.sum()) == pytest.approx(f1)
@@ -131,7 +138,7 @@ def test_linear_readout_f1_separates_half_spaces_from_bands():
     x = rng.uniform(-1, 1, (6000, 8)).astype(np.float32)
     mask = np.stack([x[:, 0] > 0.2, np.abs(x[:, 0]) < 0.3], axis=1)
     fit_rows = np.arange(6000) < 4000
-    fit_f1, held_f1 = atlas.linear_readout_f1(x, mask, fit_rows)
+    fit_f1, held_f1 = linear_readout_f1(x, mask, fit_rows)
     assert fit_f1[0] > 0.99 and held_f1[0] > 0.98
     assert fit_f1[1] == pytest.approx(0.63, abs=0.03) and held_f1[1] == pytest.approx(0.63, abs=0.04)
 
@@ -139,18 +146,18 @@ def test_linear_readout_f1_separates_half_spaces_from_bands():
 # --- metrics ----------------------------------------------------------------------------------------
 
 
-def _identity_dictionary(width: int) -> atlas.Dictionary:
+def _identity_dictionary(width: int) -> Dictionary:
     eye = jnp.eye(width)
-    return atlas.Dictionary(eye, jnp.zeros(width), eye, jnp.zeros(width))
+    return Dictionary(eye, jnp.zeros(width), eye, jnp.zeros(width))
 
 
 def test_splice_metrics_perfect_and_mean_reconstruction():
     rng = np.random.default_rng(4)
     layer2 = np.abs(rng.normal(size=(200, 6))).astype(np.float32)
     targets = rng.normal(size=200).astype(np.float32)
-    readout = atlas.Readout(jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), jnp.zeros(5), (jnp.ones(5),), (jnp.array(0.5),))
+    readout = Readout(jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), jnp.zeros(5), (jnp.ones(5),), (jnp.array(0.5),))
     # A lossless SAE (identity on non-negative inputs): splicing costs nothing.
-    exact = atlas.splice_metrics(layer2, targets, _identity_dictionary(6), readout)
+    exact = splice_metrics(layer2, targets, _identity_dictionary(6), readout)
     assert exact["mse_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert exact["dense_fraction"] == 1.0
     clean = np.mean((np.asarray(readout(layer2)) - targets) ** 2)
@@ -158,8 +165,8 @@ def test_splice_metrics_perfect_and_mean_reconstruction():
     assert exact["mean_ablated_mse"] == pytest.approx(np.mean((np.asarray(readout(mean_h)) - targets) ** 2), rel=1e-5)
     assert exact["mean_ablated_mse"] != pytest.approx(clean)
     # An SAE that always outputs the mean: splicing is exactly mean ablation.
-    mean_sae = atlas.Dictionary(jnp.zeros((6, 3)), jnp.array([-1.0, -1.0, 1.0]), jnp.zeros((3, 6)), jnp.asarray(layer2.mean(axis=0)))
-    mean_only = atlas.splice_metrics(layer2, targets, mean_sae, readout)
+    mean_sae = Dictionary(jnp.zeros((6, 3)), jnp.array([-1.0, -1.0, 1.0]), jnp.zeros((3, 6)), jnp.asarray(layer2.mean(axis=0)))
+    mean_only = splice_metrics(layer2, targets, mean_sae, readout)
     assert mean_only["mse_recovered"] == pytest.approx(0.0, abs=1e-5)
     assert mean_only["dense_fraction"] == pytest.approx(1 / 3)  # one always-on feature, two dead
 
@@ -167,11 +174,11 @@ def test_splice_metrics_perfect_and_mean_reconstruction():
 def test_weights_from_nnx_modules_match_the_modules():
     mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(0))
     _, layer2 = inference.mlp_forward(mlp, _random_rows(16, 5))
-    np.testing.assert_allclose(atlas.Readout.from_mlp(mlp)(layer2), inference.readout(mlp, layer2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Readout.from_mlp(mlp)(layer2), inference.readout(mlp, layer2), rtol=1e-5, atol=1e-5)
     for sae in (saes.create("relu-l1", 512, 64, key=jax.random.key(1)),
                 saes.create("topk", 512, 64, saes.topk.Config(k=5), key=jax.random.key(2))):
         reconstruction, features = inference.sae_forward(sae, layer2)
-        d = atlas.Dictionary.from_sae(sae)
+        d = Dictionary.from_sae(sae)
         np.testing.assert_allclose(d.encode(layer2), features, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(d.decode(features), reconstruction, rtol=1e-5, atol=1e-5)
     assert np.all((features > 0).sum(axis=1) <= 5)
@@ -190,7 +197,7 @@ def _pointer_circuit(n: int = 1200, seed: int = 6):
     w1 = np.zeros((8, 4), np.float32)
     w1[np.arange(4), np.arange(4)] = GATE
     w1[4 + np.arange(4), np.arange(4)] = 1.0
-    readout = atlas.Readout(jnp.asarray(w1), jnp.full(4, -GATE), (jnp.ones(4),), (jnp.array(0.0),))
+    readout = Readout(jnp.asarray(w1), jnp.full(4, -GATE), (jnp.ones(4),), (jnp.array(0.0),))
     # Features 0-3: "p1=k" (read onehot_k; write onehot_k minus the other pointers' one-hots),
     # 4: a copy of "p1=0" that writes nothing, 5: fires when a_0 >= 7 (no concept of the vocabulary),
     # 6: a copy of "p1=1" that writes minus every one-hot (closes all gates: the output becomes 0), 7: dead.
@@ -203,7 +210,7 @@ def _pointer_circuit(n: int = 1200, seed: int = 6):
     w_dec = np.zeros((8, 8), np.float32)
     w_dec[:4, :4] = 2 * np.eye(4) - 1
     w_dec[6, :4] = -1
-    dictionary = atlas.Dictionary(*(jnp.asarray(x) for x in (w_enc, b_enc, w_dec, np.zeros(8, np.float32))))
+    dictionary = Dictionary(*(jnp.asarray(x) for x in (w_enc, b_enc, w_dec, np.zeros(8, np.float32))))
     return inputs, layer2, readout, dictionary
 
 
@@ -212,7 +219,7 @@ def circuit_atlas():
     inputs, layer2, readout, dictionary = _pointer_circuit()
     targets = pointer_targets(inputs).astype(np.float32)
     np.testing.assert_allclose(readout(layer2), targets)  # the circuit really computes the task
-    doc = atlas.build_atlas(layer2, inputs, targets, 5, 2, dictionary, readout, {"note": 1.0}, steer_sample=4000)
+    doc = build_atlas(layer2, inputs, targets, 5, 2, dictionary, readout, {"note": 1.0}, steer_sample=4000)
     return inputs, doc, {f["id"]: f for f in doc["features"]}
 
 
@@ -225,7 +232,7 @@ def test_labels_of_the_pointer_circuit(circuit_atlas):
         assert f["monosemantic"]
     assert by_id[4]["label"] == "p1=0" and by_id[4]["f1"] == 1
     assert not by_id[5]["monosemantic"] and by_id[5]["f1"] < 0.6  # "a_0 >= 7" is no concept of the vocabulary
-    assert atlas.feature_labels(doc) == {0: "p1=0", 1: "p1=1", 2: "p1=2", 3: "p1=3", 4: "p1=0", 6: "p1=1"}
+    assert feature_labels(doc) == {0: "p1=0", 1: "p1=1", 2: "p1=2", 3: "p1=3", 4: "p1=0", 6: "p1=1"}
     assert doc["summary"]["live"] == 7 and doc["summary"]["monosemantic"] == 6
     assert doc["summary"]["monosemantic_share"] == pytest.approx(6 / 7, abs=1e-4)
     assert doc["summary"]["consistent"] == 4
@@ -266,13 +273,13 @@ def test_causal_effects_match_direct_interventions():
     rng = np.random.default_rng(7)
     n, width, hidden, n_feat = 300, 12, 9, 10
     layer2 = np.abs(rng.normal(size=(n, width))).astype(np.float32)
-    dictionary = atlas.Dictionary(*(jnp.asarray(x, jnp.float32) for x in (
+    dictionary = Dictionary(*(jnp.asarray(x, jnp.float32) for x in (
         rng.normal(size=(width, n_feat)), rng.normal(size=n_feat) - 1, rng.normal(size=(n_feat, width)), rng.normal(size=width))))
     w1, b1, w_mid, b_mid, w2 = (jnp.asarray(x, jnp.float32) for x in (
         rng.normal(size=(width, hidden)), rng.normal(size=hidden), rng.normal(size=(hidden, 7)), rng.normal(size=7),
         rng.normal(size=7)))
     # a readout with a hidden layer after its first (like the one from layer1)
-    readout = atlas.Readout(w1, b1, (w_mid, w2), (b_mid, jnp.asarray(0.3, jnp.float32)))
+    readout = Readout(w1, b1, (w_mid, w2), (b_mid, jnp.asarray(0.3, jnp.float32)))
     ids = np.array([1, 3, 4, 8])
     holds = rng.random((n, 4)) < 0.3
     targets = rng.integers(0, 10, n).astype(np.float32)
@@ -280,7 +287,7 @@ def test_causal_effects_match_direct_interventions():
     counterfactual[:, 2] = 4.0  # like target=4: the same counterfactual on every row
     counterfactual[:, 3] = np.nan  # like a[p1]>b[p2]: none
     features = np.asarray(dictionary.encode(layer2))
-    eff = atlas.causal_effects(
+    eff = causal_effects(
         layer2, features[:, ids], dictionary.w_dec[ids], readout, holds, counterfactual, targets, steer_scale=2.0, steer_sample=n
     )
     base = np.asarray(readout(layer2))
@@ -308,11 +315,11 @@ def test_causal_effects_match_direct_interventions():
 
 
 def test_consistency_falls_back_to_ablation_without_counterfactual():
-    eff = atlas.CausalEffects(
+    eff = CausalEffects(
         ablation_in=np.array([0.3, 0.3, 0.01, 0.3]), ablation_out=np.array([0.1, 0.2, 0.0, 0.0]),
         steer_gain=np.array([np.nan, np.nan, np.nan, 0.4]), steer_rows=np.array([0, 0, 0, 50]),
     )
-    decisions = [atlas._consistency(eff, i, min_gain=0.5) for i in range(4)]
+    decisions = [consistency(eff, i, min_gain=0.5) for i in range(4)]
     assert decisions == [("ablation", True), ("ablation", False), ("ablation", False), ("steering", False)]
 
 
@@ -323,9 +330,9 @@ def test_files_page_and_labels(circuit_atlas, tmp_path):
     _, doc, _ = circuit_atlas
     doc = {"source": "test", **doc}
     doc["features"][0]["label"] = "</script><script>alert(1)</script>"  # must stay data
-    json_path, html_path = atlas.write_atlas(doc, tmp_path)
+    json_path, html_path = write_atlas(doc, tmp_path)
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(doc))
-    assert atlas.feature_labels(json_path, min_f1=0.0)[5] == next(f["label"] for f in doc["features"] if f["id"] == 5)
+    assert feature_labels(json_path, min_f1=0.0)[5] == next(f["label"] for f in doc["features"] if f["id"] == 5)
     page = html_path.read_text()
     assert page == render_page(doc)
     # Offline: nothing is fetched from anywhere.
@@ -341,10 +348,11 @@ def test_files_page_and_labels(circuit_atlas, tmp_path):
 
 
 def test_atlas_command_on_a_run_directory(tmp_path, capsys):
-    from jax_impl.interop import bridge
     from jax_impl import cli
+    from jax_impl.interop import bridge
     from jax_impl.jobs.run_config import RunConfig
-    from jax_impl.task.pointer import Split, write_split
+    from jax_impl.task.pointer import Split
+    from jax_impl.task.splits import write_split
 
     for i, name in enumerate(("train", "val", "test")):
         inputs = _random_rows(40, 10 + i)
@@ -353,40 +361,11 @@ def test_atlas_command_on_a_run_directory(tmp_path, capsys):
     bridge.save_sae(saes.create("relu-l1", 512, 32, key=jax.random.key(1)), tmp_path / "sae" / "sae_model.pth")
     (tmp_path / "manifest.json").write_text(json.dumps({"config": RunConfig().to_dict()}))
     assert cli.main(["atlas", "--run-dir", str(tmp_path), "--split", "test"]) == 0
-    doc = json.loads((tmp_path / atlas.ATLAS_JSON).read_text())
+    doc = json.loads((tmp_path / ATLAS_JSON).read_text())
     assert doc["rows"] == 40 and doc["metrics"]["rows"] == 40 and "mse_recovered" in doc["metrics"]
-    assert (tmp_path / atlas.ATLAS_HTML).exists()
+    assert (tmp_path / ATLAS_HTML).exists()
     assert "Monosemantic (best F1 >= 0.7)" in capsys.readouterr().out
     assert cli.main(["atlas", "--run-dir", str(tmp_path), "--min-f1", "0"]) == 2
-
-
-@pytest.mark.parametrize("hook", ["layer1", "layer2", "layer3"])
-def test_every_hook_reads_out_to_the_models_prediction(hook):
-    """At each hook point the activation, read out by the model (readout_from) and by the atlas's Readout (bn2
-    folded into hidden1 for layer1, the linear output written as ReLU pairs for layer3), gives the MLP's own
-    prediction; and an edit of the activation moves both alike."""
-    from flax import nnx
-
-    from jax_impl.evaluation import inference
-    from jax_impl.data.harvest import harvest_activations
-    from jax_impl.models.mlp import HOOK_WIDTHS, InterpretabilityMLP
-
-    mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(3))
-    rng = np.random.default_rng(5)
-    for bn in (mlp.bn1, mlp.bn2):  # statistics as after training, so that folding bn2 is really tested
-        bn.running_mean[...] = jnp.asarray(rng.normal(size=bn.running_mean.shape), jnp.float32)
-        bn.running_var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=bn.running_var.shape), jnp.float32)
-    inputs = rng.integers(0, 4, size=(64, 10))
-    prediction, h = inference.mlp_forward(mlp, inputs, hook)
-    assert h.shape == (64, HOOK_WIDTHS[hook])
-    np.testing.assert_array_equal(harvest_activations(mlp, inputs, hook), h)
-    reference, _ = inference.mlp_forward(mlp, inputs)  # the plain forward (through layer2)
-    np.testing.assert_allclose(prediction, reference, rtol=1e-6, atol=1e-6)
-    readout = atlas.Readout.from_mlp(mlp, hook)
-    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(h))), prediction, rtol=1e-5, atol=1e-5)
-    edited = h - 0.5 * np.abs(rng.normal(size=h.shape)).astype(np.float32)  # negative entries too
-    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(edited))), inference.readout(mlp, edited, hook),
-                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("writes", ["one_hot", "nothing"])
@@ -400,17 +379,17 @@ def test_pointer_swaps_follow_the_concept_only_where_features_write_it(writes):
     w1 = np.zeros((8, 4), np.float32)
     w1[np.arange(4), np.arange(4)] = GATE
     w1[4 + np.arange(4), np.arange(4)] = 1.0
-    readout = atlas.Readout(jnp.asarray(w1), jnp.full(4, -GATE), (jnp.ones(4),), (jnp.array(0.0),))
+    readout = Readout(jnp.asarray(w1), jnp.full(4, -GATE), (jnp.ones(4),), (jnp.array(0.0),))
     w_enc = np.zeros((8, 4), np.float32)
     w_enc[np.arange(4), np.arange(4)] = 1.0
     w_dec = np.zeros((4, 8), np.float32)
     if writes == "one_hot":
         w_dec[np.arange(4), np.arange(4)] = 1.0
     features = np.asarray(jax.nn.relu(jnp.asarray(layer2) @ w_enc))
-    concepts = atlas.task_concepts(inputs, 5, 2)
+    concepts = task_concepts(inputs, 5, 2)
     best = np.array([concepts.names.index(f"p1={k}") for k in range(4)])
     targets = pointer_targets(inputs).astype(np.float32)
-    out = atlas.mean_pointer_swaps(jnp.asarray(layer2), features, jnp.asarray(w_dec), best, concepts, targets, readout)
+    out = mean_pointer_swaps(jnp.asarray(layer2), features, jnp.asarray(w_dec), best, concepts, targets, readout)
     by_name = {c["concept"]: c for c in out["concepts"]}
     assert out["pointer_concepts"] == 8 and out["swappable"] == 4
     for k in range(4):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_impl.evaluation.atlas import Readout
+from jax_impl.models.mlp import Readout
 from jax_impl.evaluation.causal import CausalConfig
 from jax_impl.task.variables import PairSampler, TaskVariables
 from jax_impl.evaluation.causal.interventions import Site, fit_subspaces, iia, set_outputs, subspace_outputs
@@ -140,7 +140,7 @@ def test_feature_patch_in_torch_equals_ours(tiny_run, tmp_path):
     import torch
 
     from jax_impl.evaluation.causal.interventions import encode
-    from jax_impl.evaluation.atlas import Dictionary
+    from jax_impl.evaluation.dictionary import Dictionary
     from jax_impl.jobs.rundir import load_run
     from torch_ref.models import mlp_from_state_dict
     from torch_ref.saes import sae_from_state_dict

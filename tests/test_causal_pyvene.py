@@ -28,7 +28,7 @@ from flax import nnx  # noqa: E402
 
 from jax_impl.interop import bridge  # noqa: E402
 from jax_impl import saes
-from jax_impl.evaluation.atlas import Dictionary  # noqa: E402
+from jax_impl.evaluation.dictionary import Dictionary  # noqa: E402
 from jax_impl.evaluation.causal.config import DASConfig  # noqa: E402
 from jax_impl.evaluation.causal.interventions import (  # noqa: E402
     Site, encode, feature_patch, fit_subspaces, iia, outputs, set_outputs, subspace_outputs,

@@ -33,7 +33,7 @@ from jax_impl.interop import bridge
 from jax_impl.cli import main
 from jax_impl.jobs.rundir import MANIFEST
 from jax_impl.jobs.pipeline import STAGES
-from jax_impl.task.pointer import read_split
+from jax_impl.task.splits import read_split
 
 MONOSEM = Path(sys.executable).with_name("monosem")
 STAGE_NAMES = [s.name for s in STAGES]

@@ -21,7 +21,8 @@ from conftest import TINY_RUN_ARGS, xlsx_cells
 from jax_impl.interop import bridge
 from jax_impl.cli import main
 from jax_impl.models.mlp import InterpretabilityMLP
-from jax_impl.task.pointer import generate_splits, write_split
+from jax_impl.task.pointer import generate_splits
+from jax_impl.task.splits import write_split
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_impl.evaluation import atlas
+from jax_impl.evaluation.atlas.document import ATLAS_JSON, feature_labels
 from jax_impl.files import jsonfile
 from jax_impl.interop import saelens
 from jax_impl import saes
@@ -418,15 +418,15 @@ def test_a_causal_map_for_the_reports_is_checked(tmp_path, path, value, fragment
 
 
 def test_an_atlas_read_for_its_labels_is_checked(tmp_path):
-    path = tmp_path / atlas.ATLAS_JSON
+    path = tmp_path / ATLAS_JSON
     features = [{"id": 4, "label": "p1=2", "f1": 0.95, "monosemantic": True},
                 {"id": 7, "label": "t=1", "f1": None, "monosemantic": False}]
     path.write_text(json.dumps({"features": features}))
-    assert atlas.feature_labels(path) == {4: "p1=2"} and atlas.feature_labels(path, min_f1=0.5) == {4: "p1=2"}
+    assert feature_labels(path) == {4: "p1=2"} and feature_labels(path, min_f1=0.5) == {4: "p1=2"}
     for key, value, fragment in [("monosemantic", "yes", "key 'features[0].monosemantic' is 'yes', expected true or false"),
                                  ("id", -1, "key 'features[0].id' is -1, expected an integer in 0.."),
                                  ("f1", math.pi, "key 'features[0].f1' is 3.14159")]:
         path.write_text(json.dumps({"features": [{**features[0], key: value}]}))
         with pytest.raises(UserError) as e:
-            atlas.feature_labels(path)
+            feature_labels(path)
         one_line(e.value, str(path), fragment)

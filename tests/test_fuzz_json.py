@@ -35,7 +35,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from jax_impl.evaluation import atlas
+from jax_impl.evaluation.atlas.document import ATLAS_JSON, feature_labels
 from jax_impl.interop import saelens
 from jax_impl import saes
 from jax_impl.jobs import sweep
@@ -434,9 +434,9 @@ ATLAS = {"format": "monosem-feature-atlas/1", "rows": 64, "summary": {"live": 2}
 @budget(40, long=1000)
 @given(data=st.data())
 def test_fuzzed_atlas_labels(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("atlas") / atlas.ATLAS_JSON
+    path = tmp_path_factory.mktemp("atlas") / ATLAS_JSON
     path.write_text(data.draw(mutated_json(ATLAS)))
-    labels = read_or_refuse(path, lambda: atlas.feature_labels(path))
+    labels = read_or_refuse(path, lambda: feature_labels(path))
     if labels is not None:
         assert all(isinstance(k, int) and isinstance(v, str) for k, v in labels.items())
         from jax_impl.evaluation.inference import ProbeReport

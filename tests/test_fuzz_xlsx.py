@@ -1,7 +1,7 @@
 """The xlsx reader below the cell level (issue 24, items 4 and 8): values as openpyxl reads them, hostile cells
 refused with one line, and structure-aware fuzzing of the cell XML.
 
-read_split streams the first worksheet itself (jax_impl/task/pointer.py). The values it reads must be openpyxl's
+read_split streams the first worksheet itself (jax_impl/task/splits.py). The values it reads must be openpyxl's
 (`load_workbook(read_only=True, data_only=True)`, `values_only=True`) for every workbook we write and for the
 upstream fixtures; a damaged cell (a shared-string index out of range, a number or boolean holding text, a bad
 reference or row number, rows out of order, a chartsheet first) is a one-line UserError where openpyxl gave a
@@ -34,11 +34,17 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from jax_impl.files import xlsx
 from jax_impl.errors import UserError
-from jax_impl.task.pointer import (
-    INPUT_COLUMN, TARGET_COLUMN, Split, TaskShape, _check_split, _FirstWorksheet, _parse_int_list, pointer_targets,
-    read_split, write_split,
+from jax_impl.files import xlsx
+from jax_impl.task.pointer import Split, TaskShape, pointer_targets
+from jax_impl.task.splits import (
+    INPUT_COLUMN,
+    TARGET_COLUMN,
+    _check_split,
+    _FirstWorksheet,
+    _parse_int_list,
+    read_split,
+    write_split,
 )
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -296,11 +302,11 @@ def test_the_padding_sheet_is_read_in_milliseconds(workbooks, tmp_path):
 
 
 def test_a_compression_bomb_is_refused_by_its_declared_size(workbooks, tmp_path, monkeypatch):
-    from jax_impl.task import pointer
+    from jax_impl.task import splits
 
     path = _edited(workbooks["ours"], tmp_path / "bomb.xlsx", sheet=lambda t: t.replace("<sheetData>", " " * 2_000_000 + "<sheetData>"))
     assert path.stat().st_size < 20_000
-    monkeypatch.setattr(pointer, "MAX_PART_BYTES", 1 << 20)
+    monkeypatch.setattr(splits, "MAX_PART_BYTES", 1 << 20)
     with pytest.raises(UserError, match=r"bomb.xlsx: not a readable .xlsx workbook \(xl/worksheets/sheet1.xml holds 200\d{4} "
                                         r"bytes uncompressed, more than the 1048576 read\)"):
         read_split(path)

@@ -33,7 +33,8 @@ from jax_impl.interop import bridge, saelens
 from jax_impl.cli import _config_from_args, build_parser, main
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.jobs.rundir import ACTIVATIONS_PATH, MANIFEST, MLP_PATH, SAE_PATH, SAELENS_DIR, dataset_path
-from jax_impl.task.pointer import TaskShape, generate_splits, write_split
+from jax_impl.task.pointer import TaskShape, generate_splits
+from jax_impl.task.splits import write_split
 
 REPO = Path(__file__).resolve().parents[1]
 MONOSEM = Path(sys.executable).with_name("monosem")

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from jax_impl import saes
-from jax_impl.models.mlp import InterpretabilityMLP, TorchBatchNorm1d
+from jax_impl.models.mlp import HOOK_WIDTHS, InterpretabilityMLP, Readout, TorchBatchNorm1d
 
 
 def test_mlp_and_sae_shapes():
@@ -95,3 +95,29 @@ def test_probe_reports_the_strongest_features_in_eval_mode():
         assert [i for i, _ in report.top_features] == expected_top
         assert [a for _, a in report.top_features] == pytest.approx([float(f[i]) for i in expected_top], abs=1e-6)
     assert [r.expected for r in reports] == [8.0, 9.0]
+
+
+@pytest.mark.parametrize("hook", ["layer1", "layer2", "layer3"])
+def test_every_hook_reads_out_to_the_models_prediction(hook):
+    """At each hook point the activation, read out by the model (readout_from) and by its Readout (bn2
+    folded into hidden1 for layer1, the linear output written as ReLU pairs for layer3), gives the MLP's own
+    prediction; and an edit of the activation moves both alike."""
+    from jax_impl.data.harvest import harvest_activations
+    from jax_impl.evaluation import inference
+
+    mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(5)
+    for bn in (mlp.bn1, mlp.bn2):  # statistics as after training, so that folding bn2 is really tested
+        bn.running_mean[...] = jnp.asarray(rng.normal(size=bn.running_mean.shape), jnp.float32)
+        bn.running_var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=bn.running_var.shape), jnp.float32)
+    inputs = rng.integers(0, 4, size=(64, 10))
+    prediction, h = inference.mlp_forward(mlp, inputs, hook)
+    assert h.shape == (64, HOOK_WIDTHS[hook])
+    np.testing.assert_array_equal(harvest_activations(mlp, inputs, hook), h)
+    reference, _ = inference.mlp_forward(mlp, inputs)  # the plain forward (through layer2)
+    np.testing.assert_allclose(prediction, reference, rtol=1e-6, atol=1e-6)
+    readout = Readout.from_mlp(mlp, hook)
+    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(h))), prediction, rtol=1e-5, atol=1e-5)
+    edited = h - 0.5 * np.abs(rng.normal(size=h.shape)).astype(np.float32)  # negative entries too
+    np.testing.assert_allclose(np.asarray(readout(jnp.asarray(edited))), inference.readout(mlp, edited, hook),
+                               rtol=1e-5, atol=1e-5)

@@ -43,7 +43,7 @@ class UpstreamSAE(nn.Module):
 
 
 def test_artifacts_load_strictly_in_plain_torch(tiny_run):
-    from jax_impl.task.pointer import read_split
+    from jax_impl.task.splits import read_split
 
     mlp = UpstreamMLP()
     mlp.load_state_dict(torch.load(tiny_run / "mlp" / "perfect_mlp.pth", weights_only=True), strict=True)
@@ -116,7 +116,7 @@ def test_evaluate_reproduces_upstream_numbers(upstream, tmp_path, capsys):
     model = UpstreamMLP()
     model.load_state_dict(torch.load(pth, weights_only=True))
     model.eval()
-    from jax_impl.task.pointer import read_split
+    from jax_impl.task.splits import read_split
 
     with torch.no_grad():
         expected = model(torch.tensor(read_split(upstream / "dataset" / "mlp_val.xlsx").inputs, dtype=torch.float32))

@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 
 from jax_impl.errors import UserError
-from jax_impl.task.pointer import (
-    Split, TaskShape, generate_splits, pointer_targets, read_split, sample_pointer_task, write_split,
-)
 from jax_impl.evaluation.inference import SEED_PROBE_INPUTS
+from jax_impl.task.pointer import Split, TaskShape, generate_splits, pointer_targets, sample_pointer_task
+from jax_impl.task.splits import read_split, write_split
 
 
 def test_seed_examples():

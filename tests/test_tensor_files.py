@@ -32,7 +32,8 @@ from jax_impl.data.activations import open_activations
 from jax_impl.cli import main
 from jax_impl.errors import UserError
 from jax_impl.models.mlp import InterpretabilityMLP
-from jax_impl.task.pointer import Split, pointer_targets, write_split
+from jax_impl.task.pointer import Split, pointer_targets
+from jax_impl.task.splits import write_split
 
 HUGE = (10**12, 512)  # 2 PB of float32, declared by a few bytes
 

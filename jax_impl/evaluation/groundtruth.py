@@ -12,7 +12,7 @@ Firing, over every row, for each true feature and the latent matched to it one-t
   latent_f1                  SAELens' classification F1: each latent vs its best-matching true feature, mean over latents
   absorption                 children only fire with their parent; mean over children of the share of the child's
                              rows where the parent's matched latent is silent (0 = the parent latent always fires)
-Reconstruction: explained_variance, mse, l0, dead_fraction, shrinkage (mean |x_hat| / |x|).
+Reconstruction: explained_variance, mse, l0, dead_fraction (jax_impl.evaluation.metrics), shrinkage (mean |x_hat| / |x|).
 
 `score_sae` scores one of ours; `Scorer` takes encoded chunks from anywhere (the benchmark feeds it
 SAELens SAEs' outputs), so both are scored by the same code.
@@ -28,6 +28,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from jax_impl.data.synthetic import GroundTruth
+from jax_impl.evaluation import metrics
 from jax_impl.precision import highest_precision
 
 DEFAULT_CHUNK_ROWS = 16384
@@ -101,7 +102,7 @@ class Scorer:
     def result(self) -> dict[str, float]:
         precision, recall, f1 = _prf(self.tp, self.fp, self.fn)
         _, _, latent_f1 = _prf(*self.latent_counts)
-        centred = float(np.sum(self.col_sq - self.col_sum**2 / self.rows))
+        centred = metrics.centred_sum_of_squares_from_sums(self.col_sum, self.col_sq, self.rows)
         seen = self.child_rows > 0
         return {
             "mean_max_cos": float(self.cos.max(axis=1).mean()),
@@ -113,11 +114,11 @@ class Scorer:
             "f1_at_least_0.9": float(np.mean(f1 >= 0.9)),
             "latent_f1": float(latent_f1.mean()),
             "absorption": float(np.mean(self.child_rows_parent_silent[seen] / self.child_rows[seen])) if seen.any() else None,
-            "explained_variance": 1.0 - self.sse / centred if centred > 0 else None,
-            "mse": self.sse / (self.rows * self.col_sum.shape[0]),
-            "l0": self.active / self.rows,
-            "true_l0": self.true_active / self.rows,
-            "dead_fraction": float(1.0 - self.fired.mean()),
+            "explained_variance": metrics.explained_variance(self.sse, centred),
+            "mse": metrics.mse_per_element(self.sse, self.rows * self.col_sum.shape[0]),
+            "l0": metrics.mean_l0(self.active, self.rows),
+            "true_l0": metrics.mean_l0(self.true_active, self.rows),
+            "dead_fraction": metrics.dead_fraction(self.fired),
             "shrinkage": self.norm_ratio / max(self.valid_rows, 1),
         }
 
@@ -143,8 +144,8 @@ def score_sae(sae: Any, x: np.ndarray, truth: GroundTruth, chunk_rows: int = DEF
 
 def score_file(sae_path: Path | str, data_dir: Path | str) -> dict[str, float]:
     """Score an SAE file (.pth, .safetensors or a SAELens folder) on a folder written by `monosem synthetic`."""
-    from jax_impl.interop.saelens import load_sae
     from jax_impl.data.synthetic import load_synthetic
+    from jax_impl.interop.saelens import load_sae
 
     x, truth, _ = load_synthetic(data_dir)
     sae = load_sae(sae_path, input_dim=x.shape[1])

@@ -1,5 +1,5 @@
-"""Running models already loaded into JAX: forward passes, the readout from a hook, prediction metrics and the
-feature probe."""
+"""Running models already loaded into JAX: forward passes, the readout from a hook, the metrics of an MLP and an SAE
+on a split and the feature probe."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_impl.models.mlp import DEFAULT_HOOK, InterpretabilityMLP
+from jax_impl.evaluation.dictionary import Dictionary
+from jax_impl.evaluation.metrics import prediction_metrics, reconstruction_quality, splice_metrics
+from jax_impl.models.mlp import DEFAULT_HOOK, InterpretabilityMLP, Readout
 from jax_impl.precision import highest_precision
 from jax_impl.saes import SAE
 from jax_impl.task.pointer import Split, TaskShape, pointer_targets
@@ -61,49 +63,35 @@ def sae_forward(sae: SAE, layer2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @highest_precision
 def readout(model: InterpretabilityMLP, h: np.ndarray, hook: str = DEFAULT_HOOK) -> np.ndarray:
-    """The MLP's output from a (possibly edited) activation at `hook` (N, width) -> (N,) float32."""
+    """The MLP's output from a (possibly edited) activation at `hook` (N, width) -> (N,) float32 (eval mode, jitted
+    InterpretabilityMLP.readout_from)."""
     model.eval()
     return np.asarray(_readout(model, jnp.asarray(h, jnp.float32), hook))[:, 0]
-
-
-def prediction_metrics(prediction: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """`mse` and `exact_match` (share of rows whose rounded prediction equals the target)."""
-    prediction = np.asarray(prediction, np.float64)
-    targets = np.asarray(targets, np.float64)
-    return {
-        "mse": float(np.mean(np.square(prediction - targets))),
-        "exact_match": float(np.mean(np.round(prediction) == targets)),
-    }
 
 
 @highest_precision
 def evaluate(
     model: InterpretabilityMLP, split: Split, sae: SAE | None = None, hook: str = DEFAULT_HOOK
 ) -> dict[str, float]:
-    """`model`'s metrics on a split (inputs (N, D), targets (N,)) and, with `sae` (an SAE on the activations at
-    `hook`, layer2 (N, 512) by default), its reconstruction quality on them.
-
-    explained_variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (centred over the rows);
-    l0 = mean count of features > 0 per row; dead_fraction = share of features never > 0 on the rows;
-    spliced_mse = MLP MSE with the reconstruction in place of the hook's activation.
+    """MLP metrics on a split (rows, mse, exact_match) and, with an SAE, its reconstruction quality on that split's
+    activations at `hook` (layer2 by default): explained_variance, reconstruction_mse, l0, dead_fraction
+    (jax_impl.evaluation.metrics) and spliced_mse, the MLP's MSE with the reconstruction in place of the hook's
+    activation.
     """
     prediction, layer2 = mlp_forward(model, split.inputs, hook)
     metrics = {"rows": len(split), **prediction_metrics(prediction, split.targets)}
     if sae is None:
         return metrics
     reconstruction, features = sae_forward(sae, layer2)
-    x = layer2.astype(np.float64)
-    residual = np.sum(np.square(x - reconstruction))
-    total = np.sum(np.square(x - x.mean(axis=0)))
-    active = features > 0
-    metrics.update(
-        explained_variance=float(1.0 - residual / total),
-        reconstruction_mse=float(residual / x.size),
-        l0=float(active.sum(axis=1).mean()),
-        dead_fraction=float(np.mean(~active.any(axis=0))),
-        spliced_mse=prediction_metrics(readout(model, reconstruction, hook), split.targets)["mse"],
-    )
+    metrics.update(reconstruction_quality(layer2, reconstruction, features))
+    metrics["spliced_mse"] = prediction_metrics(readout(model, reconstruction, hook), split.targets)["mse"]
     return metrics
+
+
+def model_splice_metrics(mlp: InterpretabilityMLP, sae: SAE, split: Split, hook: str = DEFAULT_HOOK) -> dict[str, float]:
+    """metrics.splice_metrics of loaded models on a split (what `monosem evaluate` adds to evaluate)."""
+    _, h = mlp_forward(mlp, split.inputs, hook)
+    return splice_metrics(h, split.targets, Dictionary.from_sae(sae), Readout.from_mlp(mlp, hook))
 
 
 @dataclass(frozen=True)

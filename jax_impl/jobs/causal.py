@@ -26,7 +26,7 @@ from jax_impl.files import jsonfile
 from jax_impl.precision import highest_precision
 from jax_impl.training import sae_trainer
 from jax_impl import saes
-from jax_impl.evaluation.atlas import Dictionary
+from jax_impl.evaluation.dictionary import Dictionary
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic, write_text_atomic
 from jax_impl.reports.causal_page import render_page

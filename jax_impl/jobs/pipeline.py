@@ -27,7 +27,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_impl.evaluation import inference, atlas
+from jax_impl.evaluation import inference
+from jax_impl.evaluation.atlas import document as atlas
+from jax_impl.reports.atlas_page import write_atlas
 from jax_impl.interop import bridge, saelens
 from jax_impl.precision import highest_precision
 from jax_impl.reports import circuit_trace
@@ -49,7 +51,8 @@ from jax_impl.jobs.rundir import (
 )
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.training.online import fit_mlp_online
-from jax_impl.task.pointer import SPLITS, Split, TaskShape, generate_splits, split_filename, write_split
+from jax_impl.task.pointer import SPLITS, Split, TaskShape, generate_splits
+from jax_impl.task.splits import split_filename, write_split
 from jax_impl.training.mlp_trainer import fit_mlp
 
 Log = Callable[[str], None]
@@ -132,7 +135,7 @@ def stage_atlas(run: Run, out: Path | None = None) -> dict:
     # The source names no path: the same run in another directory writes the same bytes.
     doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source="the run's train, val and test splits",
                                   hook=run.hook)
-    atlas.write_atlas(doc, run.out_dir if out is None else out)
+    write_atlas(doc, run.out_dir if out is None else out)
     run.log(atlas.format_summary(doc))
     return {"metrics": doc["metrics"], "summary": doc["summary"]}
 

@@ -31,7 +31,8 @@ from jax_impl.jobs.run_config import RECIPES, RunConfig
 from jax_impl.errors import UserError
 from jax_impl.files.locks import LOCK_FILE
 from jax_impl.models.mlp import HOOK_WIDTHS, HOOKS, InterpretabilityMLP
-from jax_impl.task.pointer import SPLITS, Split, TaskShape, concat_splits, read_split, split_filename
+from jax_impl.task.pointer import SPLITS, Split, TaskShape, concat_splits
+from jax_impl.task.splits import read_split, split_filename
 
 Log = Callable[[str], None]
 

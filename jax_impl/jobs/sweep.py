@@ -42,7 +42,8 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jax_impl.evaluation import inference, atlas
+from jax_impl.evaluation import inference
+from jax_impl.evaluation.atlas import document as atlas
 from jax_impl.interop import bridge
 from jax_impl.precision import highest_precision
 from jax_impl.training import interrupts
@@ -66,7 +67,8 @@ from jax_impl.jobs.sweep_grid import (
     STAGES, MLPConfiguration, SAEConfiguration, mlp_configurations, sae_configurations,
 )
 from jax_impl.reports.sweep_page import write_report
-from jax_impl.task.pointer import SPLITS, Split, TaskShape, split_filename
+from jax_impl.task.pointer import SPLITS, Split, TaskShape
+from jax_impl.task.splits import split_filename
 from jax_impl.training.loop import (
     Log,
     divergence,
@@ -81,8 +83,9 @@ from jax_impl.training.mlp_trainer import evaluation_mse, mlp_loss, mlp_optimize
 from jax_impl.training.sae_trainer import sae_optimizer
 from jax_impl.jobs.train_sae import (
     CHECKPOINTS_DIR, CONFIG_FILE, DEFAULT_CHUNK_ROWS, LAST_FILES, SAE_FILE, SAELENS_DIR, KEY_INIT, KEY_SHUFFLE,
-    activations_record, check_metrics, config_record, reconstruction_metrics, stage_artifacts, train_flag,
+    activations_record, check_metrics, config_record, stage_artifacts, train_flag,
 )
+from jax_impl.evaluation.metrics import reconstruction_metrics
 
 CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_training.make_sae_step's group-wide predicates)
 MLP_CONFIG_FILE = "mlp_config.json"

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -43,6 +42,7 @@ from jax_impl.training.checkpoints import CheckpointPolicy
 from jax_impl.training.devices import data_mesh
 from jax_impl.training.distributed import Cluster
 from jax_impl.errors import TrainingDiverged, UserError
+from jax_impl.evaluation.metrics import metrics_from_sums, reconstruction_metrics, reconstruction_sums
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.training.sae_trainer import SAETrainConfig, training_bytes
 from jax_impl.training.loop import Log
@@ -58,55 +58,6 @@ DEFAULT_CHUNK_ROWS = 1 << 18  # 262,144 rows: 512 MiB of float32 at d = 512
 
 _KEY_INIT, _KEY_SHUFFLE = range(2)
 KEY_INIT, KEY_SHUFFLE = _KEY_INIT, _KEY_SHUFFLE  # the seed's PRNG streams, public for jax_impl.jobs.sweep
-
-
-@jax.jit
-def _chunk_sums(sae: saes.SAE, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    reconstruction, features = sae(x)
-    active = features > 0
-    return (
-        jnp.sum(jnp.square(reconstruction - x), dtype=jnp.float32),
-        jnp.sum(active, dtype=jnp.float32),
-        jnp.any(active, axis=0),
-        jnp.sum(x, axis=0),
-        jnp.sum(jnp.square(x), axis=0),
-    )
-
-
-def reconstruction_metrics(sae: saes.SAE, source: ActivationFile, chunk_rows: int) -> dict[str, float]:
-    """Over every row, chunk by chunk: mse (per element), explained_variance (1 - SSE / centred SS), l0 (mean
-    active features per row), dead_fraction (features active on no row). explained_variance is None where
-    every row is the same (nothing to explain)."""
-    return metrics_from_sums(reconstruction_sums(sae, source, 0, source.n_rows, chunk_rows), source.n_rows, source.width)
-
-
-def reconstruction_sums(sae: saes.SAE, source: ActivationFile, first: int, last: int, chunk_rows: int) -> dict[str, Any]:
-    """What reconstruction_metrics adds up over rows [first, last): sse, active (float), fired (F,) bool,
-    col_sum and col_sq (D,) float64; sums of row ranges add up to the sums of their union."""
-    sse = active = 0.0
-    fired = np.zeros(sae.dict_size, bool)
-    col_sum = np.zeros(source.width, np.float64)
-    col_sq = np.zeros(source.width, np.float64)
-    for start in range(first, last, chunk_rows):
-        x = jnp.asarray(source.rows(start, min(start + chunk_rows, last)))
-        s, a, f, cs, cq = _chunk_sums(sae, x)
-        sse, active = sse + float(s), active + float(a)
-        fired |= np.asarray(f)
-        col_sum += np.asarray(cs, np.float64)
-        col_sq += np.asarray(cq, np.float64)
-    return {"sse": sse, "active": active, "fired": fired, "col_sum": col_sum, "col_sq": col_sq}
-
-
-def metrics_from_sums(sums: dict[str, Any], n: int, width: int) -> dict[str, float]:
-    sse, active, fired, col_sum, col_sq = (sums[k] for k in ("sse", "active", "fired", "col_sum", "col_sq"))
-    centred = float(np.sum(col_sq - col_sum**2 / n))
-    return {
-        "rows": n,
-        "mse": sse / (n * width),
-        "explained_variance": 1.0 - sse / centred if centred > 0 else None,
-        "l0": active / n,
-        "dead_fraction": float(1.0 - fired.mean()),
-    }
 
 
 @highest_precision

@@ -1,12 +1,16 @@
-"""Flax NNX models with PyTorch semantics: the task MLP and the sparse autoencoder.
+"""The task MLP as a Flax NNX model with PyTorch semantics, and its readout from a hook point.
 
-Attribute names mirror the upstream torch modules (`layers.input`, `layers.bn1`, ...; `encoder`, `decoder`)
-so that the key map in `bridge.py` is a rename plus a transpose of Linear kernels.
+Attribute names mirror the upstream torch module (`input`, `bn1`, `hidden1`, ...) so that the key map in
+jax_impl.interop.bridge is a rename plus a transpose of Linear kernels. This module is the one home of what the
+MLP computes after a hook: `InterpretabilityMLP.readout_from` layer by layer (the forward pass), and `Readout`,
+the same function as weights whose first layer is affine (bn2 folded in), which the analyses take apart.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -93,19 +97,9 @@ class InterpretabilityMLP(nnx.Module):
         self.hidden2 = torch_linear(LAYER2_WIDTH, LAYER3_WIDTH, rngs=rngs)
         self.output = torch_linear(LAYER3_WIDTH, 1, rngs=rngs)
 
-    def hidden_activation(self, x: jax.Array) -> jax.Array:
-        """x (N, D) float32 -> layer2 (N, 512) float32 (the activation the SAE decomposes)."""
-        h = jax.nn.relu(self.bn1(self.input(x)))
-        return jax.nn.relu(self.bn2(self.hidden1(h)))
-
-    def readout(self, layer2: jax.Array) -> jax.Array:
-        """layer2 (N, 512) -> prediction (N, 1). Splicing an SAE reconstruction in goes through here."""
-        return self.output(jax.nn.relu(self.hidden2(layer2)))
-
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x (N, D) -> (prediction (N, 1), layer2 (N, 512))."""
-        layer2 = self.hidden_activation(x)
-        return self.readout(layer2), layer2
+        """x (N, D) float32 -> (prediction (N, 1), layer2 (N, 512), the activation the seed's SAE decomposes)."""
+        return self.forward_at(x, "layer2")
 
     def activation_at(self, x: jax.Array, hook: str = DEFAULT_HOOK) -> jax.Array:
         """x (N, D) -> the activation at `hook` (N, HOOK_WIDTHS[hook]) float32."""
@@ -118,7 +112,7 @@ class InterpretabilityMLP(nnx.Module):
 
     def readout_from(self, h: jax.Array, hook: str = DEFAULT_HOOK) -> jax.Array:
         """The activation at `hook` (N, width), possibly edited (an SAE's reconstruction spliced in) ->
-        prediction (N, 1)."""
+        prediction (N, 1). `Readout.from_mlp(self, hook)` is the same function with bn2 folded into hidden1."""
         if check_hook(hook) == "layer1":
             h = jax.nn.relu(self.bn2(self.hidden1(h)))
         if hook in ("layer1", "layer2"):
@@ -131,3 +125,49 @@ class InterpretabilityMLP(nnx.Module):
         return self.readout_from(h, hook), h
 
 
+@partial(jax.tree_util.register_dataclass, data_fields=["w1", "b1", "tail_w", "tail_b"], meta_fields=[])
+@dataclass(frozen=True)
+class Readout:
+    """The MLP after the hook point: prediction = rest(h @ w1 + b1), rest(z) = the tail layers applied to
+    ReLU(z): a = ReLU(z); a = ReLU(a @ W + b) for each tail layer but the last; prediction = a @ w + b.
+
+    w1 (W, H), b1 (H,) float32; tail_w / tail_b: the tail's weights, the last one (H', ) and () (one output).
+    Its first layer is affine, which is what makes the causal analysis cheap: moving the hook's activation
+    along a direction d moves the first pre-activation along d @ w1.
+
+    From `layer2`: w1 = hidden2, tail = output. From `layer1`: w1 = hidden1 with bn2 (eval mode, affine)
+    folded in, tail = hidden2, output. From `layer3` the rest of the MLP is one affine map h @ w + b, written
+    exactly in this form as ReLU(h @ [I, -I]) @ [w; -w] + b (ReLU(t) - ReLU(-t) = t).
+    """
+
+    w1: jax.Array
+    b1: jax.Array
+    tail_w: tuple[jax.Array, ...]
+    tail_b: tuple[jax.Array, ...]
+
+    @classmethod
+    def from_mlp(cls, mlp: InterpretabilityMLP, hook: str = DEFAULT_HOOK) -> Readout:
+        w_out, b_out = mlp.output.kernel[...][:, 0], mlp.output.bias[...][0]
+        if check_hook(hook) == "layer3":
+            eye = jnp.eye(w_out.shape[0], dtype=w_out.dtype)
+            return cls(jnp.concatenate([eye, -eye], axis=1), jnp.zeros(2 * w_out.shape[0], w_out.dtype),
+                       (jnp.concatenate([w_out, -w_out]),), (b_out,))
+        w2, b2 = mlp.hidden2.kernel[...], mlp.hidden2.bias[...]
+        if hook == "layer2":
+            return cls(w2, b2, (w_out,), (b_out,))
+        bn = mlp.bn2  # eval mode: y = (x - mean) / sqrt(var + eps) * weight + bias, an affine map per column
+        scale = bn.weight[...] * jax.lax.rsqrt(bn.running_var[...] + bn.eps)
+        w1 = mlp.hidden1.kernel[...] * scale
+        b1 = (mlp.hidden1.bias[...] - bn.running_mean[...]) * scale + bn.bias[...]
+        return cls(w1, b1, (w2, w_out), (b2, b_out))
+
+    def rest(self, z: jax.Array) -> jax.Array:
+        """After the first affine layer: pre-activation z (..., H) -> prediction (...)."""
+        a = jax.nn.relu(z)
+        for w, b in zip(self.tail_w[:-1], self.tail_b[:-1]):
+            a = jax.nn.relu(a @ w + b)
+        return a @ self.tail_w[-1] + self.tail_b[-1]
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        """The hook's activation (N, W) -> prediction (N,) float32."""
+        return self.rest(h @ self.w1 + self.b1)

@@ -1,2 +1,3 @@
-"""The pointer task: row generation and splits (pointer), the upstream .xlsx split format, and the task's
-causal variables and counterfactual pairs (variables)."""
+"""The pointer task: its shape, targets and generation (pointer), a split's upstream .xlsx format (splits), the
+concept vocabulary features are scored against (concepts), and its causal variables and counterfactual pairs
+(variables)."""

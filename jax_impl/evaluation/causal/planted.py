@@ -15,7 +15,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jax_impl.evaluation.atlas import Dictionary, Readout
+from jax_impl.evaluation.dictionary import Dictionary
+from jax_impl.models.mlp import Readout
 from jax_impl.evaluation.causal.interventions import Site
 from jax_impl.task.variables import TaskVariables
 from jax_impl.task.pointer import MAX_VALUE, TaskShape

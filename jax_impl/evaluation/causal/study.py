@@ -15,7 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jax_impl.evaluation.atlas import Dictionary, score_features, task_concepts
+from jax_impl.evaluation.dictionary import Dictionary
+from jax_impl.evaluation.atlas.scores import score_features
+from jax_impl.task.concepts import task_concepts
 from jax_impl.evaluation.causal.config import CausalConfig
 from jax_impl.evaluation.causal.interventions import (
     Site, ablation_effects, encode, fit_subspaces, iia, mean_ablation_outputs, outputs, select_features,
