@@ -13,6 +13,8 @@ into a function to break a cycle is still a cycle.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,10 @@ def test_each_subpackage_says_what_it_holds(unit):
     init = PACKAGE / unit / "__init__.py"
     assert init.exists(), f"jax_impl/{unit}/ is not a package"
     assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"jax_impl/{unit}/__init__.py has no docstring"
+
+
+def test_the_module_maps_in_the_docs_are_current():
+    """README.md's package map and docs/design.md's module map and import graph are generated from the code."""
+    result = subprocess.run([sys.executable, str(PACKAGE.parent / "scripts" / "module_map.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
