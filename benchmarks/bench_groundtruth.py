@@ -39,7 +39,8 @@ from jax_impl.precision import highest_precision  # noqa: E402
 from jax_impl.training.sae_trainer import SAETrainConfig  # noqa: E402
 from jax_impl.data.synthetic import ACTIVATIONS_FILE, SyntheticConfig, load_synthetic, write_synthetic  # noqa: E402
 from jax_impl.interop.saelens import load_sae  # noqa: E402
-from jax_impl.jobs.train_sae import SAE_FILE, train_sae  # noqa: E402
+from jax_impl.jobs.rundir import SAE_FILE  # noqa: E402
+from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae  # noqa: E402
 
 # (architecture, our config fields, SAELens architecture, its config fields): one row per sparsity setting.
 # k-based architectures match L0 by construction; the penalty ones by their coefficient (the achieved L0 of
@@ -152,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             arch = saes.get(ours_arch)
             cfg = arch.config(**ours_fields)
             started = time.perf_counter()
-            metrics = train_sae(data_dir / ACTIVATIONS_FILE, Path(tmp) / ours_arch, variant=ours_arch,
-                                dict_size=args.dict_size, arch_config=cfg, train=train, seed=args.seed,
-                                log=lambda line: None)
+            config = TrainSAEConfig(variant=ours_arch, dict_size=args.dict_size, architecture=cfg, seed=args.seed,
+                                    **dataclasses.asdict(train))
+            metrics = train_sae(data_dir / ACTIVATIONS_FILE, Path(tmp) / ours_arch, config, log=lambda line: None)
             seconds = time.perf_counter() - started
             model = load_sae(Path(tmp) / ours_arch / SAE_FILE, input_dim=x.shape[1])
             row = {"architecture": ours_arch, "config": ours_fields, "library": "ours",

@@ -7,9 +7,9 @@ Three workloads of 8 configurations each, on one host, interleaved (sequential, 
   sae-seed   8 seeds of the seed recipe's relu-l1 SAE (2048 latents, batch 128) on the same rows
   mlp        8 seeds of the seed recipe's MLP (batch 64, 8,000 task rows)
 
-"sequential" is 8 calls of the standalone trainer (sae_training.fit, train.fit_mlp) in the same process, each
+"sequential" is 8 calls of the standalone trainer (sae_trainer.fit, mlp_trainer.fit_mlp) in the same process, each
 compiling its own program as 8 `train-sae` runs would (minus 8 process starts); "sweep" is one
-sweep.fit_sae_group / fit_mlp_group call. Reported: configurations x epochs per second for each, the ratio of
+vmapped.fit_sae_group / fit_mlp_group call. Reported: configurations x epochs per second for each, the ratio of
 the totals (compilation included) and of the steady-state epochs (first epoch excluded).
 
     python benchmarks/bench_sweep.py [--epochs 5] [--reps 2] [--out benchmarks]   # writes sweep.json / sweep.md
@@ -35,13 +35,13 @@ from jax_impl import saes
 from jax_impl.precision import highest_precision
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.models.mlp import InterpretabilityMLP
-from jax_impl.jobs.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE
+from jax_impl.jobs.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE, stream_key
 from jax_impl.training.sae_trainer import SAETrainConfig, fit
-from jax_impl.jobs.sweep import Progress, fit_mlp_group, fit_sae_group
+from jax_impl.training.vmapped import Progress, fit_mlp_group, fit_sae_group
 from jax_impl.jobs.sweep_grid import mlp_configurations, sae_configurations
 from jax_impl.task.pointer import TaskShape, generate_splits
 from jax_impl.training.mlp_trainer import fit_mlp
-from jax_impl.jobs.train_sae import KEY_INIT, KEY_SHUFFLE
+from jax_impl.jobs.train_sae import init_and_shuffle_keys
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,16 +54,16 @@ def sae_workload(rows: np.ndarray, configurations, label: str):
     def sequential() -> tuple[float, float]:
         started, steady = time.perf_counter(), 0.0
         for c in configurations:
-            root = jax.random.key(c.seed)
-            sae = saes.create(c.variant, rows.shape[1], c.dict_size, c.cfg, key=jax.random.fold_in(root, KEY_INIT))
-            result = fit(sae, rows, c.train, key=jax.random.fold_in(root, KEY_SHUFFLE), log=quiet)
+            init_key, shuffle_key = init_and_shuffle_keys(c.seed)
+            sae = saes.create(c.variant, rows.shape[1], c.dict_size, c.cfg, key=init_key)
+            result = fit(sae, rows, c.train, key=shuffle_key, log=quiet)
             steady += float(result.epoch_seconds[1:].sum())
         return time.perf_counter() - started, steady
 
     def sweep() -> tuple[float, float]:
         started = time.perf_counter()
         progress = Progress(0, quiet)
-        trained = fit_sae_group(configurations, rows, progress)
+        trained = fit_sae_group(configurations, [init_and_shuffle_keys(c.seed) for c in configurations], rows, progress)
         progress.close()
         return time.perf_counter() - started, float(trained[0].epoch_seconds[1:].sum())
 
@@ -76,9 +76,8 @@ def mlp_workload(splits, configurations, shape: TaskShape):
     def sequential() -> tuple[float, float]:
         started, steady = time.perf_counter(), 0.0
         for c in configurations:
-            root = jax.random.key(c.seed)
-            model = InterpretabilityMLP(shape.input_dim, rngs=nnx.Rngs(jax.random.fold_in(root, KEY_MLP_INIT)))
-            result = fit_mlp(model, train.inputs, train.targets, c.cfg, key=jax.random.fold_in(root, KEY_MLP_SHUFFLE),
+            model = InterpretabilityMLP(shape.input_dim, rngs=nnx.Rngs(stream_key(c.seed, KEY_MLP_INIT)))
+            result = fit_mlp(model, train.inputs, train.targets, c.cfg, key=stream_key(c.seed, KEY_MLP_SHUFFLE),
                              val=(val.inputs, val.targets), log=quiet)
             steady += float(result.epoch_seconds[1:].sum())
         return time.perf_counter() - started, steady
@@ -86,7 +85,8 @@ def mlp_workload(splits, configurations, shape: TaskShape):
     def sweep() -> tuple[float, float]:
         started = time.perf_counter()
         progress = Progress(0, quiet)
-        trained = fit_mlp_group(configurations, train, val, shape, progress)
+        keys = [(stream_key(c.seed, KEY_MLP_INIT), stream_key(c.seed, KEY_MLP_SHUFFLE)) for c in configurations]
+        trained = fit_mlp_group(configurations, keys, train, val, shape, progress)
         progress.close()
         return time.perf_counter() - started, float(trained[0].epoch_seconds[1:].sum())
 

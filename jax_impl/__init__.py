@@ -1,12 +1,12 @@
 """monosemanticity-mlp: a pointer-arithmetic MLP and its sparse-autoencoder decomposition in JAX/Flax NNX.
 
-The public API, for a notebook or a script (`import jax_impl as mm`; docs/usage.md):
+The public API, for a notebook or a script (`import jax_impl as mm`; docs/run.md, docs/train-sae.md):
 
 - a run: `RunConfig` (sections `DataConfig`, `MLPConfig`, `SAEConfig`, `CausalConfig`; `strong_recipe()`),
   `run_pipeline(config, run_dir)`, `load_run(run_dir)` -> `Run`, `CheckpointPolicy`;
-- an SAE on any activations: `train_sae(activations, out_dir, ...)` with `SAETrainConfig`, the family `saes`
+- an SAE on any activations: `train_sae(activations, out_dir, TrainSAEConfig(...))`, the family `saes`
   (`saes.create`, `saes.NAMES`, `saes.topk.Config`, ...) and its model class `SAE`; `open_activations(path)`;
-- a sweep: `run_sweep(out_dir, grid, ...)`;
+- a sweep: `run_sweep(out_dir, grid, ...)` (its training settings: `SAETrainConfig`);
 - reading the models: `evaluate`, `probe`, `build_atlas`, `atlas_from_models`, `feature_labels`, `causal_map`;
 - files: `load_mlp`, `save_mlp`, `load_sae`, `save_sae`, `save_saelens`, `read_split`, `export_models`,
   `export_run`; errors `UserError` (bad input, one line) and `Interrupted`.
@@ -33,7 +33,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "jax_impl.training.checkpoints": ("CheckpointPolicy",),
     "jax_impl.jobs.pipeline": ("run_pipeline",),
     "jax_impl.jobs.rundir": ("Run", "load_run"),
-    "jax_impl.jobs.train_sae": ("train_sae",),
+    "jax_impl.jobs.train_sae": ("TrainSAEConfig", "train_sae"),
     "jax_impl.training.sae_trainer": ("SAETrainConfig",),
     "jax_impl.saes.base": ("SAE",),
     "jax_impl.data.activations": ("open_activations",),
@@ -77,6 +77,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.p
     from jax_impl.jobs.rundir import Run as Run
     from jax_impl.jobs.rundir import load_run as load_run
     from jax_impl.jobs.sweep import run_sweep as run_sweep
+    from jax_impl.jobs.train_sae import TrainSAEConfig as TrainSAEConfig
     from jax_impl.jobs.train_sae import train_sae as train_sae
     from jax_impl.saes.base import SAE as SAE
     from jax_impl.task.pointer import DataConfig as DataConfig

@@ -321,11 +321,49 @@ def _add_sae_flag(p: argparse.ArgumentParser, writes: bool) -> None:
                        "required with --sae)")
 
 
-_ARCH_FLAG_ALIASES = {"groups": "--matryoshka-groups"}
+# train-sae's and sweep's flags, and the fields and arguments their library messages name (TrainSAEConfig.validate,
+# train_sae, run_sweep: `dict_size must be >= 1`): `--` and the name with dashes, but these.
+_FLAG_OF_NAME = {"groups": "--matryoshka-groups", "variants": "--variant", "out_dir": "--out",
+                 "cluster": "--coordinator", "train": "--epochs/--batch-size/--lr/--log-every"}
 
 
-def _arch_flag(name: str) -> str:
-    return _ARCH_FLAG_ALIASES.get(name, f"--{name.replace('_', '-')}")
+def _flag(name: str) -> str:
+    """The flag of a field or argument that a message of train-sae's or sweep's library names."""
+    return _FLAG_OF_NAME.get(name, f"--{name.replace('_', '-')}")
+
+
+# The TrainSAEConfig fields a sweep takes (where its grid does not set them); its own --variant and --chunk-rows differ.
+_SWEEP_SAE_FIELDS = ("dict_size", "epochs", "batch_size", "lr", "log_every", "seed")
+
+
+def _add_train_sae_flags(group, sweep: bool = False) -> None:
+    """A flag for each field of TrainSAEConfig (but `architecture`: its fields are the architecture flags), its type,
+    default and help from the field. sweep: those of the fields a sweep takes as the values its grid does not set
+    (default None: the run's, else TrainSAEConfig's)."""
+    from jax_impl.jobs.sweep_grid import SAE_KEYS
+    from jax_impl.jobs.train_sae import TrainSAEConfig
+
+    for f in dataclasses.fields(TrainSAEConfig):
+        if f.name == "architecture" or (sweep and f.name not in _SWEEP_SAE_FIELDS):
+            continue
+        shown = f.metadata.get("shown_default", f.default)
+        if sweep:
+            where = f" where --grid does not set {f.name}" if f.name in SAE_KEYS else ""
+            text = f"{f.metadata['help']}{where} (default: the run's, else {shown})"
+        else:
+            text = f"{f.metadata['help']} (default {shown})"
+        group.add_argument(_flag(f.name), dest=f.name, type=f.metadata.get("type", type(f.default)),
+                           choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"),
+                           default=None if sweep else f.default, help=text)
+
+
+def _train_sae_config(args: argparse.Namespace):
+    """train-sae's TrainSAEConfig from its flags, checked (UserError naming the flag)."""
+    from jax_impl.jobs.train_sae import TrainSAEConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSAEConfig) if f.name != "architecture"}
+    architecture = _architecture_config(args, args.variant, None, flag=_flag, variant_flag=_flag("variant"))
+    return TrainSAEConfig(**given, architecture=architecture).validate(_flag)
 
 
 def _parse_int_list(text: str) -> tuple[int, ...]:
@@ -336,17 +374,9 @@ def _parse_int_list(text: str) -> tuple[int, ...]:
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
-    from jax_impl import saes
-    from jax_impl.training.sae_trainer import SAETrainConfig
     from jax_impl.jobs.train_sae import train_sae
 
-    try:
-        saes.get(args.variant)
-    except ValueError as e:
-        raise UserError(f"--variant: {e}") from None
-    cfg = _architecture_config(args, args.variant, None, flag=_arch_flag, variant_flag="--variant")
-    train = SAETrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=args.log_every)
-    check_seed(args.seed)
+    config = _train_sae_config(args)
     cluster = None
     given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
                             ("--process-id", args.process_id)) if v is not None]
@@ -361,38 +391,33 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from jax_impl.training import interrupts
 
     with interrupts.handled():
-        train_sae(args.activations, args.out, variant=args.variant, dict_size=args.dict_size, arch_config=cfg,
-                  train=train, seed=args.seed, chunk_rows=args.chunk_rows, devices=args.devices, cluster=cluster,
-                  resume=args.resume, checkpoint_every=policy)
+        train_sae(args.activations, args.out, config, cluster=cluster, resume=args.resume, checkpoint_every=policy,
+                  flag=_flag)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from jax_impl.training.sae_trainer import SAETrainConfig
-    from jax_impl.jobs.sweep import run_sweep
+    from jax_impl.jobs.sweep import run_sweep, sae_defaults
     from jax_impl.jobs.sweep_grid import parse_grid
 
     grid = parse_grid(args.grid or [])
     train = None
-    if any(v is not None for v in (args.epochs, args.batch_size, args.lr, args.log_every)):
+    given = {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "log_every")}
+    if any(v is not None for v in given.values()):
         if args.stage == "mlp":
             raise UserError("--epochs/--batch-size/--lr/--log-every set the SAE's training; with --stage mlp use "
                             "--grid epochs=..., --grid batch_size=..., --grid max_lr=...")
-        defaults = SAETrainConfig(epochs=20, batch_size=256, log_every=1)
-        if args.run_dir is not None:
-            from jax_impl.jobs.rundir import run_config
-
-            defaults = run_config(args.run_dir).sae.train_config()
-        train = SAETrainConfig(**{name: value if value is not None else getattr(defaults, name) for name, value in (
-            ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr), ("log_every", args.log_every))})
+        defaults = sae_defaults(None if args.run_dir is None else _run_config(args.run_dir)).train_config()
+        train = dataclasses.replace(defaults, **{name: value for name, value in given.items() if value is not None})
     variants = [v.strip() for v in args.variant.split(",")] if args.variant else None
     policy = CheckpointPolicy.parse(args.checkpoint_every)
     from jax_impl.training import interrupts
 
     with interrupts.handled():
         doc = run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir,
-                        variants=variants, dict_size=args.dict_size, train=train, seed=args.seed, chunk_rows=args.chunk_rows,
-                        atlas_scores=not args.no_atlas, resume=args.resume, checkpoint_every=policy)
+                        variants=variants, dict_size=args.dict_size, train=train, seed=args.seed,
+                        chunk_rows=args.chunk_rows, atlas_scores=not args.no_atlas, resume=args.resume,
+                        checkpoint_every=policy, flag=_flag)
     # A configuration that diverged is a result of the sweep (its row says why, it has no folder), not a reason to
     # lose the others: they are written. But the sweep did not train everything it was asked to: exit code 1, as
     # `parity` when a result is off, with one line (2 stays for input refused before anything ran).
@@ -510,7 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sae_flag(p, writes=True)
     p.set_defaults(func=cmd_atlas)
 
+    from jax_impl.jobs.train_sae import TrainSAEConfig  # its fields are train-sae's flags
     from jax_impl.saes import NAMES  # the registry: its names and its configs' fields are the flags below
+    from jax_impl.training.distributed import DEFAULT_TIMEOUT_S
 
     from jax_impl.evaluation.causal.config import CausalConfig
 
@@ -531,17 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activations", type=Path, required=True, metavar="FILE",
                    help=".pt (one tensor), .npy (memory-mapped, streamed in chunks) or .safetensors (one tensor)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes sae.pth, sae_config.json, metrics.json")
-    p.add_argument("--variant", choices=NAMES, default="topk", help="SAE architecture (default topk)")
-    p.add_argument("--dict-size", type=int, default=2048, help="features (default 2048)")
-    p.add_argument("--epochs", type=int, default=20, help="default 20")
-    p.add_argument("--batch-size", type=int, default=256, help="default 256")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--log-every", type=int, default=1, help="epochs between log lines (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed for init and shuffling (default 0)")
-    p.add_argument("--chunk-rows", type=int, default=1 << 18,
-                   help="rows per streamed chunk, one compiled program each (default 262144)")
-    p.add_argument("--devices", metavar="N|all", help="data parallel: split each batch over N local devices "
-                   "(parameters replicated, gradients reduced by the compiler); default one device")
+    _add_train_sae_flags(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from its newest "
                    "checkpoint in --out (same flags and activations)")
     _add_checkpoint_flag(p)
@@ -550,11 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address for the coordination service")
     group.add_argument("--num-processes", type=int, metavar="P", help="how many processes take part")
     group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..P-1")
-    group.add_argument("--peer-timeout", type=float, default=60.0, metavar="SECONDS",
-                       help="how long a peer may be missing or silent before every process stops with an error (default 60)")
+    group.add_argument("--peer-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                       help="how long a peer may be missing or silent before every process stops with an error "
+                       f"(default {DEFAULT_TIMEOUT_S:g})")
     group = p.add_argument_group("architecture flags (each applies to the architectures named)")
     for name, (kind, default, owners) in _architecture_fields().items():
-        group.add_argument(_arch_flag(name), dest=f"arch.{name}", default=None, **_arch_flag_kwargs(kind, default, owners))
+        group.add_argument(_flag(name), dest=f"arch.{name}", default=None, **_arch_flag_kwargs(kind, default, owners))
     p.set_defaults(func=cmd_train_sae)
 
     p = sub.add_parser("sweep", help="train a grid of SAE (or MLP) configurations, those of one shape together in one "
@@ -566,19 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the sweep's folder")
     p.add_argument("--stage", choices=("sae", "mlp"), default="sae", help="what to train (default sae)")
     p.add_argument("--variant", metavar="NAME[,NAME...]", help=f"SAE architecture(s): {', '.join(NAMES)} "
-                   "(default: the run's, else topk)")
+                   f"(default: the run's, else {TrainSAEConfig.variant})")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
                    help="a key and its values (repeatable; ints also a..b, groups as 16:48:128): seed, dict_size, "
                    "epochs, batch_size, lr or any field of the architecture (k, l1_coeff, aux_coeff, ...); "
                    "--stage mlp: seed and the MLP recipe's fields (max_lr, epochs, ...)")
-    p.add_argument("--dict-size", type=int, help="features where the grid does not set dict_size (default: the run's, else 2048)")
-    p.add_argument("--epochs", type=int, help="default: the run's, else 20")
-    p.add_argument("--batch-size", type=int, help="default: the run's, else 256")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: the run's, else 1e-3)")
-    p.add_argument("--log-every", type=int, help="epochs between log lines (default: the run's, else 1)")
-    p.add_argument("--seed", type=int, help="seed where the grid does not set one (default: the run's, else 0)")
-    p.add_argument("--chunk-rows", type=int, default=1 << 18,
-                   help="the most rows a sweep holds in memory (default 262144; larger files: train-sae streams them)")
+    _add_train_sae_flags(p, sweep=True)
+    p.add_argument("--chunk-rows", type=int, default=TrainSAEConfig.chunk_rows, help="the most rows a sweep holds in "
+                   f"memory (default {TrainSAEConfig.chunk_rows}; larger files: train-sae streams them)")
     p.add_argument("--no-atlas", action="store_true", help="with --run-dir: skip the atlas scores (faster)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out (same flags): finished "
                    "groups are read back, an interrupted one continues from its newest checkpoint")

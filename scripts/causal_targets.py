@@ -24,9 +24,8 @@ from jax_impl.evaluation.causal.config import CausalConfig
 from jax_impl.jobs.causal import causal_map
 from jax_impl.data.harvest import harvest_activations
 from jax_impl.jobs.rundir import ACTIVATIONS_PATH, Run, run_config
+from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
 from jax_impl.precision import highest_precision
-from jax_impl.training.sae_trainer import SAETrainConfig
-from jax_impl.jobs.train_sae import train_sae
 
 
 def _sae_for_seed(run: Run, hook: str, out: Path, seed: int, variant: str, dict_size: int, arch, epochs: int,
@@ -41,8 +40,10 @@ def _sae_for_seed(run: Run, hook: str, out: Path, seed: int, variant: str, dict_
             if not activations.exists():
                 out.mkdir(parents=True, exist_ok=True)
                 np.save(activations, harvest_activations(run.mlp, run.splits["train"].inputs, hook))
-        train_sae(activations, folder, variant=variant, dict_size=dict_size, arch_config=arch,
-                  train=SAETrainConfig(epochs=epochs, batch_size=batch_size, lr=lr), seed=seed, log=lambda _: None)
+        # log_every 10: what its sae_config.json has always recorded
+        config = TrainSAEConfig(variant=variant, dict_size=dict_size, architecture=arch, epochs=epochs,
+                                batch_size=batch_size, lr=lr, log_every=10, seed=seed)
+        train_sae(activations, folder, config, log=lambda _: None)
     return folder / "sae.pth"
 
 

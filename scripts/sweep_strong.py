@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jax_impl.data.activations import read_activations
 from jax_impl.evaluation import inference
 from jax_impl.evaluation.atlas.scores import score_features
 from jax_impl.task.concepts import task_concepts
@@ -37,7 +38,7 @@ from jax_impl.files.atomic import write_json_atomic
 from jax_impl.precision import highest_precision
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.jobs.run_config import RunConfig, SAEConfig
-from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.models.mlp import LAYER2_WIDTH, InterpretabilityMLP
 from jax_impl.training.online import fit_mlp_online
 from jax_impl.jobs.rundir import ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, dataset_path
 from jax_impl.training import sae_trainer
@@ -148,7 +149,7 @@ def main() -> None:
 
     shape = TaskShape()
     mlp = bridge.load_mlp(args.run_dir / MLP_PATH)
-    activations = bridge.load_activations(args.run_dir / ACTIVATIONS_PATH)
+    activations = read_activations(args.run_dir / ACTIVATIONS_PATH, width=LAYER2_WIDTH)
     split = concat_splits([read_split(dataset_path(args.run_dir, s), shape) for s in SPLITS])
     rows = []
     header = "| variant | dict | k | L1 | epochs | s | EV | dead | L0 | MSE clean / spliced | mono | min p F1 | min target F1 | targets met |"

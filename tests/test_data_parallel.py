@@ -18,12 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4
 
 SCRIPT = r"""
-import json, sys
+import dataclasses, json, sys
 from pathlib import Path
 import jax, numpy as np, torch
 from jax_impl import saes
-from jax_impl.training.sae_trainer import SAETrainConfig
-from jax_impl.jobs.train_sae import train_sae
+from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
 from jax_impl.errors import UserError
 
 assert jax.device_count() == 4, jax.devices()
@@ -34,14 +33,14 @@ np.save(tmp / "acts.npy", (codes @ rng.normal(size=(24, 20))).astype(np.float32)
 configs = {"relu-l1": {}, "anthropic": {"resample_every": 1}, "topk": {"k": 4}, "batchtopk": {"k": 4},
            "matryoshka": {"k": 4, "groups": (8, 16, 32)}, "jumprelu": {"l0_coeff": 1e-3}}
 configs = {name: configs[name] for name in sys.argv[2].split(",")}
-train = SAETrainConfig(epochs=3, batch_size=64, log_every=3)
+base = TrainSAEConfig(dict_size=32, epochs=3, batch_size=64, log_every=3)
 report = {}
 for name, fields in configs.items():
     weights, cfg_files = [], []
     for devices in (None, 4):
         out = tmp / f"{name}-{devices}"
-        train_sae(tmp / "acts.npy", out, variant=name, dict_size=32, arch_config=saes.get(name).config(**fields),
-                  train=train, devices=devices, log=lambda line: None)
+        config = dataclasses.replace(base, variant=name, architecture=saes.get(name).config(**fields), devices=devices)
+        train_sae(tmp / "acts.npy", out, config, log=lambda line: None)
         weights.append(torch.load(out / "sae.pth", weights_only=True))
         cfg_files.append(json.loads((out / "sae_config.json").read_text()))
     diff = max(float((weights[0][k].double() - weights[1][k].double()).abs().max()) for k in weights[0])
@@ -52,7 +51,7 @@ from jax_impl.training.devices import data_mesh, replicate
 from jax_impl.training.sae_trainer import make_sae_step
 from jax_impl.training.sae_trainer import sae_optimizer
 sae = saes.create("topk", 20, 32, saes.topk.Config(k=4), key=jax.random.key(0))
-mesh, tx = data_mesh(4, batch_size=64), sae_optimizer(train)
+mesh, tx = data_mesh(4, batch_size=64), sae_optimizer(base.train_config())
 carry = replicate((sae.params(), sae.buffers(), tx.init(sae.params()), jnp.zeros(32, jnp.int32)), mesh)
 step = make_sae_step(sae.arch, sae.cfg, tx, dead_after=10, mesh=mesh)
 compiled = jax.jit(step).lower(carry, replicate(jnp.zeros((64, 20)), mesh)).compile().as_text()
@@ -60,12 +59,11 @@ all_reduce = "all-reduce" in compiled
 errors = []
 for bad in ("8", "0", "two"):
     try:
-        train_sae(tmp / "acts.npy", tmp / "bad", variant="topk", train=train, devices=bad, dict_size=32)
+        train_sae(tmp / "acts.npy", tmp / "bad", dataclasses.replace(base, devices=bad))
     except UserError as e:
         errors.append(str(e))
 try:
-    train_sae(tmp / "acts.npy", tmp / "bad", variant="topk", dict_size=32, devices=3,
-              train=SAETrainConfig(epochs=1, batch_size=64))
+    train_sae(tmp / "acts.npy", tmp / "bad", dataclasses.replace(base, devices=3, epochs=1))
 except UserError as e:
     errors.append(str(e))
 print(json.dumps({"report": report, "all_reduce": all_reduce, "errors": errors, "bad_written": (tmp / "bad").exists()}))

@@ -43,7 +43,7 @@ from jax_impl.cli import main
 from jax_impl.errors import Interrupted
 from jax_impl.jobs.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path
 from jax_impl.training.sae_trainer import SAETrainConfig
-from jax_impl.jobs.train_sae import train_sae
+from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
 from jax_impl.training.checkpoints import CheckpointPolicy
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -486,8 +486,8 @@ def interrupted_training(activation_files, tmp_path_factory) -> tuple[Path, Path
     from jax_impl import saes
 
     with pytest.raises(Interrupted):
-        train_sae(activation_files[".npy"], out, variant="topk", dict_size=8, arch_config=saes.get("topk").config(k=2),
-                  train=SAETrainConfig(epochs=4, batch_size=8, log_every=1), seed=5,
+        train_sae(activation_files[".npy"], out, TrainSAEConfig(dict_size=8, architecture=saes.get("topk").config(k=2),
+                                                                epochs=4, batch_size=8, log_every=1, seed=5),
                   checkpoint_every=CheckpointPolicy(epochs=1, seconds=None), log=log)
     assert [e for e, _ in ck.list_checkpoints(out / "checkpoints")] == [2, 1]
     return out, reference

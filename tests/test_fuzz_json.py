@@ -52,7 +52,8 @@ from jax_impl.reports.circuit_trace import causal_sankey_view
 from jax_impl.jobs.rundir import MANIFEST, Run, read_manifest, run_config
 from jax_impl.training.sae_trainer import SAETrainConfig
 from jax_impl.data.synthetic import CONFIG_FILE, TRUTH_FILE, SyntheticConfig, load_synthetic, write_synthetic
-from jax_impl.jobs.train_sae import CONFIG_FILE as SAE_CONFIG_FILE
+from jax_impl.jobs.rundir import METRICS_FILE, SAE_CONFIG_FILE
+from jax_impl.jobs.train_sae import TrainSAEConfig
 from test_file_values import CAUSAL
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -334,7 +335,7 @@ def finished_sweep(tmp_path_factory) -> tuple[Path, Path]:
     (c,) = sae_configurations(SWEEP_GRID, **SWEEP_ARGS, seed=0)
     model = saes.create(c.variant, 6, c.dict_size, c.cfg, key=jax.random.key(0))
     record = config_record(model, c.variant, c.train, open_activations(activations), seed=c.seed,
-                           chunk_rows=sweep.DEFAULT_CHUNK_ROWS, devices=1)
+                           chunk_rows=TrainSAEConfig.chunk_rows, devices=1)
     metrics = {"rows": 100, "mse": 0.0123, "explained_variance": 0.61, "l0": 2.0, "dead_fraction": 0.25,
                "final_loss": 0.0456, "train_seconds": 0.5}
     write_artifacts(model, root / "sw" / c.name, record, metrics)
@@ -363,7 +364,7 @@ def test_fuzzed_sweep_metrics_and_config(finished_sweep, tmp_path_factory, monke
     activations, finished = finished_sweep
     out = tmp_path_factory.mktemp("resume") / "sw"
     shutil.copytree(finished, out)
-    path = out / "000-k2" / data.draw(st.sampled_from([sweep.METRICS_FILE, SAE_CONFIG_FILE]))
+    path = out / "000-k2" / data.draw(st.sampled_from([METRICS_FILE, SAE_CONFIG_FILE]))
     path.write_text(data.draw(mutated_json(json.loads(path.read_text()))))
     read_or_refuse(path.parent, lambda: _resume(out, activations, monkeypatch))
 
@@ -380,7 +381,7 @@ def test_fuzzed_sweep_done_file(finished_sweep, tmp_path_factory, monkeypatch, d
     out.mkdir()
     configurations = sae_configurations(SWEEP_GRID, **SWEEP_ARGS, seed=0)
     identity = json.loads(json.dumps(sweep._sae_identity(configurations, open_activations(activations),
-                                                         sweep.DEFAULT_CHUNK_ROWS)))
+                                                         TrainSAEConfig.chunk_rows)))
     row = {"name": "000-k2", "group": 0, "variant": "topk", "k": 2, "status": "SAE (sweep group 1/1) diverged",
            "seconds": 0.5}
     path = out / "checkpoints" / "group-000" / sweep.GROUP_DONE_FILE

@@ -217,8 +217,6 @@ def _activation_readers(path: Path) -> list[tuple[str, np.ndarray | None]]:
     out = []
     source = read_quietly(path, open_activations, path)
     out.append(("open_activations", None if source is None else source.rows(0, source.n_rows)))
-    if path.suffix != ".npy":
-        out.append(("bridge.load_activations", read_quietly(path, bridge.load_activations, path, ACTS.shape[1])))
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RUN_ARGS
+from jax_impl.data.activations import read_activations
 from jax_impl.interop import bridge
 from jax_impl.jobs import parity
 from jax_impl.cli import main
@@ -28,7 +29,7 @@ def test_the_run_decomposes_the_chosen_activation(layer1_run, capsys):
     assert manifest["config"]["hook"] == "layer1" and manifest["metrics"]["harvest"]["hook"] == "layer1"
     run = load_run(layer1_run, log=lambda _: None)
     assert run.activations.shape == (512, 256)  # 512 train rows, layer1 is 256 wide
-    np.testing.assert_array_equal(run.activations, bridge.load_activations(layer1_run / ACTIVATIONS_PATH, width=256))
+    np.testing.assert_array_equal(run.activations, read_activations(layer1_run / ACTIVATIONS_PATH, width=256))
     assert run.sae.input_dim == 256 and bridge.load_sae(layer1_run / SAE_PATH, input_dim=256).dict_size == 512
     cfg = json.loads((layer1_run / SAELENS_DIR / "cfg.json").read_text())
     assert cfg["d_in"] == 256 and cfg["metadata"]["hook_name"] == "layer1"

@@ -409,15 +409,16 @@ def test_mlp_for_another_task_shape_is_named(good_run, capsys):
     one_line_error(capsys, "the MLP takes 10 inputs but --x-dim 6 x --y-dim 2 rows have 12")
 
 
+# The run's activations are read by the one activation reader (jax_impl.data.activations), with its messages.
 ACTIVATION_CASES = {
     "wrong_width": (torch.zeros(64, 256), ["activations have shape (64, 256), expected (N, 512)"]),
-    "one_dimensional": (torch.zeros(512), ["activations have shape (512,), expected (N, 512)"]),
-    "no_rows": (torch.zeros(0, 512), ["activations have shape (0, 512), expected (N, 512) with N >= 1"]),
+    "one_dimensional": (torch.zeros(512), ["activations have shape (512,), expected a 2-D (N, d) matrix"]),
+    "no_rows": (torch.zeros(0, 512), ["activations have 0 rows, expected at least 1"]),
     "float64": (torch.zeros(64, 512, dtype=torch.float64), ["activations have dtype torch.float64, expected torch.float32"]),
-    "nan": (torch.full((64, 512), math.nan), ["activations contain NaN or infinite values"]),
-    "a_state_dict": ({"x": torch.zeros(64, 512)}, ["expected one tensor of activations, got dict"]),
-    "sparse": (torch.zeros(64, 512).to_sparse(), ["activations are a torch.sparse_coo tensor, expected a dense tensor"]),
-    "meta": (torch.zeros(64, 512, device="meta"), ["activations are a meta tensor, expected a dense tensor with data"]),
+    "nan": (torch.full((64, 512), math.nan), ["row 0 contains NaN or infinite values"]),
+    "a_state_dict": ({"x": torch.zeros(64, 512)}, ["holds a dict, expected one torch.Tensor"]),
+    "sparse": (torch.zeros(64, 512).to_sparse(), ["holds a sparse_coo tensor, expected a dense (strided) tensor"]),
+    "meta": (torch.zeros(64, 512, device="meta"), ["holds a meta tensor, expected a dense tensor with data"]),
 }
 
 

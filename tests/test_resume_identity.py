@@ -16,8 +16,7 @@ from jax_impl.training import checkpoints
 from jax_impl.data.activations import FINGERPRINT_ROWS, fingerprint, open_activations
 from jax_impl.cli import main
 from jax_impl.training.checkpoints import CheckpointPolicy
-from jax_impl.training.sae_trainer import SAETrainConfig
-from jax_impl.jobs.train_sae import train_sae
+from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
 
 ROWS, WIDTH = 96, 8
 TRAIN = ["--variant", "relu-l1", "--dict-size", "8", "--epochs", "2", "--batch-size", "16"]
@@ -63,7 +62,7 @@ def _interrupted_training(acts: Path, out: Path) -> Path:
             raise _Stop
 
     with pytest.raises(_Stop):
-        train_sae(acts, out, variant="relu-l1", dict_size=8, train=SAETrainConfig(epochs=2, batch_size=16, log_every=1),
+        train_sae(acts, out, TrainSAEConfig(variant="relu-l1", dict_size=8, epochs=2, batch_size=16, log_every=1),
                   checkpoint_every=CheckpointPolicy(epochs=1, seconds=None), log=log)
     (ckpt,) = (out / "checkpoints").iterdir()
     return ckpt

@@ -11,6 +11,7 @@ import torch
 from flax import nnx
 from safetensors.torch import load_file, save_file
 
+from jax_impl.data.activations import read_activations
 from jax_impl.interop import bridge
 from jax_impl import saes
 from jax_impl.errors import UserError
@@ -38,8 +39,8 @@ def test_loaders_read_the_twins_as_they_read_the_pth(tiny_run):
     for key, value in sae_pth.params().items():
         np.testing.assert_array_equal(np.asarray(sae_st.params()[key]), np.asarray(value))
     np.testing.assert_array_equal(
-        bridge.load_activations(tiny_run / bridge.safetensors_twin(ACTIVATIONS_PATH)),
-        bridge.load_activations(tiny_run / ACTIVATIONS_PATH),
+        read_activations(tiny_run / bridge.safetensors_twin(ACTIVATIONS_PATH)),
+        read_activations(tiny_run / ACTIVATIONS_PATH),
     )
 
 
@@ -92,7 +93,7 @@ def test_an_sae_safetensors_with_foreign_keys_is_named(tmp_path):
 def test_unreadable_safetensors_are_one_line(tmp_path, content):
     path = tmp_path / "x.safetensors"
     path.write_bytes(content)
-    for load in (bridge.load_mlp, bridge.load_sae, bridge.load_activations):
+    for load in (bridge.load_mlp, bridge.load_sae, read_activations):
         with pytest.raises(UserError) as e:
             load(path)
         assert "not a readable .safetensors file" in str(e.value) and "\n" not in str(e.value)
@@ -101,7 +102,7 @@ def test_unreadable_safetensors_are_one_line(tmp_path, content):
 def test_activations_safetensors_must_hold_one_tensor(tmp_path):
     save_file({"a": torch.zeros(4, 512), "b": torch.zeros(4, 512)}, tmp_path / "two.safetensors")
     with pytest.raises(UserError, match="holds 2 tensors"):
-        bridge.load_activations(tmp_path / "two.safetensors")
+        read_activations(tmp_path / "two.safetensors", width=512)
     save_file({"a": torch.zeros(4, 256)}, tmp_path / "narrow.safetensors")
     with pytest.raises(UserError, match=r"shape \(4, 256\), expected \(N, 512\)"):
-        bridge.load_activations(tmp_path / "narrow.safetensors")
+        read_activations(tmp_path / "narrow.safetensors", width=512)

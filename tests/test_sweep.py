@@ -43,7 +43,9 @@ from jax_impl.training.sae_trainer import SAETrainConfig
 from jax_impl.jobs.sweep import run_sweep
 from jax_impl.jobs.sweep_grid import parse_grid, sae_configurations
 from jax_impl.reports.sweep_page import SWEEP_CSV, SWEEP_HTML, SWEEP_JSON, pareto_front
-from jax_impl.jobs.train_sae import CONFIG_FILE, METRICS_FILE, SAE_FILE, train_sae
+from jax_impl.jobs.rundir import METRICS_FILE, SAE_FILE
+from jax_impl.jobs.rundir import SAE_CONFIG_FILE as CONFIG_FILE
+from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
 
 SAE_WEIGHTS = 2e-6
 JUMPRELU_THRESHOLDS = 2
@@ -100,8 +102,8 @@ def test_each_configuration_is_what_train_sae_writes(variant, activations, tmp_p
         c = row["config"]
         cfg = saes.get(variant).config(**{k: tuple(v) if isinstance(v, list) else v for k, v in c["config"].items()})
         alone = tmp_path / f"alone-{row['name']}"
-        train_sae(activations, alone, variant=variant, dict_size=DICT, arch_config=cfg,
-                  train=SAETrainConfig(**c["training"]), seed=c["seed"], log=quiet)
+        train_sae(activations, alone, TrainSAEConfig(variant=variant, dict_size=DICT, architecture=cfg, seed=c["seed"],
+                                                     **c["training"]), log=quiet)
         ours = tmp_path / "sweep" / row["name"]
         assert sorted(p.name for p in ours.rglob("*")) == sorted(p.name for p in alone.rglob("*") if p.name != ".monosem.lock")
         assert json.loads((ours / CONFIG_FILE).read_text()) == json.loads((alone / CONFIG_FILE).read_text())

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from jax_impl import saes
 from jax_impl.interop import bridge, saelens
-from jax_impl.data.activations import open_activations
+from jax_impl.data.activations import open_activations, read_activations
 from jax_impl.cli import main
 from jax_impl.errors import UserError
 from jax_impl.models.mlp import InterpretabilityMLP
@@ -160,7 +160,7 @@ def test_views_that_hold_their_values_load_them(tmp_path):
     activations = torch.randn(6, 4)
     torch.save(activations.T.contiguous().T, tmp_path / "acts.pt")
     np.testing.assert_array_equal(open_activations(tmp_path / "acts.pt").rows(0, 6), activations.numpy())
-    np.testing.assert_array_equal(bridge.load_activations(tmp_path / "acts.pt", width=4), activations.numpy())
+    np.testing.assert_array_equal(read_activations(tmp_path / "acts.pt", width=4), activations.numpy())
 
 
 def test_overlapping_and_interleaved_views_are_refused():
@@ -251,7 +251,7 @@ HEADER_CASES = {
 def test_safetensors_headers_are_checked_before_reading(case, tmp_path):
     entry, fragment = HEADER_CASES[case]
     path = _safetensors(tmp_path / "x.safetensors", {"x": entry}, bytes(16))
-    for read in (bridge.read_safetensors, bridge.load_activations, open_activations):
+    for read in (bridge.read_safetensors, open_activations):
         with pytest.raises(UserError) as e:
             read(path)
         message = str(e.value)

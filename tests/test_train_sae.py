@@ -15,7 +15,8 @@ import torch
 
 from jax_impl import saes
 from jax_impl.cli import main
-from jax_impl.jobs.train_sae import CONFIG_FILE, METRICS_FILE, SAE_FILE
+from jax_impl.jobs.rundir import METRICS_FILE, SAE_FILE
+from jax_impl.jobs.rundir import SAE_CONFIG_FILE as CONFIG_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, ROWS, DICT = 37, 1200, 48

@@ -161,8 +161,10 @@ class ActivationFile:
         return np.ascontiguousarray(self._reader.read_sorted(unique)[inverse.reshape(-1)])
 
 
-def open_activations(path: Path | str, *, check_finite_chunk_rows: int = 65536, check_finite: bool = True) -> ActivationFile:
-    """Open and validate an activation matrix: an (N, d) float32 array with N >= 1, d >= 1, all finite.
+def open_activations(path: Path | str, *, width: int | None = None, check_finite_chunk_rows: int = 65536,
+                     check_finite: bool = True) -> ActivationFile:
+    """Open and validate an activation matrix: an (N, d) float32 array with N >= 1, d >= 1 (d == width where
+    given: the hook's width a run's activations must have), all finite.
 
     `.npy` is memory-mapped, `.safetensors` is read lazily, `.pt`/`.pth` (one tensor, loaded with
     weights_only=True) is held in memory. The NaN/inf scan reads `check_finite_chunk_rows` rows at a time,
@@ -188,9 +190,17 @@ def open_activations(path: Path | str, *, check_finite_chunk_rows: int = 65536, 
         raise UserError(
             f"{path}: unknown activation file type {path.suffix or '(no suffix)'!r}, expected one of {_suffix_list()}"
         )
+    if width is not None and source.width != width:
+        raise UserError(f"{path}: activations have shape ({source.n_rows}, {source.width}), expected (N, {width})")
     if check_finite:
         _check_finite(source, int(check_finite_chunk_rows))
     return source
+
+
+def read_activations(path: Path | str, *, width: int | None = None) -> np.ndarray:
+    """Every row of an activation file (open_activations' checks), in memory: (N, d) float32."""
+    source = open_activations(path, width=width)
+    return source.rows(0, source.n_rows)
 
 
 def check_finite_rows(source: ActivationFile, start: int, stop: int, chunk_rows: int = 65536) -> None:
@@ -358,6 +368,8 @@ def _open_torch(path: Path) -> ActivationFile:
     obj = torch_load(path)
     if not isinstance(obj, torch.Tensor):
         raise UserError(f"{path}: holds a {type(obj).__name__}, expected one torch.Tensor (torch.save(tensor, path))")
+    if obj.is_meta:  # a shape without data (device "meta")
+        raise UserError(f"{path}: holds a meta tensor, expected a dense tensor with data")
     if obj.layout != torch.strided or obj.is_quantized:
         kind = "quantized" if obj.is_quantized else str(obj.layout).removeprefix("torch.")
         raise UserError(f"{path}: holds a {kind} tensor, expected a dense (strided) tensor (convert with t.to_dense())")

@@ -495,28 +495,3 @@ def save_activations(activations: np.ndarray, path: Path | str) -> None:
     tensor = torch.from_numpy(np.array(activations, dtype=np.float32, order="C"))
     _save(tensor, path)
     write_safetensors({ACTIVATIONS_KEY: tensor}, safetensors_twin(path))
-
-
-def load_activations(path: Path | str, width: int = LAYER2_WIDTH) -> np.ndarray:
-    """(N, width) float32 from a `.pt` holding one tensor or a `.safetensors` holding one; anything else is
-    refused with its shape and dtype."""
-    if Path(path).suffix == SAFETENSORS:
-        tensors = read_safetensors(path)
-        if len(tensors) != 1:
-            raise UserError(f"{path}: holds {len(tensors)} tensors {sorted(tensors)[:8]}, expected exactly one (N, {width}) float32 tensor")
-        (obj,) = tensors.values()
-    else:
-        obj = torch_load(path)
-    if not isinstance(obj, torch.Tensor):
-        raise UserError(f"{path}: expected one tensor of activations, got {type(obj).__name__}")
-    if obj.ndim != 2 or obj.shape[1] != width or obj.shape[0] == 0:
-        raise UserError(f"{path}: activations have shape {tuple(obj.shape)}, expected (N, {width}) with N >= 1")
-    if obj.dtype != torch.float32:
-        raise UserError(f"{path}: activations have dtype {obj.dtype}, expected torch.float32")
-    if obj.layout != torch.strided or obj.is_meta:
-        raise UserError(f"{path}: activations are a {'meta' if obj.is_meta else obj.layout} tensor, expected a dense tensor with data")
-    check_tensor(obj, f"{path}: activations")  # torch_load checked a .pt's already; the .safetensors' is contiguous
-    array = obj.numpy()
-    if not np.all(np.isfinite(array)):
-        raise UserError(f"{path}: activations contain NaN or infinite values")
-    return array

@@ -37,7 +37,8 @@ from jax_impl.task.variables import TaskVariables
 from jax_impl.errors import UserError
 from jax_impl.data.harvest import harvest_activations
 from jax_impl.models.mlp import HOOK_WIDTHS, HOOKS
-from jax_impl.jobs.rundir import KEY_SAE_INIT, KEY_SAE_SHUFFLE, Run
+from jax_impl.jobs.rundir import KEY_SAE_INIT, KEY_SAE_SHUFFLE, METRICS_FILE, SAE_CONFIG_FILE, SAE_FILE, SAELENS_NAME
+from jax_impl.jobs.rundir import Run
 
 Log = Callable[[str], None]
 
@@ -45,8 +46,6 @@ CAUSAL_DIR = Path("causal")
 CAUSAL_JSON = CAUSAL_DIR / "causal.json"
 CAUSAL_HTML = CAUSAL_DIR / "causal.html"
 CAUSAL_SAES_DIR = CAUSAL_DIR / "saes"
-SAE_FILE = "sae.pth"
-SAE_CONFIG_FILE = "sae_config.json"
 FORMAT = "monosem-causal-map/1"
 MAX_FEATURE_ID = 2**31 - 1  # a feature id read from a causal map (an index of an SAE's dictionary)
 
@@ -94,11 +93,11 @@ def write_hook_sae(sae: saes.SAE, folder: Path, hook: str, record: dict[str, Any
     moved into place last. The caller holds the output folder's lock."""
     from jax_impl.jobs.export import export_sae  # torch-only work, imported when an SAE is written
 
-    with artifact_set(folder, last=("metrics.json", SAE_CONFIG_FILE)) as staging:
+    with artifact_set(folder, last=(METRICS_FILE, SAE_CONFIG_FILE)) as staging:
         bridge.save_sae(sae, staging / SAE_FILE)
-        saelens.save_saelens(sae, staging / "saelens", hook_name=hook)
+        saelens.save_saelens(sae, staging / SAELENS_NAME, hook_name=hook)
         export_sae(sae, staging / "sae.torchscript.pt")
-        write_json_atomic(staging / "metrics.json", metrics)
+        write_json_atomic(staging / METRICS_FILE, metrics)
         write_json_atomic(staging / SAE_CONFIG_FILE, {"causal": record, "architecture": sae.arch.name,
                                                       "config": dataclasses.asdict(sae.cfg), "input_dim": sae.input_dim,
                                                       "dict_size": sae.dict_size})

@@ -1,5 +1,6 @@
 """A run directory's layout: where each artifact lives, its manifest, and `Run`, its artifacts loaded on
-first use. `pipeline` writes run directories; `export`, `parity`, `cli` and `scripts/` read them through
+first use; beside it the layout of an SAE folder (train-sae's output) and the PRNG streams every job derives
+from a seed. `pipeline` writes run directories; `export`, `parity`, `cli` and `scripts/` read them through
 this module only.
 
     RUN_DIR/manifest.json               config, versions, completed stages and their metrics
@@ -10,6 +11,15 @@ this module only.
     RUN_DIR/sae/saelens/                the SAE in SAELens's format (cfg.json + sae_weights.safetensors)
     RUN_DIR/probe.txt                   the feature probe
     RUN_DIR/checkpoints/STAGE/          an unfinished training stage's checkpoints (gone once it completes)
+
+An SAE folder (what `monosem train-sae` writes into --out; also each SAE configuration's folder of a sweep, and
+causal/saes/HOOK/ of a run):
+
+    DIR/sae.pth                         the SAE's state_dict (and sae.safetensors: the same tensors)
+    DIR/saelens/                        the SAE in SAELens's format
+    DIR/sae_config.json                 architecture, its config, the training, the data
+    DIR/metrics.json                    what the training measured
+    DIR/checkpoints/                    an unfinished training's checkpoints (a sweep's: checkpoints/group-NNN/)
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from jax_impl.interop import bridge, saelens
 from jax_impl.files import jsonfile
 from jax_impl import saes
 from jax_impl.checks import MAX_SEED
+from jax_impl.data.activations import read_activations
 from jax_impl.training.mlp_trainer import MLP_DATA
 from jax_impl.jobs.run_config import RECIPES, RunConfig
 from jax_impl.errors import UserError
@@ -41,17 +52,33 @@ START_OVER = "remove it to start the run over"  # how a user gets past a damaged
 LOCK = LOCK_FILE
 MLP_PATH = Path("mlp/perfect_mlp.pth")
 ACTIVATIONS_PATH = Path("mlp_activations.pt")
+# An SAE folder's files (the module docstring); SAELENS_NAME is an SAE's SAELens folder wherever it is written.
+SAE_FILE = "sae.pth"
+SAE_CONFIG_FILE = "sae_config.json"
+METRICS_FILE = "metrics.json"
+SAELENS_NAME = "saelens"
+
 SAE_PATH = Path("sae/sae_model.pth")
-SAELENS_DIR = Path("sae/saelens")
+SAELENS_DIR = SAE_PATH.parent / SAELENS_NAME
 PROBE_PATH = Path("probe.txt")
-CHECKPOINTS_DIR = Path("checkpoints")  # training state of an unfinished stage (jax_impl.training.checkpoints); removed when it completes
+# Training state of an unfinished training (jax_impl.training.checkpoints), in a run directory, an SAE folder and
+# a sweep's folder alike; removed when the training completes.
+CHECKPOINTS_DIR = Path("checkpoints")
 # Every folder of a run directory (or of an --out folder of `causal`) that monosem's writers write into: the
 # only places jax_impl.files.locks.remove_stale_temporaries looks for what a killed writer left (a glob per component).
-WRITTEN_FOLDERS = ("dataset", "mlp", "sae", "sae/saelens", "export", "causal", "causal/saes/*",
-                   "causal/saes/*/saelens", "checkpoints", "checkpoints/*")
+WRITTEN_FOLDERS = ("dataset", "mlp", "sae", str(SAELENS_DIR), "export", "causal", "causal/saes/*",
+                   f"causal/saes/*/{SAELENS_NAME}", str(CHECKPOINTS_DIR), f"{CHECKPOINTS_DIR}/*")
 
-# Independent PRNG streams per purpose, derived from the one user seed (`Run.key(stream)`).
+# Independent PRNG streams per purpose, each derived from one user seed (stream_key): a run's from its --seed
+# (`Run.key(stream)`) ...
 KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE = range(5)
+# ... and train-sae's from its --seed (a sweep's SAE configuration from its seed: it trains as train-sae would).
+KEY_TRAIN_SAE_INIT, KEY_TRAIN_SAE_SHUFFLE = range(2)
+
+
+def stream_key(seed: int, stream: int) -> jax.Array:
+    """The PRNG key of one of the streams above, derived from a user's seed."""
+    return jax.random.fold_in(jax.random.key(seed), stream)
 
 
 def dataset_path(run_dir: Path, split: str) -> Path:
@@ -147,7 +174,6 @@ class Run:
         self.sae_path = self.run_dir / SAE_PATH if sae_path is None else Path(sae_path)
         self.out_dir = self.run_dir if out_dir is None else Path(out_dir)
         self.shape = TaskShape(config.data.x_dim, config.data.y_dim)
-        self.root_key = jax.random.key(config.seed)
 
     @property
     def atlas_matches_sae(self) -> bool:
@@ -155,7 +181,8 @@ class Run:
         return self.sae_path == self.run_dir / SAE_PATH or self.out_dir != self.run_dir
 
     def key(self, stream: int) -> jax.Array:
-        return jax.random.fold_in(self.root_key, stream)
+        """The key of one of the run's streams (KEY_DATA, ...)."""
+        return stream_key(self.config.seed, stream)
 
     @cached_property
     def splits(self) -> dict[str, Split]:
@@ -187,7 +214,7 @@ class Run:
 
     @cached_property
     def activations(self) -> np.ndarray:
-        return bridge.load_activations(self.run_dir / ACTIVATIONS_PATH, width=self.hook_width)
+        return read_activations(self.run_dir / ACTIVATIONS_PATH, width=self.hook_width)
 
     @cached_property
     def sae(self) -> saes.SAE:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jax_impl import saes
-from jax_impl.checks import MAX_SEED
+from jax_impl.checks import check_dict_size, check_seed
 from jax_impl.training.mlp_trainer import MLP_DATA, MLPConfig
 from jax_impl.jobs.run_config import RunConfig
 from jax_impl.errors import UserError
@@ -115,11 +115,6 @@ def _check_count(counts: Sequence[int]) -> None:
         if total > MAX_CONFIGURATIONS:
             raise UserError(f"--grid: more than {MAX_CONFIGURATIONS} configurations (the product of the keys' value "
                             "counts); split the sweep")
-
-
-def _check_seed(seed: int) -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
 
 
 def _show(raw: Sequence[Any]) -> str:
@@ -223,10 +218,9 @@ def sae_configurations(
             try:
                 cfg.validate(size)
                 config_train.validate()
-                if size < 1:
-                    raise ValueError(f"dict_size must be >= 1, got {size}")
-                _check_seed(values.get("seed", seed))
-            except ValueError as e:
+                check_dict_size(size)
+                check_seed(values.get("seed", seed), "seed")
+            except (ValueError, UserError) as e:
                 raise UserError(f"--grid: configuration {name} ({arch.name}): {e}") from None
             out.append(SAEConfiguration(index, name, shown, arch.name, size, cfg, config_train, values.get("seed", seed)))
     return out
@@ -258,8 +252,7 @@ def mlp_configurations(grid: Mapping[str, Sequence[Any]], run_config: RunConfig)
         seed = values.get("seed", run_config.seed)
         name = _folder_name(len(out), values)
         try:
-            if not 0 <= seed <= MAX_SEED:
-                raise UserError(f"seed must be in 0..{MAX_SEED}, got {seed}")
+            check_seed(seed, "seed")
             dataclasses.replace(run_config, mlp=cfg).validate()
         except UserError as e:
             raise UserError(f"--grid: configuration {name}: {e}") from None

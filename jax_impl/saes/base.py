@@ -283,7 +283,7 @@ class Architecture:
     tied_bias: bool = True  # pre-encoder bias b_dec subtracted, and b_dec initialised to the mean row
     saelens: SaeLensFormat | None = None  # None: not expressible in SAELens's format
     # Config floats that must stay Python constants under jit (e.g. a custom_vjp's non-differentiable
-    # argument). A sweep (jax_impl.jobs.sweep) passes every other float field as a traced, vmapped value, and
+    # argument). A sweep (jax_impl.training.vmapped) passes every other float field as a traced, vmapped value, and
     # groups configurations that differ in one of these into separate programs, like ints and tuples.
     static_floats: tuple[str, ...] = ()
 

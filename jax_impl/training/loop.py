@@ -58,6 +58,14 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return -(-n_rows // batch_size)
 
 
+@partial(jax.jit, static_argnums=2)
+def epoch_permutation(key: jax.Array, epoch: int, n: int) -> jax.Array:
+    """Epoch `epoch`'s order of n rows, (n,) int32: a permutation drawn from fold_in(key, epoch) alone, so that a
+    resumed training draws the same one. Every trainer draws its orders here (a streamed SAE epoch: each chunk's,
+    from the epoch's key and the chunk's index), a sweep's configurations too: the same key gives the same bits."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
 # XLA:CPU's default copy insertion copies every loop-carried weight once per scan step (11 copy kernels per
 # MLP step); region analysis proves the updates can happen in place and drops them: about 7% less CPU time
 # per MLP epoch, 4% per SAE epoch, bitwise-identical results (CHANGELOG.md). Other backends ignore it.
@@ -186,8 +194,7 @@ def fit_module(
     if permutations is None:
         if key is None:
             raise ValueError("pass either a PRNG key or explicit permutations")
-        draw = jax.jit(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), n))
-        permutation_of = lambda e: draw(key, e)  # noqa: E731
+        permutation_of = lambda e: epoch_permutation(key, e, n)  # noqa: E731
     else:
         permutations = np.asarray(permutations)
         if permutations.shape != (epochs, n):

@@ -47,7 +47,7 @@ def _make_online_epoch_fn(
     return epoch
 
 
-make_online_epoch_fn = _make_online_epoch_fn  # public: jax_impl.jobs.sweep vmaps it over MLP seeds
+make_online_epoch_fn = _make_online_epoch_fn  # public: jax_impl.training.vmapped vmaps it over MLP seeds
 
 
 @highest_precision

@@ -33,7 +33,7 @@ from jax_impl.checks import FLOAT32, require_finite
 from jax_impl.training.devices import place_rows, replicate, shard_batch
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
-from jax_impl.training.loop import Log, TrainResult, make_batched_epoch, run_epochs
+from jax_impl.training.loop import Log, TrainResult, epoch_permutation, make_batched_epoch, run_epochs
 
 HOOK_SAMPLE_ROWS = 65536  # rows an epoch hook (resampling) sees when the activations are streamed
 
@@ -73,7 +73,7 @@ def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation
     """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32).
 
     mesh: split each batch over its devices (jax_impl.training.devices), the carry replicated. axis_name: the step runs
-    under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.jobs.sweep)."""
+    under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.training.vmapped)."""
 
     def step(carry, x):
         x = shard_batch(x, mesh)
@@ -163,18 +163,17 @@ def fit(
         permutations = np.asarray(permutations)
         if streamed or permutations.shape != (train.epochs, n):
             raise ValueError(f"permutations must have shape {(train.epochs, n)} and rows must be in memory")
-    draw = jax.jit(lambda k, e, m: jax.random.permutation(jax.random.fold_in(k, e), m), static_argnums=2)
-
     def run_epoch(carry, e: int):
         # Epoch e's order (and the streamed chunks' order) is drawn from fold_in(key, e) alone: resumable.
         if not streamed:
-            order = jnp.asarray(permutations[e]) if permutations is not None else draw(key, e, n)
+            order = jnp.asarray(permutations[e]) if permutations is not None else epoch_permutation(key, e, n)
             return run_chunk(carry, rows, replicate(order, mesh))
         epoch_key = jax.random.fold_in(key, e)
         rng = np.random.default_rng(np.asarray(jax.random.key_data(epoch_key)))
         losses = []
         for i, chunk in enumerate(iter_chunks(rows, chunk_rows, rng)):
-            carry, chunk_losses = run_chunk(carry, *replicate((jnp.asarray(chunk), draw(epoch_key, i, len(chunk))), mesh))
+            order = epoch_permutation(epoch_key, i, len(chunk))
+            carry, chunk_losses = run_chunk(carry, *replicate((jnp.asarray(chunk), order), mesh))
             losses.append(chunk_losses)
         return carry, jnp.concatenate(losses)
 
