@@ -24,7 +24,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     })
 
-# Property-based tests (tests/test_fuzz.py): `ci` (the default) runs each test's few derandomized examples, so
+# Property-based tests (tests/cli/test_fuzz.py): `ci` (the default) runs each test's few derandomized examples, so
 # `make test` is fast and the same every time; HYPOTHESIS_PROFILE=long draws many more, freshly random.
 settings.register_profile("ci", deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 settings.register_profile("long", deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -37,7 +37,8 @@ TINY_RUN_ARGS = [
     "--seed", "7", "--n-train", "512", "--n-val", "128", "--n-test", "128",
     "--mlp-epochs", "3", "--mlp-log-every", "1", "--sae-epochs", "2", "--sae-log-every", "1", "--dict-size", "512",
     # the causal stage measures little (two variables): its cost does not shrink with the run
-    "--causal-variables", "A,T", "--causal-fit-pairs", "64", "--causal-eval-pairs", "64", "--causal-isolation-pairs", "32", "--causal-ranks", "1,2",
+    "--causal-variables", "A,T", "--causal-fit-pairs", "64", "--causal-eval-pairs", "64",
+    "--causal-isolation-pairs", "32", "--causal-ranks", "1,2",
     "--causal-das-steps", "5", "--causal-das-batch", "32", "--causal-max-features", "2", "--causal-shortlist", "4",
     "--causal-random-draws", "1", "--causal-circuit-rows", "64",
 ]
@@ -52,6 +53,24 @@ def xlsx_cells(path: Path) -> list[tuple]:
         return [tuple(row) for ws in wb.worksheets for row in ws.iter_rows(values_only=True)]
     finally:
         wb.close()
+
+
+# The SAE tests' activations: sparse codes over 24 random directions (15% of the codes non-zero), so that an SAE
+# has something to find. One file per session, shared by train-sae, sweep and many-host tests.
+ACTIVATION_ROWS, ACTIVATION_WIDTH = 1200, 37
+
+
+@pytest.fixture(scope="session")
+def activations(tmp_path_factory) -> Path:
+    """An (ACTIVATION_ROWS, ACTIVATION_WIDTH) float32 .npy of sparse codes; a test file that needs other
+    activations defines its own `activations` fixture."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    codes = rng.random((ACTIVATION_ROWS, 24)) * (rng.random((ACTIVATION_ROWS, 24)) < 0.15)
+    path = tmp_path_factory.mktemp("acts") / "acts.npy"
+    np.save(path, (codes @ rng.normal(size=(24, ACTIVATION_WIDTH))).astype(np.float32))
+    return path
 
 
 @pytest.fixture(scope="session")

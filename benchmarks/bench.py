@@ -44,16 +44,15 @@ import pandas as pd
 import torch
 from flax import nnx
 
-from jax_impl.evaluation import inference
-from jax_impl.precision import highest_precision
-from jax_impl.training.mlp_trainer import MLPConfig
-from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.data.harvest import harvest_activations
+from jax_impl.evaluation import inference
+from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.models.mlp import LAYER1_WIDTH, LAYER2_WIDTH, LAYER3_WIDTH, InterpretabilityMLP
+from jax_impl.precision import highest_precision
 from jax_impl.reports.circuit_trace import write_reports
 from jax_impl.task.pointer import TaskShape, generate_splits
 from jax_impl.task.splits import write_split
-from jax_impl.training.mlp_trainer import fit_mlp
+from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
 from torch_ref import models as torch_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the seed's SAE (beside the parity tests), the demo

@@ -33,14 +33,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jax_impl.evaluation import groundtruth  # noqa: E402
 from jax_impl import saes
-from jax_impl.precision import highest_precision  # noqa: E402
-from jax_impl.training.sae_trainer import SAETrainConfig  # noqa: E402
 from jax_impl.data.synthetic import ACTIVATIONS_FILE, SyntheticConfig, load_synthetic, write_synthetic  # noqa: E402
+from jax_impl.evaluation import groundtruth  # noqa: E402
 from jax_impl.interop.saelens import load_sae  # noqa: E402
 from jax_impl.jobs.rundir import SAE_FILE  # noqa: E402
 from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae  # noqa: E402
+from jax_impl.precision import highest_precision  # noqa: E402
+from jax_impl.training.sae_trainer import SAETrainConfig  # noqa: E402
 
 # (architecture, our config fields, SAELens architecture, its config fields): one row per sparsity setting.
 # k-based architectures match L0 by construction; the penalty ones by their coefficient (the achieved L0 of
@@ -58,10 +58,18 @@ QUICK = [s for s in SETTINGS if s[0] in ("topk", "batchtopk") and s[1].get("k") 
 
 
 def _saelens_sae(arch: str, fields: dict, d_in: int, d_sae: int, widths: tuple[int, ...]):
-    from sae_lens import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, JumpReLUTrainingSAE,
-                          JumpReLUTrainingSAEConfig, MatryoshkaBatchTopKTrainingSAE,
-                          MatryoshkaBatchTopKTrainingSAEConfig, StandardTrainingSAE, StandardTrainingSAEConfig,
-                          TopKTrainingSAE, TopKTrainingSAEConfig)
+    from sae_lens import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
 
     classes = {
         "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),

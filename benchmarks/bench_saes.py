@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jax_impl.interop import bridge
 from jax_impl import saes
+from jax_impl.interop import bridge
 from jax_impl.precision import highest_precision
-from jax_impl.training.sae_trainer import SAETrainConfig, make_chunk_fn, make_sae_step
-from jax_impl.training.sae_trainer import sae_optimizer
+from jax_impl.training.sae_trainer import SAETrainConfig, make_chunk_fn, make_sae_step, sae_optimizer
 from torch_ref import saes as ref
 
 HERE = Path(__file__).resolve().parent

@@ -32,16 +32,15 @@ import numpy as np
 from flax import nnx
 
 from jax_impl import saes
-from jax_impl.precision import highest_precision
-from jax_impl.training.mlp_trainer import MLPConfig
-from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.jobs.rundir import KEY_MLP_INIT, KEY_MLP_SHUFFLE, stream_key
+from jax_impl.jobs.sweep_grid import mlp_configurations, sae_configurations
+from jax_impl.jobs.train_sae import init_and_shuffle_keys
+from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.precision import highest_precision
+from jax_impl.task.pointer import TaskShape, generate_splits
+from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
 from jax_impl.training.sae_trainer import SAETrainConfig, fit
 from jax_impl.training.vmapped import Progress, fit_mlp_group, fit_sae_group
-from jax_impl.jobs.sweep_grid import mlp_configurations, sae_configurations
-from jax_impl.task.pointer import TaskShape, generate_splits
-from jax_impl.training.mlp_trainer import fit_mlp
-from jax_impl.jobs.train_sae import init_and_shuffle_keys
 
 HERE = Path(__file__).resolve().parent
 

@@ -29,11 +29,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from jax_impl.jobs.run_config import SAEConfig
+from jax_impl.models.mlp import InterpretabilityMLP  # noqa: E402
 from jax_impl.precision import highest_precision  # noqa: E402
 from jax_impl.training import loop, mlp_trainer  # noqa: E402
 from jax_impl.training.mlp_trainer import MLPConfig  # noqa: E402
-from jax_impl.jobs.run_config import SAEConfig
-from jax_impl.models.mlp import InterpretabilityMLP  # noqa: E402
 from jax_impl.training.sae_trainer import sae_optimizer  # noqa: E402
 
 N_ROWS = 8000
@@ -95,6 +95,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench import mlp_layers, sae_layers, training_flops_per_row
+
     from parity_tests.seed_sae import SparseAutoencoder, sae_loss
 
     rng = np.random.default_rng(0)

@@ -11,18 +11,17 @@ import math
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from jax_impl import __version__
-from jax_impl.checks import check_memory
-from jax_impl.jobs.run_config import RECIPES, SAE_VARIANTS, RunConfig, flag_name, strong_recipe
-from jax_impl.training.checkpoints import CheckpointPolicy
-from jax_impl.checks import check_seed
-from jax_impl.task.pointer import check_task_shape
+from jax_impl.checks import check_memory, check_seed
 from jax_impl.errors import Interrupted, UserError
+from jax_impl.jobs.run_config import RECIPES, SAE_VARIANTS, RunConfig, flag_name, strong_recipe
 from jax_impl.models.mlp import HOOK_WIDTHS, HOOKS
 from jax_impl.precision import matmul_precision
+from jax_impl.task.pointer import check_task_shape
+from jax_impl.training.checkpoints import CheckpointPolicy
 
 DEFAULT_RUN_DIR = Path("runs/default")
 _CONFIG_SECTIONS = ("data", "mlp", "sae", "causal")
@@ -101,8 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # a bad flag is reported before the slow imports (jax, torch)
     check_memory(config.memory_bytes(), config.memory_flags(), "the run")
     policy = CheckpointPolicy.parse(args.checkpoint_every)
-    from jax_impl.training import interrupts
     from jax_impl.jobs.pipeline import run_pipeline
+    from jax_impl.training import interrupts
 
     with interrupts.handled():
         run_pipeline(config, args.run_dir, resume=args.resume, checkpoint_every=policy)
@@ -148,8 +147,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from jax_impl.evaluation import inference
-    from jax_impl.interop import bridge, saelens
     from jax_impl.files.atomic import atomic_path
+    from jax_impl.interop import bridge, saelens
     from jax_impl.task.pointer import TaskShape
     from jax_impl.task.splits import read_split
 
@@ -248,11 +247,11 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 def cmd_causal(args: argparse.Namespace) -> int:
     from jax_impl.evaluation.causal.config import CausalConfig
-    from jax_impl.jobs.causal import causal_map, check_hooks, parse_sae_flags
-    from jax_impl.task.variables import TaskVariables
     from jax_impl.files.locks import folder_lock, remove_stale_temporaries
+    from jax_impl.jobs.causal import causal_map, check_hooks, parse_sae_flags
     from jax_impl.jobs.rundir import WRITTEN_FOLDERS, Run
     from jax_impl.task.pointer import TaskShape
+    from jax_impl.task.variables import TaskVariables
 
     config = CausalConfig.quick() if args.quick else CausalConfig()
     given = {f.name: getattr(args, f"causal.{f.name}") for f in dataclasses.fields(CausalConfig)}
@@ -535,11 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sae_flag(p, writes=True)
     p.set_defaults(func=cmd_atlas)
 
+    from jax_impl.evaluation.causal.config import CausalConfig
     from jax_impl.jobs.train_sae import TrainSAEConfig  # its fields are train-sae's flags
     from jax_impl.saes import NAMES  # the registry: its names and its configs' fields are the flags below
     from jax_impl.training.distributed import DEFAULT_TIMEOUT_S
-
-    from jax_impl.evaluation.causal.config import CausalConfig
 
     p = sub.add_parser("causal", help="interchange interventions for every task variable at each hook: whole vector, "
                        "learned subspaces (DAS) and named SAE features; writes causal/causal.json and causal.html")

@@ -9,8 +9,7 @@ import pytest
 from jax_impl.task.pointer import Split
 from jax_impl.task.splits import read_split, write_split
 from parity_tests.conftest import UPSTREAM_SPLITS
-from parity_tests.helpers import missing_upstream
-from parity_tests.helpers import task_rows
+from parity_tests.helpers import missing_upstream, task_rows
 
 pytest.importorskip("pandas", reason="the upstream loader needs pandas")
 from torch_ref.data import load_excel_split  # noqa: E402

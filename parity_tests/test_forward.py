@@ -100,4 +100,5 @@ def test_sae_random_weights(dict_size):
     jax_reconstruction, jax_features = model(x.numpy())
     # Encoder dot products of 512 terms, decoder of dict_size terms: the same rounding budget as the MLP.
     assert_close(f"SAE features (random, {dict_size})", np.asarray(jax_features), features, ulps(features, RANDOM_ULPS))
-    assert_close(f"SAE reconstruction (random, {dict_size})", np.asarray(jax_reconstruction), reconstruction, ulps(reconstruction, RANDOM_ULPS))
+    assert_close(f"SAE reconstruction (random, {dict_size})", np.asarray(jax_reconstruction), reconstruction,
+                 ulps(reconstruction, RANDOM_ULPS))

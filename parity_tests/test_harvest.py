@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from jax_impl.interop import bridge
 from jax_impl.data.harvest import harvest_activations
+from jax_impl.interop import bridge
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
 from torch_ref.models import InterpretabilityMLP, mlp_from_state_dict
 from torch_ref.train import harvest_layer2

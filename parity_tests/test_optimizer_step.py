@@ -14,9 +14,8 @@ import torch
 from flax import nnx
 
 from jax_impl.interop import bridge
-from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.jobs.run_config import SAEConfig
-from jax_impl.training.mlp_trainer import mlp_optimizer
+from jax_impl.training.mlp_trainer import MLPConfig, mlp_optimizer
 from jax_impl.training.sae_trainer import sae_optimizer
 from parity_tests.helpers import EPS32, assert_close, randomize_batch_stats, task_rows, ulps
 from parity_tests.seed_sae import seed_sae_as_family, seed_sae_from_state_dict

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from jax_impl.cli import main
 from jax_impl.interop import bridge
 from jax_impl.jobs import parity
-from jax_impl.cli import main
-from jax_impl.task.pointer import DataConfig
 from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path
-from jax_impl.task.pointer import SPLITS, Split
+from jax_impl.task.pointer import SPLITS, DataConfig, Split
 from jax_impl.task.splits import write_split
 from parity_tests.helpers import randomize_batch_stats, task_rows
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder

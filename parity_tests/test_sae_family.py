@@ -17,11 +17,10 @@ import optax
 import pytest
 import torch
 
-from jax_impl.interop import bridge
 from jax_impl import saes
-from jax_impl.training.sae_trainer import SAETrainConfig, make_sae_step
-from jax_impl.training.sae_trainer import sae_optimizer
+from jax_impl.interop import bridge
 from jax_impl.saes.base import TrainContext
+from jax_impl.training.sae_trainer import SAETrainConfig, make_sae_step, sae_optimizer
 from parity_tests.helpers import assert_close, ulps
 from torch_ref import saes as ref
 

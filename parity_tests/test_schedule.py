@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import torch
 
-from parity_tests.helpers import EPS32, assert_close
 from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.training.schedules import onecycle_tables
+from parity_tests.helpers import EPS32, assert_close
 
 SEED_STEPS = 500 * 125  # 500 epochs x ceil(8000 / 64) batches
 

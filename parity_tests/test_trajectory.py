@@ -24,9 +24,8 @@ import torch
 from flax import nnx
 
 from jax_impl.interop import bridge
-from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.jobs.run_config import SAEConfig
-from jax_impl.training.mlp_trainer import fit_mlp
+from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
 from parity_tests.helpers import assert_close, task_rows
 from parity_tests.seed_sae import SAE_KEY_MAP, fit_sae, seed_sae_from_state_dict
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder

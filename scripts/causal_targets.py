@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_impl.data.harvest import harvest_activations
 from jax_impl.evaluation.causal.config import CausalConfig
 from jax_impl.jobs.causal import causal_map
-from jax_impl.data.harvest import harvest_activations
 from jax_impl.jobs.rundir import ACTIVATIONS_PATH, Run, run_config
 from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
 from jax_impl.precision import highest_precision

@@ -13,22 +13,21 @@ Prints a Markdown table (CHANGELOG.md records the runs).
 from __future__ import annotations
 
 import argparse
-import sys
 import copy
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from jax_impl.interop import bridge
-from jax_impl.evaluation.inference import mlp_forward
-from jax_impl.precision import highest_precision
-from jax_impl.training.mlp_trainer import MLPConfig
-from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.data.harvest import harvest_activations
+from jax_impl.evaluation.inference import mlp_forward
+from jax_impl.interop import bridge
+from jax_impl.jobs.run_config import SAEConfig
+from jax_impl.precision import highest_precision
 from jax_impl.task.splits import read_split
-from jax_impl.training.mlp_trainer import fit_mlp
+from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
 from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from torch_ref.train import harvest_layer2, sae_loss, train_mlp, train_sae
 
@@ -125,7 +124,8 @@ def main() -> None:
     carrying = [k for k in reference["mlp"] if k not in NOISE_DRIVEN and not k.endswith("num_batches_tracked")]
     print(f"MLP {args.mlp_epochs} epochs, SAE {args.sae_epochs} epochs, seed {args.seed}, data {args.data_dir}\n")
     print("| run | seconds | val MSE | test MSE | SAE loss (last epoch) | SAE loss (all rows) |"
-          " max \\|Δ test prediction\\| | max \\|Δ MLP parameter or BN statistic\\| | max \\|Δ pre-BN bias or running mean\\| | max \\|Δ SAE parameter\\| |")
+          " max \\|Δ test prediction\\| | max \\|Δ MLP parameter or BN statistic\\|"
+          " | max \\|Δ pre-BN bias or running mean\\| | max \\|Δ SAE parameter\\| |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in runs.items():
         if name == "torch float32":

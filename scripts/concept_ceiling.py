@@ -26,10 +26,10 @@ import numpy as np
 
 from jax_impl.evaluation.atlas.document import ATLAS_JSON
 from jax_impl.evaluation.atlas.linear_probe import ceilings_by_hook
-from jax_impl.task.concepts import FAMILIES
-from jax_impl.models.mlp import HOOKS
 from jax_impl.jobs.rundir import load_run
+from jax_impl.models.mlp import HOOKS
 from jax_impl.precision import highest_precision
+from jax_impl.task.concepts import FAMILIES
 
 
 @highest_precision  # float32 matmuls at full precision, as `monosem` computes them

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Debian's headless-capable Chromium for the report browser test
-# (tests/test_reports_browser.py drives /usr/bin/chromium through Playwright;
+# (tests/reports/test_reports_browser.py drives /usr/bin/chromium through Playwright;
 # Playwright's own browser download is not used). Idempotent: does nothing when
 # /usr/bin/chromium exists. Quiet unless something fails.
 set -euo pipefail

@@ -29,23 +29,22 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jax_impl import saes
 from jax_impl.data.activations import read_activations
 from jax_impl.evaluation import inference
 from jax_impl.evaluation.atlas.scores import score_features
-from jax_impl.task.concepts import task_concepts
-from jax_impl.interop import bridge
 from jax_impl.files.atomic import write_json_atomic
-from jax_impl.precision import highest_precision
-from jax_impl.training.mlp_trainer import MLPConfig
+from jax_impl.interop import bridge
 from jax_impl.jobs.run_config import RunConfig, SAEConfig
-from jax_impl.models.mlp import LAYER2_WIDTH, InterpretabilityMLP
-from jax_impl.training.online import fit_mlp_online
 from jax_impl.jobs.rundir import ACTIVATIONS_PATH, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, MLP_PATH, Run, dataset_path
-from jax_impl.training import sae_trainer
-from jax_impl import saes
+from jax_impl.models.mlp import LAYER2_WIDTH, InterpretabilityMLP
+from jax_impl.precision import highest_precision
+from jax_impl.task.concepts import task_concepts
 from jax_impl.task.pointer import SPLITS, TaskShape, concat_splits, generate_splits
 from jax_impl.task.splits import read_split
-from jax_impl.training.mlp_trainer import fit_mlp
+from jax_impl.training import sae_trainer
+from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
+from jax_impl.training.online import fit_mlp_online
 
 MIN_F1 = 0.7  # the atlas's default threshold for a monosemantic feature
 
@@ -152,7 +151,8 @@ def main() -> None:
     activations = read_activations(args.run_dir / ACTIVATIONS_PATH, width=LAYER2_WIDTH)
     split = concat_splits([read_split(dataset_path(args.run_dir, s), shape) for s in SPLITS])
     rows = []
-    header = "| variant | dict | k | L1 | epochs | s | EV | dead | L0 | MSE clean / spliced | mono | min p F1 | min target F1 | targets met |"
+    header = ("| variant | dict | k | L1 | epochs | s | EV | dead | L0 | MSE clean / spliced | mono | min p F1 "
+              "| min target F1 | targets met |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for setting in GRIDS[args.grid]:

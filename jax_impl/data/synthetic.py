@@ -29,11 +29,11 @@ from statistics import NormalDist
 
 import numpy as np
 
+from jax_impl.checks import require_finite
+from jax_impl.errors import UserError
 from jax_impl.files import jsonfile
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import atomic_path, write_json_atomic
-from jax_impl.checks import require_finite
-from jax_impl.errors import UserError
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 
 ACTIVATIONS_FILE = "activations.npy"

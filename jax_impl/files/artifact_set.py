@@ -44,8 +44,8 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-from jax_impl.files.atomic import OUR_TEMPORARY, create_temporary_folder, write_json_atomic
 from jax_impl.errors import UserError
+from jax_impl.files.atomic import OUR_TEMPORARY, create_temporary_folder, write_json_atomic
 
 JOURNAL = ".monosem-commit.json"
 STAGING = "artifact-set"  # the staging folder: .artifact-set.monosem-<random>.tmp

@@ -6,8 +6,9 @@ problem is one line naming the file and the key:
 
 Parsing refuses a file over a size cap (MAX_BYTES), text that is not UTF-8, nesting deeper than MAX_DEPTH,
 the constants NaN, Infinity and -Infinity (not JSON, though Python writes them), numbers that overflow a float
-(1e400 would parse as inf) and integers beyond 64 bits (naming the key: no value read here is one). The depth is measured on the raw text before the parser sees it, without
-recursion: json's own parser raises RecursionError at about 1000 levels, and a deep document would reach this
+(1e400 would parse as inf) and integers beyond 64 bits (naming the key: no value read here is one). The depth
+is measured on the raw text before the parser sees it, without recursion: json's own parser raises
+RecursionError at about 1000 levels, and a deep document would reach this
 package's recursive code (config comparisons, json.dumps of a record) after it.
 
 The accessors check types (a bool is never an int, a string "false" is never a bool, an int is a number),

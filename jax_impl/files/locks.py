@@ -30,9 +30,9 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from jax_impl.errors import UserError
 from jax_impl.files.artifact_set import finish_commit
 from jax_impl.files.atomic import OUR_TEMPORARY
-from jax_impl.errors import UserError
 
 LOCK_FILE = ".monosem.lock"
 

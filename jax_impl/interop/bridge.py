@@ -39,11 +39,11 @@ from flax import nnx
 from safetensors.torch import load_file as _read_safetensors
 from safetensors.torch import save as _safetensors_bytes
 
-from jax_impl.files.atomic import atomic_path
+from jax_impl import saes
 from jax_impl.checks import file_budget, format_bytes
 from jax_impl.errors import UserError
+from jax_impl.files.atomic import atomic_path
 from jax_impl.models.mlp import LAYER2_WIDTH, InterpretabilityMLP
-from jax_impl import saes
 from jax_impl.saes import SAE
 
 # torch key -> (module attribute path, variable name, is a Linear weight to transpose)
@@ -256,7 +256,8 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
         want = expected[entry.torch_key]
         if entry.source == "config":
             if value.dtype.kind not in "iu" or value.ndim != want.ndim:
-                raise UserError(f"{source}: key {entry.torch_key!r} must be an integer tensor of rank {want.ndim}, got {value.dtype} {value.shape}")
+                raise UserError(f"{source}: key {entry.torch_key!r} must be an integer tensor of rank {want.ndim}, "
+                                f"got {value.dtype} {value.shape}")
             config_values[entry.name] = value.tolist()
             continue
         if value.shape != want.shape:

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jax_impl.interop import bridge
-from jax_impl.files import jsonfile
 from jax_impl import saes
-from jax_impl.files.atomic import write_text_atomic
 from jax_impl.checks import section_from_dict as typed_section  # the one typed reading of a config dataclass
 from jax_impl.errors import UserError
+from jax_impl.files import jsonfile
+from jax_impl.files.atomic import write_text_atomic
+from jax_impl.interop import bridge
 from jax_impl.models.mlp import LAYER2_WIDTH
 from jax_impl.saes import SAE, Architecture
 

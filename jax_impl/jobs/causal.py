@@ -20,25 +20,32 @@ from typing import Any
 
 import jax
 
-from jax_impl.evaluation import inference
-from jax_impl.interop import bridge, saelens
-from jax_impl.files import jsonfile
-from jax_impl.precision import highest_precision
-from jax_impl.training import sae_trainer
 from jax_impl import saes
+from jax_impl.data.harvest import harvest_activations
+from jax_impl.errors import UserError
+from jax_impl.evaluation import inference
+from jax_impl.evaluation.causal.config import CausalConfig
+from jax_impl.evaluation.causal.interventions import Site
+from jax_impl.evaluation.causal.study import PairSet, best_hooks, causal_map_of_site
 from jax_impl.evaluation.dictionary import Dictionary
+from jax_impl.files import jsonfile
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic, write_text_atomic
-from jax_impl.reports.causal_page import render_page
-from jax_impl.evaluation.causal.config import CausalConfig
-from jax_impl.evaluation.causal.study import PairSet, best_hooks, causal_map_of_site
-from jax_impl.evaluation.causal.interventions import Site
-from jax_impl.task.variables import TaskVariables
-from jax_impl.errors import UserError
-from jax_impl.data.harvest import harvest_activations
+from jax_impl.interop import bridge, saelens
+from jax_impl.jobs.rundir import (
+    KEY_SAE_INIT,
+    KEY_SAE_SHUFFLE,
+    METRICS_FILE,
+    SAE_CONFIG_FILE,
+    SAE_FILE,
+    SAELENS_NAME,
+    Run,
+)
 from jax_impl.models.mlp import HOOK_WIDTHS, HOOKS
-from jax_impl.jobs.rundir import KEY_SAE_INIT, KEY_SAE_SHUFFLE, METRICS_FILE, SAE_CONFIG_FILE, SAE_FILE, SAELENS_NAME
-from jax_impl.jobs.rundir import Run
+from jax_impl.precision import highest_precision
+from jax_impl.reports.causal_page import render_page
+from jax_impl.task.variables import TaskVariables
+from jax_impl.training import sae_trainer
 
 Log = Callable[[str], None]
 

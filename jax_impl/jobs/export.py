@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from jax_impl.interop import bridge, saelens
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import atomic_path
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
+from jax_impl.interop import bridge, saelens
 from jax_impl.jobs.rundir import MLP_PATH, SAE_PATH, SAELENS_DIR, WRITTEN_FOLDERS
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.saes import SAE

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jax_impl.errors import UserError
 from jax_impl.evaluation import inference
 from jax_impl.interop import bridge
-from jax_impl.errors import UserError
-from jax_impl.models.mlp import DEFAULT_HOOK, HOOK_WIDTHS
 from jax_impl.jobs.rundir import MLP_PATH, SAE_PATH, dataset_path, run_config
+from jax_impl.models.mlp import DEFAULT_HOOK, HOOK_WIDTHS
 from jax_impl.task.pointer import SPLITS, TaskShape
 from jax_impl.task.splits import read_split
 from torch_ref.models import mlp_from_state_dict

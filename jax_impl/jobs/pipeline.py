@@ -27,33 +27,46 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jax_impl import saes
+from jax_impl.data.harvest import harvest_activations
+from jax_impl.errors import UserError
 from jax_impl.evaluation import inference
 from jax_impl.evaluation.atlas import document as atlas
-from jax_impl.reports.atlas_page import write_atlas
-from jax_impl.interop import bridge, saelens
-from jax_impl.precision import highest_precision
-from jax_impl.reports import circuit_trace
-from jax_impl.training import sae_trainer
-from jax_impl import saes
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic, write_text_atomic
-from jax_impl.training.checkpoints import TrainingCheckpoints
-from jax_impl.training.checkpoints import CheckpointPolicy
-from jax_impl.jobs.run_config import RunConfig
-from jax_impl.errors import UserError
-from jax_impl.jobs.export import EXPORT_FILES, export_models
-from jax_impl.jobs.causal import CAUSAL_HTML, CAUSAL_JSON, causal_map, read_causal, write_causal
-from jax_impl.data.harvest import harvest_activations
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
+from jax_impl.interop import bridge, saelens
+from jax_impl.jobs.causal import CAUSAL_HTML, CAUSAL_JSON, causal_map, read_causal, write_causal
+from jax_impl.jobs.export import EXPORT_FILES, export_models
+from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import (
-    ACTIVATIONS_PATH, CHECKPOINTS_DIR, KEY_DATA, KEY_MLP_INIT, KEY_MLP_SHUFFLE, KEY_SAE_INIT, KEY_SAE_SHUFFLE, MANIFEST, MLP_PATH,
-    PROBE_PATH, SAE_PATH, SAELENS_DIR, WRITTEN_FOLDERS, Run, dataset_path, read_manifest,
+    ACTIVATIONS_PATH,
+    CHECKPOINTS_DIR,
+    KEY_DATA,
+    KEY_MLP_INIT,
+    KEY_MLP_SHUFFLE,
+    KEY_SAE_INIT,
+    KEY_SAE_SHUFFLE,
+    MANIFEST,
+    MLP_PATH,
+    PROBE_PATH,
+    SAE_PATH,
+    SAELENS_DIR,
+    WRITTEN_FOLDERS,
+    Run,
+    dataset_path,
+    read_manifest,
 )
 from jax_impl.models.mlp import InterpretabilityMLP
-from jax_impl.training.online import fit_mlp_online
+from jax_impl.precision import highest_precision
+from jax_impl.reports import circuit_trace
+from jax_impl.reports.atlas_page import write_atlas
 from jax_impl.task.pointer import SPLITS, Split, TaskShape, generate_splits
 from jax_impl.task.splits import split_filename, write_split
+from jax_impl.training import sae_trainer
+from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints
 from jax_impl.training.mlp_trainer import fit_mlp
+from jax_impl.training.online import fit_mlp_online
 
 Log = Callable[[str], None]
 

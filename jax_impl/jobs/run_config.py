@@ -12,17 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jax_impl import saes
-from jax_impl.evaluation.causal.config import CausalConfig
-from jax_impl.task.variables import TaskVariables
-from jax_impl.checks import FLOAT32, non_finite_field
+from jax_impl.checks import FLOAT32, check_seed, json_type_name, non_finite_field, section_from_dict
 from jax_impl.errors import UserError
-from jax_impl.checks import json_type_name, check_seed, section_from_dict
+from jax_impl.evaluation.causal.config import CausalConfig
 from jax_impl.models.mlp import DEFAULT_HOOK, HOOK_WIDTHS, HOOKS
-from jax_impl.task.pointer import DataConfig, check_task_shape
+from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
+from jax_impl.task.pointer import DataConfig, TaskShape, check_task_shape
+from jax_impl.task.variables import TaskVariables
 from jax_impl.training.mlp_trainer import MLP_DATA, MLPConfig, mlp_training_bytes
 from jax_impl.training.sae_trainer import SAETrainConfig, training_bytes
-from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
-from jax_impl.task.pointer import TaskShape
 
 RECIPES = ("seed", "strong")  # see strong_recipe() and docs/run.md
 

@@ -32,18 +32,18 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax_impl.interop import bridge, saelens
-from jax_impl.files import jsonfile
 from jax_impl import saes
 from jax_impl.checks import MAX_SEED
 from jax_impl.data.activations import read_activations
-from jax_impl.training.mlp_trainer import MLP_DATA
-from jax_impl.jobs.run_config import RECIPES, RunConfig
 from jax_impl.errors import UserError
+from jax_impl.files import jsonfile
 from jax_impl.files.locks import LOCK_FILE
+from jax_impl.interop import bridge, saelens
+from jax_impl.jobs.run_config import RECIPES, RunConfig
 from jax_impl.models.mlp import HOOK_WIDTHS, HOOKS, InterpretabilityMLP
 from jax_impl.task.pointer import SPLITS, Split, TaskShape, concat_splits
 from jax_impl.task.splits import read_split, split_filename
+from jax_impl.training.mlp_trainer import MLP_DATA
 
 Log = Callable[[str], None]
 

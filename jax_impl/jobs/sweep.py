@@ -70,8 +70,8 @@ from jax_impl.jobs.train_sae import (
     init_and_shuffle_keys,
     stage_artifacts,
 )
-from jax_impl.reports.sweep_page import write_report
 from jax_impl.precision import highest_precision
+from jax_impl.reports.sweep_page import write_report
 from jax_impl.task.pointer import SPLITS
 from jax_impl.task.splits import split_filename
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints, data_mismatch
@@ -318,7 +318,7 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
             finished = None
             if resume.resume:
                 finished = _finished_rows(members, checkpoints,
-                                          lambda c: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows))
+                                          lambda c, g=g: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows))
             if finished is not None:
                 log(f"Sweep group {g + 1}/{len(groups)}: every configuration is written; read back, not trained again")
                 progress.advance(len(members) * members[0].train.epochs)
@@ -454,7 +454,7 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
             finished = None
             if resume.resume:
                 finished = _finished_rows(members, checkpoints,
-                                          lambda c: _read_mlp_row(c, g, run, out_dir / c.name, splits))
+                                          lambda c, g=g: _read_mlp_row(c, g, run, out_dir / c.name, splits))
             if finished is not None:
                 log(f"Sweep group {g + 1}/{len(groups)}: every configuration is written; read back, not trained again")
                 progress.advance(len(members) * members[0].cfg.epochs)

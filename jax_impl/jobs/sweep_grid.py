@@ -19,9 +19,9 @@ from typing import Any
 
 from jax_impl import saes
 from jax_impl.checks import check_dict_size, check_seed
-from jax_impl.training.mlp_trainer import MLP_DATA, MLPConfig
-from jax_impl.jobs.run_config import RunConfig
 from jax_impl.errors import UserError
+from jax_impl.jobs.run_config import RunConfig
+from jax_impl.training.mlp_trainer import MLP_DATA, MLPConfig
 from jax_impl.training.sae_trainer import SAETrainConfig
 
 STAGES = ("sae", "mlp")

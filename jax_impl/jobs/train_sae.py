@@ -41,7 +41,6 @@ from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import bridge, saelens
-from jax_impl.precision import highest_precision
 from jax_impl.jobs.rundir import (
     CHECKPOINTS_DIR,
     KEY_TRAIN_SAE_INIT,
@@ -52,6 +51,7 @@ from jax_impl.jobs.rundir import (
     SAELENS_NAME,
     stream_key,
 )
+from jax_impl.precision import highest_precision
 from jax_impl.training import distributed, sae_trainer
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints
 from jax_impl.training.devices import data_mesh

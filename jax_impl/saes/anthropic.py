@@ -17,7 +17,16 @@ from flax import nnx
 
 from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes.base import (
-    Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, mse, pre_activation, tied_init, unit_rows,
+    Architecture,
+    KeyMapEntry,
+    Params,
+    SaeLensFormat,
+    TrainContext,
+    decode,
+    mse,
+    pre_activation,
+    tied_init,
+    unit_rows,
 )
 
 RESAMPLE_ENCODER_SCALE = 0.2  # Towards Monosemanticity: resampled encoder rows get 0.2 x the mean live norm

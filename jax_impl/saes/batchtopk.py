@@ -14,7 +14,17 @@ from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
-    Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, decode, jump, keep_batch_top_k, mse, pre_activation,
+    Architecture,
+    KeyMapEntry,
+    Params,
+    SaeLensFormat,
+    TrainContext,
+    aux_k_loss,
+    decode,
+    jump,
+    keep_batch_top_k,
+    mse,
+    pre_activation,
 )
 
 UNSET = -1.0  # threshold before the first batch: the first estimate replaces it instead of averaging with it

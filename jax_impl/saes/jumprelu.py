@@ -22,7 +22,17 @@ import jax.numpy as jnp
 from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
-from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, jump, mse, pre_activation
+from jax_impl.saes.base import (
+    Architecture,
+    KeyMapEntry,
+    Params,
+    SaeLensFormat,
+    TrainContext,
+    decode,
+    jump,
+    mse,
+    pre_activation,
+)
 
 MIN_THRESHOLD = 1e-6
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.models.mlp import torch_linear
-from jax_impl.saes.base import Architecture, KeyMapEntry, SaeLensFormat, Params, TrainContext, decode, mse
+from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, mse
 
 
 @dataclass(frozen=True)

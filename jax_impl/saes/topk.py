@@ -12,8 +12,19 @@ from flax import nnx
 from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
-    AUX_K_FACTOR, Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, decode_sparse,
-    keep_top_k, mse, pre_activation, tied_init, top_k_sparse,
+    AUX_K_FACTOR,
+    Architecture,
+    KeyMapEntry,
+    Params,
+    SaeLensFormat,
+    TrainContext,
+    aux_k_loss,
+    decode_sparse,
+    keep_top_k,
+    mse,
+    pre_activation,
+    tied_init,
+    top_k_sparse,
 )
 
 

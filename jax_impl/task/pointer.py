@@ -90,7 +90,7 @@ def generate_splits(key: jax.Array, sizes: dict[str, int], shape: TaskShape = Ta
     All splits come from one compiled call at the largest size, cut to each split's size. That is the same
     as drawing each at its own size (JAX's threefry is partitionable: a row's random bits depend on its
     index, not on how many rows are drawn) and compiles once instead of once per size, which was most
-    of the data stage's time (tests/test_task.py checks the equality).
+    of the data stage's time (tests/task/test_task.py checks the equality).
     """
     inputs, targets = _sample_splits(key, len(sizes), max(sizes.values()), shape)
     inputs, targets = np.asarray(inputs, np.int32), np.asarray(targets, np.float32)

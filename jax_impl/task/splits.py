@@ -7,7 +7,7 @@ Python list literals as text (`"[8, 9, 5, 1, 3, 2, 9, 4, 7, 1]"`, `"[8]"`).
 missing row and trusts every cell): it reads the cells of the two columns it needs, checks each cell's type,
 reference and row number, and never builds more than a row at a time, so a 2 KB sheet whose last row is
 numbered 1,048,576 costs what its two rows cost. The values it reads are openpyxl's (`values_only=True`) for
-every well-formed workbook (tests/test_fuzz_xlsx.py compares them on ours and on upstream's files, and on
+every well-formed workbook (tests/task/test_fuzz_xlsx.py compares them on ours and on upstream's files, and on
 mutated ones). Each row is then checked against the task (jax_impl.task.pointer): values and pointers in
 range, the target the task gives.
 """
@@ -152,7 +152,8 @@ def read_split(path: Path | str, shape: TaskShape = TaskShape()) -> Split:
             header[column] = value.strip() if isinstance(value, str) else value
         for name in (INPUT_COLUMN, TARGET_COLUMN):
             if name not in header.values():
-                raise UserError(f"{path}: missing column {name!r} in the header row (found {[h for h in header.values() if h is not None]})")
+                found = [h for h in header.values() if h is not None]
+                raise UserError(f"{path}: missing column {name!r} in the header row (found {found})")
         i_col = min(c for c, h in header.items() if h == INPUT_COLUMN)
         t_col = min(c for c, h in header.items() if h == TARGET_COLUMN)
         example_input = str([0] * shape.input_dim)
@@ -447,4 +448,5 @@ class _FirstWorksheet:
                 return bool(int(text))
             return from_ISO8601(text)
         except (ValueError, TypeError, OverflowError):
-            raise UserError(f"{where}: cell {cell.ref} has type {cell.kind!r} ({_CELL_TYPES[cell.kind]}) but holds {_shown(text)}") from None
+            raise UserError(f"{where}: cell {cell.ref} has type {cell.kind!r} ({_CELL_TYPES[cell.kind]}) "
+                            f"but holds {_shown(text)}") from None

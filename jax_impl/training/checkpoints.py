@@ -37,9 +37,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _safetensors_load
 from safetensors.numpy import save as _safetensors_save
 
+from jax_impl.errors import UserError
 from jax_impl.files import jsonfile
 from jax_impl.files.atomic import atomic_path
-from jax_impl.errors import UserError
 
 MAGIC = b"MONOCKPT"
 FORMAT = "monosem-checkpoint/1"

@@ -159,7 +159,7 @@ class Watchdog(threading.Thread):
                         fail(f"process {i} of {c.num_processes} stopped responding (no heartbeat for "
                              f"--peer-timeout {c.timeout_s:g} s: it died or hangs); process {c.process_id} stops too, "
                              "nothing was written")
-            except Exception as e:  # the coordination service itself is gone: process 0 died
+            except Exception as e:  # noqa: BLE001 - the coordination service itself is gone: process 0 died
                 if self.finished.is_set():
                     return
                 fail(f"process 0 (the coordinator at {c.coordinator}) is gone ({_first_line(e)}); "

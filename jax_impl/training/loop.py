@@ -29,7 +29,6 @@ from jax_impl.errors import Interrupted, TrainingDiverged
 from jax_impl.training import interrupts
 from jax_impl.training.checkpoints import Progress, TrainingCheckpoints
 
-
 Log = Callable[[str], None]
 
 
@@ -102,7 +101,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
 # one (SAE lr 10) reach 10^5..10^8 times it within the first epoch; larger ones overflow to inf or NaN. lr 1
 # stays at 15..260 times it: a poor training (explained variance -0.6..-11), which this rule does not call
 # exploded. No floor on the final explained variance either: a legitimate one-epoch test run
-# (tests/test_train_sae.py) ends at -16, worse than lr 1's, so no floor both catches those and spares it.
+# (tests/jobs/test_train_sae.py) ends at -16, worse than lr 1's, so no floor both catches those and spares it.
 EXPLOSION_FACTOR = 1e3
 
 

@@ -19,13 +19,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_impl.precision import highest_precision
-from jax_impl.training.checkpoints import TrainingCheckpoints
-from jax_impl.training.mlp_trainer import MLPConfig
 from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.precision import highest_precision
 from jax_impl.task.pointer import TaskShape, sample_pointer_task
+from jax_impl.training.checkpoints import TrainingCheckpoints
 from jax_impl.training.loop import Log, TrainResult, make_train_step, run_epochs, steps_per_epoch
-from jax_impl.training.mlp_trainer import evaluation_mse, mlp_loss, mlp_optimizer
+from jax_impl.training.mlp_trainer import MLPConfig, evaluation_mse, mlp_loss, mlp_optimizer
 
 
 def _make_online_epoch_fn(

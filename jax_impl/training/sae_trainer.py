@@ -23,16 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from jax.sharding import Mesh
 
+from jax_impl.checks import FLOAT32, require_finite
 from jax_impl.data.activations import ActivationFile, iter_chunks, sample_rows
 from jax_impl.precision import highest_precision
-from jax_impl.training.checkpoints import TrainingCheckpoints
-from jax_impl.checks import FLOAT32, require_finite
-from jax_impl.training.devices import place_rows, replicate, shard_batch
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
+from jax_impl.training.checkpoints import TrainingCheckpoints
+from jax_impl.training.devices import place_rows, replicate, shard_batch
 from jax_impl.training.loop import Log, TrainResult, epoch_permutation, make_batched_epoch, run_epochs
 
 HOOK_SAMPLE_ROWS = 65536  # rows an epoch hook (resampling) sees when the activations are streamed

@@ -246,7 +246,7 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
     for c, sae in zip(members, models, strict=True):
         p = sae.params() | ({"b_dec": mean} if arch.tied_bias else {})
         # The float32 a standalone step computes with; a value beyond its range becomes inf there too (and the
-        # configuration diverges, recorded), so no RuntimeWarning about the cast (found by tests/test_fuzz.py).
+        # configuration diverges, recorded), so no RuntimeWarning about the cast (found by tests/cli/test_fuzz.py).
         with np.errstate(over="ignore"):
             hyper = {"lr": jnp.float32(c.train.lr)} | {f: jnp.float32(getattr(sae.cfg, f)) for f in traced}
         states.append(((p, sae.buffers(), tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), hyper))

@@ -28,10 +28,9 @@ import numpy as np
 import optax
 
 from jax_impl.evaluation import inference
-from jax_impl.evaluation.dictionary import Dictionary
-from jax_impl.models.mlp import Readout
 from jax_impl.evaluation.causal.config import DASConfig
-from jax_impl.models.mlp import InterpretabilityMLP
+from jax_impl.evaluation.dictionary import Dictionary
+from jax_impl.models.mlp import InterpretabilityMLP, Readout
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jax_impl.evaluation.causal.interventions import Site
 from jax_impl.evaluation.dictionary import Dictionary
 from jax_impl.models.mlp import Readout
-from jax_impl.evaluation.causal.interventions import Site
-from jax_impl.task.variables import TaskVariables
 from jax_impl.task.pointer import MAX_VALUE, TaskShape
+from jax_impl.task.variables import TaskVariables
 
 
 def _abs_readout(w1: np.ndarray, b1: np.ndarray, signed: np.ndarray) -> Readout:

@@ -15,17 +15,25 @@ from typing import Any
 import jax
 import numpy as np
 
-from jax_impl.evaluation.dictionary import Dictionary
 from jax_impl.evaluation.atlas.scores import score_features
-from jax_impl.task.concepts import task_concepts
 from jax_impl.evaluation.causal.config import CausalConfig
 from jax_impl.evaluation.causal.interventions import (
-    Site, ablation_effects, encode, fit_subspaces, iia, mean_ablation_outputs, outputs, select_features,
-    set_outputs, subspace_outputs,
+    Site,
+    ablation_effects,
+    encode,
+    fit_subspaces,
+    iia,
+    mean_ablation_outputs,
+    outputs,
+    select_features,
+    set_outputs,
+    subspace_outputs,
 )
+from jax_impl.evaluation.dictionary import Dictionary
 from jax_impl.precision import highest_precision
-from jax_impl.task.variables import KIND_NAMES, MINIMAL, PairSampler, Pairs, TaskVariables
+from jax_impl.task.concepts import task_concepts
 from jax_impl.task.pointer import TaskShape
+from jax_impl.task.variables import KIND_NAMES, MINIMAL, Pairs, PairSampler, TaskVariables
 
 
 def circuit_cuts(variables: TaskVariables) -> dict[str, list[str]]:
