@@ -1,6 +1,6 @@
 """SIGKILL, SIGINT and SIGTERM inside the training stages, then `--resume` (issue 15, items 1-3).
 
-`monosem run` is killed at several seeded random points of both training stages, each one either at an
+`monosem run` is killed (`-m slow`) at several seeded random points of both training stages, each one either at an
 epoch's log line (frozen with SIGSTOP, inspected, then SIGKILLed) or in the middle of writing a checkpoint
 (the process runs through a wrapper that, at the chosen checkpoint, leaves half of it in the temporary file
 and waits to be killed), or stopped by one SIGTERM (exit 143 after a checkpoint); every next process
@@ -217,6 +217,10 @@ def test_plan_is_reproducible_and_covers_both_stages_and_every_kind():
     assert {s for s, _, _ in plan} == {"mlp", "sae"} and {k for _, k, _ in plan} == {"line", "write", "term"}
 
 
+# About a minute on 2 cores (a reference run, then a chain of four processes): `-m slow`, to keep `make test` under
+# ten minutes. `make test` still kills `monosem run` in its data and last stages and resumes it
+# (tests/training/test_crash_resume.py) and interrupts train-sae mid-epoch and mid-checkpoint-write (below).
+@pytest.mark.slow
 def test_sigkill_at_random_points_of_both_training_stages_then_resume_writes_the_same_bytes(reference_run, tmp_path):
     run_dir = tmp_path / "run"
     _kill_chain(run_dir, tmp_path, _plan(15, DEFAULT_PLAN))
