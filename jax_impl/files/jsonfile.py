@@ -338,3 +338,8 @@ def _number_phrase(lo: float | None, hi: float | None, above: float | None, belo
     bounds = [(">=", lo), (">", above), ("<=", hi), ("<", below)]
     parts = [f"{op} {bound:g}" for op, bound in bounds if bound is not None]
     return "a finite number" + (" " + " and ".join(parts) if parts else "")
+
+
+def number(x: float | None, digits: int = 4) -> float | None:
+    """x rounded to `digits` for a JSON document; None for None, NaN and inf (JSON has no NaN)."""
+    return None if x is None or not np.isfinite(x) else round(float(x), digits)

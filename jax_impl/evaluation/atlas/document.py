@@ -15,7 +15,7 @@ import numpy as np
 
 from jax_impl.errors import UserError
 from jax_impl.evaluation import inference
-from jax_impl.evaluation.atlas.effects import MIN_STEER_ROWS, causal_effects, consistency, json_number
+from jax_impl.evaluation.atlas.effects import MIN_STEER_ROWS, causal_effects, consistency
 from jax_impl.evaluation.atlas.scores import score_features
 from jax_impl.evaluation.dictionary import Dictionary
 from jax_impl.evaluation.metrics import DENSE_RATE, splice_metrics
@@ -90,31 +90,31 @@ def build_atlas(
             "id": int(fid),
             "label": concepts.names[c],
             "family": concepts.families[c],
-            "f1": json_number(best_f1[i]),
-            "precision": json_number(scores.precision[i, c]),
-            "recall": json_number(scores.recall[i, c]),
-            "auroc": json_number(scores.auroc[i, c]),
+            "f1": jsonfile.number(best_f1[i]),
+            "precision": jsonfile.number(scores.precision[i, c]),
+            "recall": jsonfile.number(scores.recall[i, c]),
+            "auroc": jsonfile.number(scores.auroc[i, c]),
             "monosemantic": bool(best_f1[i] >= min_f1),
-            "density": json_number(density[i], 5),
-            "mean_act": json_number(fired.mean()),
-            "max_act": json_number(fired.max()),
-            "ablation_in": json_number(effects.ablation_in[i]),
-            "ablation_out": json_number(effects.ablation_out[i]),
-            "steer_gain": json_number(effects.steer_gain[i]),
+            "density": jsonfile.number(density[i], 5),
+            "mean_act": jsonfile.number(fired.mean()),
+            "max_act": jsonfile.number(fired.max()),
+            "ablation_in": jsonfile.number(effects.ablation_in[i]),
+            "ablation_out": jsonfile.number(effects.ablation_out[i]),
+            "steer_gain": jsonfile.number(effects.steer_gain[i]),
             "steer_rows": int(effects.steer_rows[i]),
             "evidence": evidence,
             "consistent": consistent,
             "hist": hist.tolist(),
-            "hist_max": json_number(edges[-1]),
+            "hist_max": jsonfile.number(edges[-1]),
             "top": [
-                {"row": int(r), "input": inputs[r].tolist(), "target": json_number(targets[r], 2),
-                 "prediction": json_number(predictions[r], 3), "act": json_number(act[r])}
+                {"row": int(r), "input": inputs[r].tolist(), "target": jsonfile.number(targets[r], 2),
+                 "prediction": jsonfile.number(predictions[r], 3), "act": jsonfile.number(act[r])}
                 for r in top_rows
             ],
             "scores": [
-                {"concept": concepts.names[k], "precision": json_number(scores.precision[i, k]),
-                 "recall": json_number(scores.recall[i, k]), "f1": json_number(scores.f1[i, k]),
-                 "auroc": json_number(scores.auroc[i, k])}
+                {"concept": concepts.names[k], "precision": jsonfile.number(scores.precision[i, k]),
+                 "recall": jsonfile.number(scores.recall[i, k]), "f1": jsonfile.number(scores.f1[i, k]),
+                 "auroc": jsonfile.number(scores.auroc[i, k])}
                 for k in top_concepts
             ],
         })
@@ -122,7 +122,7 @@ def build_atlas(
     concept_best = scores.f1.argmax(axis=0)  # (C,) index into live features
     concept_rows = [
         {"concept": name, "family": fam, "support": int(concepts.mask[:, k].sum()),
-         "best_feature": int(live_ids[concept_best[k]]), "best_f1": json_number(scores.f1[concept_best[k], k])}
+         "best_feature": int(live_ids[concept_best[k]]), "best_f1": jsonfile.number(scores.f1[concept_best[k], k])}
         for k, (name, fam) in enumerate(zip(concepts.names, concepts.families, strict=True))
     ]
     mono = best_f1 >= min_f1
@@ -135,17 +135,17 @@ def build_atlas(
         families[fam] = {
             "concepts": len(ks),
             "covered": int((per_concept >= min_f1).sum()),
-            "mean_best_f1": json_number(per_concept.mean()),
+            "mean_best_f1": jsonfile.number(per_concept.mean()),
             "monosemantic_features": int((mono & (label_family == fam)).sum()),
         }
     summary = {
         "features": int(features_all.shape[1]),
         "live": int(len(live_ids)),
         "monosemantic": int(mono.sum()),
-        "monosemantic_share": json_number(mono.mean()),
-        "share_f1_0_9": json_number((best_f1 >= 0.9).mean()),
+        "monosemantic_share": jsonfile.number(mono.mean()),
+        "share_f1_0_9": jsonfile.number((best_f1 >= 0.9).mean()),
         "consistent": int(consistent.sum()),
-        "consistent_share_of_monosemantic": json_number(consistent[mono].mean()) if mono.any() else None,
+        "consistent_share_of_monosemantic": jsonfile.number(consistent[mono].mean()) if mono.any() else None,
         "families": families,
     }
     return {

@@ -11,15 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_impl.files import jsonfile
 from jax_impl.models.mlp import Readout
 from jax_impl.task.concepts import Concepts
 
 MIN_STEER_ROWS = 10  # fewer rows where the label predicts a change: steering is not evidence
 
-
-def json_number(x: float, digits: int = 4) -> float | None:
-    """Round for the JSON file; NaN becomes null (JSON has no NaN)."""
-    return None if not np.isfinite(x) else round(float(x), digits)
 
 
 @dataclass(frozen=True)
@@ -136,8 +133,8 @@ def mean_pointer_swaps(
             clean, swapped = (np.asarray(a) for a in _swap_outputs(
                 jnp.asarray(h)[rows], jnp.asarray(f_c[rows] @ d_c), jnp.asarray(added, jnp.float32), readout))
             gain = _steer_gain(swapped[None], clean[None], cf[rows][None], np.ones((1, rows.sum()), bool))[0]
-            swaps.append({"to": concepts.names[j], "rows": int(rows.sum()), "gain": json_number(gain),
-                          "exact": json_number(np.mean(np.round(swapped) == cf[rows]))})
+            swaps.append({"to": concepts.names[j], "rows": int(rows.sum()), "gain": jsonfile.number(gain),
+                          "exact": jsonfile.number(np.mean(np.round(swapped) == cf[rows]))})
         gains = [s["gain"] for s in swaps if s["gain"] is not None]
         mean_gain = float(np.mean(gains)) if gains else None
         rows_out.append({"concept": concepts.names[c], "features": int(f_c.shape[1]), "swaps": swaps,
@@ -146,7 +143,7 @@ def mean_pointer_swaps(
     swappable = sum(r["mean_gain"] is not None for r in rows_out)
     works = sum(r["works"] for r in rows_out)
     return {"concepts": rows_out, "pointer_concepts": len(rows_out), "swappable": swappable, "works": works,
-            "share": json_number(works / len(rows_out)) if rows_out else None}
+            "share": jsonfile.number(works / len(rows_out)) if rows_out else None}
 
 
 def _padded_chunks(n: int, size: int) -> list[np.ndarray]:

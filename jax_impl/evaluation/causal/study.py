@@ -30,6 +30,7 @@ from jax_impl.evaluation.causal.interventions import (
     subspace_outputs,
 )
 from jax_impl.evaluation.dictionary import Dictionary
+from jax_impl.files import jsonfile
 from jax_impl.precision import highest_precision
 from jax_impl.task.concepts import task_concepts
 from jax_impl.task.pointer import TaskShape
@@ -61,12 +62,8 @@ class PairSet:
         return cls(fit, ev, iso, sampler.fresh_rows(config.circuit_rows))
 
 
-def _round(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None or not np.isfinite(x) else round(float(x), digits)
-
-
 def _iia_by_kind(out: np.ndarray, pairs: Pairs) -> dict[str, float | None]:
-    return {KIND_NAMES[k]: _round(iia(out[pairs.kind == k], pairs.answer[pairs.kind == k])) if np.any(pairs.kind == k)
+    return {KIND_NAMES[k]: jsonfile.number(iia(out[pairs.kind == k], pairs.answer[pairs.kind == k])) if np.any(pairs.kind == k)
             else None for k in range(len(KIND_NAMES))}
 
 
@@ -108,7 +105,7 @@ def causal_map_of_site(
     for v in names:
         _, h_src = acts.of(pairs.eval[v])
         out = outputs(readout, h_src)
-        result[v]["whole"] = _round(iia(out, pairs.eval[v].answer))
+        result[v]["whole"] = jsonfile.number(iia(out, pairs.eval[v].answer))
         result[v]["whole_by_kind"] = _iia_by_kind(out, pairs.eval[v])
 
     # Distributed alignment search: every variable at once, one program per rank.
@@ -127,7 +124,7 @@ def causal_map_of_site(
                                  init_rows=init_rows)
         out = subspace_outputs(readout, eval_h, eval_src, rotation)
         for i, v in enumerate(names):
-            result[v].setdefault("das", {})[str(rank)] = _round(iia(out[i], pairs.eval[v].answer))
+            result[v].setdefault("das", {})[str(rank)] = jsonfile.number(iia(out[i], pairs.eval[v].answer))
     for v in names:
         bounded = {int(r): x for r, x in result[v]["das"].items() if int(r) <= 16}
         best_rank = max(bounded, key=lambda r: (bounded[r], -r))
@@ -174,14 +171,14 @@ def causal_map_of_site(
         base_out = outputs(readout, eh)
         result[v]["features"] = {
             "sets": [[int(c) for c in s] for s in sets],
-            "iia_by_size": [_round(x) for x in curve],
-            "fit_iia_by_size": [_round(x) for x in fit_curve],
-            "random_iia_by_size": [_round(x) for x in random_curve],
+            "iia_by_size": [jsonfile.number(x) for x in curve],
+            "fit_iia_by_size": [jsonfile.number(x) for x in fit_curve],
+            "random_iia_by_size": [jsonfile.number(x) for x in random_curve],
             "chosen": [int(c) for c in chosen],
-            "iia": _round(curve[size - 1]),
+            "iia": jsonfile.number(curve[size - 1]),
             "iia_by_kind": _iia_by_kind(chosen_out, pairs.eval[v]),
-            "isolation": _round(isolation),
-            "effects": [_round(float(np.mean(np.abs(a - base_out)))) for a in alone],
+            "isolation": jsonfile.number(isolation),
+            "effects": [jsonfile.number(float(np.mean(np.abs(a - base_out)))) for a in alone],
         }
     site_doc["circuit"] = _circuit(readout, dictionary, result, acts.extra, f_rows, variables)
     used = sorted({c for v in names if result[v].get("features") for c in result[v]["features"]["chosen"]}
@@ -209,10 +206,10 @@ def _circuit(readout, dictionary: Dictionary, result: dict, h: np.ndarray, f: np
         out_no_error = mean_ablation_outputs(readout, h, f, f_mean, w_dec, keep, keep_error=False, error_mean=error_mean)
         # The output's dependence on each kept feature inside the circuit: mean |change| when it too is mean-ablated.
         h_circuit = np.asarray(h) - ((f - f_mean) * np.isin(np.arange(f.shape[1]), keep, invert=True)) @ w_dec
-        effects = [_round(float(e)) for e in ablation_effects(readout, h_circuit, f, f_mean, w_dec, keep)]
+        effects = [jsonfile.number(float(e)) for e in ablation_effects(readout, h_circuit, f, f_mean, w_dec, keep)]
         cuts[name] = {"variables": members, "features": keep, "size": len(keep),
-                      "share": _round(float(np.mean(np.round(out) == clean))),
-                      "share_without_error": _round(float(np.mean(np.round(out_no_error) == clean))),
+                      "share": jsonfile.number(float(np.mean(np.round(out) == clean))),
+                      "share_without_error": jsonfile.number(float(np.mean(np.round(out_no_error) == clean))),
                       "effects": effects}
     if not cuts:
         return None
@@ -233,9 +230,9 @@ def feature_labels(f: np.ndarray, rows: np.ndarray, ids: Sequence[int], shape: T
         best = int(np.argmax(scores.f1[i]))
         order = np.argsort(-acts[:, i], kind="stable")[:top]
         out[str(int(fid))] = {
-            "label": concepts.names[best], "f1": _round(scores.f1[i, best]),
-            "density": _round(float(np.mean(acts[:, i] > 0)), 5),
-            "top": [{"input": rows[r].tolist(), "act": _round(acts[r, i])} for r in order if acts[r, i] > 0],
+            "label": concepts.names[best], "f1": jsonfile.number(scores.f1[i, best]),
+            "density": jsonfile.number(float(np.mean(acts[:, i] > 0)), 5),
+            "top": [{"input": rows[r].tolist(), "act": jsonfile.number(acts[r, i])} for r in order if acts[r, i] > 0],
         }
     return out
 
