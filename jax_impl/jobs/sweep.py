@@ -302,34 +302,30 @@ def _grid_record(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
             for k, vs in grid.items()}
 
 
-def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
-               grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log) -> dict[str, Any]:
-    out_dir = Path(out_dir)
-    groups = group_by(configurations, sae_group_key)
-    log(f"Sweep: {len(configurations)} SAE configuration(s) in {len(groups)} program(s) on {source.n_rows} x "
-        f"{source.width} activations from {source.path}")
-    rows = source.rows(0, source.n_rows)
-    progress = Progress(sum(len(g) * g[0].train.epochs for g in groups), log)
+def _run_groups(configurations: Sequence[Any], groups: list[list[Any]], out_dir: Path, resume: _Resume, log: Log, *,
+                epochs: Callable[[Any], int], identity: Callable[[list[Any]], dict[str, Any]],
+                read_row: Callable[[Any, int], dict[str, Any] | None],
+                train: Callable[[int, list[Any], Progress, TrainingCheckpoints, str], list[dict[str, Any]]],
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The groups one after the other, SAE or MLP alike: a group whose every configuration a resume finds written is
+    read back (`read_row(c, g)`), any other is trained and written (`train(g, members, progress, checkpoints,
+    label)` returns its table rows). Returns (the table in configuration order, one record per group)."""
+    progress = Progress(sum(len(m) * epochs(m[0]) for m in groups), log)
     table, group_records = [], []
     try:
         for g, members in enumerate(groups):
             started = time.perf_counter()
-            checkpoints = resume.checkpoints(out_dir, g, _sae_identity(members, source, chunk_rows), log)
+            checkpoints = resume.checkpoints(out_dir, g, identity(members), log)
             finished = None
             if resume.resume:
-                finished = _finished_rows(members, checkpoints,
-                                          lambda c, g=g: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows))
+                finished = _finished_rows(members, checkpoints, lambda c, g=g: read_row(c, g))
             if finished is not None:
                 log(f"Sweep group {g + 1}/{len(groups)}: every configuration is written; read back, not trained again")
-                progress.advance(len(members) * members[0].train.epochs)
+                progress.advance(len(members) * epochs(members[0]))
                 table += finished
                 seconds = sum(row["seconds"] for row in finished)  # its training time, from the run that did it
             else:
-                keys = [init_and_shuffle_keys(c.seed) for c in members]
-                trained = fit_sae_group(members, keys, rows, progress, checkpoints,
-                                        label=f"SAE (sweep group {g + 1}/{len(groups)})")
-                written = [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows)
-                           for c, t in zip(members, trained, strict=True)]
+                written = train(g, members, progress, checkpoints, f"(sweep group {g + 1}/{len(groups)})")
                 _group_done(checkpoints, written)
                 table += written
                 seconds = time.perf_counter() - started
@@ -339,6 +335,28 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
         progress.close()
     order = {c.name: c.index for c in configurations}
     table.sort(key=lambda row: order[row["name"]])  # configuration order (groups train in another)
+    return table, group_records
+
+
+def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
+               grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    groups = group_by(configurations, sae_group_key)
+    log(f"Sweep: {len(configurations)} SAE configuration(s) in {len(groups)} program(s) on {source.n_rows} x "
+        f"{source.width} activations from {source.path}")
+    rows = source.rows(0, source.n_rows)
+
+    def train(g: int, members: list[SAEConfiguration], progress: Progress, checkpoints: TrainingCheckpoints,
+              label: str) -> list[dict[str, Any]]:
+        keys = [init_and_shuffle_keys(c.seed) for c in members]
+        trained = fit_sae_group(members, keys, rows, progress, checkpoints, label=f"SAE {label}")
+        return [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows)
+                for c, t in zip(members, trained, strict=True)]
+
+    table, group_records = _run_groups(
+        configurations, groups, out_dir, resume, log, epochs=lambda c: c.train.epochs,
+        identity=lambda members: _sae_identity(members, source, chunk_rows),
+        read_row=lambda c, g: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows), train=train)
     doc = {"format": "monosem-sweep/1", "stage": "sae", "source": str(source.path),
            "run_dir": None if run is None else str(run.run_dir), "grid": _grid_record(grid),
            "groups": group_records, "configurations": table}
@@ -441,41 +459,23 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
     groups = group_by(configurations, lambda c: c.cfg)
     log(f"Sweep: {len(configurations)} MLP configuration(s) in {len(groups)} program(s) on the splits of {run.run_dir}")
     splits = splits_record(run)
-    progress = Progress(sum(len(g) * g[0].cfg.epochs for g in groups), log)
-    table, group_records = [], []
-    try:
-        for g, members in enumerate(groups):
-            started = time.perf_counter()
-            identity = {"stage": "mlp", "data": dataclasses.asdict(run.config.data),
-                        "train_rows": len(run.splits["train"]), "splits": splits,
-                        "configurations": [{"name": c.name, "seed": c.seed, "mlp": dataclasses.asdict(c.cfg)}
-                                           for c in members]}
-            checkpoints = resume.checkpoints(out_dir, g, identity, log)
-            finished = None
-            if resume.resume:
-                finished = _finished_rows(members, checkpoints,
-                                          lambda c, g=g: _read_mlp_row(c, g, run, out_dir / c.name, splits))
-            if finished is not None:
-                log(f"Sweep group {g + 1}/{len(groups)}: every configuration is written; read back, not trained again")
-                progress.advance(len(members) * members[0].cfg.epochs)
-                table += finished
-                seconds = sum(row["seconds"] for row in finished)
-            else:
-                # each seed's keys as `monosem run --seed S` derives them (Run.key)
-                keys = [(stream_key(c.seed, KEY_MLP_INIT), stream_key(c.seed, KEY_MLP_SHUFFLE)) for c in members]
-                trained = fit_mlp_group(members, keys, run.splits["train"], run.splits["val"], run.shape, progress,
-                                        checkpoints, label=f"MLP (sweep group {g + 1}/{len(groups)})")
-                written = [_write_mlp(c, t, g, run, out_dir / c.name, splits)
-                           for c, t in zip(members, trained, strict=True)]
-                _group_done(checkpoints, written)
-                table += written
-                seconds = time.perf_counter() - started
-            group_records.append({"group": g, "configurations": [c.name for c in members],
-                                  "seconds": round(seconds, 3)})
-    finally:
-        progress.close()
-    order = {c.name: c.index for c in configurations}
-    table.sort(key=lambda row: order[row["name"]])  # configuration order (groups train in another)
+
+    def identity(members: list[MLPConfiguration]) -> dict[str, Any]:
+        return {"stage": "mlp", "data": dataclasses.asdict(run.config.data), "train_rows": len(run.splits["train"]),
+                "splits": splits, "configurations": [{"name": c.name, "seed": c.seed, "mlp": dataclasses.asdict(c.cfg)}
+                                                     for c in members]}
+
+    def train(g: int, members: list[MLPConfiguration], progress: Progress, checkpoints: TrainingCheckpoints,
+              label: str) -> list[dict[str, Any]]:
+        # each seed's keys as `monosem run --seed S` derives them (Run.key)
+        keys = [(stream_key(c.seed, KEY_MLP_INIT), stream_key(c.seed, KEY_MLP_SHUFFLE)) for c in members]
+        trained = fit_mlp_group(members, keys, run.splits["train"], run.splits["val"], run.shape, progress,
+                                checkpoints, label=f"MLP {label}")
+        return [_write_mlp(c, t, g, run, out_dir / c.name, splits) for c, t in zip(members, trained, strict=True)]
+
+    table, group_records = _run_groups(
+        configurations, groups, out_dir, resume, log, epochs=lambda c: c.cfg.epochs, identity=identity,
+        read_row=lambda c, g: _read_mlp_row(c, g, run, out_dir / c.name, splits), train=train)
     doc = {"format": "monosem-sweep/1", "stage": "mlp", "source": str(run.run_dir), "run_dir": str(run.run_dir),
            "grid": _grid_record(grid), "groups": group_records, "configurations": table}
     return write_report(out_dir, doc, log)
