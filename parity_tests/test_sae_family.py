@@ -115,7 +115,8 @@ def test_loss_and_gradients(name: str, x: np.ndarray) -> None:
     sae = _model(name)
     torch_sae = ref.sae_from_state_dict(bridge.sae_to_state_dict(sae)).train()
     ctx = TrainContext(dead=jnp.asarray(_dead()))
-    (loss, _), grads = jax.value_and_grad(sae.arch.loss, has_aux=True)(sae.params(), sae.buffers(), jnp.asarray(x), ctx, sae.cfg)
+    batch = sae.arch.batch(jnp.asarray(x))
+    (loss, _), grads = jax.value_and_grad(sae.arch.loss, has_aux=True)(sae.params(), sae.buffers(), batch, ctx, sae.cfg)
     t_loss = _torch_loss(name, torch_sae, torch.from_numpy(x), torch.from_numpy(_dead()))
     t_loss.backward()
     assert_close(f"{name} loss", loss, t_loss, ulps(t_loss, 64))
@@ -224,7 +225,7 @@ def test_scripts_and_exports(name: str, x: np.ndarray) -> None:
 def test_batchtopk_keeps_k_per_row_on_average_and_estimates_a_threshold(x: np.ndarray) -> None:
     sae = saes.create("batchtopk", D, F, saes.batchtopk.Config(k=K), key=jax.random.key(0))
     ctx = TrainContext(dead=jnp.zeros(F, bool))
-    _, (features, buffers) = sae.arch.loss(sae.params(), sae.buffers(), jnp.asarray(x), ctx, sae.cfg)
+    _, (features, buffers) = sae.arch.loss(sae.params(), sae.buffers(), sae.arch.batch(jnp.asarray(x)), ctx, sae.cfg)
     counts = np.asarray(features > 0).sum(axis=1)
     assert counts.sum() <= K * ROWS and counts.min() != counts.max()  # a shared budget, not k per row
     positive = np.asarray(features)[np.asarray(features) > 0]

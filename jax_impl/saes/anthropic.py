@@ -18,13 +18,12 @@ from flax import nnx
 from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes.base import (
     Architecture,
+    Batch,
     KeyMapEntry,
     Params,
     SaeLensFormat,
     TrainContext,
-    decode,
     mse,
-    pre_activation,
     tied_init,
     unit_rows,
 )
@@ -50,47 +49,50 @@ class Config:
             raise ValueError(f"l1_coeff must be >= 0 and resample_every >= 1, got {self.l1_coeff}, {self.resample_every}")
 
 
-def init(key: jax.Array, input_dim: int, dict_size: int, cfg) -> tuple[Params, dict]:
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg, output_dim: int | None = None) -> tuple[Params, dict]:
     # nnx.Rngs(key).params(): the stream the earlier TiedBiasSAE drew from, so old seeds give the same init.
-    return tied_init(nnx.Rngs(key).params(), input_dim, dict_size), {}
+    return tied_init(nnx.Rngs(key).params(), input_dim, dict_size, output_dim), {}
 
 
 def activate(pre: jax.Array, params: Params, buffers: dict, cfg) -> jax.Array:
     return jax.nn.relu(pre)
 
 
-def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
-    """MSE(reconstruction, x) + l1_coeff * batch mean of sum_j |f_j|. x (B, D)."""
-    features = jax.nn.relu(pre_activation(p, x))
-    return mse(decode(p, features), x) + cfg.l1_coeff * jnp.mean(jnp.sum(features, axis=-1)), (features, buffers)
+def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
+    """MSE(reconstruction, target) + l1_coeff * batch mean of sum_j |f_j|."""
+    features = jax.nn.relu(batch.pre_activation(p))
+    return (mse(batch.decode(p, features), batch.target) + cfg.l1_coeff * jnp.mean(jnp.sum(features, axis=-1)),
+            (features, buffers))
 
 
 @jax.jit
-def _per_row_error(p: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _per_row_error(p: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """(squared reconstruction error (N,), feature fires anywhere (F,))."""
-    features = jax.nn.relu(pre_activation(p, x))
-    return jnp.sum(jnp.square(decode(p, features) - x), axis=1), jnp.any(features > 0, axis=0)
+    features = jax.nn.relu(batch.pre_activation(p))
+    return jnp.sum(jnp.square(batch.decode(p, features) - batch.target), axis=1), jnp.any(features > 0, axis=0)
 
 
-def resample_dead(p: Params, opt_state, x: jax.Array, key: jax.Array) -> tuple[Params, object, int]:
-    """Towards Monosemanticity's resampling of the features that fire on none of the rows x (N, D).
+def resample_dead(p: Params, opt_state, batch: Batch, key: jax.Array) -> tuple[Params, object, int]:
+    """Towards Monosemanticity's resampling of the features that fire on none of the batch's rows (N of them).
 
     Each dead feature gets the direction of a row drawn with probability proportional to its squared
     reconstruction loss (minus b_dec): decoder row = that unit direction, encoder column = the same scaled to
-    0.2 x the mean live encoder norm, encoder bias 0, and zero Adam moments for all three.
+    0.2 x the mean live encoder norm, encoder bias 0, and zero Adam moments for all three. For a transcoder the
+    decoder row is the drawn row's target (minus b_dec) and the encoder column its input, each as a unit vector.
     Returns (params, opt_state, number resampled).
     """
-    error, alive = _per_row_error(p, x)
+    error, alive = _per_row_error(p, batch)
     dead = np.flatnonzero(~np.asarray(alive))
     if dead.size == 0 or not np.asarray(alive).any():
         return p, opt_state, 0
     weight = np.square(np.asarray(error, np.float64))
-    rows = jax.random.choice(key, x.shape[0], (dead.size,), p=jnp.asarray(weight / weight.sum()))
-    directions = unit_rows(x[rows] - p["b_dec"])  # (n_dead, D)
+    rows = jax.random.choice(key, batch.x.shape[0], (dead.size,), p=jnp.asarray(weight / weight.sum()))
+    directions = unit_rows(batch.target[rows] - p["b_dec"])  # (n_dead, D_out)
+    reads = directions if batch.target is batch.x else unit_rows(batch.x[rows])  # (n_dead, D_in)
     live_norm = jnp.mean(jnp.linalg.norm(p["w_enc"][:, np.asarray(alive)], axis=0))
     p = p | {
         "w_dec": p["w_dec"].at[dead].set(directions),
-        "w_enc": p["w_enc"].at[:, dead].set(directions.T * RESAMPLE_ENCODER_SCALE * live_norm),
+        "w_enc": p["w_enc"].at[:, dead].set(reads.T * RESAMPLE_ENCODER_SCALE * live_norm),
         "b_enc": p["b_enc"].at[dead].set(0.0),
     }
 
@@ -107,7 +109,7 @@ def resample_dead(p: Params, opt_state, x: jax.Array, key: jax.Array) -> tuple[P
     return p, opt_state, int(dead.size)
 
 
-def epoch_hook(p: Params, opt_state, rows: jax.Array, key: jax.Array, epoch: int, cfg: Config, epochs: int):
+def epoch_hook(p: Params, opt_state, rows: Batch, key: jax.Array, epoch: int, cfg: Config, epochs: int):
     # Resample on schedule, but leave the last interval to settle (the paper stops resampling late too).
     if (epoch + 1) % cfg.resample_every or epoch + 1 + cfg.resample_every > epochs:
         return p, opt_state, None

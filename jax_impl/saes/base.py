@@ -5,7 +5,7 @@ initialisation, its inference activation, its training loss, its extra buffers a
 The trainer (jax_impl.training.sae_trainer) and the bridge, atlas, export and CLI only ever ask the registry
 (jax_impl.saes) for one; none of them branches on a name.
 
-Tied-bias parameterisation (all architectures but the seed's `relu-l1`):
+Tied-bias parameterisation (all architectures but the seed's `relu-l1`, and no transcoder):
 
     pre = (x - b_dec) @ w_enc + b_enc            x (N, D), w_enc (D, F), b_enc (F,)
     features = activate(pre)                     (N, F), non-negative
@@ -14,6 +14,15 @@ Tied-bias parameterisation (all architectures but the seed's `relu-l1`):
 After every optimizer step the component of each decoder row's gradient along that row is removed and the
 rows are renormalised: with free norms a sparsity penalty is dodged by shrinking f and growing w_dec, and
 unit norms make activations comparable across features.
+
+Transcoders: every architecture also trains as a transcoder (Dunefsky et al. 2024), whose encoder reads one
+activation x (N, D_in) and whose decoder predicts another, the target (N, D_out): w_enc (D_in, F), w_dec
+(F, D_out), b_dec (D_out,), no pre-encoder bias (b_dec lives in the output's space), and optionally a linear
+skip connection w_skip (D_in, D_out), initialised to zero (Paulo et al. 2025):
+
+    prediction = activate(x @ w_enc + b_enc) @ w_dec + b_dec + x @ w_skip
+
+A loss sees a `Batch` (x, target; target is x for an SAE) and never asks which of the two it trains.
 """
 
 from __future__ import annotations
@@ -28,10 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-Params = dict[str, jax.Array]  # trained: w_enc (D, F), b_enc (F,), w_dec (F, D), b_dec (D,) (+ e.g. threshold (F,))
+Params = dict[str, jax.Array]  # trained: w_enc (D, F), b_enc (F,), w_dec (F, D), b_dec (D,) (+ e.g. threshold (F,),
+#                                  a transcoder's w_skip (D_in, D_out))
 Buffers = dict[str, jax.Array]  # saved but not trained (e.g. batchtopk's inference threshold ())
 
 AUX_K_FACTOR = 4  # dead latents AuxK may use per row, in units of k (Gao et al. use 512 with k = 32)
+TRANSCODER_KEY = "transcoder"  # int64 scalar 1 in a transcoder's state_dict: what tells it from an SAE of equal widths
+SKIP_KEY = "skip.weight"  # a skip transcoder's w_skip in a state_dict, torch Linear layout (D_out, D_in)
 
 
 # --------------------------------------------------------------------------- shared math
@@ -48,8 +60,37 @@ def pre_activation(p: Params, x: jax.Array) -> jax.Array:
 
 
 def decode(p: Params, features: jax.Array) -> jax.Array:
-    """features (..., F) -> reconstruction (..., D)."""
+    """features (..., F) -> reconstruction (..., D) (without a transcoder's skip term: Batch.decode adds it)."""
     return features @ p["w_dec"] + p["b_dec"]
+
+
+def with_skip(p: Params, x: jax.Array, out: jax.Array) -> jax.Array:
+    """out (..., D_out) plus a skip transcoder's linear term x (..., D_in) @ w_skip (D_in, D_out); out itself
+    (no addition, so an SAE's numbers are untouched) without one."""
+    return out + x @ p["w_skip"] if "w_skip" in p else out
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["x", "target"], meta_fields=["tied"])
+@dataclass(frozen=True)
+class Batch:
+    """What a loss trains on: the encoder's input x (B, D_in) and the decoder's target (B, D_out), which is x
+    itself for an SAE. tied: subtract b_dec from x before encoding (an SAE of a tied-bias architecture)."""
+
+    x: jax.Array
+    target: jax.Array
+    tied: bool
+
+    def pre_activation(self, p: Params) -> jax.Array:
+        """The encoder's pre-activations (B, F)."""
+        return pre_activation(p, self.x) if self.tied else self.x @ p["w_enc"] + p["b_enc"]
+
+    def decode(self, p: Params, features: jax.Array) -> jax.Array:
+        """features (B, F) -> the prediction of the target (B, D_out), skip term included."""
+        return with_skip(p, self.x, decode(p, features))
+
+    def decode_sparse(self, p: Params, values: jax.Array, indices: jax.Array) -> jax.Array:
+        """decode() from k active latents per row (decode_sparse)."""
+        return with_skip(p, self.x, decode_sparse(p, values, indices))
 
 
 def keep_top_k(pre: jax.Array, k: int) -> jax.Array:
@@ -89,17 +130,17 @@ def mse(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(a - b))
 
 
-def aux_k_loss(p: Params, pre: jax.Array, x: jax.Array, reconstruction: jax.Array, dead: jax.Array, aux_k: int,
+def aux_k_loss(p: Params, pre: jax.Array, target: jax.Array, reconstruction: jax.Array, dead: jax.Array, aux_k: int,
                group_dead: jax.Array | None = None) -> jax.Array:
-    """Gao et al.'s AuxK: MSE(the aux_k largest dead pre-activations decoded without bias, x - reconstruction).
+    """Gao et al.'s AuxK: MSE(the aux_k largest dead pre-activations decoded without bias, target - reconstruction).
 
     pre (B, F), dead (F,) bool. 0 when nothing is dead. No ReLU on the dead pre-activations: a latent whose
     pre-activation is negative on every row would get no gradient through one, and those are the ones to revive.
-    The residual x - reconstruction is a target for the dead latents, not a loss to lower: no gradient flows
-    into the reconstruction. group_dead () int32: under a sweep's vmap, the largest count of dead latents in
+    The residual target - reconstruction (target: x for an SAE) is a target for the dead latents, not a loss to
+    lower: no gradient flows into the reconstruction. group_dead () int32: under a sweep's vmap, the largest count of dead latents in
     the configurations trained together (TrainContext.group_dead; None: this one's own count).
     """
-    residual = jax.lax.stop_gradient(x - reconstruction)
+    residual = jax.lax.stop_gradient(target - reconstruction)
     n_dead = jnp.sum(dead, dtype=jnp.int32)
     return _dead_latent_loss(p["w_dec"], pre, residual, dead, n_dead if group_dead is None else group_dead, aux_k)
 
@@ -203,12 +244,21 @@ def renormalise_decoder(p: Params) -> Params:
     return p | {"w_dec": unit_rows(p["w_dec"])}
 
 
-def tied_init(key: jax.Array, input_dim: int, dict_size: int) -> Params:
-    """Gao et al.'s init: random unit decoder rows, encoder = their transpose, zero biases."""
-    directions = unit_rows(jax.random.normal(key, (dict_size, input_dim), jnp.float32))
+def tied_init(key: jax.Array, input_dim: int, dict_size: int, output_dim: int | None = None) -> Params:
+    """Gao et al.'s init: random unit decoder rows, encoder = their transpose, zero biases.
+
+    A transcoder (output_dim given) has no transpose to take: its encoder columns are drawn independently, unit
+    norm in the input's space, its decoder rows unit norm in the output's."""
+    if output_dim is None:
+        directions = unit_rows(jax.random.normal(key, (dict_size, input_dim), jnp.float32))
+        encoder = directions.T
+    else:
+        decoder_key, encoder_key = jax.random.split(key)
+        directions = unit_rows(jax.random.normal(decoder_key, (dict_size, output_dim), jnp.float32))
+        encoder = unit_rows(jax.random.normal(encoder_key, (dict_size, input_dim), jnp.float32)).T
     return {
-        "w_enc": directions.T, "b_enc": jnp.zeros((dict_size,), jnp.float32),
-        "w_dec": directions, "b_dec": jnp.zeros((input_dim,), jnp.float32),
+        "w_enc": encoder, "b_enc": jnp.zeros((dict_size,), jnp.float32),
+        "w_dec": directions, "b_dec": jnp.zeros((directions.shape[1],), jnp.float32),
     }
 
 
@@ -259,10 +309,10 @@ class TrainContext:
 class Architecture:
     """One SAE architecture. Functions take `cfg`, an instance of `config` (static under jit: frozen, hashable).
 
-    init(key, input_dim, dict_size, cfg) -> (Params, Buffers)
+    init(key, input_dim, dict_size, cfg, output_dim=None) -> (Params, Buffers)   (output_dim: a transcoder's)
     activate(pre (N, F), params, buffers, cfg) -> features (N, F)   (inference: needs no batch)
-    loss(params, buffers, x (B, D), ctx, cfg) -> (loss, (features (B, F), new buffers))   (training)
-    epoch_hook(params, opt_state, rows (M, D), key, epoch, cfg, train_cfg) -> (params, opt_state, line | None)
+    loss(params, buffers, batch: Batch, ctx, cfg) -> (loss, (features (B, F), new buffers))   (training)
+    epoch_hook(params, opt_state, rows: Batch (M rows), key, epoch, cfg, train_cfg) -> (params, opt_state, line | None)
     unit_decoder: remove the parallel gradient and renormalise the decoder rows after each step.
     keep_partial_batch: train on the last, shorter batch of an epoch too (torch DataLoader's default, the
     seed recipe's), instead of dropping the remainder (needed where the batch size enters the loss).
@@ -291,29 +341,40 @@ class Architecture:
         """The config recorded in a state_dict (its "config" keys, e.g. k), other fields at their defaults."""
         return self.config(**{name: (tuple(v) if isinstance(v, list) else v) for name, v in values.items()})
 
-    def pre_activation(self, params: Params, x: jax.Array) -> jax.Array:
-        if self.tied_bias:
+    def pre_activation(self, params: Params, x: jax.Array, transcoder: bool = False) -> jax.Array:
+        if self.tied_bias and not transcoder:
             return pre_activation(params, x)
         return x @ params["w_enc"] + params["b_enc"]
 
-    def encode(self, params: Params, buffers: Buffers, x: jax.Array, cfg: Any) -> jax.Array:
-        """x (..., D) -> features (..., F) at inference."""
-        return self.activate(self.pre_activation(params, x), params, buffers, cfg)
+    def encode(self, params: Params, buffers: Buffers, x: jax.Array, cfg: Any, transcoder: bool = False) -> jax.Array:
+        """x (..., D_in) -> features (..., F) at inference."""
+        return self.activate(self.pre_activation(params, x, transcoder), params, buffers, cfg)
+
+    def batch(self, x: jax.Array, target: jax.Array | None = None) -> Batch:
+        """The Batch a loss of this architecture trains on: an SAE's (target None) or a transcoder's."""
+        return Batch(x, x, self.tied_bias) if target is None else Batch(x, target, False)
 
     def config_keys(self) -> tuple[str, ...]:
         return tuple(e.torch_key for e in self.key_map)
 
 
 class SAE(nnx.Module):
-    """Any architecture's SAE as one nnx module: trained tensors as nnx.Param, buffers as nnx.BatchStat.
+    """Any architecture's SAE or transcoder as one nnx module: trained tensors as nnx.Param, buffers as
+    nnx.BatchStat.
 
-    `sae(x)` -> (reconstruction (N, D), features (N, F)) at inference.
+    `sae(x)` -> (reconstruction (N, D) or a transcoder's prediction (N, D_out), features (N, F)) at inference.
+    transcoder: the decoder predicts another activation than the encoder reads (no pre-encoder bias; skip term
+    where params hold w_skip).
     """
 
-    def __init__(self, arch: Architecture, cfg: Any, params: Params, buffers: Buffers):
+    def __init__(self, arch: Architecture, cfg: Any, params: Params, buffers: Buffers, transcoder: bool = False):
         self.arch = arch
         self.cfg = cfg  # frozen dataclass: static
+        self.transcoder = bool(transcoder)
+        if "w_skip" in params and not self.transcoder:
+            raise ValueError("a skip connection (w_skip) needs a transcoder")
         self.input_dim, self.dict_size = (int(s) for s in params["w_enc"].shape)
+        self.output_dim = int(params["w_dec"].shape[1])
         self.p = nnx.Dict({k: nnx.Param(jnp.asarray(v)) for k, v in params.items()})
         self.b = nnx.Dict({k: nnx.BatchStat(jnp.asarray(v)) for k, v in buffers.items()})
 
@@ -323,17 +384,29 @@ class SAE(nnx.Module):
     def buffers(self) -> Buffers:
         return {k: v[...] for k, v in self.b.items()}
 
+    @property
+    def skip(self) -> bool:
+        return "w_skip" in self.p
+
     def encode(self, x: jax.Array) -> jax.Array:
-        """x (..., D) -> features (..., F), non-negative."""
-        return self.arch.encode(self.params(), self.buffers(), x, self.cfg)
+        """x (..., D_in) -> features (..., F), non-negative."""
+        return self.arch.encode(self.params(), self.buffers(), x, self.cfg, self.transcoder)
+
+    def decode(self, features: jax.Array, x: jax.Array | None = None) -> jax.Array:
+        """features (..., F) -> (..., D_out); x (..., D_in): the input, needed for a skip transcoder's term."""
+        p = self.params()
+        if self.skip and x is None:
+            raise ValueError("a skip transcoder's decode needs its input x")
+        return with_skip(p, x, decode(p, features))
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         features = self.encode(x)
-        return decode(self.params(), features), features
+        return self.decode(features, x), features
 
 
 def numpy_state(sae: SAE) -> dict[str, np.ndarray]:
-    """The SAE's tensors by torch key (torch layout and dtype), in the architecture's key order."""
+    """The SAE's tensors by torch key (torch layout and dtype), in the architecture's key order; a transcoder's
+    then add TRANSCODER_KEY (int64 1) and, with a skip connection, SKIP_KEY (D_out, D_in)."""
     p, b = sae.params(), sae.buffers()
     out = {}
     for e in sae.arch.key_map:
@@ -343,4 +416,8 @@ def numpy_state(sae: SAE) -> dict[str, np.ndarray]:
             value = np.asarray((p if e.source == "param" else b)[e.name])
             value = value.T if e.transpose else value
         out[e.torch_key] = np.array(value, dtype=e.dtype, order="C")
+    if sae.transcoder:
+        out[TRANSCODER_KEY] = np.array(1, dtype=np.int64)
+    if sae.skip:
+        out[SKIP_KEY] = np.array(np.asarray(p["w_skip"]).T, dtype=np.float32, order="C")
     return out

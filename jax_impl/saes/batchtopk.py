@@ -15,16 +15,15 @@ from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
     Architecture,
+    Batch,
     KeyMapEntry,
     Params,
     SaeLensFormat,
     TrainContext,
     aux_k_loss,
-    decode,
     jump,
     keep_batch_top_k,
     mse,
-    pre_activation,
 )
 
 UNSET = -1.0  # threshold before the first batch: the first estimate replaces it instead of averaging with it
@@ -44,8 +43,8 @@ class Config:
             raise ValueError(f"threshold_lr must be in (0, 1], got {self.threshold_lr}")
 
 
-def init(key: jax.Array, input_dim: int, dict_size: int, cfg) -> tuple[Params, dict]:
-    params, _ = topk.init(key, input_dim, dict_size, cfg)
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg, output_dim: int | None = None) -> tuple[Params, dict]:
+    params, _ = topk.init(key, input_dim, dict_size, cfg, output_dim)
     return params, {"threshold": jnp.asarray(UNSET, jnp.float32)}
 
 
@@ -61,19 +60,20 @@ def updated_threshold(threshold: jax.Array, features: jax.Array, lr: float) -> j
     return jnp.where(threshold < 0, smallest, (1 - lr) * threshold + lr * smallest)
 
 
-def batch_features(p: Params, buffers: dict, x: jax.Array, cfg) -> tuple[jax.Array, jax.Array, dict]:
+def batch_features(p: Params, buffers: dict, batch: Batch, cfg) -> tuple[jax.Array, jax.Array, dict]:
     """Training activation: (pre (B, F), features (B, F), buffers with the updated threshold)."""
-    pre = pre_activation(p, x)
+    pre = batch.pre_activation(p)
     features = keep_batch_top_k(pre, cfg.k)
     return pre, features, buffers | {"threshold": updated_threshold(buffers["threshold"], features, cfg.threshold_lr)}
 
 
-def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
-    """MSE(reconstruction, x) + aux_coeff * AuxK. x (B, D)."""
-    pre, features, buffers = batch_features(p, buffers, x, cfg)
-    reconstruction = decode(p, features)
-    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, topk.aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
-    return mse(reconstruction, x) + cfg.aux_coeff * aux, (features, buffers)
+def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
+    """MSE(reconstruction, target) + aux_coeff * AuxK."""
+    pre, features, buffers = batch_features(p, buffers, batch, cfg)
+    reconstruction = batch.decode(p, features)
+    aux = aux_k_loss(p, pre, batch.target, reconstruction, ctx.dead, topk.aux_k(cfg, pre.shape[-1]),
+                     group_dead=ctx.group_dead)
+    return mse(reconstruction, batch.target) + cfg.aux_coeff * aux, (features, buffers)
 
 
 KEY_MAP = (

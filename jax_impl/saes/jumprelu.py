@@ -24,14 +24,13 @@ from jax_impl.saes import topk
 from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
     Architecture,
+    Batch,
     KeyMapEntry,
     Params,
     SaeLensFormat,
     TrainContext,
-    decode,
     jump,
     mse,
-    pre_activation,
 )
 
 MIN_THRESHOLD = 1e-6
@@ -104,8 +103,8 @@ def _heaviside_bwd(bandwidth, saved, g):
 heaviside.defvjp(_heaviside_fwd, _heaviside_bwd)
 
 
-def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config) -> tuple[Params, dict]:
-    params, _ = topk.init(key, input_dim, dict_size, cfg)  # unit decoder rows, encoder = their transpose
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config, output_dim: int | None = None) -> tuple[Params, dict]:
+    params, _ = topk.init(key, input_dim, dict_size, cfg, output_dim)  # unit decoder rows, encoder = their transpose
     params = params | {"w_enc": params["w_enc"] * cfg.decoder_init_norm, "w_dec": params["w_dec"] * cfg.decoder_init_norm}
     return params | {"threshold": jnp.full((dict_size,), cfg.init_threshold, jnp.float32)}, {}
 
@@ -114,12 +113,12 @@ def activate(pre: jax.Array, params: Params, buffers: dict, cfg) -> jax.Array:
     return jump(pre, params["threshold"])
 
 
-def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
-    """MSE(reconstruction, x) + l0_coeff * batch mean of the count of active features. x (B, D)."""
-    pre = pre_activation(p, x)
+def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
+    """MSE(reconstruction, target) + l0_coeff * batch mean of the count of active features."""
+    pre = batch.pre_activation(p)
     features = jumprelu(pre, p["threshold"], cfg.bandwidth)
     l0 = jnp.mean(jnp.sum(heaviside(pre, p["threshold"], cfg.bandwidth), axis=-1))
-    return mse(decode(p, features), x) + cfg.l0_coeff * l0, (features, buffers)
+    return mse(batch.decode(p, features), batch.target) + cfg.l0_coeff * l0, (features, buffers)
 
 
 def keep_thresholds_positive(p: Params) -> Params:

@@ -14,7 +14,17 @@ import jax.numpy as jnp
 
 from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.saes import batchtopk, topk
-from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, aux_k_loss, mse
+from jax_impl.saes.base import (
+    Architecture,
+    Batch,
+    KeyMapEntry,
+    Params,
+    SaeLensFormat,
+    TrainContext,
+    aux_k_loss,
+    mse,
+    with_skip,
+)
 
 
 @dataclass(frozen=True)
@@ -46,18 +56,19 @@ def resolve(cfg: Config, dict_size: int) -> Config:
     return dataclasses.replace(cfg, groups=group_ends(cfg, dict_size))
 
 
-def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config) -> tuple[Params, dict]:
-    return batchtopk.init(key, input_dim, dict_size, cfg)
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config, output_dim: int | None = None) -> tuple[Params, dict]:
+    return batchtopk.init(key, input_dim, dict_size, cfg, output_dim)
 
 
-def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
-    pre, features, buffers = batchtopk.batch_features(p, buffers, x, cfg)
-    total, start, partial = 0.0, 0, jnp.broadcast_to(p["b_dec"], x.shape)
+def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
+    target = batch.target
+    pre, features, buffers = batchtopk.batch_features(p, buffers, batch, cfg)
+    total, start, partial = 0.0, 0, jnp.broadcast_to(with_skip(p, batch.x, p["b_dec"]), target.shape)
     for end in group_ends(cfg, pre.shape[-1]):
         partial = partial + features[:, start:end] @ p["w_dec"][start:end]  # the prefix's reconstruction
-        total = total + mse(partial, x)
+        total = total + mse(partial, target)
         start = end
-    aux = aux_k_loss(p, pre, x, partial, ctx.dead, topk.aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
+    aux = aux_k_loss(p, pre, target, partial, ctx.dead, topk.aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
     return total + cfg.aux_coeff * aux, (features, buffers)
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 from jax_impl.checks import check_dict_size, require_finite
 from jax_impl.models.mlp import torch_linear
-from jax_impl.saes.base import Architecture, KeyMapEntry, Params, SaeLensFormat, TrainContext, decode, mse
+from jax_impl.saes.base import Architecture, Batch, KeyMapEntry, Params, SaeLensFormat, TrainContext, mse
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,10 @@ class Config:
             raise ValueError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
 
 
-def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config) -> tuple[Params, dict]:
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg: Config, output_dim: int | None = None) -> tuple[Params, dict]:
     rngs = nnx.Rngs(key)
     encoder = torch_linear(input_dim, dict_size, rngs=rngs)
-    decoder = torch_linear(dict_size, input_dim, rngs=rngs)
+    decoder = torch_linear(dict_size, input_dim if output_dim is None else output_dim, rngs=rngs)
     return {"w_enc": encoder.kernel[...], "b_enc": encoder.bias[...], "w_dec": decoder.kernel[...], "b_dec": decoder.bias[...]}, {}
 
 
@@ -41,9 +41,9 @@ def activate(pre: jax.Array, params: Params, buffers: dict, cfg: Config) -> jax.
     return jax.nn.relu(pre)
 
 
-def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
-    features = jax.nn.relu(x @ p["w_enc"] + p["b_enc"])
-    value = mse(decode(p, features), x) + cfg.l1_coeff * jnp.mean(jnp.sum(jnp.abs(features), axis=1))
+def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
+    features = jax.nn.relu(batch.pre_activation(p))
+    value = mse(batch.decode(p, features), batch.target) + cfg.l1_coeff * jnp.mean(jnp.sum(jnp.abs(features), axis=1))
     return value, (features, buffers)
 
 

@@ -14,15 +14,14 @@ from jax_impl.saes.anthropic import TIED_KEYS
 from jax_impl.saes.base import (
     AUX_K_FACTOR,
     Architecture,
+    Batch,
     KeyMapEntry,
     Params,
     SaeLensFormat,
     TrainContext,
     aux_k_loss,
-    decode_sparse,
     keep_top_k,
     mse,
-    pre_activation,
     tied_init,
     top_k_sparse,
 )
@@ -46,22 +45,22 @@ def aux_k(cfg, dict_size: int) -> int:
     return min(AUX_K_FACTOR * cfg.k, dict_size)
 
 
-def init(key: jax.Array, input_dim: int, dict_size: int, cfg) -> tuple[Params, dict]:
-    return tied_init(nnx.Rngs(key).params(), input_dim, dict_size), {}
+def init(key: jax.Array, input_dim: int, dict_size: int, cfg, output_dim: int | None = None) -> tuple[Params, dict]:
+    return tied_init(nnx.Rngs(key).params(), input_dim, dict_size, output_dim), {}
 
 
 def activate(pre: jax.Array, params: Params, buffers: dict, cfg: Config) -> jax.Array:
     return keep_top_k(pre, cfg.k)
 
 
-def loss(p: Params, buffers: dict, x: jax.Array, ctx: TrainContext, cfg: Config):
-    """MSE(reconstruction, x) + aux_coeff * AuxK over the dead latents. x (B, D)."""
-    pre = pre_activation(p, x)
+def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
+    """MSE(reconstruction, target) + aux_coeff * AuxK over the dead latents."""
+    pre = batch.pre_activation(p)
     values, indices = top_k_sparse(pre, cfg.k)
-    reconstruction = decode_sparse(p, values, indices)
-    aux = aux_k_loss(p, pre, x, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
+    reconstruction = batch.decode_sparse(p, values, indices)
+    aux = aux_k_loss(p, pre, batch.target, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
     features = jnp.put_along_axis(jnp.zeros_like(pre), indices, jax.lax.stop_gradient(values), axis=-1, inplace=False)
-    return mse(reconstruction, x) + cfg.aux_coeff * aux, (features, buffers)
+    return mse(reconstruction, batch.target) + cfg.aux_coeff * aux, (features, buffers)
 
 
 ARCHITECTURE = Architecture(

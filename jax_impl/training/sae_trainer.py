@@ -11,6 +11,10 @@ Per step: loss and gradients, the decoder's parallel-gradient removal (unit-deco
 decoder renormalisation, the architecture's post-update clip, and the count of steps since each latent fired
 (latents silent for an epoch's worth of steps are `dead` for AuxK). Per epoch: the architecture's host hook
 (e.g. resampling) on a sample of rows.
+
+A transcoder trains on rows that hold its input and its target side by side, (N, D_in + D_out) (in memory,
+or a paired file: jax_impl.data.activations.pair_activations), so that shuffling, chunking, sharding and
+checkpoints treat them as one row; the step splits each batch at D_in (`split`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from jax_impl.checks import FLOAT32, require_finite
 from jax_impl.data.activations import ActivationFile, iter_chunks, sample_rows
 from jax_impl.precision import highest_precision
 from jax_impl.saes import SAE
-from jax_impl.saes.base import Architecture, TrainContext, project_out_parallel, renormalise_decoder
+from jax_impl.saes.base import Architecture, Batch, TrainContext, project_out_parallel, renormalise_decoder
 from jax_impl.training.checkpoints import TrainingCheckpoints
 from jax_impl.training.devices import place_rows, replicate, shard_batch
 from jax_impl.training.loop import Log, TrainResult, epoch_permutation, make_batched_epoch, run_epochs
@@ -67,15 +71,22 @@ def training_bytes(width: int, dict_size: int, batch_size: int, rows_held: int, 
     return FLOAT32 * (configurations * per_configuration + rows_held * width)
 
 
+def as_batch(arch: Architecture, rows: jax.Array, split: int | None) -> Batch:
+    """The Batch a loss sees of rows (B, D): an SAE's (split None), or a transcoder's, whose rows hold the input
+    (B, split) and the target (B, D - split) side by side."""
+    return arch.batch(rows) if split is None else arch.batch(rows[:, :split], rows[:, split:])
+
+
 def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int,
-                  mesh: Mesh | None = None, axis_name: str | None = None):
+                  mesh: Mesh | None = None, axis_name: str | None = None, split: int | None = None):
     """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32).
 
     mesh: split each batch over its devices (jax_impl.training.devices), the carry replicated. axis_name: the step runs
-    under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.training.vmapped)."""
+    under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.training.vmapped).
+    split: a transcoder's input width (as_batch)."""
 
     def step(carry, x):
-        x = shard_batch(x, mesh)
+        x = as_batch(arch, shard_batch(x, mesh), split)
         p, b, opt_state, since_fired = carry
         dead = since_fired >= dead_after
         # Under a sweep's vmap: one dead count for the whole group (a pmax over the configurations is unbatched),
@@ -130,7 +141,8 @@ def fit(
     n_rows: int | None = None,
     checkpoints: TrainingCheckpoints | None = None,
 ) -> TrainResult:
-    """Train `sae` (any architecture; it is left untouched) on rows (N, D) float32 or a streamed file.
+    """Train `sae` (any architecture, SAE or transcoder; it is left untouched) on rows (N, D) float32 or a
+    streamed file (a transcoder's: (N, D_in + D_out), its input and target side by side).
 
     key: the shuffling stream (epoch e's permutation is drawn from fold_in(key, e)); `permutations`
     (epochs, N) replaces it for parity tests (in-memory rows only). chunk_rows: stream an ActivationFile in
@@ -142,6 +154,12 @@ def fit(
     """
     arch, cfg = sae.arch, sae.cfg
     streamed = isinstance(rows, ActivationFile)
+    split = sae.input_dim if sae.transcoder else None
+    width = rows.width if streamed else rows.shape[1]
+    expected = sae.input_dim + (sae.output_dim if sae.transcoder else 0)
+    if width != expected:
+        raise ValueError(f"rows have width {width}, expected {expected}" +
+                         (f" (input {sae.input_dim} + target {sae.output_dim})" if sae.transcoder else ""))
     n = rows.n_rows if streamed else rows.shape[0] if n_rows is None else n_rows
     chunk_rows = n if chunk_rows is None else min(chunk_rows, n)
     if not streamed:
@@ -151,12 +169,12 @@ def fit(
     tx = sae_optimizer(train)
     # Copies: the chunk function donates its carry, and `sae` keeps its initial weights.
     p, b = jax.tree.map(jnp.copy, (sae.params(), sae.buffers()))
-    if arch.tied_bias:
-        p = p | {"b_dec": _column_mean(rows, chunk_rows, n)}  # centre (papers: geometric median)
+    if arch.tied_bias:  # centre (papers: geometric median); a transcoder's b_dec: the target's mean
+        p = p | {"b_dec": _column_mean(rows, chunk_rows, n)[0 if split is None else split:]}
     chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
     n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
     initial = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)
-    step = make_sae_step(arch, cfg, tx, dead_after=n_steps, mesh=mesh)  # dead: silent for a whole epoch of batches
+    step = make_sae_step(arch, cfg, tx, dead_after=n_steps, mesh=mesh, split=split)  # dead: silent for a whole epoch of batches
     run_chunk = make_chunk_fn(step, train.batch_size, arch.keep_partial_batch)
     if permutations is not None:
         permutations = np.asarray(permutations)
@@ -183,7 +201,8 @@ def fit(
             hook_rows = rows if not streamed else jnp.asarray(
                 sample_rows(rows, HOOK_SAMPLE_ROWS, np.random.default_rng(e)))
             hook_key = jax.random.fold_in(jax.random.fold_in(key, e), 1)
-            p, opt_state, note = arch.epoch_hook(carry[0], carry[2], hook_rows, hook_key, e, cfg, train.epochs)
+            p, opt_state, note = arch.epoch_hook(carry[0], carry[2], as_batch(arch, hook_rows, split), hook_key, e, cfg,
+                                                 train.epochs)
             if note:
                 carry = (p, carry[1], opt_state, carry[3])
                 line = f"{line or head} | {note}"
@@ -192,7 +211,7 @@ def fit(
     carry, step_losses, log_lines, epoch_seconds = run_epochs(
         train.epochs, "SAE", initial, run_epoch, on_epoch_end, log, checkpoints
     )
-    trained = SAE(arch, cfg, carry[0], carry[1])
+    trained = SAE(arch, cfg, carry[0], carry[1], transcoder=sae.transcoder)
     return TrainResult(model=trained, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)
 
 

@@ -277,7 +277,8 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
                     continue
                 state = member(carry[0], i)
                 hook_key = jax.random.fold_in(jax.random.fold_in(shuffle_keys[i], e), 1)
-                p, opt_state, note = arch.epoch_hook(state[0], state[2], x, hook_key, e, models[i].cfg, train.epochs)
+                p, opt_state, note = arch.epoch_hook(state[0], state[2], arch.batch(x), hook_key, e, models[i].cfg,
+                                                     train.epochs)
                 if note:
                     params, buffers, opt, fired = carry[0]
                     carry = ((_set_member(params, i, p), buffers, _set_member(opt, i, opt_state), fired), carry[1])

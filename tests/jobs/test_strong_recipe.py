@@ -155,7 +155,7 @@ def test_auxk_gives_dead_latents_a_gradient_only_when_they_are_dead():
     dead = jnp.arange(48) >= 40
 
     def grad_b_enc(dead_mask):
-        return jax.grad(lambda q: sae.arch.loss(q, {}, x, TrainContext(dead_mask), sae.cfg)[0])(p)["b_enc"]
+        return jax.grad(lambda q: sae.arch.loss(q, {}, sae.arch.batch(x), TrainContext(dead_mask), sae.cfg)[0])(p)["b_enc"]
 
     assert np.all(np.asarray(grad_b_enc(dead))[40:] != 0)
     np.testing.assert_array_equal(np.asarray(grad_b_enc(jnp.zeros(48, bool)))[40:], 0.0)
@@ -171,7 +171,7 @@ def test_anthropic_resampling_revives_dead_features_with_fresh_moments():
     tx = optax.adam(1e-3)
     opt_state = tx.init(p)
     opt_state = (opt_state[0]._replace(mu=jax.tree.map(jnp.ones_like, p)), *opt_state[1:])
-    p, opt_state, n = resample_dead(p, opt_state, x, jax.random.key(0))
+    p, opt_state, n = resample_dead(p, opt_state, sae.arch.batch(x), jax.random.key(0))
     assert n == 6
     fires = np.asarray(jax.nn.relu((x - p["b_dec"]) @ p["w_enc"] + p["b_enc"]) > 0).any(axis=0)
     assert fires[:6].all()
