@@ -34,6 +34,7 @@ from plotly.offline import get_plotlyjs
 
 from jax_impl.files import xlsx
 from jax_impl.files.atomic import write_text_atomic
+from jax_impl.reports.circuit_page import circuit_link, link_note
 from jax_impl.reports.templates import fill, template
 
 TRACE_COLUMNS = (
@@ -535,6 +536,7 @@ def write_reports(
     inputs (N, x_dim * y_dim) int, expected (N,) float, predictions (N,) float,
     layer2 (N, 512) float32, features (N, F) float32.
     causal: a causal.json document (jax_impl.evaluation.causal); its sparse circuit becomes the Sankey's causal view.
+    Each page links to out_dir's attribution-graph page (circuit/circuit.html) when out_dir holds a circuit.
     Returns {"trace", "heatmap", "bell_curves", "sankey"} -> written path.
     """
     out_dir = Path(out_dir)
@@ -555,6 +557,8 @@ def write_reports(
     notes = [ENERGY_NOTE.format(k=k, neurons=np.shape(layer2)[1]),
              f"{n:,} samples &times; top-{k} = {n * k:,} rows. Inputs: {y_dim} columns of {x_dim} integers, "
              "pointers p1, p2 = last entry of the first and last column; expected output = |a[p1] - b[p2]|."]
+    if (href := circuit_link(out_dir)) is not None:
+        notes.append(link_note(href))
     _write_trace_xlsx(paths["trace"], t)
     done(f"Circuit trace ({n * k:,} rows) saved to {paths['trace']}")
     _write_heatmap_page(paths["heatmap"], t, notes)
