@@ -9,12 +9,25 @@ SAELens keeps tensors in our layout under its own names: W_enc (d_in, d_sae), b_
 is written as, and which SAELens architectures it is read from, is its `Architecture.saelens`. Our own
 architecture name and config go into cfg.json's free-form `metadata.monosem`, so a folder written here reads
 back as exactly the SAE that was saved (a `batchtopk` stays a `batchtopk`, not the `jumprelu` SAELens sees).
+
+Transcoders: SAELens has four (`TRANSCODERS`), a ReLU and a JumpReLU one, each with and without a linear skip,
+which hold b_dec (d_out,), W_dec (d_sae, d_out), W_skip (d_out, d_in) and `d_out` in cfg.json, never subtract
+b_dec from the input (apply_b_dec_to_input false, as ours do not), and compute
+prediction = act(x @ W_enc + b_enc) @ W_dec + b_dec (+ x @ W_skip.T). Ours are written as the one of their
+SAE's SAELens activation: relu-l1 and anthropic as `transcoder`, jumprelu, batchtopk and matryoshka (whose
+thresholds spread over every feature, as for their SAEs) as `jumprelu_transcoder`; SAELens's JumpReLU
+transcoder computes relu(pre) * (pre > threshold), ours pre * (pre > threshold), equal for the thresholds >= 0
+written and read here. SAELens has no TopK transcoder: a topk transcoder is not written (our state_dict is its
+only format), and save_saelens says so in one line. Read without our metadata, `transcoder` is a relu-l1
+transcoder (the SAELens ReLU's free decoder norms) and `jumprelu_transcoder` a jumprelu one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +60,15 @@ CONFIG_FIELDS: dict[str, dict[str, str]] = {
     "batchtopk": {"k": "k"},
     "matryoshka_batchtopk": {"k": "k", "matryoshka_widths": "groups"},
 }
+# SAELens's transcoders, by the SAELens SAE architecture of the same activation: (without, with a skip connection).
+TRANSCODERS: dict[str, tuple[str, str]] = {
+    "standard": ("transcoder", "skip_transcoder"),
+    "jumprelu": ("jumprelu_transcoder", "jumprelu_skip_transcoder"),
+}
+# SAELens transcoder architecture -> (the SAE architecture of its activation, has a skip connection)
+_TRANSCODER_FORMS = {name: (family, bool(skip)) for family, names in TRANSCODERS.items() for skip, name in enumerate(names)}
+# A skip transcoder's w_skip (D_in, D_out), which SAELens keeps transposed, in torch Linear layout (d_out, d_in).
+SKIP_TENSOR = "W_skip"
 # cfg.json settings we read with their only supported value (what our SAEs compute).
 _PLAIN_SETTINGS = {"normalize_activations": "none", "reshape_activations": "none"}
 # SAELens's TopK / BatchTopK option (its training BatchTopK's default): pre-activations scaled by each decoder
@@ -58,12 +80,24 @@ def is_saelens_dir(path: Path | str) -> bool:
     return Path(path).is_dir()
 
 
-def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(cfg.json's dict, the tensors by SAELens name) for `sae`. ValueError where the architecture has no
-    SAELens form."""
-    arch, fmt = sae.arch, sae.arch.saelens
+def saelens_architecture(sae: SAE) -> str | None:
+    """The SAELens architecture `sae` is written as (an SAE's, or a transcoder's of TRANSCODERS); None where
+    SAELens has none (its architecture's SAE has no SAELens form, or a topk transcoder)."""
+    fmt = sae.arch.saelens
     if fmt is None:
-        raise ValueError(f"the {arch.name} architecture has no SAELens form")
+        return None
+    if not sae.transcoder:
+        return fmt.architecture
+    names = TRANSCODERS.get(fmt.architecture)
+    return None if names is None else names[sae.skip]
+
+
+def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(cfg.json's dict, the tensors by SAELens name) for `sae`. ValueError where SAELens has no form of it."""
+    arch, fmt, architecture = sae.arch, sae.arch.saelens, saelens_architecture(sae)
+    if architecture is None:
+        kind = "transcoder" if sae.transcoder else "SAE"
+        raise ValueError(f"SAELens has no form of a {arch.name} {kind}")
     values = sae.params() | sae.buffers()
     tensors = {TENSOR_NAMES[name]: np.asarray(values[name]) for name in ("w_enc", "b_enc", "w_dec", "b_dec")}
     if fmt.architecture == "jumprelu":
@@ -71,12 +105,15 @@ def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[s
         # is spread over every feature, as SAELens's own BatchTopK saves it.
         threshold = np.maximum(np.asarray(values["threshold"], np.float32), 0.0)
         tensors["threshold"] = np.broadcast_to(threshold, (sae.dict_size,))
+    if sae.skip:
+        tensors[SKIP_TENSOR] = np.asarray(values["w_skip"]).T
     cfg: dict[str, Any] = {
         "d_in": sae.input_dim,
         "d_sae": sae.dict_size,
+        **({"d_out": sae.output_dim} if sae.transcoder else {}),
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": arch.tied_bias,
+        "apply_b_dec_to_input": arch.tied_bias and not sae.transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
@@ -86,20 +123,32 @@ def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[s
             "hook_name": hook_name,
             "monosem": {"architecture": arch.name, "config": dataclasses.asdict(sae.cfg)},
         },
-        "architecture": fmt.architecture,
+        "architecture": architecture,
     }
-    for saelens_name, ours in CONFIG_FIELDS.get(fmt.architecture, {}).items():
+    for saelens_name, ours in CONFIG_FIELDS.get(architecture, {}).items():
         cfg[saelens_name] = getattr(sae.cfg, ours)
-    if fmt.architecture == "topk":
+    if architecture == "topk":
         cfg["rescale_acts_by_decoder_norm"] = False
     torch_tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in tensors.items()}
     return cfg, torch_tensors
 
 
-def save_saelens(sae: SAE, folder: Path | str, *, hook_name: str | None = "layer2") -> Path:
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def save_saelens(sae: SAE, folder: Path | str, *, hook_name: str | None = "layer2",
+                 log: Callable[[str], object] = _stderr) -> Path | None:
     """Write `folder/sae_weights.safetensors` then `folder/cfg.json`, each atomically; returns the folder.
-    hook_name: the activation SAELens records it reads (None: none recorded)."""
+    hook_name: the activation SAELens records it reads (None: none recorded).
+
+    A transcoder SAELens has no architecture for (topk) is not written: one line to `log` says so, and None is
+    returned (its state_dict, jax_impl.interop.bridge's format, is then the only one it has)."""
     folder = Path(folder)
+    if sae.transcoder and saelens_architecture(sae) is None:
+        log(f"{folder}: not written: SAELens has no {sae.arch.name} transcoder (only {', '.join(_TRANSCODER_FORMS)}); "
+            "this transcoder is saved in our state_dict format only")
+        return None
     cfg, tensors = saelens_state(sae, hook_name=hook_name)
     bridge.write_safetensors(tensors, folder / WEIGHTS_FILE)
     write_text_atomic(folder / CFG_FILE, json.dumps(cfg, indent=2) + "\n")
@@ -117,7 +166,7 @@ MAX_WIDTH = 2**31 - 1
 def _read_cfg(folder: Path) -> dict[str, Any]:
     """The values of folder's cfg.json that this reader uses, each checked (jax_impl.files.jsonfile) and with its
     SAELens default where the file has none: d_in, d_sae, architecture, apply_b_dec_to_input, RESCALE, the
-    architecture's CONFIG_FIELDS present, and "monosem": our own (architecture name, config) from its metadata or
+    architecture's CONFIG_FIELDS present, a transcoder's d_out, and "monosem": our own (architecture name, config) from its metadata or
     None. UserError naming the file and the key otherwise."""
     path = folder / CFG_FILE
     if not path.is_file():
@@ -132,9 +181,13 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
         "d_in": doc["d_in"].integer(1, MAX_WIDTH),
         "d_sae": doc["d_sae"].integer(1, MAX_WIDTH),
         "architecture": architecture,
-        "apply_b_dec_to_input": doc.get("apply_b_dec_to_input", True).boolean(),
+        "apply_b_dec_to_input": doc.get("apply_b_dec_to_input", architecture not in _TRANSCODER_FORMS).boolean(),
         RESCALE: doc.get(RESCALE, False).boolean(),
     }
+    if architecture in _TRANSCODER_FORMS:  # SAELens's own files always record d_out (TranscoderConfig.to_dict)
+        cfg["d_out"] = doc["d_out"].integer(1, MAX_WIDTH)
+        if cfg["apply_b_dec_to_input"]:
+            doc["apply_b_dec_to_input"].fail("false: a transcoder's b_dec is in the output's space (SAELens refuses true)")
     for saelens_name in CONFIG_FIELDS.get(architecture, {}):
         node = doc.get(saelens_name)
         if not node.present:
@@ -166,6 +219,8 @@ def _our_metadata(doc: jsonfile.Node) -> tuple[str, dict[str, Any]] | None:
 def _architecture(cfg: dict[str, Any], path: Path) -> tuple[Architecture, dict[str, Any] | None]:
     """Our architecture for a SAELens cfg, and our own config when the file's metadata records it."""
     name, tied = cfg["architecture"], cfg["apply_b_dec_to_input"]
+    if name in _TRANSCODER_FORMS:
+        return _transcoder_architecture(cfg)
     if cfg["monosem"] is not None:
         arch = saes.get(cfg["monosem"][0])
         if arch.saelens is not None and arch.saelens.architecture == name and arch.tied_bias == tied:
@@ -175,10 +230,25 @@ def _architecture(cfg: dict[str, Any], path: Path) -> tuple[Architecture, dict[s
             return arch, None
     known = sorted({(r, a.tied_bias) for a in saes.REGISTRY.values() if a.saelens for r in a.saelens.reads})
     shown = ", ".join(f"{r} (apply_b_dec_to_input {str(t).lower()})" for r, t in known)
+    shown += ", " + ", ".join(_TRANSCODER_FORMS)
     raise UserError(
         f"{path}: SAELens architecture {name!r} with apply_b_dec_to_input {str(tied).lower()} is not one we read; "
         f"expected one of {shown}"
     )
+
+
+def _transcoder_architecture(cfg: dict[str, Any]) -> tuple[Architecture, dict[str, Any] | None]:
+    """Our architecture for a SAELens transcoder: the one our metadata names where it is written as this SAELens
+    architecture; otherwise the one that reads SAELens's SAE of the same activation, without a pre-encoder bias
+    where there is a choice (relu-l1 rather than anthropic: a transcoder has none, and relu-l1's free decoder
+    norms are SAELens's)."""
+    family, _ = _TRANSCODER_FORMS[cfg["architecture"]]
+    if cfg["monosem"] is not None:
+        arch = saes.get(cfg["monosem"][0])
+        if arch.saelens is not None and arch.saelens.architecture == family:
+            return arch, cfg["monosem"][1]
+    readers = [a for a in saes.REGISTRY.values() if a.saelens is not None and family in a.saelens.reads]
+    return min(readers, key=lambda a: a.tied_bias), None
 
 
 def _config(arch: Architecture, cfg: dict[str, Any], ours: dict[str, Any] | None, path: Path) -> Any:
@@ -216,22 +286,30 @@ def _tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...],
     return array
 
 
-def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) -> SAE:
-    """The SAE in a SAELens folder, as one of our architectures (input_dim: the width it must read; None: any)."""
+def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH, output_dim: int | None = None) -> SAE:
+    """The SAE or transcoder in a SAELens folder, as one of our architectures (input_dim: the width it must read;
+    output_dim: the width a transcoder must predict; None: any)."""
     folder = Path(folder)
     cfg = _read_cfg(folder)
     cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
-    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    d_in, d_sae, d_out = cfg["d_in"], cfg["d_sae"], cfg.get("d_out")
     if input_dim is not None and d_in != input_dim:
         raise UserError(f"{cfg_path}: d_in is {d_in}, expected {input_dim}: the SAE must read the MLP's {input_dim}-wide activations")
+    if output_dim is not None and d_out != output_dim:
+        got = "absent (not a transcoder)" if d_out is None else d_out
+        raise UserError(f"{cfg_path}: d_out is {got}, expected {output_dim}: the transcoder must predict {output_dim}-wide activations")
     arch, ours = _architecture(cfg, cfg_path)
     config = _config(arch, cfg, ours, cfg_path)
     tensors = bridge.read_safetensors(weights_path)
+    skip = d_out is not None and _TRANSCODER_FORMS[cfg["architecture"]][1]
 
     # The shapes we hold, from the SAE of cfg.json's size, traced (jax.eval_shape) rather than initialised:
     # d_in and d_sae are claims of the file, and nothing is allocated until the tensors' shapes match them.
-    params, buffers = jax.eval_shape(lambda: arch.init(jax.random.key(0), d_in, d_sae, config))
-    wanted = {TENSOR_NAMES[name] for name in (*params, *buffers)}
+    if d_out is None:
+        params, buffers = jax.eval_shape(lambda: arch.init(jax.random.key(0), d_in, d_sae, config))
+    else:
+        params, buffers = jax.eval_shape(lambda: arch.init(jax.random.key(0), d_in, d_sae, config, d_out))
+    wanted = {TENSOR_NAMES[name] for name in (*params, *buffers)} | ({SKIP_TENSOR} if skip else set())
     if "threshold" in wanted and "threshold" not in tensors and TRAINING_THRESHOLD in tensors:
         tensors = dict(tensors)  # a SAELens training BatchTopK's file: its scalar running threshold,
         threshold = tensors.pop(TRAINING_THRESHOLD)  # which SAELens keeps in float64
@@ -254,9 +332,11 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH) ->
         return jnp.asarray(_tensor(tensors, saelens_name, shape, weights_path))
 
     params = {k: value(k, v) for k, v in params.items()}
+    if skip:
+        params["w_skip"] = jnp.asarray(_tensor(tensors, SKIP_TENSOR, (d_out, d_in), weights_path).T)
     if cfg[RESCALE]:
         params = _fold_decoder_norms(params, weights_path)
-    return SAE(arch, config, params, {k: value(k, v) for k, v in buffers.items()})
+    return SAE(arch, config, params, {k: value(k, v) for k, v in buffers.items()}, transcoder=d_out is not None)
 
 
 def _fold_decoder_norms(p: saes.base.Params, path: Path) -> saes.base.Params:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import warnings
 from pathlib import Path
 
 import jax
@@ -24,19 +22,6 @@ from jax_impl.cli import main
 from jax_impl.errors import UserError
 from jax_impl.interop import saelens
 from jax_impl.training.sae_trainer import SAETrainConfig, fit
-
-
-def _sae_lens():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import sae_lens
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sae-lens is not installed: `make test` installs the `interop` extra")
-        pytest.skip("sae-lens is not installed (pip install -e '.[interop]')")
-    return sae_lens
-
 
 WIDTH, DICT = 24, 64
 ROWS = np.random.default_rng(0).standard_normal((400, WIDTH)).astype(np.float32)
@@ -63,8 +48,7 @@ def _theirs(model) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", saes.NAMES)
-def test_sae_lens_loads_ours_and_computes_the_same(name, tmp_path):
-    sae_lens = _sae_lens()
+def test_sae_lens_loads_ours_and_computes_the_same(name, tmp_path, sae_lens):
     sae = _trained(name)
     folder = saelens.save_saelens(sae, tmp_path / name)
     model = sae_lens.SAE.load_from_disk(folder)
@@ -101,8 +85,7 @@ def _saved_by_sae_lens(sae_lens, architecture: str, folder: Path, **cfg):
     ("topk", {"k": 5}, "topk"),
     ("jumprelu", {}, "jumprelu"),
 ])
-def test_sae_lens_saved_folders_load_into_ours(architecture, cfg, ours, tmp_path):
-    sae_lens = _sae_lens()
+def test_sae_lens_saved_folders_load_into_ours(architecture, cfg, ours, tmp_path, sae_lens):
     model = _saved_by_sae_lens(sae_lens, architecture, tmp_path / "sae", **cfg)
     sae = saelens.load_saelens(tmp_path / "sae", input_dim=WIDTH)
     assert sae.arch.name == ours
@@ -120,10 +103,9 @@ def test_sae_lens_saved_folders_load_into_ours(architecture, cfg, ours, tmp_path
     ("batchtopk", {"k": 6}, "batchtopk"),
     ("matryoshka_batchtopk", {"k": 6, "matryoshka_widths": [16, 32, DICT]}, "matryoshka"),
 ])
-def test_sae_lens_training_batchtopk_files_load_into_ours(architecture, cfg, ours, tmp_path):
+def test_sae_lens_training_batchtopk_files_load_into_ours(architecture, cfg, ours, tmp_path, sae_lens):
     """SAELens's trainer saves a BatchTopK with its running `topk_threshold`; its inference form (what
     `save_inference_model` writes) is a JumpReLU with that threshold in every feature: ours must equal it."""
-    sae_lens = _sae_lens()
     sae_cls, cfg_cls = sae_lens.registry.get_sae_training_class(architecture)
     model = sae_cls(cfg_cls(d_in=WIDTH, d_sae=DICT, **cfg))
     with torch.no_grad():
@@ -227,8 +209,7 @@ def test_run_writes_a_saelens_folder_that_equals_its_sae(tiny_run):
         np.testing.assert_array_equal(np.asarray(back.params()[name]), np.asarray(value))
 
 
-def test_atlas_probe_report_accept_a_saelens_folder(tiny_run, tmp_path, capsys):
-    sae_lens = _sae_lens()
+def test_atlas_probe_report_accept_a_saelens_folder(tiny_run, tmp_path, capsys, sae_lens):
     folder = tmp_path / "theirs"
     _saved_by_sae_lens_for_layer2(sae_lens, folder)
     own = {p: _sha(p) for p in (tiny_run / "feature_atlas.json", tiny_run / "circuit_trace_detailed.xlsx")}
