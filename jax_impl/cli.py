@@ -332,7 +332,7 @@ def _flag(name: str) -> str:
 
 
 # The TrainSAEConfig fields a sweep takes (where its grid does not set them); its own --variant and --chunk-rows differ.
-_SWEEP_SAE_FIELDS = ("dict_size", "epochs", "batch_size", "lr", "log_every", "seed")
+_SWEEP_SAE_FIELDS = ("dict_size", "epochs", "batch_size", "lr", "log_every", "seed", "skip")
 
 
 def _add_train_sae_flags(group, sweep: bool = False) -> None:
@@ -346,6 +346,9 @@ def _add_train_sae_flags(group, sweep: bool = False) -> None:
         if f.name == "architecture" or (sweep and f.name not in _SWEEP_SAE_FIELDS):
             continue
         shown = f.metadata.get("shown_default", f.default)
+        if isinstance(f.default, bool):  # a switch, off unless given (no run directory sets one)
+            group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=f.metadata["help"])
+            continue
         if sweep:
             where = f" where --grid does not set {f.name}" if f.name in SAE_KEYS else ""
             text = f"{f.metadata['help']}{where} (default: the run's, else {shown})"
@@ -390,8 +393,8 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from jax_impl.training import interrupts
 
     with interrupts.handled():
-        train_sae(args.activations, args.out, config, cluster=cluster, resume=args.resume, checkpoint_every=policy,
-                  flag=_flag)
+        train_sae(args.activations, args.out, config, target=args.target, cluster=cluster, resume=args.resume,
+                  checkpoint_every=policy, flag=_flag)
     return 0
 
 
@@ -414,6 +417,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     with interrupts.handled():
         doc = run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir,
+                        target=args.target, skip=args.skip,
                         variants=variants, dict_size=args.dict_size, train=train, seed=args.seed,
                         chunk_rows=args.chunk_rows, atlas_scores=not args.no_atlas, resume=args.resume,
                         checkpoint_every=policy, flag=_flag)
@@ -555,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-sae", help="train an SAE of any architecture on an (N, d) float32 activation file")
     p.add_argument("--activations", type=Path, required=True, metavar="FILE",
                    help=".pt (one tensor), .npy (memory-mapped, streamed in chunks) or .safetensors (one tensor)")
+    p.add_argument("--target", type=Path, metavar="FILE", help="train a transcoder: its encoder reads --activations, "
+                   "its decoder predicts this file's rows (N, d_out), one per row of --activations (the same formats)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes sae.pth, sae_config.json, metrics.json")
     _add_train_sae_flags(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from its newest "
@@ -579,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--activations", type=Path, metavar="FILE", help="an (N, d) float32 file, as for train-sae")
     source.add_argument("--run-dir", type=Path, metavar="DIR", help="a run directory: its activations and SAE settings "
                         "(and the atlas scores of every SAE), or with --stage mlp its MLP recipe and splits")
+    p.add_argument("--target", type=Path, metavar="FILE", help="with --activations: train transcoders that predict "
+                   "this file's rows (N, d_out), as train-sae --target")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the sweep's folder")
     p.add_argument("--stage", choices=("sae", "mlp"), default="sae", help="what to train (default sae)")
     p.add_argument("--variant", metavar="NAME[,NAME...]", help=f"SAE architecture(s): {', '.join(NAMES)} "

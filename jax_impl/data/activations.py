@@ -161,6 +161,48 @@ class ActivationFile:
         return np.ascontiguousarray(self._reader.read_sorted(unique)[inverse.reshape(-1)])
 
 
+class _PairedReader:
+    """Rows of two readers side by side: each read reads both and concatenates them (pair_activations)."""
+
+    def __init__(self, left: _Reader, right: _Reader) -> None:
+        self.left = left
+        self.right = right
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.concatenate((self.left.read(start, stop), self.right.read(start, stop)), axis=1)
+
+    def read_sorted(self, indices: np.ndarray) -> np.ndarray:
+        return np.concatenate((self.left.read_sorted(indices), self.right.read_sorted(indices)), axis=1)
+
+
+@dataclass(frozen=True)
+class PairedActivations(ActivationFile):
+    """A transcoder's training data: an input file's rows and a target file's rows side by side, (n_rows,
+    inputs.width + targets.width) float32, read lazily from both (pair_activations). `path` is the input file's
+    (messages about the rows name it); the fingerprint covers both files' content."""
+
+    inputs: ActivationFile
+    targets: ActivationFile
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A sha256 (hex) of the two files' fingerprints (ActivationFile.fingerprint), in order: another input
+        or another target file, or the two swapped, give another one."""
+        text = f"{_PAIRED_FORMAT}\n{self.inputs.fingerprint}\n{self.targets.fingerprint}\n"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pair_activations(inputs: ActivationFile, targets: ActivationFile) -> PairedActivations:
+    """The rows of `inputs` (N, D_in) and `targets` (N, D_out) side by side, (N, D_in + D_out) float32, read
+    lazily (each read reads the same rows of both files): what a transcoder trains on (sae_trainer.fit).
+    UserError (one line naming both files and their row counts) where the files' row counts differ."""
+    if inputs.n_rows != targets.n_rows:
+        raise UserError(f"{targets.path}: {targets.n_rows} rows, but {inputs.path} has {inputs.n_rows}: a "
+                        "transcoder's target file must hold one row per row of its input file, in the same order")
+    return PairedActivations(inputs.path, inputs.n_rows, inputs.width + targets.width,
+                             _PairedReader(inputs._reader, targets._reader), inputs, targets)
+
+
 def open_activations(path: Path | str, *, width: int | None = None, check_finite_chunk_rows: int = 65536,
                      check_finite: bool = True) -> ActivationFile:
     """Open and validate an activation matrix: an (N, d) float32 array with N >= 1, d >= 1 (d == width where
@@ -249,6 +291,7 @@ def sample_rows(source: ActivationFile, n: int, rng: np.random.Generator) -> np.
 FINGERPRINT_ROWS = 64  # rows sampled over the file beside its first and last
 _FINGERPRINT_SEED = 0x5EED  # fixed: the same file always gives the same sample, hence the same fingerprint
 _FINGERPRINT_FORMAT = "monosem-activations-fingerprint/1"
+_PAIRED_FORMAT = "monosem-paired-activations-fingerprint/1"
 
 
 def fingerprint(source: ActivationFile) -> str:

@@ -1,6 +1,7 @@
 """The metrics of the MLP and of an SAE: the one home of their formulas.
 
-Prediction: `prediction_metrics` (MSE, exact match). Reconstruction, from the sums every caller gathers its own
+Prediction: `prediction_metrics` (MSE, exact match). Reconstruction (a transcoder's: its prediction against its
+target, in the target's width), from the sums every caller gathers its own
 way (in memory: `inference.evaluate`; streamed over an activation file: `reconstruction_metrics` for `monosem
 train-sae` and the sweep; chunks of synthetic data: jax_impl.evaluation.groundtruth):
 
@@ -98,25 +99,29 @@ def reconstruction_quality(x: np.ndarray, reconstruction: np.ndarray, features: 
 
 
 @jax.jit
-def _chunk_sums(sae: SAE, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+def _chunk_sums(sae: SAE, rows: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    # A transcoder's rows hold its input and its target side by side (data.activations.pair_activations); an
+    # SAE's target is its input.
+    x, target = (rows[:, :sae.input_dim], rows[:, sae.input_dim:]) if sae.transcoder else (rows, rows)
     reconstruction, features = sae(x)
     active = features > 0
     return (
-        jnp.sum(jnp.square(reconstruction - x), dtype=jnp.float32),
+        jnp.sum(jnp.square(reconstruction - target), dtype=jnp.float32),
         jnp.sum(active, dtype=jnp.float32),
         jnp.any(active, axis=0),
-        jnp.sum(x, axis=0),
-        jnp.sum(jnp.square(x), axis=0),
+        jnp.sum(target, axis=0),
+        jnp.sum(jnp.square(target), axis=0),
     )
 
 
 def reconstruction_sums(sae: SAE, source: ActivationFile, first: int, last: int, chunk_rows: int) -> dict[str, Any]:
     """What reconstruction_metrics adds up over rows [first, last): sse, active (float), fired (F,) bool,
-    col_sum and col_sq (D,) float64; sums of row ranges add up to the sums of their union."""
+    col_sum and col_sq (D_out,) float64 of the target (an SAE's: its input; a transcoder's rows hold input and
+    target side by side); sums of row ranges add up to the sums of their union."""
     sse = active = 0.0
     fired = np.zeros(sae.dict_size, bool)
-    col_sum = np.zeros(source.width, np.float64)
-    col_sq = np.zeros(source.width, np.float64)
+    col_sum = np.zeros(sae.output_dim, np.float64)
+    col_sq = np.zeros(sae.output_dim, np.float64)
     for start in range(first, last, chunk_rows):
         x = jnp.asarray(source.rows(start, min(start + chunk_rows, last)))
         s, a, f, cs, cq = _chunk_sums(sae, x)
@@ -140,8 +145,10 @@ def metrics_from_sums(sums: dict[str, Any], n: int, width: int) -> dict[str, flo
 
 
 def reconstruction_metrics(sae: SAE, source: ActivationFile, chunk_rows: int) -> dict[str, float | None]:
-    """Over every row of source, chunk by chunk: rows, mse, explained_variance, l0 and dead_fraction."""
-    return metrics_from_sums(reconstruction_sums(sae, source, 0, source.n_rows, chunk_rows), source.n_rows, source.width)
+    """Over every row of source, chunk by chunk: rows, mse, explained_variance, l0 and dead_fraction. A
+    transcoder's (source: its input and target side by side) measure its prediction against the target."""
+    sums = reconstruction_sums(sae, source, 0, source.n_rows, chunk_rows)
+    return metrics_from_sums(sums, source.n_rows, sae.output_dim)
 
 
 # --------------------------------------------------------------------------- splicing into the MLP

@@ -235,6 +235,8 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
     Every tensor's shape (torch layout), dtype and finiteness is checked against the architecture's key map;
     the dictionary size and width are read off `encoder.weight`, which must read `input_dim` features
     (None accepts any width). Config keys (`k`, `group_ends`) restore the architecture's config.
+    A transcoder (saes.base.numpy_state: the key TRANSCODER_KEY, int64 1, and a skip transcoder's SKIP_KEY
+    (D_out, D_in)) is built as one, its output width read off `decoder.weight` (D_out, F).
     """
     arch = saes.architecture_of_keys(sd)
     if arch is None:
@@ -246,9 +248,23 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
             f"{source}: key 'encoder.weight' has shape ({dict_size}, {width}), expected ({dict_size}, {input_dim}): "
             f"the SAE must read the MLP's {input_dim}-wide activations"
         )
+    transcoder = _transcoder_marker(sd, source)
+    if saes.base.SKIP_KEY in sd and not transcoder:
+        raise UserError(f"{source}: key {saes.base.SKIP_KEY!r} (a transcoder's skip connection) without the key "
+                        f"{saes.base.TRANSCODER_KEY!r}: expected both or neither")
     # A template for the tensors' shapes only: the default config, unvalidated (its k may exceed dict_size);
     # the file's own config is restored and validated below.
-    template = SAE(arch, arch.config(), *arch.init(jax.random.key(0), width, dict_size, arch.config()))
+    if transcoder:
+        dict_in, output_dim = _linear_in_out(sd, "decoder.weight", source)
+        if dict_in != dict_size:
+            raise UserError(f"{source}: key 'decoder.weight' has shape ({output_dim}, {dict_in}), expected "
+                            f"({output_dim}, {dict_size}): one column per feature of 'encoder.weight'")
+        template_params, template_buffers = arch.init(jax.random.key(0), width, dict_size, arch.config(), output_dim)
+        if saes.base.SKIP_KEY in sd:
+            template_params = template_params | {"w_skip": jnp.zeros((width, output_dim), jnp.float32)}
+        template = SAE(arch, arch.config(), template_params, template_buffers, transcoder=True)
+    else:
+        template = SAE(arch, arch.config(), *arch.init(jax.random.key(0), width, dict_size, arch.config()))
     expected = saes.base.numpy_state(template)
     params, buffers, config_values = template.params(), template.buffers(), {}
     for entry in arch.key_map:
@@ -267,12 +283,35 @@ def sae_from_state_dict(sd: Mapping[str, object], *, source: str = "state_dict",
         if not np.all(np.isfinite(value)):
             raise UserError(f"{source}: key {entry.torch_key!r} contains NaN or infinite values")
         (params if entry.source == "param" else buffers)[entry.name] = jnp.asarray(value.T if entry.transpose else value)
+    if template.skip:
+        key = saes.base.SKIP_KEY
+        value = _as_numpy(sd[key], key, source)
+        if value.shape != expected[key].shape:
+            raise UserError(f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {expected[key].shape}")
+        if value.dtype != np.float32:
+            raise UserError(f"{source}: key {key!r} has dtype {value.dtype}, expected float32")
+        if not np.all(np.isfinite(value)):
+            raise UserError(f"{source}: key {key!r} contains NaN or infinite values")
+        params["w_skip"] = jnp.asarray(value.T)
     cfg = arch.config_from_file(config_values)
     try:
         cfg.validate(dict_size)
     except ValueError as e:
         raise UserError(f"{source}: {e}") from None
-    return SAE(arch, cfg, params, buffers)
+    return SAE(arch, cfg, params, buffers, transcoder=transcoder)
+
+
+def _transcoder_marker(sd: Mapping[str, object], source: str) -> bool:
+    """Whether `sd` is a transcoder's: its TRANSCODER_KEY, where present, must be the integer scalar 1."""
+    key = saes.base.TRANSCODER_KEY
+    if key not in sd:
+        return False
+    value = _as_numpy(sd[key], key, source)
+    if value.shape != () or value.dtype.kind not in "iu" or int(value) != 1:
+        raise UserError(f"{source}: key {key!r} is {value.dtype} {tuple(value.shape)}"
+                        f"{f' = {value.item()}' if value.size == 1 else ''}, expected the int64 scalar 1 "
+                        "(a transcoder's marker)")
+    return True
 
 
 def torch_load(path: Path | str) -> object:

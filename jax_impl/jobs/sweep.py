@@ -35,7 +35,7 @@ import numpy as np
 
 from jax_impl import saes
 from jax_impl.checks import check_memory
-from jax_impl.data.activations import ActivationFile, open_activations
+from jax_impl.data.activations import ActivationFile, PairedActivations
 from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.evaluation import inference
 from jax_impl.evaluation.atlas import document as atlas
@@ -64,10 +64,11 @@ from jax_impl.jobs.sweep_grid import STAGES, MLPConfiguration, SAEConfiguration,
 from jax_impl.jobs.train_sae import (
     LAST_FILES,
     TrainSAEConfig,
-    activations_record,
     check_metrics,
     config_record,
+    data_record,
     init_and_shuffle_keys,
+    open_training_data,
     stage_artifacts,
 )
 from jax_impl.precision import highest_precision
@@ -113,6 +114,8 @@ def run_sweep(
     stage: str = "sae",
     activations: Path | str | None = None,
     run_dir: Path | str | None = None,
+    target: Path | str | None = None,
+    skip: bool = False,
     variants: Sequence[str] | None = None,
     dict_size: int | None = None,
     train: SAETrainConfig | None = None,
@@ -150,7 +153,8 @@ def run_sweep(
             raise UserError(f"{flag('stage')} mlp trains the MLP of a run directory: give {flag('run_dir')} (not "
                             f"{flag('activations')})")
         given = [flag(name) for name, value in (("variants", variants), ("dict_size", dict_size), ("train", train),
-                                                ("seed", seed)) if value is not None]
+                                                ("seed", seed), ("target", target), ("skip", skip or None))
+                 if value is not None]
         if given:
             raise UserError(f"{', '.join(given)}: SAE settings; with {flag('stage')} mlp use {flag('grid')} KEY=... "
                             f"(e.g. {flag('grid')} seed=0..7)")
@@ -171,13 +175,18 @@ def run_sweep(
     given = {k: v for k, v in given.items() if v is not None} | ({} if train is None else dataclasses.asdict(train))
     dataclasses.replace(TrainSAEConfig(), **given).validate_settings(flag)
     path, run = _source_of(activations, run_dir, flag)
+    if target is not None and run is not None:
+        raise UserError(f"{flag('target')} trains transcoders on {flag('activations')} and that file: give "
+                        f"{flag('activations')} (not {flag('run_dir')}, whose atlas scores are an SAE's)")
+    if skip and target is None:
+        raise UserError(f"{flag('skip')} is a transcoder's skip connection: it needs {flag('target')}")
     defaults = dataclasses.replace(sae_defaults(None if run is None else run.config), **given)
     configurations = sae_configurations(
         grid, variants=[defaults.variant] if variants is None else list(variants), dict_size=defaults.dict_size,
         train=defaults.train_config(), seed=defaults.seed,
         arch_defaults={defaults.variant: dataclasses.asdict(defaults.architecture)},
     )
-    source = open_activations(path)
+    source = open_training_data(path, target)
     if source.n_rows > chunk_rows:
         raise UserError(
             f"{source.path}: {source.n_rows} rows, more than {flag('chunk_rows')} {chunk_rows}; a sweep holds the rows "
@@ -199,7 +208,7 @@ def run_sweep(
         run.splits  # noqa: B018
     return _locked(out_dir, resume, configurations, flag, lambda: _sae_sweep(
         configurations, source, run if atlas_scores else None, out_dir, grid, chunk_rows,
-        _Resume(resume, checkpoint_every), log))
+        _Resume(resume, checkpoint_every), log, skip))
 
 
 def _locked(out_dir: Path | str, resume: bool, configurations: Sequence[SAEConfiguration | MLPConfiguration],
@@ -339,33 +348,43 @@ def _run_groups(configurations: Sequence[Any], groups: list[list[Any]], out_dir:
 
 
 def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
-               grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log) -> dict[str, Any]:
+               grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log,
+               skip: bool = False) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, sae_group_key)
-    log(f"Sweep: {len(configurations)} SAE configuration(s) in {len(groups)} program(s) on {source.n_rows} x "
-        f"{source.width} activations from {source.path}")
+    if isinstance(source, PairedActivations):
+        log(f"Sweep: {len(configurations)} {'skip ' if skip else ''}transcoder configuration(s) in {len(groups)} "
+            f"program(s) on {source.n_rows} x {source.inputs.width} activations from {source.inputs.path} predicting "
+            f"{source.n_rows} x {source.targets.width} from {source.targets.path}")
+        split = source.inputs.width
+    else:
+        log(f"Sweep: {len(configurations)} SAE configuration(s) in {len(groups)} program(s) on {source.n_rows} x "
+            f"{source.width} activations from {source.path}")
+        split = None
     rows = source.rows(0, source.n_rows)
 
     def train(g: int, members: list[SAEConfiguration], progress: Progress, checkpoints: TrainingCheckpoints,
               label: str) -> list[dict[str, Any]]:
         keys = [init_and_shuffle_keys(c.seed) for c in members]
-        trained = fit_sae_group(members, keys, rows, progress, checkpoints, label=f"SAE {label}")
+        trained = fit_sae_group(members, keys, rows, progress, checkpoints, label=f"SAE {label}", split=split,
+                                skip=skip)
         return [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows)
                 for c, t in zip(members, trained, strict=True)]
 
     table, group_records = _run_groups(
         configurations, groups, out_dir, resume, log, epochs=lambda c: c.train.epochs,
-        identity=lambda members: _sae_identity(members, source, chunk_rows),
-        read_row=lambda c, g: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows), train=train)
+        identity=lambda members: _sae_identity(members, source, chunk_rows, skip),
+        read_row=lambda c, g: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows, skip), train=train)
     doc = {"format": "monosem-sweep/1", "stage": "sae", "source": str(source.path),
            "run_dir": None if run is None else str(run.run_dir), "grid": _grid_record(grid),
            "groups": group_records, "configurations": table}
     return write_report(out_dir, doc, log)
 
 
-def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, chunk_rows: int) -> dict[str, Any]:
+def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, chunk_rows: int,
+                  skip: bool = False) -> dict[str, Any]:
     """What a group's checkpoint must match to be resumed: its configurations and the data's shape."""
-    return {"stage": "sae", "chunk_rows": chunk_rows, "activations": activations_record(source),
+    return {"stage": "sae", "chunk_rows": chunk_rows, **data_record(source, skip=skip),
             "configurations": [{"name": c.name, "variant": c.variant, "dict_size": c.dict_size, "seed": c.seed,
                                 "config": dataclasses.asdict(c.cfg), "training": dataclasses.asdict(c.train)}
                                for c in members]}
@@ -403,7 +422,7 @@ def _sae_row(c: SAEConfiguration, group: int, metrics: Mapping[str, Any], record
 
 
 def _read_sae_row(c: SAEConfiguration, group: int, source: ActivationFile, run: Run | None, folder: Path,
-                  chunk_rows: int) -> dict[str, Any] | None:
+                  chunk_rows: int, skip: bool = False) -> dict[str, Any] | None:
     """A written configuration's table row from its metrics.json, sae_config.json (and feature_atlas.json), as
     _write_sae returned it; None when the folder is not complete."""
     metrics, record = _read_json(folder / METRICS_FILE), _read_json(folder / SAE_CONFIG_FILE)
@@ -413,7 +432,7 @@ def _read_sae_row(c: SAEConfiguration, group: int, source: ActivationFile, run: 
     cfg = arch.resolve(c.cfg, c.dict_size) if arch.resolve is not None else c.cfg
     _same_settings(folder, record.object(), {
         "architecture": c.variant, "config": dataclasses.asdict(cfg), "training": dataclasses.asdict(c.train),
-        "dict_size": c.dict_size, "seed": c.seed, "chunk_rows": chunk_rows, "activations": activations_record(source),
+        "dict_size": c.dict_size, "seed": c.seed, "chunk_rows": chunk_rows, **data_record(source, skip=skip),
     })
     scores = None
     if run is not None:

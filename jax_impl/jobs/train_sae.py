@@ -11,8 +11,13 @@ an SAE folder (its layout: jax_impl.jobs.rundir):
   metrics.json      explained variance, L0, dead fraction and MSE over every row, training seconds
   checkpoints/      the training state while it runs (jax_impl.training.checkpoints); removed once the files above exist
 
-committed together as one artifact set (jax_impl.files.artifact_set: staged in out_dir, then renamed into place, the
-JSONs last), so a failure at any point leaves the previous set whole. `resume=True` (`--resume`) continues
+With a target file (`--target`), the same folder holds a transcoder (every architecture; optionally with a
+skip connection, `--skip`) whose encoder reads the activations and whose decoder predicts the target's rows: the
+two files are read side by side (jax_impl.data.activations.pair_activations), its metrics measure the prediction
+against the target, and sae_config.json and the checkpoints' identity record both files.
+
+The files are committed together as one artifact set (jax_impl.files.artifact_set: staged in out_dir, then renamed
+into place, the JSONs last), so a failure at any point leaves the previous set whole. `resume=True` (`--resume`) continues
 from the newest valid checkpoint in checkpoints/. What it trains is a `TrainSAEConfig`, whose fields are the
 command's flags.
 """
@@ -34,7 +39,14 @@ from jax.sharding import Mesh
 
 from jax_impl import saes
 from jax_impl.checks import check_dict_size, check_memory, check_seed
-from jax_impl.data.activations import ActivationFile, check_finite_rows, fingerprint, open_activations
+from jax_impl.data.activations import (
+    ActivationFile,
+    PairedActivations,
+    check_finite_rows,
+    fingerprint,
+    open_activations,
+    pair_activations,
+)
 from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.evaluation.metrics import metrics_from_sums, reconstruction_metrics, reconstruction_sums
 from jax_impl.files.artifact_set import artifact_set
@@ -85,6 +97,9 @@ class TrainSAEConfig:
     devices: int | str | None = field(default=None, metadata={
         "help": "data parallel: split each batch over N local devices (parameters replicated, gradients reduced by "
         "the compiler)", "type": str, "metavar": "N|all", "shown_default": "one device"})
+    skip: bool = field(default=False, metadata={
+        "help": "a transcoder (--target) with a linear skip connection from its input to its prediction, zero at "
+        "first (Paulo et al. 2025)", "shown_default": "none"})
     architecture: Any = None
 
     def __post_init__(self) -> None:
@@ -133,6 +148,7 @@ def train_sae(
     out_dir: Path | str,
     config: TrainSAEConfig = TrainSAEConfig(),
     *,
+    target: Path | str | None = None,
     cluster: Cluster | None = None,
     resume: bool = False,
     checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
@@ -141,6 +157,10 @@ def train_sae(
 ) -> dict[str, Any]:
     """Train the SAE `config` describes on the (N, d) float32 rows of `activations`; write an SAE folder
     (SAE_FILE, SAE_CONFIG_FILE, METRICS_FILE, ...) into out_dir. Returns the metrics.
+
+    target: train a transcoder instead, whose encoder reads `activations` (N, d_in) and whose decoder predicts the
+    rows of this file (N, d_out) (the same checks; one row per row of activations), with a linear skip connection
+    where config.skip. Its metrics measure the prediction against the target.
 
     config.devices: data parallel over this many local devices, or "all" (jax_impl.training.devices; None: one
     device). cluster: this process's part of a multi-process run (jax_impl.training.distributed; start every process
@@ -153,6 +173,8 @@ def train_sae(
     shape); without it, old checkpoints in out_dir are removed and training starts at the first epoch.
     """
     config.validate(flag)
+    if config.skip and target is None:
+        raise UserError(f"{flag('skip')} is a transcoder's skip connection: it needs {flag('target')}")
     train = config.train_config()
     if cluster is not None:
         if resume:
@@ -165,8 +187,9 @@ def train_sae(
             raise UserError(f"{flag('variant')} {config.variant}: its epoch hook (e.g. resampling) reads rows from "
                             "every shard on one host, which a multi-process run does not have; train it without "
                             f"{flag('cluster')}")
-        return _train_distributed(Path(activations), Path(out_dir), config, cluster.validate(), log, flag)
-    source = open_activations(activations)
+        return _train_distributed(Path(activations), None if target is None else Path(target), Path(out_dir), config,
+                                  cluster.validate(), log, flag)
+    source = open_training_data(activations, target)
     chunk_rows = config.chunk_rows
     if train.batch_size > min(source.n_rows, chunk_rows):
         raise UserError(
@@ -186,11 +209,41 @@ def train_sae(
             "architecture": config.variant, "config": dataclasses.asdict(config.architecture),
             "training": dataclasses.asdict(train), "dict_size": config.dict_size, "seed": config.seed,
             "chunk_rows": chunk_rows, "devices": 1 if mesh is None else mesh.size,
-            "activations": activations_record(source),
-        }, checkpoint_every, resume=resume, log=log)
+        } | data_record(source, skip=config.skip), checkpoint_every, resume=resume, log=log)
         metrics = _train_and_write(source, out_dir, config, mesh, log, checkpoints)
         checkpoints.clear()  # every file is written: nothing left to resume
         return metrics
+
+
+def open_training_data(activations: Path | str, target: Path | str | None, *,
+                       check_finite: bool = True) -> ActivationFile:
+    """An SAE's rows (the activation file), or a transcoder's: those of `activations` and `target` side by side
+    (pair_activations). Every defect is a one-line UserError naming its file."""
+    source = open_activations(activations, check_finite=check_finite)
+    if target is None:
+        return source
+    return pair_activations(source, open_activations(target, check_finite=check_finite))
+
+
+def create_model(variant: str, source: ActivationFile, dict_size: int, cfg: Any, *, key: jax.Array,
+                 skip: bool = False) -> saes.SAE:
+    """A fresh SAE for the rows of `source`, or a transcoder where they are paired (open_training_data): its input
+    and output widths those of the two files."""
+    if isinstance(source, PairedActivations):
+        return saes.create(variant, source.inputs.width, dict_size, cfg, key=key, output_dim=source.targets.width,
+                           skip=skip)
+    return saes.create(variant, source.width, dict_size, cfg, key=key)
+
+
+def describe_training(sae: saes.SAE, variant: str, source: ActivationFile) -> str:
+    """The line a training starts with: what it trains on which rows."""
+    if isinstance(source, PairedActivations):
+        skip = " skip" if sae.skip else ""
+        return (f"Training a {variant}{skip} transcoder ({sae.dict_size} features) on {source.n_rows} x "
+                f"{source.inputs.width} activations from {source.inputs.path} to predict {source.n_rows} x "
+                f"{source.targets.width} from {source.targets.path}")
+    return (f"Training a {variant} SAE ({sae.dict_size} features) on {source.n_rows} x {source.width} activations "
+            f"from {source.path}")
 
 
 def _memory_flags(config: TrainSAEConfig, source: ActivationFile, flag: Callable[[str], str]) -> str:
@@ -208,9 +261,8 @@ def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConf
     """train_sae's work once the inputs are checked and out_dir's lock is held."""
     variant, dict_size, train, chunk_rows = config.variant, config.dict_size, config.train_config(), config.chunk_rows
     init_key, shuffle_key = init_and_shuffle_keys(config.seed)
-    sae = saes.create(variant, source.width, dict_size, config.architecture, key=init_key)
-    log(f"Training a {variant} SAE ({dict_size} features) on {source.n_rows} x {source.width} activations from "
-        f"{source.path}")
+    sae = create_model(variant, source, dict_size, config.architecture, key=init_key, skip=config.skip)
+    log(describe_training(sae, variant, source))
     in_memory = source.n_rows <= chunk_rows
     rows = source.rows(0, source.n_rows) if in_memory else source
     started = time.perf_counter()
@@ -254,13 +306,22 @@ def config_record(sae: saes.SAE, variant: str, train: SAETrainConfig, source: Ac
         "architecture": variant,
         "config": dataclasses.asdict(sae.cfg),
         "training": dataclasses.asdict(train),
-        "input_dim": source.width,
+        "input_dim": sae.input_dim,
         "dict_size": sae.dict_size,
         "seed": seed,
         "chunk_rows": chunk_rows,
         "devices": devices,
-        "activations": activations_record(source),
-    }
+    } | data_record(source, skip=sae.skip)
+
+
+def data_record(source: ActivationFile, *, skip: bool = False) -> dict[str, Any]:
+    """What a training's identity (checkpoints, SAE_CONFIG_FILE, a sweep's) records of its data: an SAE's
+    activations (activations_record); a transcoder's (source paired: open_training_data) its input file as
+    "activations", its target file as "target", and its shape (transcoder, output_dim, skip)."""
+    if not isinstance(source, PairedActivations):
+        return {"activations": activations_record(source)}
+    return {"activations": activations_record(source.inputs), "transcoder": True,
+            "output_dim": source.targets.width, "skip": skip, "target": activations_record(source.targets)}
 
 
 def activations_record(source: ActivationFile) -> dict[str, Any]:
@@ -289,8 +350,8 @@ def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics
     write_json_atomic(folder / METRICS_FILE, metrics)
 
 
-def _train_distributed(path: Path, out_dir: Path, config: TrainSAEConfig, cluster: Cluster, log: Log,
-                       flag: Callable[[str], str]) -> dict[str, Any]:
+def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: TrainSAEConfig, cluster: Cluster,
+                       log: Log, flag: Callable[[str], str]) -> dict[str, Any]:
     """train_sae as one process of a multi-process run (jax_impl.training.distributed): this process reads only its
     shard of the rows; the batches and gradients span every process's devices; process 0 alone writes out_dir."""
     variant, dict_size, train, chunk_rows = config.variant, config.dict_size, config.train_config(), config.chunk_rows
@@ -299,9 +360,10 @@ def _train_distributed(path: Path, out_dir: Path, config: TrainSAEConfig, cluste
     say = log if writer else (lambda line: None)
     with contextlib.ExitStack() as stack:
         try:
-            source = open_activations(path, check_finite=False)
+            source = open_training_data(path, target, check_finite=False)
             first, last, shard_rows = distributed.shard_range(source.n_rows, cluster)
-            check_finite_rows(source, first, last)
+            for part in (source.inputs, source.targets) if isinstance(source, PairedActivations) else (source,):
+                check_finite_rows(part, first, last)  # each file's own scan: a message names the file at fault
             mesh = distributed.global_mesh()
             if train.batch_size > source.n_rows or train.batch_size % mesh.size:
                 raise UserError(f"{flag('batch_size')} {train.batch_size} must be at most the file's {source.n_rows} "
@@ -319,22 +381,21 @@ def _train_distributed(path: Path, out_dir: Path, config: TrainSAEConfig, cluste
                 stack.enter_context(folder_lock(out_dir, flag=flag("out_dir"), what="output folder"))
                 remove_stale_temporaries(out_dir, _WRITTEN_FOLDERS)
             init_key, shuffle_key = init_and_shuffle_keys(config.seed)
-            sae = saes.create(variant, source.width, dict_size, config.architecture, key=init_key)
-            say(f"Training a {variant} SAE ({dict_size} features) on {source.n_rows} x {source.width} activations from "
-                f"{source.path}: {cluster.num_processes} processes, {mesh.size} devices, this process's rows "
-                f"{first}..{last - 1}")
+            sae = create_model(variant, source, dict_size, config.architecture, key=init_key, skip=config.skip)
+            say(f"{describe_training(sae, variant, source)}: {cluster.num_processes} processes, {mesh.size} devices, "
+                f"this process's rows {first}..{last - 1}")
             rows = distributed.global_rows(source.rows(first, last), shard_rows, mesh)
             started = time.perf_counter()
             result = sae_trainer.fit(sae, rows, train, key=shuffle_key, log=say, mesh=mesh, n_rows=source.n_rows)
             seconds = time.perf_counter() - started
             model = saes.SAE(result.model.arch, result.model.cfg, *distributed.local_copy(
-                (result.model.params(), result.model.buffers())))
+                (result.model.params(), result.model.buffers())), transcoder=result.model.transcoder)
             sums = reconstruction_sums(model, source, first, last, chunk_rows)
             gathered = {k: distributed.gather(np.asarray(v)) for k, v in sums.items()}  # (P, ...) each
             total = {"sse": float(gathered["sse"].sum()), "active": float(gathered["active"].sum()),
                      "fired": gathered["fired"].any(axis=0), "col_sum": gathered["col_sum"].sum(axis=0),
                      "col_sq": gathered["col_sq"].sum(axis=0)}
-            metrics = metrics_from_sums(total, source.n_rows, source.width) | {
+            metrics = metrics_from_sums(total, source.n_rows, model.output_dim) | {
                 "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
             }
             check_metrics(metrics, source)

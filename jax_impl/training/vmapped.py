@@ -47,7 +47,7 @@ from jax_impl.training.loop import (
 )
 from jax_impl.training.mlp_trainer import MLPConfig, evaluation_mse, mlp_loss, mlp_optimizer
 from jax_impl.training.online import make_online_epoch_fn
-from jax_impl.training.sae_trainer import SAETrainConfig, make_sae_step, sae_optimizer, steps_in
+from jax_impl.training.sae_trainer import SAETrainConfig, as_batch, make_sae_step, sae_optimizer, steps_in
 
 CONFIG_AXIS = "configurations"  # the vmapped axis's name (sae_trainer.make_sae_step's group-wide predicates)
 
@@ -225,8 +225,11 @@ def group_by(items: Sequence[Any], key: Callable[[Any], Any]) -> list[list[Any]]
 
 
 def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.ndarray, progress: Progress,
-                  checkpoints: TrainingCheckpoints | None = None, label: str = "SAE") -> list[Trained]:
+                  checkpoints: TrainingCheckpoints | None = None, label: str = "SAE", *, split: int | None = None,
+                  skip: bool = False) -> list[Trained]:
     """Train configurations of one group (sae_group_key) together: one vmapped jitted epoch over rows (N, D) float32.
+    split: train transcoders, whose rows hold their input (N, split) and target (N, D - split) side by side
+    (sae_trainer.fit's); skip: with their linear skip connection.
 
     Each one is initialised from its init key and shuffled from its shuffle key (keys[i]), and sees the same
     sequence of batches and epoch hooks as sae_trainer.fit would give it alone with those keys.
@@ -238,10 +241,12 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
     traced = traced_fields(arch)
     n, width = rows.shape
     x = jnp.asarray(rows, jnp.float32)
-    models = [saes.create(c.variant, width, c.dict_size, c.cfg, key=init_key)
+    shape = {} if split is None else {"output_dim": width - split, "skip": skip}  # a transcoder's
+    models = [saes.create(c.variant, width if split is None else split, c.dict_size, c.cfg, key=init_key, **shape)
               for c, (init_key, _) in zip(members, keys, strict=True)]
     tx = sae_optimizer(train)  # Adam's state does not depend on the learning rate: one init serves every lr
-    mean = jnp.mean(x, axis=0) if arch.tied_bias else None  # sae_trainer.fit's centring, in-memory rows
+    # sae_trainer.fit's centring, in-memory rows (a transcoder's b_dec: the target's mean)
+    mean = jnp.mean(x, axis=0)[0 if split is None else split:] if arch.tied_bias else None
     states = []
     for c, sae in zip(members, models, strict=True):
         p = sae.params() | ({"b_dec": mean} if arch.tied_bias else {})
@@ -257,7 +262,7 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
         state, hyper = carry
         cfg = dataclasses.replace(models[0].cfg, **{f: hyper[f] for f in traced})
         tx = sae_optimizer(dataclasses.replace(train, lr=hyper["lr"]))
-        state, loss = make_sae_step(arch, cfg, tx, dead_after, axis_name=CONFIG_AXIS)(state, *batch)
+        state, loss = make_sae_step(arch, cfg, tx, dead_after, axis_name=CONFIG_AXIS, split=split)(state, *batch)
         return (state, hyper), loss
 
     # vmap of the jitted epoch: one compiled program (the epoch's donation and compiler options kept) for all.
@@ -277,8 +282,8 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
                     continue
                 state = member(carry[0], i)
                 hook_key = jax.random.fold_in(jax.random.fold_in(shuffle_keys[i], e), 1)
-                p, opt_state, note = arch.epoch_hook(state[0], state[2], arch.batch(x), hook_key, e, models[i].cfg,
-                                                     train.epochs)
+                p, opt_state, note = arch.epoch_hook(state[0], state[2], as_batch(arch, x, split), hook_key, e,
+                                                     models[i].cfg, train.epochs)
                 if note:
                     params, buffers, opt, fired = carry[0]
                     carry = ((_set_member(params, i, p), buffers, _set_member(opt, i, opt_state), fired), carry[1])
@@ -296,7 +301,7 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
     out = []
     for i, sae in enumerate(models):
         state = member(carry[0], i)
-        model = saes.SAE(arch, sae.cfg, state[0], state[1]) if diverged[i] is None else None
+        model = saes.SAE(arch, sae.cfg, state[0], state[1], transcoder=sae.transcoder) if diverged[i] is None else None
         out.append(Trained(model, float(losses[i].mean()), seconds, diverged[i], epoch_seconds))
     return out
 
