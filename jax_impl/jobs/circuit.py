@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jax_impl import saes
 from jax_impl.errors import UserError
 from jax_impl.evaluation.circuit.attribution import attribute
 from jax_impl.evaluation.circuit.config import LAYERS, CircuitConfig
@@ -47,6 +49,7 @@ from jax_impl.interop import bridge
 from jax_impl.jobs.rundir import METRICS_FILE, SAE_CONFIG_FILE, SAE_FILE, Run, load_run, stream_key
 from jax_impl.precision import highest_precision
 from jax_impl.saes import SAE
+from jax_impl.saes.base import SKIP_KEY, numpy_state
 from jax_impl.task.pointer import first_invalid_input
 from jax_impl.task.variables import PairSampler, TaskVariables
 
@@ -107,7 +110,10 @@ def transcoders(run: Run, config: CircuitConfig, folder: Path, log: Log = print)
             break
         if recorded.get("circuit") != json.loads(json.dumps(records[layer])):
             break
-        found.append(bridge.load_sae(folder / layer / SAE_FILE, input_dim=None))
+        tc = _read_transcoder(folder / layer / SAE_FILE, recorded)
+        if tc is None:
+            break
+        found.append(tc)
     if len(found) == len(LAYERS):
         log(f"Transcoders read back from {folder}")
         return found
@@ -123,6 +129,32 @@ def transcoders(run: Run, config: CircuitConfig, folder: Path, log: Log = print)
     return trained
 
 
+def _read_transcoder(path: Path, recorded: dict[str, Any]) -> SAE | None:
+    """A transcoder this job wrote (sae.pth's safetensors twin and its sae_config.json); None when the files do not
+    hold one of the recorded architecture and shapes (then it is trained again). Here rather than through
+    bridge.load_sae, which reads SAEs only until it learns transcoders."""
+    try:
+        arch = saes.get(recorded["architecture"])
+        cfg = arch.config_from_file(recorded["config"])
+        template = saes.create(arch.name, int(recorded["input_dim"]), int(recorded["dict_size"]), cfg,
+                               key=jax.random.key(0), output_dim=int(recorded["output_dim"]), skip=bool(recorded["skip"]))
+        tensors = {k: v.numpy() for k, v in bridge.read_safetensors(bridge.safetensors_twin(path)).items()}
+    except (UserError, KeyError, TypeError, ValueError, OSError):
+        return None
+    expected = numpy_state(template)
+    if set(tensors) != set(expected) or any(tensors[k].shape != v.shape or tensors[k].dtype != v.dtype
+                                            for k, v in expected.items()):
+        return None
+    params, buffers = template.params(), template.buffers()
+    for entry in arch.key_map:
+        if entry.source != "config":
+            value = tensors[entry.torch_key]
+            (params if entry.source == "param" else buffers)[entry.name] = jnp.asarray(value.T if entry.transpose else value)
+    if template.skip:
+        params["w_skip"] = jnp.asarray(tensors[SKIP_KEY].T)
+    return SAE(arch, cfg, params, buffers, transcoder=True)
+
+
 def _causal_document(run: Run) -> dict | None:
     path = run.run_dir / "causal" / "causal.json"
     if not path.exists():
@@ -136,12 +168,12 @@ def _causal_document(run: Run) -> dict | None:
 
 @highest_precision
 def circuit(run_dir: Path | str | Run, inputs: Any, out: Path | str | None = None,
-            config: CircuitConfig = CircuitConfig(), log: Log = print, write: bool = True) -> dict[str, Any]:
+            config: CircuitConfig | None = None, log: Log = print, write: bool = True) -> dict[str, Any]:
     """The circuit document (docs/circuit.md) of a run's MLP for inputs (one row of D integers or rows (N, D)):
     the replacement model's quality, one attribution graph per row, the features' labels and the global view;
     written to RUN/circuit/circuit.json (out: DIR/circuit.json) when `write`. Transcoders are cached under
-    RUN/circuit/transcoders/ (out: DIR/transcoders/)."""
-    config.validate()
+    RUN/circuit/transcoders/ (out: DIR/transcoders/). config: default CircuitConfig()."""
+    config = (config or CircuitConfig()).validate()
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     rows = check_inputs(inputs, run)
     root = Path(out) if out is not None else run.run_dir / CIRCUIT_DIR
