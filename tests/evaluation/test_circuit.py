@@ -20,7 +20,9 @@ from jax_impl.evaluation.circuit.attribution import (
     completeness,
     frozen_output,
     graph_edges,
+    keep_first,
     prune,
+    ranked_features,
 )
 from jax_impl.evaluation.circuit.config import CircuitConfig
 from jax_impl.evaluation.circuit.labels import assign_variable
@@ -149,20 +151,24 @@ def test_edges_recomputed_by_hand():
     np.testing.assert_allclose(att.output[0], hidden[3][0] @ w_out + b_out, rtol=1e-5)
 
 
-def test_prune_keeps_the_share_and_the_cap(model):
-    _, _, _, att = model
-    effects = np.abs(att.all_effects())
-    for share, cap in ((0.5, 100), (0.9, 5), (1.0, 10**6)):
-        keep = np.concatenate(prune(att, share, cap), axis=1)
-        assert np.all(keep.sum(axis=1) <= cap)
-        carried = (effects * keep).sum(axis=1) / effects.sum(axis=1)
-        capped = keep.sum(axis=1) == cap
-        assert np.all(carried[~capped] >= share - 1e-6)
-        # the fewest: without its smallest kept feature a row carries less than the share
-        smallest = np.where(keep, effects, np.inf).min(axis=1)
-        assert np.all((carried - smallest / effects.sum(axis=1))[~capped] < share + 1e-6)
-    everything = np.concatenate(prune(att, 1.0, 10**6), axis=1)
-    assert np.array_equal(everything, effects > 0)
+def test_prune_keeps_the_fewest_reaching_the_share_under_the_cap(model):
+    _, rep, _, att = model
+    order = ranked_features(att)
+    for share, cap in ((0.5, 100), (0.9, 5)):
+        keep = prune(rep, att, share, cap)
+        counts = sum(k.sum(axis=1) for k in keep)
+        assert np.all(counts <= cap)
+        np.testing.assert_array_equal(np.concatenate(keep, axis=1), np.concatenate(keep_first(att, counts), axis=1))
+        kept_order = np.take_along_axis(np.abs(att.all_effects()), np.maximum(order, 0), axis=1)
+        assert np.all(np.diff(kept_order, axis=1)[order[:, 1:] >= 0] <= 0)  # largest |effect| first
+        value = completeness(rep, att, keep)[0]
+        reached = value >= share
+        fewer = completeness(rep, att, keep_first(att, np.maximum(counts - 1, 0)))[0]
+        assert np.all(fewer[reached & (counts > 0)] < share)  # the fewest that reach it
+        # where the cap stops short of the share, no shorter prefix does better
+        for c in range(cap):
+            assert np.all(completeness(rep, att, keep_first(att, np.full(len(att), c)))[0][~reached] <= value[~reached] + 1e-6)
+    assert np.any(counts == 5) and np.any(~reached)  # the cap binds somewhere: the last branch is tested
 
 
 def test_variable_assignment_prefers_t_on_a_tie():

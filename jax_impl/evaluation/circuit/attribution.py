@@ -18,8 +18,9 @@ activation times its decoder row, or an input cell times its unit vector, or an 
 the skip connections of the layers in between; to the output c_s . w_out. A feature's incoming edges from all
 sources plus its bias term mask_t * b_enc_t sum to its activation.
 
-Pruning keeps, per input, the fewest features (by |effect|, largest first) whose |effect|s sum to `share` of all
-features' |effect|s, at most `max_feature_nodes`; input cells and error nodes are always kept.
+Pruning keeps, per input, the fewest features (by |effect|, largest first) whose graph reaches completeness >=
+`share` (below), at most `max_feature_nodes` (where that many do not reach it, the prefix of at most that many
+with the highest completeness, reported as it is); input cells and error nodes are always kept.
 
 Completeness (what a user can check): run the frozen linear model with the dropped features set to zero (their
 contributions removed, and what they fed downstream with them; errors and biases kept):
@@ -140,20 +141,42 @@ def attribute_hidden(rep: Replacement, inputs: np.ndarray, hidden: list) -> Attr
                        float(linear_error))
 
 
-def prune(att: Attribution, share: float, max_feature_nodes: int) -> list[np.ndarray]:
-    """The kept features per layer (N, F_l) bool: per row the fewest features, largest |effect| first, whose |effect|s
-    reach `share` of the row's total, at most max_feature_nodes."""
+def ranked_features(att: Attribution) -> np.ndarray:
+    """Each row's features by |effect|, largest first, active ones only: (N, sum F_l) indices into the concatenated
+    features, -1 past a row's active ones."""
     size = np.abs(att.all_effects())
     order = np.argsort(-size, axis=1, kind="stable")
-    ranked = np.take_along_axis(size, order, axis=1)
-    total = ranked.sum(axis=1, keepdims=True)
-    before = np.cumsum(ranked, axis=1) - ranked  # |effect| already kept before each rank
-    take = (before < share * total) & (ranked > 0)
-    take[:, max_feature_nodes:] = False
-    keep = np.zeros_like(take)
-    np.put_along_axis(keep, order, take, axis=1)
+    return np.where(np.take_along_axis(size, order, axis=1) > 0, order, -1)
+
+
+def keep_first(att: Attribution, counts: np.ndarray) -> list[np.ndarray]:
+    """The kept features per layer (N, F_l) bool: each row's first counts[row] features of ranked_features."""
+    order = ranked_features(att)
+    take = (np.arange(order.shape[1]) < np.asarray(counts)[:, None]) & (order >= 0)
+    keep = np.zeros(order.shape, bool)
+    rows = np.nonzero(take)
+    keep[rows[0], order[take]] = True
     o = att.offsets
     return [keep[:, o[i]:o[i + 1]] for i in range(len(att.features))]
+
+
+def prune(rep: Replacement, att: Attribution, share: float, max_feature_nodes: int) -> list[np.ndarray]:
+    """The kept features per layer (N, F_l) bool: per row the fewest features, largest |effect| first, whose graph
+    reaches completeness >= share (module docstring), at most max_feature_nodes; where none that small does, the
+    prefix of at most max_feature_nodes with the highest completeness."""
+    active = (att.all_effects() != 0).sum(axis=1)
+    best_count = np.zeros(len(att), np.int64)
+    best_value = np.full(len(att), -np.inf)
+    done = np.zeros(len(att), bool)
+    for count in range(0, min(max_feature_nodes, int(active.max(initial=0))) + 1):
+        counts = np.minimum(count, active)
+        value = completeness(rep, att, keep_first(att, counts))[0]
+        better = ~done & (value > best_value)
+        best_count[better], best_value[better] = counts[better], value[better]
+        done |= value >= share
+        if done.all():
+            break
+    return keep_first(att, best_count)
 
 
 @jax.jit

@@ -42,13 +42,13 @@ class CircuitConfig:
     mediates, `seed` for the transcoders' initialisation and shuffling and every drawn row.
     """
 
-    variant: str = "topk"
+    variant: str = "relu-l1"
     dict_sizes: tuple[int, ...] = (256, 512, 256)
     k: tuple[int, ...] = (8, 8, 8)
-    l1: float = 1e-3
+    l1: float = 3e-4
     skip: int = 1
     chained: int = 1
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 256
     lr: float = 3e-3
     train_rows: int = 0

@@ -37,7 +37,7 @@ def feature_id(layer: int, feature: int) -> str:
 def measure_graphs(rep: Replacement, att: Attribution, config: CircuitConfig) -> dict[str, Any]:
     """Prune, completeness and both kinds of checks for every row of `att`, as arrays (what the graphs and the
     targets read): keep, completeness (N,), n_features (N,), ablations (ablation_checks' dict), edges (per row)."""
-    keep = prune(att, config.share, config.max_feature_nodes)
+    keep = prune(rep, att, config.share, config.max_feature_nodes)
     value, kept, none = completeness(rep, att, keep)
     ablations = ablation_checks(rep, att, config.checks)
     ablations["agrees"] = agrees(ablations["measured"], ablations["attributed"], config.atol, config.rtol)

@@ -2,9 +2,9 @@
 scored by jax_impl.evaluation.atlas.scores.score_features), its top-activating inputs, and the causal variable it
 mediates, measured on counterfactual pairs (jax_impl.task.variables).
 
-Variable of a feature: for each variable V, pairs whose source changes V (PairSampler.pairs) and pairs whose
-source keeps V while other variables change (PairSampler.isolation_pairs); the feature's mean |activation change|
-on each, change_V and keep_V, both interventions on the input. score_V = 1 - keep_V / change_V (clipped to
+Variable of a feature: for each variable V, pairs of independent held-out rows whose source changes V and pairs
+whose source keeps V (while the rest of the row is redrawn); the feature's mean |activation change| on each,
+change_V and keep_V: the input is intervened on, the feature's response measured. score_V = 1 - keep_V / change_V (clipped to
 [0, 1]): 1 when the feature moves only when V moves. The feature's variable is the best-scoring V with
 score >= MIN_SCORE (None otherwise). T = |D|, so a feature of T also scores 1 on D (every pair keeping D keeps
 T); among variables within TIE of the best score the later of VARIABLES (T over D) is taken: a feature of D
@@ -81,18 +81,25 @@ def concept_labels(rep: Replacement, mlp: InterpretabilityMLP, rows: np.ndarray,
 @highest_precision
 def feature_variables(rep: Replacement, mlp: InterpretabilityMLP, shape: TaskShape, pairs: int, seed: int,
                       exclude: np.ndarray | None = None, variables: Sequence[str] = VARIABLES) -> dict[str, np.ndarray]:
-    """score_V (F_total,) float64 per variable over all features, LAYERS order concatenated (module docstring),
-    from `pairs` changing and `pairs` keeping pairs per variable drawn outside `exclude`."""
+    """score_V (F_total,) float64 per variable over all features, LAYERS order concatenated (module docstring).
+
+    The pairs are independent random rows (base, source) drawn outside `exclude`, split by whether V has the same
+    value on both: changing and keeping pairs then differ in V only, not in how far apart their rows are (minimal
+    edits would make every keeping pair look close). `pairs` is the fewest pairs of either kind per variable."""
     task = TaskVariables(shape)
     sampler = PairSampler(task, seed, exclude=exclude)
+    # P(same value) is about 1/19 for D: enough random pairs that every variable has `pairs` keeping ones
+    n = 24 * pairs
+    base, source = sampler.fresh_rows(n), sampler.fresh_rows(n)
+    different = np.any(base != source, axis=1)
+    moved = np.concatenate([np.abs(s - b) for b, s in zip(transcoder_features(rep, mlp, base),
+                                                           transcoder_features(rep, mlp, source))], axis=1)
+    values_base, values_source = task.values(base), task.values(source)
     out = {}
     for v in variables:
-        moved = []
-        for p in (sampler.pairs(v, pairs), sampler.isolation_pairs(v, pairs)):
-            base = transcoder_features(rep, mlp, p.base)
-            source = transcoder_features(rep, mlp, p.source)
-            moved.append(np.concatenate([np.abs(s - b).mean(axis=0) for b, s in zip(base, source)]).astype(np.float64))
-        change, keep = moved
+        same = (values_base[v] == values_source[v]) & different
+        change = moved[~same & different].mean(axis=0).astype(np.float64)
+        keep = moved[same].mean(axis=0).astype(np.float64) if same.any() else np.zeros_like(change)
         with np.errstate(divide="ignore", invalid="ignore"):
             out[v] = np.where(change > 1e-6, np.clip(1.0 - keep / change, 0.0, 1.0), 0.0)
     return out
