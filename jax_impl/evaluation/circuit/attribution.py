@@ -168,9 +168,11 @@ def prune(rep: Replacement, att: Attribution, share: float, max_feature_nodes: i
     best_count = np.zeros(len(att), np.int64)
     best_value = np.full(len(att), -np.inf)
     done = np.zeros(len(att), bool)
+    full = frozen_output(rep, att, None)
+    none = frozen_output(rep, att, [np.zeros_like(m, bool) for m in att.masks])
     for count in range(0, min(max_feature_nodes, int(active.max(initial=0))) + 1):
         counts = np.minimum(count, active)
-        value = completeness(rep, att, keep_first(att, counts))[0]
+        value = _completeness(full, frozen_output(rep, att, keep_first(att, counts)), none)
         better = ~done & (value > best_value)
         best_count[better], best_value[better] = counts[better], value[better]
         done |= value >= share
@@ -197,10 +199,13 @@ def completeness(rep: Replacement, att: Attribution, keep: list[np.ndarray]) -> 
     full = frozen_output(rep, att, None)
     kept = frozen_output(rep, att, keep)
     none = frozen_output(rep, att, [np.zeros_like(k) for k in keep])
+    return _completeness(full, kept, none), kept, none
+
+
+def _completeness(full: np.ndarray, kept: np.ndarray, none: np.ndarray) -> np.ndarray:
     carried = np.abs(full - none)
     with np.errstate(divide="ignore", invalid="ignore"):
-        value = np.where(carried < EPSILON, 1.0, 1.0 - np.abs(full - kept) / carried)
-    return value, kept, none
+        return np.where(carried < EPSILON, 1.0, 1.0 - np.abs(full - kept) / carried)
 
 
 @jax.jit

@@ -38,7 +38,7 @@ class CircuitConfig:
 
     Labels and the global view: `label_rows` held-out rows each feature is scored on against the task's concepts,
     `global_graphs` held-out inputs whose graphs count how often each feature is kept, `global_features` the most
-    frequent ones grouped by variable, `pairs` counterfactual pairs per variable that measure which one a feature
+    frequent ones per variable, `pairs` counterfactual pairs per variable that measure which one a feature
     mediates, `seed` for the transcoders' initialisation and shuffling and every drawn row.
     """
 
@@ -60,7 +60,7 @@ class CircuitConfig:
     rtol: float = 0.1
     label_rows: int = 2000
     global_graphs: int = 1000
-    global_features: int = 40
+    global_features: int = 12
     pairs: int = 256
     seed: int = 0
 

@@ -87,23 +87,31 @@ def graph_document(rep: Replacement, att: Attribution, measured: Mapping[str, An
     }
 
 
+MIN_GRAPHS = 0.01  # a feature kept in fewer of the held-out graphs is not in the global view
+
+
 def global_view(att: Attribution, measured: Mapping[str, Any], scores: Mapping[str, np.ndarray], top: int,
                 labels: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The `top` features kept in most of att's graphs, grouped by the variable they mediate (labels.assign_variable)."""
+    """The features kept in at least MIN_GRAPHS of att's graphs, grouped by the variable they mediate
+    (labels.assign_variable): per variable (and for null, none found) the `top` most frequent, most frequent first."""
     keep = np.concatenate(measured["keep"], axis=1)
     frequency = keep.mean(axis=0)
     offsets = att.offsets
-    order = [int(i) for i in np.argsort(-frequency, kind="stable")[:top] if frequency[i] > 0]
     groups: dict[str | None, list[dict[str, Any]]] = {}
-    for i in order:
+    for i in np.argsort(-frequency, kind="stable"):
+        if frequency[i] < MIN_GRAPHS:
+            break
         layer = int(np.searchsorted(offsets, i, side="right") - 1)
-        fid = feature_id(layer, i - int(offsets[layer]))
-        variable, score = assign_variable(dict(scores), i)
-        groups.setdefault(variable, []).append({
-            "id": fid, "layer": LAYERS[layer], "graphs": _num(frequency[i]), "label": labels.get(fid, {}).get("label", ""),
-            "score": _num(score), "scores": {v: _num(s[i]) for v, s in scores.items()}})
+        fid = feature_id(layer, int(i) - int(offsets[layer]))
+        variable, score = assign_variable(dict(scores), int(i))
+        group = groups.setdefault(variable, [])
+        if len(group) < top:
+            group.append({"id": fid, "layer": LAYERS[layer], "graphs": _num(frequency[i]),
+                          "label": labels.get(fid, {}).get("label", ""), "score": _num(score),
+                          "scores": {v: _num(s[i]) for v, s in scores.items()}})
     names = [v for v in scores if v in groups] + ([None] if None in groups else [])
-    return {"graphs": len(att), "groups": [{"variable": v, "features": groups[v]} for v in names]}
+    return {"graphs": len(att), "min_graphs": MIN_GRAPHS,
+            "groups": [{"variable": v, "features": groups[v]} for v in names]}
 
 
 def compare_with_causal_map(view: Mapping[str, Any], causal: Mapping[str, Any] | None,
@@ -154,6 +162,10 @@ def summary(measured: Mapping[str, Any], config: CircuitConfig) -> dict[str, Any
         "features_mean": _num(np.mean(measured["n_features"])),
         "ablations": int(ab["valid"].sum()), "ablations_agree": _num(ab["agrees"][ab["valid"]].mean()
                                                                       if ab["valid"].any() else float("nan")),
+        "ablations_same_sign": _num(np.mean(np.sign(ab["measured"]) == np.sign(ab["attributed"]), where=ab["valid"])
+                                    if ab["valid"].any() else float("nan")),
         "edges": len(edges), "edges_agree": _num(np.mean([e["agrees"] for e in edges]) if edges else float("nan")),
+        "edges_same_sign": _num(np.mean([np.sign(e["measured"]) == np.sign(e["attributed"]) for e in edges])
+                                if edges else float("nan")),
         "tolerance": {"atol": config.atol, "rtol": config.rtol},
     }
