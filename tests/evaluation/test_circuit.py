@@ -172,9 +172,10 @@ def test_prune_keeps_the_fewest_reaching_the_share_under_the_cap(model):
 
 
 def test_variable_assignment_prefers_t_on_a_tie():
-    scores = {"A": np.array([0.1, 0.9, 0.2]), "D": np.array([0.97, 0.2, 0.3]), "T": np.array([0.99, 0.1, 0.2])}
-    assert assign_variable(scores, 0)[0] == "T"
-    assert assign_variable(scores, 1)[0] == "A"
+    scores = {"A": np.array([0.1, 0.9, 0.2, 0.1]), "D": np.array([0.99, 0.2, 0.3, 0.2]),
+              "T": np.array([0.96, 0.88, 0.2, 0.1])}
+    assert assign_variable(scores, 0) == ("T", 0.96)  # T = |D|: a feature of T scores as high on D
+    assert assign_variable(scores, 1) == ("A", 0.9)  # the D-T rule only: A is not given up for a near T
     assert assign_variable(scores, 2) == (None, 0.3)
 
 

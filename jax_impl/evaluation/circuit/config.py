@@ -48,7 +48,7 @@ class CircuitConfig:
     l1: float = 3e-4
     skip: int = 1
     chained: int = 1
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 256
     lr: float = 3e-3
     train_rows: int = 0

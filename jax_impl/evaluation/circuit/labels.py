@@ -7,8 +7,8 @@ whose source keeps V (while the rest of the row is redrawn); the feature's mean 
 change_V and keep_V: the input is intervened on, the feature's response measured. score_V = 1 - keep_V / change_V (clipped to
 [0, 1]): 1 when the feature moves only when V moves. The feature's variable is the best-scoring V with
 score >= MIN_SCORE (None otherwise). T = |D|, so a feature of T also scores 1 on D (every pair keeping D keeps
-T); among variables within TIE of the best score the later of VARIABLES (T over D) is taken: a feature of D
-moves on the pairs that flip D's sign and keep T, and scores lower on T.
+T); where D scores best and T within TIE of it, T is taken: a feature of D moves on the pairs that flip D's
+sign and keep T, and scores lower on T.
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ def assign_variable(scores: dict[str, np.ndarray], index: int) -> tuple[str | No
     best = float(values.max())
     if best < MIN_SCORE:
         return None, best
-    near = [v for v, s in zip(names, values) if s >= best - TIE]
-    return near[-1], float(scores[near[-1]][index])
+    choice = names[int(np.argmax(values))]
+    if choice == "D" and "T" in scores and scores["T"][index] >= best - TIE:
+        choice = "T"
+    return choice, float(scores[choice][index])
 
 
