@@ -66,12 +66,14 @@ def main() -> None:
         ("stage time, transcoders trained (s)", "<= 20", f"{fresh:.1f}", fresh <= 20),
         ("stage time, transcoders read back (s)", "<= 20", f"{cached:.1f}", cached <= 20),
     ]
+    rows.insert(4, ("  ... by the ablated feature's layer / edge's target layer", "", f"ablations {s['ablations_agree_by_layer']}; "
+                    f"edges {s['edges_agree_by_target']}", True))
     load = os.getloadavg()[0]
     print(f"\nTargets on {args.run_dir} ({os.cpu_count()} CPUs, load average {load:.1f}); tolerance "
           f"atol {config.atol} + rtol {config.rtol} |attributed|")
     print(f"{'target':<52} {'wanted':<10} {'measured':<70} met")
     for name, wanted, measured, met in rows:
-        print(f"{name:<52} {wanted:<10} {measured:<70} {'yes' if met else 'NO'}")
+        print(f"{name:<52} {wanted:<10} {measured:<70} {'' if not wanted else 'yes' if met else 'NO'}")
     if args.json:
         args.json.write_text(json.dumps({"config": dataclasses.asdict(config), "fresh_s": fresh, "cached_s": cached,
                                          "load": load, "replacement": t, "summary": s, "causal": causal}, indent=1))

@@ -167,5 +167,9 @@ def summary(measured: Mapping[str, Any], config: CircuitConfig) -> dict[str, Any
         "edges": len(edges), "edges_agree": _num(np.mean([e["agrees"] for e in edges]) if edges else float("nan")),
         "edges_same_sign": _num(np.mean([np.sign(e["measured"]) == np.sign(e["attributed"]) for e in edges])
                                 if edges else float("nan")),
+        "ablations_agree_by_layer": {name: _num(ab["agrees"][ab["valid"] & (ab["layer"] == i)].mean())
+                                     for i, name in enumerate(LAYERS) if (ab["valid"] & (ab["layer"] == i)).any()},
+        "edges_agree_by_target": {name: _num(np.mean([e["agrees"] for e in edges if e["target"].startswith(name + "/")]))
+                                  for name in LAYERS if any(e["target"].startswith(name + "/") for e in edges)},
         "tolerance": {"atol": config.atol, "rtol": config.rtol},
     }
