@@ -116,9 +116,11 @@ def global_view(att: Attribution, measured: Mapping[str, Any], scores: Mapping[s
 
 def compare_with_causal_map(view: Mapping[str, Any], causal: Mapping[str, Any] | None,
                             variables: Sequence[str] = ("A", "B", "D", "T")) -> list[dict[str, Any]]:
-    """Per variable: the layer holding most of the global view's features of it (by how often they are kept) and
-    the causal map's best hook for it (causal.json's variables[V].best.hook), and whether they agree (None
-    without a causal map or without features of the variable)."""
+    """Per variable: the transcoder layer holding most of the global view's features of it (by how often they are
+    kept), the activations it reads and writes, and the causal map's best hook for it (causal.json's
+    variables[V].best.hook, among the hooks that map analysed: `causal_hooks`). They agree when the hook is the
+    activation the features read or the one they write (a feature of transcoder layer3 is computed from layer2
+    and writes layer3); None without a causal map or without features of the variable."""
     out = []
     for v in variables:
         weight: dict[str, float] = {}
@@ -127,12 +129,14 @@ def compare_with_causal_map(view: Mapping[str, Any], causal: Mapping[str, Any] |
                 for f in group["features"]:
                     weight[f["layer"]] = weight.get(f["layer"], 0.0) + (f["graphs"] or 0.0)
         layer = max(weight, key=weight.get) if weight else None
-        hook = None
+        hook, hooks = None, None
         if causal is not None and v in causal.get("variables", {}):
             hook = causal["variables"][v]["best"]["hook"]
-        out.append({"variable": v, "circuit_layer": layer, "features": sum(
+            hooks = sorted(causal.get("hooks", {}))
+        sides = None if layer is None else [READS[layer], layer]
+        out.append({"variable": v, "circuit_layer": layer, "reads_writes": sides, "features": sum(
             len(g["features"]) for g in view["groups"] if g["variable"] == v), "causal_hook": hook,
-            "agrees": None if layer is None or hook is None else layer == hook})
+            "causal_hooks": hooks, "agrees": None if layer is None or hook is None else hook in sides})
     return out
 
 
