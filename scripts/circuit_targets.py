@@ -60,8 +60,8 @@ def main() -> None:
          (s["ablations_agree"] or 0) >= 0.9),
         ("global view names A, B, D, T", "all four", ", ".join(f"{c['variable']}:{c['features']}" for c in causal),
          len(named) == 4),
-        ("... at the causal map's hook", "all four", ", ".join(f"{c['variable']}: {c['circuit_layer']} vs "
-                                                               f"{c['causal_hook']}" for c in causal),
+        ("... at the causal map's hook (read or written)", "all four", ", ".join(
+            f"{c['variable']}: {c['circuit_layer']} vs {c['causal_hook']} ({c['agrees']})" for c in causal),
          all(c["agrees"] for c in causal)),
         ("stage time, transcoders trained (s)", "<= 20", f"{fresh:.1f}", fresh <= 20),
         ("stage time, transcoders read back (s)", "<= 20", f"{cached:.1f}", cached <= 20),
