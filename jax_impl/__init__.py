@@ -7,7 +7,8 @@ The public API, for a notebook or a script (`import jax_impl as mm`; docs/run.md
 - an SAE on any activations: `train_sae(activations, out_dir, TrainSAEConfig(...))`, the family `saes`
   (`saes.create`, `saes.NAMES`, `saes.topk.Config`, ...) and its model class `SAE`; `open_activations(path)`;
 - a sweep: `run_sweep(out_dir, grid, ...)` (its training settings: `SAETrainConfig`);
-- reading the models: `evaluate`, `probe`, `build_atlas`, `atlas_from_models`, `feature_labels`, `causal_map`;
+- reading the models: `evaluate`, `probe`, `build_atlas`, `atlas_from_models`, `feature_labels`, `causal_map`,
+  `circuit` (transcoders and attribution graphs; its settings `CircuitConfig`);
 - files: `load_mlp`, `save_mlp`, `load_sae`, `save_sae`, `save_saelens`, `read_split`, `export_models`,
   `export_run`; errors `UserError` (bad input, one line) and `Interrupted`.
 
@@ -41,6 +42,8 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "jax_impl.evaluation.inference": ("evaluate", "probe"),
     "jax_impl.evaluation.atlas.document": ("build_atlas", "atlas_from_models", "feature_labels"),
     "jax_impl.jobs.causal": ("causal_map",),
+    "jax_impl.evaluation.circuit.config": ("CircuitConfig",),
+    "jax_impl.jobs.circuit": ("circuit",),
     "jax_impl.jobs.export": ("export_models", "export_run"),
     "jax_impl.interop.bridge": ("load_mlp", "save_mlp", "save_sae"),
     "jax_impl.interop.saelens": ("load_sae", "save_saelens"),
@@ -60,6 +63,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.p
     from jax_impl.evaluation.atlas.document import build_atlas as build_atlas
     from jax_impl.evaluation.atlas.document import feature_labels as feature_labels
     from jax_impl.evaluation.causal.config import CausalConfig as CausalConfig
+    from jax_impl.evaluation.circuit.config import CircuitConfig as CircuitConfig
     from jax_impl.evaluation.inference import evaluate as evaluate
     from jax_impl.evaluation.inference import probe as probe
     from jax_impl.interop.bridge import load_mlp as load_mlp
@@ -68,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.p
     from jax_impl.interop.saelens import load_sae as load_sae
     from jax_impl.interop.saelens import save_saelens as save_saelens
     from jax_impl.jobs.causal import causal_map as causal_map
+    from jax_impl.jobs.circuit import circuit as circuit
     from jax_impl.jobs.export import export_models as export_models
     from jax_impl.jobs.export import export_run as export_run
     from jax_impl.jobs.pipeline import run_pipeline as run_pipeline

@@ -276,6 +276,25 @@ def cmd_causal(args: argparse.Namespace) -> int:
     return 0 if document else 1
 
 
+def cmd_circuit(args: argparse.Namespace) -> int:
+    from jax_impl.evaluation.circuit.config import CircuitConfig
+
+    given = {f.name: getattr(args, f"circuit.{f.name}") for f in dataclasses.fields(CircuitConfig)}
+    config = dataclasses.replace(CircuitConfig(), **{k: v for k, v in given.items() if v is not None}).validate()
+    run_config = _run_config(args.run_dir)  # a missing or unreadable run directory, before the slow imports
+    from jax_impl.files.locks import folder_lock, remove_stale_temporaries
+    from jax_impl.jobs.circuit import CIRCUIT_DIR, TRANSCODERS_DIR, circuit, parse_inputs
+    from jax_impl.jobs.rundir import Run
+
+    run = Run(args.run_dir, run_config)
+    rows = parse_inputs(args.input, run)
+    root = Path(args.out) if args.out else Path(args.run_dir) / CIRCUIT_DIR
+    with folder_lock(root, flag="--out" if args.out else "--run-dir", what="output folder"):
+        remove_stale_temporaries(root, [f"{TRANSCODERS_DIR}/*"])
+        circuit(run, rows, out=root, config=config)
+    return 0
+
+
 def _architecture_config(args: argparse.Namespace, variant: str, base: Any, flag, variant_flag: str) -> Any:
     """The architecture config of `variant` from `base` (None: its defaults) and the architecture flags given
     (`arch.NAME` in args); UserError naming the flags that belong to other architectures."""
@@ -555,6 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "1, 4, 16, shorter DAS training)")
     _add_section_flags(p.add_argument_group("measurement (defaults: the full map)"), "causal", CausalConfig())
     p.set_defaults(func=cmd_causal)
+
+    from jax_impl.evaluation.circuit.config import CircuitConfig
+
+    p = sub.add_parser("circuit", help="replace the run's MLP layers by transcoders and write attribution graphs of "
+                       "inputs (circuit/circuit.json: nodes, edges, completeness, checks, global view)")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+    p.add_argument("--input", action="append", required=True, metavar="V,V,...",
+                   help="a task row to trace, e.g. 8,9,5,1,3,2,9,4,7,1 (repeatable)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="writes DIR/circuit.json and DIR/transcoders/ "
+                   "(default the run's circuit/)")
+    _add_section_flags(p.add_argument_group("transcoders and graphs (docs/circuit.md)"), "circuit", CircuitConfig())
+    p.set_defaults(func=cmd_circuit)
 
     p = sub.add_parser("train-sae", help="train an SAE of any architecture on an (N, d) float32 activation file")
     p.add_argument("--activations", type=Path, required=True, metavar="FILE",

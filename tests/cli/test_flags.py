@@ -27,7 +27,8 @@ from jax_impl.training.sae_trainer import SAETrainConfig
 
 # Where 0 is a meaningful value of an integer flag (by argparse dest): it must still refuse -1.
 ZERO_ALLOWED = {"seed", "causal.seed", "synthetic.seed", "process_id", "synthetic.parents",
-                "synthetic.children_per_parent", "synthetic.correlation_rank"}
+                "synthetic.children_per_parent", "synthetic.correlation_rank", "circuit.train_rows", "circuit.checks",
+                "circuit.edge_checks", "circuit.skip", "circuit.chained", "circuit.seed"}
 CLUSTER = ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]
 
 
@@ -44,6 +45,7 @@ def _base(command: str, tmp: Path, acts: Path) -> list[str]:
         "run": ["--run-dir", str(tmp / "out")],
         "probe": ["--run-dir", missing], "export": ["--run-dir", missing], "parity": ["--run-dir", missing],
         "report": ["--run-dir", missing], "atlas": ["--run-dir", missing], "causal": ["--run-dir", missing],
+        "circuit": ["--run-dir", missing, "--input", "8,9,5,1,3,2,9,4,7,1"],
         "evaluate": ["--mlp", missing, "--data", missing],
         "train-sae": ["--activations", str(acts), "--out", str(tmp / "out"), "--batch-size", "16"],
         "sweep": ["--activations", str(acts), "--out", str(tmp / "out"), "--batch-size", "16"],
