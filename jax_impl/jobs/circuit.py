@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jax_impl import saes
 from jax_impl.errors import UserError
 from jax_impl.evaluation.circuit.attribution import attribute
 from jax_impl.evaluation.circuit.config import LAYERS, CircuitConfig
@@ -44,19 +42,18 @@ from jax_impl.evaluation.circuit.replacement import (
 )
 from jax_impl.files import jsonfile
 from jax_impl.files.artifact_set import artifact_set
-from jax_impl.files.atomic import write_json_atomic
+from jax_impl.files.atomic import write_json_atomic, write_text_atomic
 from jax_impl.interop import bridge
 from jax_impl.jobs.rundir import METRICS_FILE, SAE_CONFIG_FILE, SAE_FILE, Run, load_run, stream_key
 from jax_impl.precision import highest_precision
+from jax_impl.reports import circuit_page
 from jax_impl.saes import SAE
-from jax_impl.saes.base import SKIP_KEY, numpy_state
 from jax_impl.task.pointer import first_invalid_input
 from jax_impl.task.variables import PairSampler, TaskVariables
 
 Log = Callable[[str], None]
 
-CIRCUIT_DIR = Path("circuit")
-CIRCUIT_JSON = "circuit.json"
+CIRCUIT_DIR = Path(circuit_page.CIRCUIT_DIR)
 TRANSCODERS_DIR = "transcoders"
 KEY_CIRCUIT = 32  # the run seed's PRNG stream of the circuit (apart from the pipeline's streams)
 
@@ -130,29 +127,15 @@ def transcoders(run: Run, config: CircuitConfig, folder: Path, log: Log = print)
 
 
 def _read_transcoder(path: Path, recorded: dict[str, Any]) -> SAE | None:
-    """A transcoder this job wrote (sae.pth's safetensors twin and its sae_config.json); None when the files do not
-    hold one of the recorded architecture and shapes (then it is trained again). Here rather than through
-    bridge.load_sae, which reads SAEs only until it learns transcoders."""
+    """The transcoder this job wrote at path (sae.pth), None when it cannot be read or is not the recorded
+    architecture, shapes and skip (then it is trained again)."""
     try:
-        arch = saes.get(recorded["architecture"])
-        cfg = arch.config_from_file(recorded["config"])
-        template = saes.create(arch.name, int(recorded["input_dim"]), int(recorded["dict_size"]), cfg,
-                               key=jax.random.key(0), output_dim=int(recorded["output_dim"]), skip=bool(recorded["skip"]))
-        tensors = {k: v.numpy() for k, v in bridge.read_safetensors(bridge.safetensors_twin(path)).items()}
+        tc = bridge.load_sae(path, input_dim=int(recorded["input_dim"]))
     except (UserError, KeyError, TypeError, ValueError, OSError):
         return None
-    expected = numpy_state(template)
-    if set(tensors) != set(expected) or any(tensors[k].shape != v.shape or tensors[k].dtype != v.dtype
-                                            for k, v in expected.items()):
-        return None
-    params, buffers = template.params(), template.buffers()
-    for entry in arch.key_map:
-        if entry.source != "config":
-            value = tensors[entry.torch_key]
-            (params if entry.source == "param" else buffers)[entry.name] = jnp.asarray(value.T if entry.transpose else value)
-    if template.skip:
-        params["w_skip"] = jnp.asarray(tensors[SKIP_KEY].T)
-    return SAE(arch, cfg, params, buffers, transcoder=True)
+    same = (tc.transcoder and tc.arch.name == recorded.get("architecture") and tc.output_dim == recorded.get("output_dim")
+            and tc.dict_size == recorded.get("dict_size") and tc.skip == bool(recorded.get("skip")))
+    return tc if same else None
 
 
 def _causal_document(run: Run) -> dict | None:
@@ -226,12 +209,12 @@ def circuit(run_dir: Path | str | Run, inputs: Any, out: Path | str | None = Non
 
 
 def write_circuit(document: dict[str, Any], root: Path) -> Path:
-    """root/circuit.json, written atomically; the caller holds the output folder's lock."""
-    root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / CIRCUIT_JSON, document)
-    # TODO(circuit page): write root / "circuit.html" from jax_impl.reports.circuit_page.render_page(document)
-    # here, in one artifact set with circuit.json, once the page module lands.
-    return root / CIRCUIT_JSON
+    """root/circuit.json and its page root/circuit.html (jax_impl.reports.circuit_page), committed as one artifact
+    set; the caller holds the output folder's lock. Returns the JSON's path."""
+    with artifact_set(root, last=(circuit_page.JSON_NAME,)) as staging:
+        write_text_atomic(staging / circuit_page.HTML_NAME, circuit_page.render_page(document))
+        write_json_atomic(staging / circuit_page.JSON_NAME, document)
+    return root / circuit_page.JSON_NAME
 
 
 def format_summary(document: dict[str, Any]) -> str:

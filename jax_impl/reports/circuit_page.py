@@ -17,9 +17,11 @@ from typing import Any
 
 from jax_impl.reports.templates import fill, template
 
-CIRCUIT_DIR = "circuit"
-CIRCUIT_JSON = f"{CIRCUIT_DIR}/circuit.json"
-CIRCUIT_HTML = f"{CIRCUIT_DIR}/circuit.html"
+CIRCUIT_DIR = "circuit"  # a run's folder of the circuit (jax_impl.jobs.circuit writes it)
+JSON_NAME = "circuit.json"
+HTML_NAME = "circuit.html"
+CIRCUIT_JSON = f"{CIRCUIT_DIR}/{JSON_NAME}"
+CIRCUIT_HTML = f"{CIRCUIT_DIR}/{HTML_NAME}"
 
 
 def _finite(value: Any) -> Any:
