@@ -131,6 +131,7 @@ COMMANDS_READING_TORCH_FILES = {
     "report": [(["report", "--run-dir", "RUN"], "mlp"), (["report", "--run-dir", "RUN"], "sae")],
     "causal": [(["causal", "--run-dir", "RUN", "--hooks", "layer2"], "mlp"),
                (["causal", "--run-dir", "RUN", "--hooks", "layer2"], "sae")],
+    "circuit": [(["circuit", "--run-dir", "RUN", "--input", "8,9,5,1,3,2,9,4,7,1"], "mlp")],
     "train-sae": [(["train-sae", "--activations", "RUN/mlp_activations.pt", "--out", "RUN/trained"], "activations")],
     # A sweep reads the activations (either way) and, with --run-dir, the MLP for the atlas scores.
     "sweep": [
