@@ -41,6 +41,8 @@ TINY_RUN_ARGS = [
     "--causal-isolation-pairs", "32", "--causal-ranks", "1,2",
     "--causal-das-steps", "5", "--causal-das-batch", "32", "--causal-max-features", "2", "--causal-shortlist", "4",
     "--causal-random-draws", "1", "--causal-circuit-rows", "64",
+    # the circuit stage has a test of its own (tests/jobs/test_pipeline.py): every other tiny run leaves it out
+    "--no-circuit",
 ]
 
 

@@ -24,7 +24,7 @@ from jax_impl.task.pointer import check_task_shape
 from jax_impl.training.checkpoints import CheckpointPolicy
 
 DEFAULT_RUN_DIR = Path("runs/default")
-_CONFIG_SECTIONS = ("data", "mlp", "sae", "causal")
+_CONFIG_SECTIONS = ("data", "mlp", "sae", "causal", "circuit")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hook", choices=HOOKS, default=None,
                        help="the MLP activation the SAE decomposes: layer1 (after bn1, 256), layer2 (after bn2, 512; "
                        "the seed's) or layer3 (after hidden2, 256) (default: the recipe's, layer2)")
+    group.add_argument("--no-circuit", dest="circuit_stage", action="store_false",
+                       help="leave out the circuit stage (transcoders replacing the MLP's layers and attribution "
+                       "graphs of the probe's inputs, circuit/; docs/circuit.md)")
     for section in _CONFIG_SECTIONS:
         _add_section_flags(group, section, getattr(defaults, section))
     group = parser.add_argument_group("SAE architecture flags (each applies to the --sae-variant architectures named)")
@@ -80,7 +83,8 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
                                            variant_flag="--sae-variant")
         sections["sae"] = dataclasses.replace(sae, architecture=arch_config)
     hook = defaults.hook if args.hook is None else args.hook
-    return RunConfig(seed=args.seed, recipe=defaults.recipe, hook=hook, **sections).validate()
+    return RunConfig(seed=args.seed, recipe=defaults.recipe, hook=hook, circuit_stage=args.circuit_stage,
+                     **sections).validate()
 
 
 def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:

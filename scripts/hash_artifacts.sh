@@ -13,7 +13,8 @@ MONOSEM=${MONOSEM:-monosem}
 SMALL=()
 if [ -n "${QUICK:-}" ]; then
   SMALL=(--n-train 1000 --n-val 200 --n-test 200 --mlp-epochs 3 --sae-epochs 3 --causal-fit-pairs 256
-         --causal-eval-pairs 256 --causal-isolation-pairs 128 --causal-das-steps 20 --causal-circuit-rows 32)
+         --causal-eval-pairs 256 --causal-isolation-pairs 128 --causal-das-steps 20 --causal-circuit-rows 32
+         --circuit-epochs 3 --circuit-global-graphs 100 --circuit-label-rows 200 --circuit-pairs 32)
 fi
 rm -rf "$OUT"; mkdir -p "$OUT"
 $MONOSEM run --run-dir "$OUT/seed" --checkpoint-every off "${SMALL[@]}" >/dev/null

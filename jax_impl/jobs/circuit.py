@@ -208,12 +208,17 @@ def circuit(run_dir: Path | str | Run, inputs: Any, out: Path | str | None = Non
     return document
 
 
+def stage_files(document: dict[str, Any], folder: Path) -> None:
+    """folder/circuit.html (jax_impl.reports.circuit_page) then folder/circuit.json, each written atomically."""
+    write_text_atomic(folder / circuit_page.HTML_NAME, circuit_page.render_page(document))
+    write_json_atomic(folder / circuit_page.JSON_NAME, document)
+
+
 def write_circuit(document: dict[str, Any], root: Path) -> Path:
-    """root/circuit.json and its page root/circuit.html (jax_impl.reports.circuit_page), committed as one artifact
-    set; the caller holds the output folder's lock. Returns the JSON's path."""
+    """stage_files into root as one artifact set; the caller holds the output folder's lock. Returns the JSON's
+    path."""
     with artifact_set(root, last=(circuit_page.JSON_NAME,)) as staging:
-        write_text_atomic(staging / circuit_page.HTML_NAME, circuit_page.render_page(document))
-        write_json_atomic(staging / circuit_page.JSON_NAME, document)
+        stage_files(document, staging)
     return root / circuit_page.JSON_NAME
 
 

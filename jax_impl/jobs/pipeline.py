@@ -1,6 +1,7 @@
 """`monosem run`: the seed's pipeline as named stages over one run directory.
 
-data -> mlp -> harvest -> sae -> atlas -> causal -> probe -> reports -> export (`STAGES`).
+data -> mlp -> harvest -> sae -> atlas -> causal -> circuit -> probe -> reports -> export (`STAGES`; the circuit
+stage is optional: `--no-circuit`).
 Every stage writes its artifacts and the `manifest.json` that records it as one artifact set
 (jax_impl.files.artifact_set: staged in the run directory, then committed together), so a failed or killed stage
 leaves the files and manifest of the stages before it as they were, and `--resume` restarts at the first
@@ -37,6 +38,7 @@ from jax_impl.files.atomic import write_json_atomic, write_text_atomic
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import bridge, saelens
 from jax_impl.jobs.causal import CAUSAL_HTML, CAUSAL_JSON, causal_map, read_causal, write_causal
+from jax_impl.jobs.circuit import CIRCUIT_DIR, circuit, stage_files
 from jax_impl.jobs.export import EXPORT_FILES, export_models
 from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import (
@@ -59,7 +61,7 @@ from jax_impl.jobs.rundir import (
 )
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.precision import highest_precision
-from jax_impl.reports import circuit_trace
+from jax_impl.reports import circuit_page, circuit_trace
 from jax_impl.reports.atlas_page import write_atlas
 from jax_impl.task.pointer import SPLITS, Split, TaskShape, generate_splits
 from jax_impl.task.splits import split_filename, write_split
@@ -164,6 +166,19 @@ def stage_causal(run: Run, out: Path | None = None) -> dict:
     return {"variables": best, "circuit": circuit}
 
 
+def stage_circuit(run: Run, out: Path | None = None) -> dict:
+    """Transcoders replacing the MLP's layers and the attribution graphs of the probe's inputs (config.circuit;
+    `monosem circuit` does any inputs), written to circuit/ with the transcoders in circuit/transcoders/."""
+    root = (run.out_dir if out is None else out) / CIRCUIT_DIR
+    doc = circuit(run, probe_inputs(run.shape, run.splits["test"]), out=root, config=run.config.circuit, log=run.log,
+                  write=False)
+    stage_files(doc, root)
+    test, summary = doc["replacement"]["test"], doc["global"]["summary"]
+    return {"exact_match": {k: test[k]["exact_match"] for k in ("mlp", "replacement", "replacement_with_errors")},
+            "complete_share": summary["complete_share"], "features_mean": summary["features_mean"],
+            "edges_agree": summary["edges_agree"], "ablations_agree": summary["ablations_agree"]}
+
+
 def probe_text(run: Run, rows: np.ndarray) -> str:
     """The seed's probe report for each input row of rows (N, D), with the atlas's concept labels when it exists."""
     atlas_json = run.out_dir / atlas.ATLAS_JSON
@@ -190,6 +205,7 @@ def stage_reports(run: Run, out: Path | None = None) -> dict:
     paths = circuit_trace.write_reports(
         out, rows.inputs, rows.targets, predictions, layer2, features,
         x_dim=run.shape.x_dim, y_dim=run.shape.y_dim, log=run.log, causal=causal,
+        link_circuit=(run.out_dir / circuit_page.CIRCUIT_JSON).is_file(),
     )
     return {"rows": len(rows), "files": [str(p.relative_to(out)) for p in paths.values()]}
 
@@ -203,13 +219,15 @@ def stage_export(run: Run, out: Path | None = None) -> dict:
 @dataclass(frozen=True)
 class Stage:
     """fn(run, out) -> metrics, its files written under `out`; a training stage's fn also takes `checkpoints`
-    (its TrainingCheckpoints)."""
+    (its TrainingCheckpoints). enabled(config): whether a run of that config has this stage (an optional one,
+    left out by a flag, counts as done and writes nothing)."""
 
     name: str
     title: str
     fn: Callable[..., dict]
     outputs: tuple[Path, ...]
     trains: bool = False
+    enabled: Callable[[RunConfig], bool] = lambda config: True
 
 
 STAGES: list[Stage] = [
@@ -221,6 +239,8 @@ STAGES: list[Stage] = [
     ), trains=True),
     Stage("atlas", "Building Feature Atlas", stage_atlas, (Path(atlas.ATLAS_JSON), Path(atlas.ATLAS_HTML))),
     Stage("causal", "Mapping Variables to Features by Interventions", stage_causal, (CAUSAL_JSON, CAUSAL_HTML)),
+    Stage("circuit", "Tracing Attribution Graphs through Transcoders", stage_circuit,
+          (Path(circuit_page.CIRCUIT_JSON), Path(circuit_page.CIRCUIT_HTML)), enabled=lambda c: c.circuit_stage),
     Stage("probe", "Running Feature Probe", stage_probe, (PROBE_PATH,)),
     Stage("reports", "Generating Feature Reports", stage_reports, tuple(Path(f) for f in circuit_trace.REPORT_FILES.values())),
     Stage("export", "Exporting TorchScript and torch.export programs", stage_export, tuple(EXPORT_FILES.values())),
@@ -268,6 +288,8 @@ def _completed_stages(manifest: dict | None, config: RunConfig, run_dir: Path, r
     recorded = manifest.get("config", {})
     if isinstance(recorded, dict) and "causal" not in recorded:  # written before the causal stage: its defaults
         recorded = {**recorded, "causal": RunConfig().to_dict()["causal"]}
+    if isinstance(recorded, dict) and "circuit" not in recorded:  # written before the circuit stage: its defaults
+        recorded = {**recorded, "circuit": RunConfig().to_dict()["circuit"], "circuit_stage": True}
     # as JSON has it (tuples are lists there)
     diffs = _config_differences(recorded, json.loads(json.dumps(config.to_dict())))
     if diffs:
@@ -277,6 +299,8 @@ def _completed_stages(manifest: dict | None, config: RunConfig, run_dir: Path, r
         )
     done = set()
     for stage in STAGES:
+        if not stage.enabled(config):
+            continue  # left out of this run: nothing to find
         if stage.name not in manifest.get("stages", {}) or not all((run_dir / p).exists() for p in stage.outputs):
             break  # later stages depend on this one, so they rerun too
         done.add(stage.name)
@@ -345,7 +369,7 @@ def run_pipeline(
     config: RunConfig, run_dir: Path | str, *, resume: bool = False, log: Log = print,
     checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
 ) -> dict:
-    """Run (or resume) every stage of `config` (data, mlp, harvest, sae, atlas, causal, probe, reports, export)
+    """Run (or resume) every stage of `config` (data, mlp, harvest, sae, atlas, causal, circuit, probe, reports, export)
     into `run_dir`; returns the final manifest (config, versions, each stage's metrics). log: where progress goes.
 
     The training stages save their state to RUN_DIR/checkpoints/STAGE every `checkpoint_every`; with `resume`
@@ -358,7 +382,7 @@ def run_pipeline(
         remove_stale_temporaries(run_dir, WRITTEN_FOLDERS)
         previous = read_manifest(run_dir)
         done = _completed_stages(previous, config, run_dir, resume)
-        first_pending = next((stage.name for stage in STAGES if stage.name not in done), None)
+        first_pending = next((stage.name for stage in STAGES if stage.name not in done and stage.enabled(config)), None)
         # Only the first stage to run can continue from a checkpoint: every later one starts afresh.
         _remove_checkpoints(run_dir, keep=first_pending if resume else None)
         manifest = {
@@ -372,6 +396,9 @@ def run_pipeline(
         for i, stage in enumerate(STAGES, start=1):
             if stage.name in done:
                 log(f"[{i}/{len(STAGES)}] {stage.title}: already completed, skipped (--resume)")
+                continue
+            if not stage.enabled(config):
+                log(f"[{i}/{len(STAGES)}] {stage.title}: left out (--no-{stage.name})")
                 continue
             log(f"[{i}/{len(STAGES)}] {stage.title}...")
             checkpoints = _stage_checkpoints(run_dir, stage, config, checkpoint_every, resume, log) if stage.trains else None

@@ -15,6 +15,7 @@ from jax_impl import saes
 from jax_impl.checks import FLOAT32, check_seed, json_type_name, non_finite_field, section_from_dict
 from jax_impl.errors import UserError
 from jax_impl.evaluation.causal.config import CausalConfig
+from jax_impl.evaluation.circuit.config import CircuitConfig
 from jax_impl.models.mlp import DEFAULT_HOOK, HOOK_WIDTHS, HOOKS
 from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
 from jax_impl.task.pointer import DataConfig, TaskShape, check_task_shape
@@ -73,8 +74,10 @@ _FLAT_ARCHITECTURE_FIELDS = ("k", "aux_coeff", "l1_coeff", "resample_every")
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `monosem run` / run_pipeline does, as data: the PRNG seed, the hook the SAE decomposes and one
-    section per stage (data, mlp, sae, causal). The defaults are the seed recipes; strong_recipe() the strong one.
-    Each field is a flag (module docstring); validate() names the field or flag that cannot work."""
+    section per stage (data, mlp, sae, causal, circuit). The defaults are the seed recipes; strong_recipe() the
+    strong one. Each field is a flag (module docstring); validate() names the field or flag that cannot work.
+    circuit_stage: run the circuit stage (transcoders and attribution graphs of the probe's inputs; `--no-circuit`
+    leaves it out)."""
 
     seed: int = 0
     recipe: str = "seed"  # which defaults the other fields started from (one of RECIPES)
@@ -83,6 +86,8 @@ class RunConfig:
     mlp: MLPConfig = field(default_factory=MLPConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
     causal: CausalConfig = field(default_factory=CausalConfig.quick)  # the pipeline's causal stage
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)  # the pipeline's circuit stage
+    circuit_stage: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,7 +98,7 @@ class RunConfig:
         the key for an unknown key or a value of another type than the field's (an int for a float is fine)."""
         if not isinstance(d, dict):
             raise ValueError(f"config holds {json_type_name(d)}, expected an object")
-        known = {"seed", "recipe", "hook", "data", "mlp", "sae", "causal"}
+        known = {"seed", "recipe", "hook", "data", "mlp", "sae", "causal", "circuit", "circuit_stage"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"config has unknown keys {unknown} (expected {sorted(known)})")
@@ -103,6 +108,12 @@ class RunConfig:
         # manifests written before the causal stage existed have none: the stage's defaults
         sections["causal"] = (section_from_dict(CausalConfig, d["causal"], "config.causal") if "causal" in d
                               else CausalConfig.quick())
+        # manifests written before the circuit stage existed have none: the stage's defaults (as for causal)
+        sections["circuit"] = (section_from_dict(CircuitConfig, d["circuit"], "config.circuit") if "circuit" in d
+                               else CircuitConfig())
+        circuit_stage = d.get("circuit_stage", True)
+        if not isinstance(circuit_stage, bool):
+            raise ValueError(f"config.circuit_stage holds {json_type_name(circuit_stage)}, expected true or false")
         seed = d.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"config.seed holds {json_type_name(seed)}, expected an integer")
@@ -112,7 +123,7 @@ class RunConfig:
         hook = d.get("hook", DEFAULT_HOOK)  # manifests written before the hook points existed have none
         if not isinstance(hook, str):
             raise ValueError(f"config.hook holds {json_type_name(hook)}, expected a string")
-        return cls(seed=seed, recipe=recipe, hook=hook, **sections)
+        return cls(seed=seed, recipe=recipe, hook=hook, circuit_stage=circuit_stage, **sections)
 
     def validate(self) -> RunConfig:
         """Raise UserError naming the flag when a value cannot work; return self. (Whether the sizes fit in this
@@ -150,6 +161,7 @@ class RunConfig:
             if value not in choices:
                 raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
         self.causal.validate()
+        self.circuit.validate()
         self.causal.variable_names(TaskVariables(TaskShape(d.x_dim, d.y_dim)).names)
         arch_config_type = saes.get(s.variant).config
         if not isinstance(s.architecture, arch_config_type):

@@ -67,7 +67,8 @@ CHECKPOINTS_DIR = Path("checkpoints")
 # Every folder of a run directory (or of an --out folder of `causal`) that monosem's writers write into: the
 # only places jax_impl.files.locks.remove_stale_temporaries looks for what a killed writer left (a glob per component).
 WRITTEN_FOLDERS = ("dataset", "mlp", "sae", str(SAELENS_DIR), "export", "causal", "causal/saes/*",
-                   f"causal/saes/*/{SAELENS_NAME}", str(CHECKPOINTS_DIR), f"{CHECKPOINTS_DIR}/*")
+                   f"causal/saes/*/{SAELENS_NAME}", "circuit", "circuit/transcoders/*", str(CHECKPOINTS_DIR),
+                   f"{CHECKPOINTS_DIR}/*")
 
 # Independent PRNG streams per purpose, each derived from one user seed (stream_key): a run's from its --seed
 # (`Run.key(stream)`) ...

@@ -34,7 +34,7 @@ from plotly.offline import get_plotlyjs
 
 from jax_impl.files import xlsx
 from jax_impl.files.atomic import write_text_atomic
-from jax_impl.reports.circuit_page import circuit_link, link_note
+from jax_impl.reports.circuit_page import CIRCUIT_HTML, circuit_link, link_note
 from jax_impl.reports.templates import fill, template
 
 TRACE_COLUMNS = (
@@ -530,13 +530,15 @@ def write_reports(
     top_k: int = 10,
     log: Callable[[str], object] = print,
     causal: Mapping[str, Any] | None = None,
+    link_circuit: bool | None = None,
 ) -> dict[str, Path]:
     """Write the trace workbook and the three circuit pages into ``out_dir``.
 
     inputs (N, x_dim * y_dim) int, expected (N,) float, predictions (N,) float,
     layer2 (N, 512) float32, features (N, F) float32.
     causal: a causal.json document (jax_impl.evaluation.causal); its sparse circuit becomes the Sankey's causal view.
-    Each page links to out_dir's attribution-graph page (circuit/circuit.html) when out_dir holds a circuit.
+    Each page links to out_dir's attribution-graph page (circuit/circuit.html) when out_dir holds a circuit, or as
+    link_circuit says (a pipeline stage writes into a staging folder whose run directory holds the circuit).
     Returns {"trace", "heatmap", "bell_curves", "sankey"} -> written path.
     """
     out_dir = Path(out_dir)
@@ -557,7 +559,8 @@ def write_reports(
     notes = [ENERGY_NOTE.format(k=k, neurons=np.shape(layer2)[1]),
              f"{n:,} samples &times; top-{k} = {n * k:,} rows. Inputs: {y_dim} columns of {x_dim} integers, "
              "pointers p1, p2 = last entry of the first and last column; expected output = |a[p1] - b[p2]|."]
-    if (href := circuit_link(out_dir)) is not None:
+    href = circuit_link(out_dir) if link_circuit is None else (CIRCUIT_HTML if link_circuit else None)
+    if href is not None:
         notes.append(link_note(href))
     _write_trace_xlsx(paths["trace"], t)
     done(f"Circuit trace ({n * k:,} rows) saved to {paths['trace']}")

@@ -43,6 +43,7 @@ MONOSEM = Path(sys.executable).with_name("monosem")
 FAB_ARGS = [
     "--seed", "1", "--n-train", "64", "--n-val", "16", "--n-test", "16",
     "--mlp-epochs", "2", "--mlp-batch-size", "16", "--sae-epochs", "2", "--sae-batch-size", "16", "--dict-size", "64",
+    "--no-circuit",
 ]
 
 

@@ -73,6 +73,37 @@ def test_manifest_records_config_versions_metrics_and_timings(tiny_run):
     assert manifest["metrics"]["harvest"]["shape"] == [512, 512]
 
 
+def test_the_circuit_stage_traces_the_probe_inputs_and_the_reports_link_it(tiny_run, tmp_path):
+    """The stage `--no-circuit` left out of tiny_run, run on a copy: circuit/ holds the probe inputs' graphs, the
+    page and the transcoders, the manifest records it, and the reports written after it link to the page."""
+    import dataclasses
+    import shutil
+
+    from jax_impl.evaluation.circuit.config import CircuitConfig
+    from jax_impl.jobs import pipeline
+    from jax_impl.jobs.rundir import Run, read_manifest, run_config
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    assert not (run_dir / "circuit").exists()
+    assert "Attribution graphs per input" not in (run_dir / "uhd_bold_sankey.html").read_text()
+    tiny = CircuitConfig(dict_sizes=(16, 16, 16), k=(3, 3, 3), epochs=2, batch_size=64, label_rows=64,
+                         global_graphs=16, pairs=16, global_features=4, max_feature_nodes=6)
+    config = dataclasses.replace(run_config(run_dir), circuit=tiny, circuit_stage=True)
+    run = Run(run_dir, config, log=lambda line: None)
+    stages = {s.name: s for s in pipeline.STAGES}
+    manifest = pipeline.run_stage(run, stages["circuit"], read_manifest(run_dir))
+    doc = json.loads((run_dir / "circuit" / "circuit.json").read_text())
+    probe = pipeline.probe_inputs(run.shape, run.splits["test"])
+    assert [g["input"] for g in doc["graphs"]] == probe.tolist()
+    assert "monosem-circuit/1" in (run_dir / "circuit" / "circuit.html").read_text()
+    assert sorted(p.name for p in (run_dir / "circuit" / "transcoders").iterdir()) == ["layer1", "layer2", "layer3"]
+    assert read_manifest(run_dir)["metrics"]["circuit"] == manifest["metrics"]["circuit"]
+    assert 0 <= manifest["metrics"]["circuit"]["exact_match"]["replacement"] <= 1
+    pipeline.run_stage(run, stages["reports"], manifest)
+    assert 'href="circuit/circuit.html"' in (run_dir / "uhd_bold_sankey.html").read_text()
+
+
 def test_run_output_has_seed_lines(tiny_run, capsys):
     from conftest import TINY_RUN_ARGS
 
