@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
 STAGES = [
@@ -50,6 +52,7 @@ def test_quick_bench_writes_results(tmp_path):
     assert "| stage |" in markdown and "MLP training (per epoch)" in markdown
 
 
+@pytest.mark.slow  # 25 s; test_quick_bench_writes_results keeps the bench's quick mode in make test
 def test_sae_family_bench_quick_writes_every_architecture(tmp_path):
     """The SAE bench's smoke run: every architecture's JAX epoch beside its torch loop (tiny sizes)."""
     import json

@@ -154,6 +154,7 @@ def _pyvene_das(model, pairs, init: np.ndarray | None, seed: int) -> tuple[float
     return float(torch.mean((counterfactual[0][:, 0] - answer) ** 2)), intervenable
 
 
+@pytest.mark.slow  # 20 s; make test keeps the whole-vector patch against pyvene
 def test_das_iia_matches_pyvene_rotated_subspace(net):
     site, model = net
     sampler = PairSampler(TaskVariables(TaskShape()), seed=0)

@@ -77,7 +77,9 @@ def _max_diff(a: dict, b: dict, skip: set[str] = frozenset()) -> float:
 
 # make test: three architectures whose steps differ most (a partial last batch; AuxK and batch-wide top-k
 # under vmap; traced hyperparameters beside a static float); -m slow: the other three.
-_SLOW_SWEEP = {"anthropic", "topk", "matryoshka"}
+# make test keeps the seed's relu-l1 (a transcoder sweep is checked the same way in test_train_sae_transcoder.py);
+# -m slow checks every architecture.
+_SLOW_SWEEP = {"anthropic", "topk", "matryoshka", "batchtopk", "jumprelu"}
 
 
 @pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.slow) if v in _SLOW_SWEEP else v for v in GRIDS])
