@@ -87,16 +87,6 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
                      **sections).validate()
 
 
-def _parse_input_row(text: str, flag: str, input_dim: int) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").strip("[]").split(",")]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected {input_dim} comma-separated integers like 8,9,5,1,3,2,9,4,7,1") from None
-    if len(values) != input_dim:
-        raise UserError(f"{flag} {text!r}: expected {input_dim} integers, got {len(values)}")
-    return values
-
-
 # --- commands -----------------------------------------------------------------------------------------------
 
 
@@ -132,17 +122,13 @@ def _run_with_sae(args: argparse.Namespace, writes: bool):
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from jax_impl.jobs.pipeline import probe_inputs, probe_text
-    from jax_impl.task.pointer import first_invalid_input
+    from jax_impl.task.pointer import parse_input_rows
 
     run = _run_with_sae(args, writes=False)
     if args.input:
-        rows = np.asarray([_parse_input_row(t, "--input", run.shape.input_dim) for t in args.input])
-        invalid = first_invalid_input(rows, run.shape)
-        if invalid:
-            raise UserError(f"--input {args.input[invalid[0]]!r}: {invalid[1]}")
+        rows = parse_input_rows(args.input, run.shape)
     else:
         rows = probe_inputs(run.shape, run.splits["test"])
     print(probe_text(run, rows))
@@ -287,11 +273,12 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     config = dataclasses.replace(CircuitConfig(), **{k: v for k, v in given.items() if v is not None}).validate()
     run_config = _run_config(args.run_dir)  # a missing or unreadable run directory, before the slow imports
     from jax_impl.files.locks import folder_lock, remove_stale_temporaries
-    from jax_impl.jobs.circuit import CIRCUIT_DIR, TRANSCODERS_DIR, circuit, parse_inputs
+    from jax_impl.jobs.circuit import CIRCUIT_DIR, TRANSCODERS_DIR, circuit
     from jax_impl.jobs.rundir import Run
+    from jax_impl.task.pointer import parse_input_rows
 
     run = Run(args.run_dir, run_config)
-    rows = parse_inputs(args.input, run)
+    rows = parse_input_rows(args.input, run.shape)
     root = Path(args.out) if args.out else Path(args.run_dir) / CIRCUIT_DIR
     with folder_lock(root, flag="--out" if args.out else "--run-dir", what="output folder"):
         remove_stale_temporaries(root, [f"{TRANSCODERS_DIR}/*"])

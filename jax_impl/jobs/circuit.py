@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -242,22 +242,3 @@ def format_summary(document: dict[str, Any]) -> str:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def parse_input(text: str, flag: str, run: Run) -> list[int]:
-    """An --input value: D comma-separated integers in the task's ranges; UserError naming the flag otherwise."""
-    try:
-        values = [int(v) for v in text.replace(" ", "").strip("[]").split(",")]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected {run.shape.input_dim} comma-separated integers like "
-                        "8,9,5,1,3,2,9,4,7,1") from None
-    if len(values) != run.shape.input_dim:
-        raise UserError(f"{flag} {text!r}: expected {run.shape.input_dim} integers, got {len(values)}")
-    bad = first_invalid_input(np.asarray([values], np.int64), run.shape)
-    if bad is not None:
-        raise UserError(f"{flag} {text!r}: {bad[1]}")
-    return values
-
-
-def parse_inputs(texts: Sequence[str], run: Run) -> np.ndarray:
-    return np.asarray([parse_input(t, "--input", run) for t in texts], np.int32)

@@ -9,6 +9,7 @@ format (jax_impl.task.splits).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -95,6 +96,25 @@ def generate_splits(key: jax.Array, sizes: dict[str, int], shape: TaskShape = Ta
     inputs, targets = _sample_splits(key, len(sizes), max(sizes.values()), shape)
     inputs, targets = np.asarray(inputs, np.int32), np.asarray(targets, np.float32)
     return {name: Split(inputs[i, :n], targets[i, :n]) for i, (name, n) in enumerate(sizes.items())}
+
+
+def parse_input_rows(texts: Sequence[str], shape: TaskShape, flag: str = "--input") -> np.ndarray:
+    """Rows typed on a command line ("8,9,5,1,3,2,9,4,7,1" each) -> (N, D) int32; UserError naming the flag and the
+    text that is not D integers in the task's ranges."""
+    rows = []
+    for text in texts:
+        try:
+            values = [int(v) for v in text.replace(" ", "").strip("[]").split(",")]
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: expected {shape.input_dim} comma-separated integers like "
+                            "8,9,5,1,3,2,9,4,7,1") from None
+        if len(values) != shape.input_dim:
+            raise UserError(f"{flag} {text!r}: expected {shape.input_dim} integers, got {len(values)}")
+        invalid = first_invalid_input(np.asarray([values], np.int64), shape)
+        if invalid is not None:
+            raise UserError(f"{flag} {text!r}: {invalid[1]}")
+        rows.append(values)
+    return np.asarray(rows, np.int32).reshape(len(rows), shape.input_dim)
 
 
 def first_invalid_input(inputs: np.ndarray, shape: TaskShape) -> tuple[int, str] | None:
