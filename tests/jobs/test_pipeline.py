@@ -102,6 +102,41 @@ def test_the_circuit_stage_traces_the_probe_inputs_and_the_reports_link_it(tiny_
     assert 0 <= manifest["metrics"]["circuit"]["exact_match"]["replacement"] <= 1
     pipeline.run_stage(run, stages["reports"], manifest)
     assert 'href="circuit/circuit.html"' in (run_dir / "uhd_bold_sankey.html").read_text()
+    _recompute_edges_in_torch(run_dir, doc["graphs"][0])
+
+
+def _recompute_edges_in_torch(run_dir, graph) -> None:
+    """A graph's input -> layer1 and layer3 -> output edges recomputed in plain torch from the files alone (the
+    MLP's and the transcoders' state_dicts, read by torch_ref): with the error terms, transcoder l reads the MLP's
+    true layer_{l-1}; an edge is source activation x virtual weight (docs/circuit.md)."""
+    import torch
+
+    from torch_ref.models import mlp_from_state_dict
+    from torch_ref.saes import sae_from_state_dict
+
+    mlp = mlp_from_state_dict(torch.load(run_dir / "mlp" / "perfect_mlp.pth", weights_only=True)).eval()
+    tc = {layer: sae_from_state_dict(torch.load(run_dir / "circuit" / "transcoders" / layer / "sae.pth",
+                                                weights_only=True)) for layer in ("layer1", "layer3")}
+    x = torch.tensor([graph["input"]], dtype=torch.float32)
+    with torch.no_grad():
+        layer2 = mlp.hook_activations(x)["layer2"]
+        f1, f3 = tc["layer1"].encode(x)[0], tc["layer3"].encode(layer2)[0]
+        w_out = mlp.layers["output"].weight[0]
+        checked = 0
+        for edge in graph["edges"]:
+            source, target = edge["source"].split("/"), edge["target"].split("/")
+            if source[0] == "layer3" and target[0] == "output":
+                j = int(source[1])
+                expected = f3[j] * (tc["layer3"].decoder.weight[:, j] @ w_out)
+            elif source[0] == "input" and target[0] == "layer1":
+                i, j = int(source[1]), int(target[1])
+                assert f1[j] > 0  # a kept feature is active
+                expected = x[0, i] * tc["layer1"].encoder.weight[j, i]
+            else:
+                continue
+            assert edge["weight"] == pytest.approx(float(expected), rel=1e-4, abs=1e-5), edge
+            checked += 1
+    assert checked > 0
 
 
 def test_run_output_has_seed_lines(tiny_run, capsys):
