@@ -221,6 +221,10 @@ def data_mismatch(written: Any, expected: Any, *, what: str = "training", resume
         for key in path:
             old = old.get(key) if isinstance(old, dict) else None
         name = record.get("file", "the data")
+        if (not isinstance(old, dict) or "fingerprint" not in old) and _data_records(written):
+            # a state of this version that read other data (e.g. an SAE's, resumed as a transcoder with a target)
+            return (f"written by a {what} that did not read {name}; pass the data of the original {what} to "
+                    f"{resume}, or start over without --resume")
         if not isinstance(old, dict) or "fingerprint" not in old:
             return (f"written by an earlier version that recorded no fingerprint of its data, so it cannot be checked "
                     f"that {name} is what the {what} ran on; start over without --resume")

@@ -119,3 +119,17 @@ def test_sweep_resume_on_other_data_is_refused_for_a_written_configuration(tmp_p
 def _files(folder: Path) -> dict[Path, bytes]:
     """Every file's bytes but the lock's (it records the pid of the last command that held it)."""
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".monosem.lock")}
+
+
+def test_a_state_that_read_other_data_is_not_taken_for_an_earlier_version():
+    """An SAE's checkpoint resumed as a transcoder (its identity lacks the target's record, as no earlier version's
+    lacks): refused as a training that did not read the target, not as an old checkpoint."""
+    from jax_impl.training.checkpoints import data_mismatch
+
+    acts = {"file": "acts.npy", "fingerprint": "a" * 64}
+    written = {"activations": acts}
+    expected = {"activations": acts, "target": {"file": "out.npy", "fingerprint": "b" * 64}}
+    message = data_mismatch(written, expected)
+    assert message is not None and "did not read out.npy" in message and "earlier version" not in message
+    assert data_mismatch(expected, expected) is None
+    assert "earlier version" in data_mismatch({"activations": {"file": "acts.npy"}}, written)
