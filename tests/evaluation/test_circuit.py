@@ -26,7 +26,7 @@ from jax_impl.evaluation.circuit.attribution import (
 )
 from jax_impl.evaluation.circuit.config import CircuitConfig
 from jax_impl.evaluation.circuit.labels import assign_variable
-from jax_impl.evaluation.circuit.replacement import Replacement, error_terms, mlp_hidden
+from jax_impl.evaluation.circuit.replacement import Replacement, error_terms, mlp_hidden, train_transcoders
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.saes import SAE
 from jax_impl.task.pointer import sample_pointer_task
@@ -189,3 +189,28 @@ def test_config_names_the_flag(field, value, flag):
 
     with pytest.raises(UserError, match=flag):
         dataclasses.replace(CircuitConfig(dict_sizes=(8, 8, 8), k=(4, 4, 4)), **{field: value}).validate()
+
+
+def test_finetuning_brings_the_chained_replacement_to_the_mlp():
+    """The end-to-end phase (finetune_epochs) lowers the replacement's output error against the MLP's, from the
+    same per-layer training, and leaves transcoders of the same shapes (so the graphs' algebra is unchanged)."""
+    import dataclasses
+
+    mlp = InterpretabilityMLP(10, rngs=nnx.Rngs(3))
+    mlp.eval()
+    inputs = np.asarray(sample_pointer_task(jax.random.key(2), 512)[0])
+    config = CircuitConfig(dict_sizes=(16, 32, 16), epochs=2, batch_size=64, lr=3e-3, finetune_epochs=0)
+    key = jax.random.key(0)
+    plain, records = train_transcoders(mlp, inputs, config, key, log=lambda _: None)
+    tuned, tuned_records = train_transcoders(mlp, inputs, dataclasses.replace(config, finetune_epochs=20,
+                                                                              output_weight=10.0), key, log=lambda _: None)
+    out, hidden = mlp_hidden(mlp, inputs)
+
+    def gap(transcoders):
+        return float(jnp.mean((Replacement.from_mlp(mlp, transcoders).run(hidden[0])[0] - out) ** 2))
+
+    assert gap(tuned) < 0.5 * gap(plain)
+    assert "finetune_seconds" not in records[0] and tuned_records[0]["finetune_seconds"] > 0
+    for a, b in zip(plain, tuned):
+        assert (b.transcoder, b.skip, b.arch.name) == (True, True, a.arch.name)
+        assert jax.tree.map(jnp.shape, a.params()) == jax.tree.map(jnp.shape, b.params())

@@ -18,7 +18,8 @@ from jax_impl.task.splits import write_split
 
 TINY = ["--circuit-dict-sizes", "16,16,16", "--circuit-k", "3,3,3", "--circuit-epochs", "2", "--circuit-batch-size", "64",
         "--circuit-label-rows", "100", "--circuit-global-graphs", "40", "--circuit-pairs", "32",
-        "--circuit-global-features", "8", "--circuit-max-feature-nodes", "6"]
+        "--circuit-global-features", "8", "--circuit-max-feature-nodes", "6", "--circuit-train-rows", "0",
+        "--circuit-finetune-epochs", "1"]
 ROW = "8,9,5,1,3,2,9,4,7,1"
 
 

@@ -88,7 +88,8 @@ def test_the_circuit_stage_traces_the_probe_inputs_and_the_reports_link_it(tiny_
     assert not (run_dir / "circuit").exists()
     assert "Attribution graphs per input" not in (run_dir / "uhd_bold_sankey.html").read_text()
     tiny = CircuitConfig(dict_sizes=(16, 16, 16), k=(3, 3, 3), epochs=2, batch_size=64, label_rows=64,
-                         global_graphs=16, pairs=16, global_features=4, max_feature_nodes=6)
+                         global_graphs=16, pairs=16, global_features=4, max_feature_nodes=6, train_rows=0,
+                         finetune_epochs=1)
     config = dataclasses.replace(run_config(run_dir), circuit=tiny, circuit_stage=True)
     run = Run(run_dir, config, log=lambda line: None)
     stages = {s.name: s for s in pipeline.STAGES}

@@ -29,7 +29,9 @@ class CircuitConfig:
     l-1's prediction as its input, so that it learns to read what the replacement without error terms gives it;
     0: on the MLP's true layer_{l-1}; the target is the MLP's true layer_l either way), `epochs`, `batch_size`, `lr`, `train_rows` (rows the
     transcoders train on: the run's train split, topped up with fresh task rows outside the held-out splits' rows
-    when larger; 0: the train split as it is).
+    when larger; 0: the train split as it is); then `finetune_epochs` of end-to-end training of the three chained
+    together at `finetune_lr` (replacement.finetune_transcoders: each one's own loss on its chained input plus
+    `output_weight` x the MSE between the replacement's output and the MLP's; 0: none).
 
     Graphs: `share` of the features' total |influence| the kept feature nodes must carry, at most
     `max_feature_nodes` of them; `checks`: the top features of each graph ablated in the (nonlinear) replacement
@@ -48,10 +50,13 @@ class CircuitConfig:
     l1: float = 3e-4
     skip: int = 1
     chained: int = 1
-    epochs: int = 60
+    epochs: int = 8
     batch_size: int = 256
     lr: float = 3e-3
-    train_rows: int = 0
+    train_rows: int = 64000
+    finetune_epochs: int = 2
+    finetune_lr: float = 3e-4
+    output_weight: float = 1.0
     share: float = 0.9
     max_feature_nodes: int = 30
     checks: int = 5
@@ -86,16 +91,17 @@ class CircuitConfig:
             raise UserError(f"{flag('share')} must be in (0, 1], got {self.share}")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"{flag('seed')} must be in 0..{2**63 - 1}, got {self.seed}")
-        for name in ("train_rows", "checks", "edge_checks", "atol", "rtol", "l1"):
+        for name in ("train_rows", "finetune_epochs", "output_weight", "checks", "edge_checks", "atol", "rtol", "l1"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
-            if f.name in ("epochs", "batch_size", "lr", "max_feature_nodes", "label_rows", "global_graphs",
+            if f.name in ("epochs", "batch_size", "lr", "finetune_lr", "max_feature_nodes", "label_rows", "global_graphs",
                           "global_features", "pairs") and not getattr(self, f.name) > 0:
                 raise UserError(f"{flag(f.name)} must be positive, got {getattr(self, f.name)}")
         return self
 
     def training_record(self) -> dict:
         """The fields that decide what the transcoders are (their cache key beside the run's own identity)."""
-        keys = ("variant", "dict_sizes", "k", "l1", "skip", "chained", "epochs", "batch_size", "lr", "train_rows", "seed")
+        keys = ("variant", "dict_sizes", "k", "l1", "skip", "chained", "epochs", "batch_size", "lr", "train_rows",
+                "finetune_epochs", "finetune_lr", "output_weight", "seed")
         return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in keys}
