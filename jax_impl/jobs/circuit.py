@@ -44,6 +44,7 @@ from jax_impl.files import jsonfile
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic, write_text_atomic
 from jax_impl.interop import bridge
+from jax_impl.jobs.causal import CAUSAL_JSON
 from jax_impl.jobs.rundir import METRICS_FILE, SAE_CONFIG_FILE, SAE_FILE, Run, load_run, stream_key
 from jax_impl.precision import highest_precision
 from jax_impl.reports import circuit_page
@@ -138,15 +139,21 @@ def _read_transcoder(path: Path, recorded: dict[str, Any]) -> SAE | None:
     return tc if same else None
 
 
-def _causal_document(run: Run) -> dict | None:
-    path = run.run_dir / "causal" / "causal.json"
+def _causal_document(run: Run, log: Log) -> dict | None:
+    """What the global view is compared with from the run's causal map (jobs.causal.CAUSAL_JSON): each variable's
+    best hook and the hooks the map analysed, checked; None without a map, or with one that cannot be read (then
+    the comparison is n/a, said in one line)."""
+    path = run.run_dir / CAUSAL_JSON
     if not path.exists():
         return None
     try:
-        doc = jsonfile.read(path).object()
-    except UserError:
+        doc = jsonfile.read(path)
+        variables = {name: {"best": {"hook": node["best"]["hook"].string()}} for name, node in doc["variables"].items()}
+        hooks = dict.fromkeys(doc.get("hooks", {}).fields())
+    except UserError as e:
+        log(f"Circuit: the causal map is not compared ({e})")
         return None
-    return doc
+    return {"variables": variables, "hooks": hooks}
 
 
 @highest_precision
@@ -177,7 +184,7 @@ def circuit(run_dir: Path | str | Run, inputs: Any, out: Path | str | None = Non
                                variables=[v for v in VARIABLES if v in TaskVariables(run.shape).names])
     view = global_view(att_global, measured_global, scores, config.global_features, labels)
     view["summary"] = summary(measured_global, config)
-    view["causal_map"] = compare_with_causal_map(view, _causal_document(run))
+    view["causal_map"] = compare_with_causal_map(view, _causal_document(run, log))
 
     att = attribute(rep, run.mlp, rows)
     measured = measure_graphs(rep, att, config)

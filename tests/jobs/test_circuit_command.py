@@ -101,3 +101,23 @@ def test_missing_run_dir_and_bad_settings(tmp_path, run_dir, capsys):
     assert cli.main(["circuit", "--run-dir", str(run_dir), "--input", ROW, "--circuit-k", "3,3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--circuit-k" in err
+
+
+def test_the_causal_map_is_read_checked_and_a_damaged_one_is_left_out_in_one_line(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    causal = copy / "causal" / "causal.json"
+    causal.parent.mkdir(exist_ok=True)
+    causal.write_text(json.dumps({"variables": {"A": {"best": {"hook": "layer2"}}}, "hooks": {"layer2": {}}}))
+    assert cli.main(["circuit", "--run-dir", str(copy), "--input", ROW, *TINY]) == 0
+    compared = {c["variable"]: c for c in json.loads((copy / "circuit" / "circuit.json").read_text())["global"]["causal_map"]}
+    assert compared["A"]["causal_hook"] == "layer2" and compared["A"]["causal_hooks"] == ["layer2"]
+    capsys.readouterr()
+    causal.write_text(json.dumps({"variables": {"A": {"best": 3}}}))  # valid JSON of the wrong shape
+    assert cli.main(["circuit", "--run-dir", str(copy), "--input", ROW, *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "the causal map is not compared" in out and "variables.A.best" in out
+    doc = json.loads((copy / "circuit" / "circuit.json").read_text())
+    assert all(c["causal_hook"] is None for c in doc["global"]["causal_map"])
