@@ -53,12 +53,12 @@ from jax_impl.reports.circuit_trace import write_reports
 from jax_impl.task.pointer import TaskShape, generate_splits
 from jax_impl.task.splits import write_split
 from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
-from torch_ref import models as torch_models
+from monosem_torch_ref import models as torch_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the seed's SAE (beside the parity tests), the demo
 from benchmarks.report_demo import demo_arrays  # noqa: E402
+from monosem_torch_ref import train as torch_train
 from parity_tests.seed_sae import SparseAutoencoder, fit_sae  # noqa: E402
-from torch_ref import train as torch_train
 
 HERE = Path(__file__).resolve().parent
 SEED_MLP_EPOCHS = 500
@@ -613,7 +613,7 @@ def render_markdown(results: dict) -> str:
     for name, s in results["stages"].items():
         flops = (f"{s['jax_gflops']:.0f} ({s['jax_pct_peak']:.0f}%) | {s['torch_gflops']:.0f} ({s['torch_pct_peak']:.0f}%)"
                  if "flops" in s else "- | -")
-        torch_cell = _spread(s["torch_seconds"]) + ("" if s["torch_source"].startswith("torch_ref") else " *")
+        torch_cell = _spread(s["torch_seconds"]) + ("" if s["torch_source"].startswith("monosem_torch_ref") else " *")
         lines.append(f"| {name} | {s['unit']} | {_spread(s['jax_seconds'])} | {torch_cell} | "
                      f"{s['torch_over_jax']:.2f}x | {s['jax_samples_per_s']:,.0f} | {s['torch_samples_per_s']:,.0f} | {flops} |")
     p = results["pipeline"]

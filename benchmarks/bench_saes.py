@@ -1,5 +1,5 @@
 """`make bench` (second part): one training epoch of every SAE architecture at the seed shape, JAX against
-the same loop written in plain torch (torch_ref.saes losses, the same hooks), in one process, interleaved;
+the same loop written in plain torch (monosem_torch_ref.saes losses, the same hooks), in one process, interleaved;
 and the peak RSS of `train-sae` streaming a `.npy` several times larger than its chunk.
 
     python benchmarks/bench_saes.py [--reps 3] [--rows 8000] [--out benchmarks]   # writes saes.json / saes.md
@@ -27,7 +27,7 @@ from jax_impl import saes
 from jax_impl.interop import bridge
 from jax_impl.precision import highest_precision
 from jax_impl.training.sae_trainer import SAETrainConfig, make_chunk_fn, make_sae_step, sae_optimizer
-from torch_ref import saes as ref
+from monosem_torch_ref import saes as ref
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {

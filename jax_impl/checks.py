@@ -8,9 +8,11 @@ those), so any module can use it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import sys
+from types import ModuleType
 from typing import Any
 
 from jax_impl.errors import UserError
@@ -150,3 +152,24 @@ def section_from_dict(kind: type, d: Any, where: str) -> Any:
             raise ValueError(f"{where}.{name} holds {json_type_name(value)} {value!r:.40}, expected {json_type_name(want())}")
         values[name] = value
     return kind(**values)
+
+
+# --------------------------------------------------------------------------- PyTorch, an optional import
+
+
+def require_torch(what: str) -> ModuleType:
+    """torch, imported on first use: the JAX side (training on .npy / .safetensors, the API) runs without it.
+
+    UserError "WHAT needs PyTorch, which is not installed (...)" where it is missing; `what` names the file or
+    command that needed it."""
+    try:
+        return importlib.import_module("torch")
+    except ImportError:
+        raise UserError(f"{what} needs PyTorch, which is not installed (pip install torch; the .safetensors "
+                        "files hold the same tensors)") from None
+
+
+def loaded_torch() -> ModuleType | None:
+    """torch if something has imported it, else None: no value can be a torch.Tensor before torch is imported,
+    so an isinstance check needs no import of its own."""
+    return sys.modules.get("torch")

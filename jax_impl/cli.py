@@ -665,6 +665,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"monosem: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        # torch is optional (training on .npy / .safetensors runs without it); the commands that write or read
+        # torch files, export programs or compare with the torch reference need it.
+        print(f"monosem: error: monosem {args.command} needs PyTorch, which is not installed (pip install torch)",
+              file=sys.stderr)
+        return 2
     except MemoryError as e:  # past the estimates of jax_impl.checks.check_memory: numpy's own message names the size
         if args.debug:
             traceback.print_exc()

@@ -6,8 +6,8 @@ import torch
 from flax import nnx
 
 from jax_impl.interop import bridge
+from monosem_torch_ref.models import InterpretabilityMLP
 from parity_tests.helpers import assert_close, task_rows, ulps
-from torch_ref.models import InterpretabilityMLP
 
 # Unequal batch sizes, the last one odd: torch stores the *unbiased* variance, n / (n - 1) times the
 # one it normalises with, so a wrong n would show as a ~1-6% error in running_var.

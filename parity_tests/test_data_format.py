@@ -12,7 +12,7 @@ from parity_tests.conftest import UPSTREAM_SPLITS
 from parity_tests.helpers import missing_upstream, task_rows
 
 pytest.importorskip("pandas", reason="the upstream loader needs pandas")
-from torch_ref.data import load_excel_split  # noqa: E402
+from monosem_torch_ref.data import load_excel_split  # noqa: E402
 
 
 def test_written_split_loads_in_upstream_loader(tmp_path):

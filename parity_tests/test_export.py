@@ -19,8 +19,8 @@ import torch
 
 from jax_impl.interop import bridge
 from jax_impl.jobs.export import EXPORT_FILES, export_models
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 
 # JAX (XLA) vs torch kernels on random weights: summation order only, as in test_forward (64 ulps).
 EXPORT_ULPS = 64
@@ -34,11 +34,11 @@ LOADER = textwrap.dedent(
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"jax_impl", "torch_ref", "jax", "flax"}:
+            if name.split(".")[0] in {"jax_impl", "monosem_torch_ref", "jax", "flax"}:
                 raise ModuleNotFoundError(f"blocked: {name}")
 
     sys.meta_path.insert(0, Block())
-    for name in ("jax_impl", "torch_ref", "jax"):
+    for name in ("jax_impl", "monosem_torch_ref", "jax"):
         try:
             __import__(name)
         except ModuleNotFoundError:

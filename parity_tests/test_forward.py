@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from jax_impl.interop import bridge
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder, mlp_from_state_dict
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
 from parity_tests.seed_sae import seed_sae_from_state_dict
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder, mlp_from_state_dict
 
 # Random torch-initialised weights: the outputs differ only by summation order in dot products of
 # K <= 512 terms, i.e. a few ulps of the largest output value (measured: <= 4). RANDOM_ULPS = 64 allows

@@ -8,10 +8,10 @@ from flax import nnx
 
 from jax_impl.interop import bridge
 from jax_impl.training.mlp_trainer import mlp_loss
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder
+from monosem_torch_ref.train import sae_loss as torch_sae_loss
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
 from parity_tests.seed_sae import SAE_KEY_MAP, sae_loss, seed_sae_from_state_dict
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
-from torch_ref.train import sae_loss as torch_sae_loss
 
 # A gradient entry is a sum over the batch of products of activations and back-propagated errors, so
 # summation order perturbs it by a few ulps of the largest entries of its tensor (gradients are small

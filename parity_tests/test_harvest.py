@@ -7,9 +7,9 @@ import torch
 
 from jax_impl.data.harvest import harvest_activations
 from jax_impl.interop import bridge
+from monosem_torch_ref.models import InterpretabilityMLP, mlp_from_state_dict
+from monosem_torch_ref.train import harvest_layer2
 from parity_tests.helpers import assert_close, randomize_batch_stats, task_rows, ulps
-from torch_ref.models import InterpretabilityMLP, mlp_from_state_dict
-from torch_ref.train import harvest_layer2
 
 
 def test_harvest_matches_forward_hook_upstream(upstream_state_dict, upstream_splits):

@@ -17,10 +17,10 @@ from jax_impl.interop import bridge
 from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.training.mlp_trainer import MLPConfig, mlp_optimizer
 from jax_impl.training.sae_trainer import sae_optimizer
+from monosem_torch_ref import train as torch_train
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from parity_tests.helpers import EPS32, assert_close, randomize_batch_stats, task_rows, ulps
 from parity_tests.seed_sae import seed_sae_as_family, seed_sae_from_state_dict
-from torch_ref import train as torch_train
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 
 # Three steps, not one: on the first step Adam's bias correction cancels beta1 exactly
 # (m_hat = g whatever beta1 is), so only from the second step on does the scheduled beta1 matter.

@@ -16,8 +16,8 @@ from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import MANIFEST, MLP_PATH, SAE_PATH, dataset_path
 from jax_impl.task.pointer import SPLITS, DataConfig, Split
 from jax_impl.task.splits import write_split
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 from parity_tests.helpers import randomize_batch_stats, task_rows
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Every tied-bias SAE architecture of the family: JAX (jax_impl.saes) against PyTorch (torch_ref.saes).
+"""Every tied-bias SAE architecture of the family: JAX (jax_impl.saes) against PyTorch (monosem_torch_ref.saes).
 
 Each JAX model goes through the bridge's state_dict, is loaded with `strict=True` into the torch class
 its keys select, and must give the same inference features and reconstruction, the same training loss and
@@ -21,8 +21,8 @@ from jax_impl import saes
 from jax_impl.interop import bridge
 from jax_impl.saes.base import TrainContext
 from jax_impl.training.sae_trainer import SAETrainConfig, make_sae_step, sae_optimizer
+from monosem_torch_ref import saes as ref
 from parity_tests.helpers import assert_close, ulps
-from torch_ref import saes as ref
 
 D, F, K, ROWS = 48, 64, 4, 32
 AUX_K = 4 * K

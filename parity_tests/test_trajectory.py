@@ -26,10 +26,10 @@ from flax import nnx
 from jax_impl.interop import bridge
 from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder
+from monosem_torch_ref.train import harvest_layer2, train_mlp, train_sae
 from parity_tests.helpers import assert_close, task_rows
 from parity_tests.seed_sae import SAE_KEY_MAP, fit_sae, seed_sae_from_state_dict
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
-from torch_ref.train import harvest_layer2, train_mlp, train_sae
 
 ROWS = 512  # 8 MLP batches (64) and 4 SAE batches (128) per epoch: small, to keep the suite fast
 EPOCHS = 2

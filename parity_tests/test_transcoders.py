@@ -1,5 +1,5 @@
 """Every architecture as a transcoder, with and without its skip connection: JAX (jax_impl.saes) against PyTorch
-(torch_ref.saes), on an input width D_IN different from the output width D_OUT.
+(monosem_torch_ref.saes), on an input width D_IN different from the output width D_OUT.
 
 Each JAX transcoder's numpy_state is loaded with `strict=True` into the torch class its keys select, which must
 list the same keys in the same order, give the same features and prediction (and so must a skip transcoder's TorchScript program),
@@ -20,10 +20,10 @@ import torch
 from jax_impl import saes
 from jax_impl.saes.base import SKIP_KEY, TRANSCODER_KEY, TrainContext, numpy_state
 from jax_impl.training.sae_trainer import SAETrainConfig, make_sae_step, sae_optimizer
+from monosem_torch_ref import saes as ref
 from parity_tests.helpers import assert_close, ulps
 from parity_tests.test_sae_family import CONFIGS as SAE_CONFIGS
 from parity_tests.test_sae_family import TORCH_TYPES
-from torch_ref import saes as ref
 
 D_IN, D_OUT, F, K, ROWS = 20, 12, 64, 4, 32
 AUX_K = 4 * K

@@ -28,8 +28,8 @@ from jax_impl.jobs.run_config import SAEConfig
 from jax_impl.precision import highest_precision
 from jax_impl.task.splits import read_split
 from jax_impl.training.mlp_trainer import MLPConfig, fit_mlp
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
-from torch_ref.train import harvest_layer2, sae_loss, train_mlp, train_sae
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder
+from monosem_torch_ref.train import harvest_layer2, sae_loss, train_mlp, train_sae
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the seed's SAE module lives beside the parity tests
 from parity_tests.seed_sae import fit_sae, seed_sae_from_state_dict  # noqa: E402

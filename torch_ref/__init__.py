@@ -1,6 +1,6 @@
 """PyTorch reference for the JAX implementation: the upstream models, loader and training recipes."""
 
-from torch_ref.models import (
+from monosem_torch_ref.models import (
     InterpretabilityMLP,
     SparseAutoencoder,
     mlp_from_state_dict,

@@ -2,7 +2,7 @@
 their training losses (for the parity tests). Imports no JAX: a process without jax_impl can use it.
 
 Keys (checked by `load_state_dict(strict=True)`), in torch's state_dict order:
-  relu-l1:    encoder.{weight,bias}, decoder.{weight,bias}                 (torch_ref.models.SparseAutoencoder)
+  relu-l1:    encoder.{weight,bias}, decoder.{weight,bias}                 (monosem_torch_ref.models.SparseAutoencoder)
   anthropic:  b_dec, encoder.{weight,bias}, decoder.weight
   topk:       b_dec, k, encoder.{weight,bias}, decoder.weight              (k: int64 scalar buffer)
   batchtopk:  b_dec, k, threshold, encoder.{weight,bias}, decoder.weight   (threshold: float32 scalar buffer)
@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from torch_ref.models import SparseAutoencoder
+from monosem_torch_ref.models import SparseAutoencoder
 
 TRANSCODER_KEY = "transcoder"  # the same names as jax_impl.saes.base's (which this module may not import)
 SKIP_KEY = "skip.weight"

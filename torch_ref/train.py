@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from torch_ref.models import InterpretabilityMLP, SparseAutoencoder
+from monosem_torch_ref.models import InterpretabilityMLP, SparseAutoencoder
 
 
 class EpochOrderSampler(Sampler[int]):

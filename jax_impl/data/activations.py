@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
+from jax_impl.checks import require_torch
 from jax_impl.errors import UserError
 
 ACTIVATION_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
@@ -408,7 +408,8 @@ def _open_torch(path: Path) -> ActivationFile:
     # tensor's declared sizes against its storage (bridge.check_tensor: no stride-0 view of 10**12 rows).
     from jax_impl.interop.bridge import torch_load
 
-    obj = torch_load(path)
+    obj = torch_load(path)  # a one-line UserError where torch is not installed
+    torch = require_torch(str(path))
     if not isinstance(obj, torch.Tensor):
         raise UserError(f"{path}: holds a {type(obj).__name__}, expected one torch.Tensor (torch.save(tensor, path))")
     if obj.is_meta:  # a shape without data (device "meta")

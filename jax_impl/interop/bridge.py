@@ -20,31 +20,35 @@ also refuse sparse and meta tensors, and empty weights, before any shape sizes a
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
 import pickle
 import shutil
+import sys
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
+import safetensors.numpy
 from flax import nnx
-from safetensors.torch import load_file as _read_safetensors
-from safetensors.torch import save as _safetensors_bytes
 
 from jax_impl import saes
-from jax_impl.checks import file_budget, format_bytes
+from jax_impl.checks import file_budget, format_bytes, loaded_torch, require_torch
 from jax_impl.errors import UserError
 from jax_impl.files.atomic import atomic_path
 from jax_impl.models.mlp import LAYER2_WIDTH, InterpretabilityMLP
 from jax_impl.saes import SAE
+
+if TYPE_CHECKING:  # torch is imported where a torch file or tensor is handled (checks.require_torch)
+    import torch
 
 # torch key -> (module attribute path, variable name, is a Linear weight to transpose)
 # (in upstream's order: its nn.ModuleDict is input, bn1, hidden1, bn2, hidden2, output)
@@ -61,15 +65,20 @@ for _layer in ("input", "bn1", "hidden1", "bn2", "hidden2", "output"):
 _INT_KEYS = {k for k in MLP_KEY_MAP if k.endswith("num_batches_tracked")}
 
 
-def _to_state_dict(model: nnx.Module, key_map: Mapping[str, tuple[str, str, bool]]) -> OrderedDict[str, torch.Tensor]:
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+def _numpy_state_dict(model: nnx.Module, key_map: Mapping[str, tuple[str, str, bool]]) -> OrderedDict[str, np.ndarray]:
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
     for key, (module, name, transpose) in key_map.items():
         value = np.asarray(getattr(getattr(model, module), name)[...])
         if transpose:
             value = value.T
         dtype = np.int64 if key in _INT_KEYS else np.float32
-        out[key] = torch.from_numpy(np.array(value, dtype=dtype, order="C"))  # a writable copy
+        out[key] = np.array(value, dtype=dtype, order="C")  # a writable copy
     return out
+
+
+def _as_torch(state: Mapping[str, np.ndarray]) -> OrderedDict[str, torch.Tensor]:
+    torch = require_torch("a torch state_dict")
+    return OrderedDict((k, torch.from_numpy(v)) for k, v in state.items())
 
 
 def _check_keys(sd: Mapping[str, object], key_map: Mapping[str, object], source: str) -> None:
@@ -89,6 +98,7 @@ def _check_keys(sd: Mapping[str, object], key_map: Mapping[str, object], source:
 
 def _dense_kind(value: torch.Tensor) -> str | None:
     """None for a dense tensor with data; else what it is ("sparse_coo", "meta", ...) for a message."""
+    torch = loaded_torch()  # imported: `value` is one of its tensors
     if value.is_meta:
         return "meta"
     if value.layout != torch.strided:
@@ -151,12 +161,18 @@ def _check_state_dict(sd: Mapping[str, object], source: str) -> None:
     """Every tensor of `sd` checked (_check_dense) before any of its shapes sizes a model: a template built
     from a shape the file does not back would allocate what the file only claims."""
     for key, value in sd.items():
-        if isinstance(value, torch.Tensor):
+        if _is_tensor(value):
             _check_dense(value, str(key), source)
 
 
+def _is_tensor(value: object) -> bool:
+    """Whether `value` is a torch.Tensor (False, without importing torch, where nothing has imported it)."""
+    torch = loaded_torch()
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def _as_numpy(value: object, key: str, source: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
+    if _is_tensor(value):
         _check_dense(value, key, source)
         try:
             return value.detach().cpu().numpy()
@@ -194,12 +210,12 @@ def _load_into(
 
 def mlp_to_state_dict(model: InterpretabilityMLP) -> OrderedDict[str, torch.Tensor]:
     """The upstream InterpretabilityMLP state_dict (load_state_dict(strict=True) works on it)."""
-    return _to_state_dict(model, MLP_KEY_MAP)
+    return _as_torch(_numpy_state_dict(model, MLP_KEY_MAP))
 
 
 def sae_to_state_dict(model: SAE) -> OrderedDict[str, torch.Tensor]:
-    """The SAE's torch state_dict, in its architecture's key order (torch_ref.saes loads it strictly)."""
-    return OrderedDict((k, torch.from_numpy(v)) for k, v in saes.base.numpy_state(model).items())
+    """The SAE's torch state_dict, in its architecture's key order (monosem_torch_ref.saes loads it strictly)."""
+    return _as_torch(saes.base.numpy_state(model))
 
 
 def _linear_in_out(sd: Mapping[str, object], key: str, source: str) -> tuple[int, int]:
@@ -325,6 +341,7 @@ def torch_load(path: Path | str) -> object:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    torch = require_torch(f"{path}: reading a torch file")
     _check_record_sizes(path)
     try:
         # A hostile or damaged file makes torch warn (an unusual pickle protocol, storages) before it fails:
@@ -364,7 +381,7 @@ def _check_loaded_tensors(loaded: object, path: Path) -> None:
     pending: list[tuple[object, str | None]] = [(loaded, None)]
     while pending:
         value, name = pending.pop()
-        if isinstance(value, torch.Tensor):
+        if _is_tensor(value):
             check_tensor(value, f"{path}: key {name!r}" if name is not None else f"{path}: the tensor")
         elif isinstance(value, Mapping):
             items = [(v, f"{name}.{k}" if name is not None else str(k)) for k, v in value.items()]
@@ -458,27 +475,43 @@ def safetensors_header(path: Path | str, *, in_memory: bool) -> dict[str, tuple[
     return tensors
 
 
-def read_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path | str) -> dict[str, torch.Tensor] | dict[str, np.ndarray]:
     """All tensors of a `.safetensors` file, by name, read whole after safetensors_header's checks; one-line
-    UserError for a missing or unreadable file."""
+    UserError for a missing or unreadable file. torch tensors where torch is installed (they carry every dtype,
+    bfloat16 included, into the readers' dtype messages); numpy arrays without it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     safetensors_header(path, in_memory=True)
     try:
-        return _read_safetensors(str(path), device="cpu")
+        require_torch(str(path))
+    except UserError:
+        reader = safetensors.numpy.load_file
+    else:
+        from safetensors.torch import load_file  # safetensors' torch half imports torch: only here
+
+        reader = functools.partial(load_file, device="cpu")
+    try:
+        return reader(str(path))
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ... for garbage or truncated files
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else e.__class__.__name__
         raise UserError(f"{path}: not a readable .safetensors file (truncated or another format: {detail})") from None
 
 
-def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path | str) -> None:
-    """Write `tensors` as `.safetensors`, atomically. Deterministic: the header lists names in sorted order.
+def write_safetensors(tensors: Mapping[str, torch.Tensor | np.ndarray], path: Path | str) -> None:
+    """Write `tensors` (torch tensors or numpy arrays: the same bytes either way) as `.safetensors`, atomically.
+    Deterministic: the header lists names in sorted order.
 
     The bytes are made in memory and written into atomic_path's temporary: safetensors' save_file would write
     a file of its own (mode 0600, whatever the umask) and rename it over ours."""
-    contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
-    data = _safetensors_bytes(contiguous, metadata={"format": "pt"})  # "pt": HF's loaders expect it
+    metadata = {"format": "pt"}  # "pt": HF's loaders expect it
+    if any(_is_tensor(v) for v in tensors.values()):
+        from safetensors.torch import save  # torch's dtypes (bfloat16, ...) have no numpy form
+
+        data = save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    else:
+        # np.asarray, not np.ascontiguousarray: that makes a 0-d array (a TopK's k) 1-d
+        data = safetensors.numpy.save({k: np.asarray(v, order="C") for k, v in tensors.items()}, metadata=metadata)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
@@ -503,6 +536,7 @@ def load_sae(path: Path | str, input_dim: int | None = LAYER2_WIDTH) -> SAE:
 
 
 def _save(obj: object, path: Path | str) -> None:
+    torch = require_torch(f"{path}: writing a torch file")
     # keep_name: torch.save names the zip's records after the file it writes ("perfect_mlp/data.pkl", as in
     # upstream's files); written under a random temporary name, that name would make every run's bytes differ.
     with atomic_path(path, keep_name=True) as tmp:
@@ -515,23 +549,37 @@ def _save(obj: object, path: Path | str) -> None:
             raise OSError(code, f"{os.strerror(code)} ({str(e).splitlines()[0]})", str(path)) from None
 
 
-def save_mlp(model: InterpretabilityMLP, path: Path | str) -> None:
-    """The MLP's state_dict at `path` (.pth) and at its `.safetensors` twin."""
-    sd = mlp_to_state_dict(model)
-    _save(sd, path)
-    write_safetensors(sd, safetensors_twin(path))
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
-def save_sae(model: SAE, path: Path | str) -> None:
-    """The SAE's state_dict at `path` (.pth) and at its `.safetensors` twin."""
-    sd = sae_to_state_dict(model)
-    _save(sd, path)
-    write_safetensors(sd, safetensors_twin(path))
+def _save_state(state: OrderedDict[str, np.ndarray], path: Path | str, log: Callable[[str], object]) -> None:
+    """`state` at `path` (.pth) where torch is installed, and always at its `.safetensors` twin; without torch one
+    line to `log` says the .pth was left out."""
+    try:
+        require_torch(Path(path).name)
+    except UserError:
+        # Named by file name: `path` may lie in an artifact set's staging folder.
+        log(f"{Path(path).name} not written: PyTorch is not installed (pip install torch); "
+            f"{safetensors_twin(path).name} holds the same tensors")
+    else:
+        _save(_as_torch(state), path)
+    write_safetensors(state, safetensors_twin(path))
+
+
+def save_mlp(model: InterpretabilityMLP, path: Path | str, *, log: Callable[[str], object] = _stderr) -> None:
+    """The MLP's state_dict at `path` (.pth; where torch is installed) and at its `.safetensors` twin."""
+    _save_state(_numpy_state_dict(model, MLP_KEY_MAP), path, log)
+
+
+def save_sae(model: SAE, path: Path | str, *, log: Callable[[str], object] = _stderr) -> None:
+    """The SAE's state_dict at `path` (.pth; where torch is installed) and at its `.safetensors` twin."""
+    _save_state(OrderedDict(saes.base.numpy_state(model)), path, log)
 
 
 def save_activations(activations: np.ndarray, path: Path | str) -> None:
     """One float32 tensor (N, 512), as upstream's mlp_activations.pt, and its `.safetensors` twin (one tensor
     named "activations")."""
-    tensor = torch.from_numpy(np.array(activations, dtype=np.float32, order="C"))
-    _save(tensor, path)
-    write_safetensors({ACTIVATIONS_KEY: tensor}, safetensors_twin(path))
+    array = np.array(activations, dtype=np.float32, order="C")
+    _save(require_torch(f"{path}: writing a torch file").from_numpy(array), path)
+    write_safetensors({ACTIVATIONS_KEY: array}, safetensors_twin(path))

@@ -34,9 +34,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 
 from jax_impl import saes
+from jax_impl.checks import loaded_torch
 from jax_impl.checks import section_from_dict as typed_section  # the one typed reading of a config dataclass
 from jax_impl.errors import UserError
 from jax_impl.files import jsonfile
@@ -92,7 +92,7 @@ def saelens_architecture(sae: SAE) -> str | None:
     return None if names is None else names[sae.skip]
 
 
-def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(cfg.json's dict, the tensors by SAELens name) for `sae`. ValueError where SAELens has no form of it."""
     arch, fmt, architecture = sae.arch, sae.arch.saelens, saelens_architecture(sae)
     if architecture is None:
@@ -129,8 +129,7 @@ def saelens_state(sae: SAE, *, hook_name: str | None = "layer2") -> tuple[dict[s
         cfg[saelens_name] = getattr(sae.cfg, ours)
     if architecture == "topk":
         cfg["rescale_acts_by_decoder_norm"] = False
-    torch_tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in tensors.items()}
-    return cfg, torch_tensors
+    return cfg, {k: np.array(v, dtype=np.float32, order="C") for k, v in tensors.items()}
 
 
 def _stderr(line: str) -> None:
@@ -268,14 +267,25 @@ def _config(arch: Architecture, cfg: dict[str, Any], ours: dict[str, Any] | None
     return arch.resolve(config, cfg["d_sae"]) if arch.resolve is not None else config
 
 
-def _tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
+def _dtype_name(value: Any) -> str:
+    return str(value.dtype).removeprefix("torch.")  # torch.float32 and numpy's float32 both read "float32"
+
+
+def _tensor(tensors: dict[str, Any], name: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """tensors[name] (a torch tensor or, without torch, a numpy array: bridge.read_safetensors) as a checked
+    float32 array of `shape`."""
     value = tensors[name]
-    # read_safetensors checked the header's shapes against the file; this is the check every tensor reader
-    # makes (a view backed by its storage, within the memory budget) before its data is touched.
-    bridge.check_tensor(value, f"{path}: tensor {name!r}")
-    if value.dtype != torch.float32:
-        raise UserError(f"{path}: tensor {name!r} has dtype {str(value.dtype).removeprefix('torch.')}, expected float32")
-    array = value.numpy()
+    torch = loaded_torch()
+    if torch is not None and isinstance(value, torch.Tensor):
+        # read_safetensors checked the header's shapes against the file; this is the check every tensor reader
+        # makes (a view backed by its storage, within the memory budget) before its data is touched.
+        bridge.check_tensor(value, f"{path}: tensor {name!r}")
+        if value.dtype != torch.float32:
+            raise UserError(f"{path}: tensor {name!r} has dtype {_dtype_name(value)}, expected float32")
+        value = value.numpy()
+    array = np.asarray(value)
+    if array.dtype != np.float32:
+        raise UserError(f"{path}: tensor {name!r} has dtype {_dtype_name(array)}, expected float32")
     if tuple(array.shape) != shape:
         raise UserError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}, expected {shape}")
     if not np.all(np.isfinite(array)):
@@ -313,7 +323,9 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH, ou
     if "threshold" in wanted and "threshold" not in tensors and TRAINING_THRESHOLD in tensors:
         tensors = dict(tensors)  # a SAELens training BatchTopK's file: its scalar running threshold,
         threshold = tensors.pop(TRAINING_THRESHOLD)  # which SAELens keeps in float64
-        tensors["threshold"] = threshold.float() if threshold.dtype == torch.float64 else threshold
+        if _dtype_name(threshold) == "float64":
+            threshold = threshold.astype(np.float32) if isinstance(threshold, np.ndarray) else threshold.float()
+        tensors["threshold"] = threshold
     missing, extra = sorted(wanted - set(tensors)), sorted(set(tensors) - wanted)
     if missing or extra:
         parts = [f"missing tensors {missing}"] * bool(missing) + [f"unexpected tensors {extra}"] * bool(extra)

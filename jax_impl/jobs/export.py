@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+import monosem_torch_ref
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import atomic_path
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
@@ -27,8 +28,8 @@ from jax_impl.interop import bridge, saelens
 from jax_impl.jobs.rundir import MLP_PATH, SAE_PATH, SAELENS_DIR, WRITTEN_FOLDERS
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.saes import SAE
-from torch_ref.models import mlp_from_state_dict
-from torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
+from monosem_torch_ref.models import mlp_from_state_dict
+from monosem_torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
 
 EXPORT_DIR = Path("export")
 EXPORT_FILES = {
@@ -51,22 +52,32 @@ _EXAMPLE_ROWS = 4
 # of source ranges with the absolute file name (`code/.../models.py.debug_pkl`), and torch.export keeps each
 # node's Python stack trace. Written as they are, the files would carry the checkout's and the virtualenv's
 # paths (and with them the user's name), and differ between two checkouts. Every file name is rewritten
-# to its path inside its package (`torch_ref/models.py`, `torch/nn/modules/linear.py`).
+# to its path inside its package, named as it is imported (`monosem_torch_ref/models.py`, whether it is run from
+# the checkout's torch_ref/ folder or installed; `torch/nn/modules/linear.py`).
 
 _TRACE_FILE = re.compile(r'File "([^"]+)"')
 
 
 def package_relative(filename: str) -> str:
     """An absolute source file name as its path from the top of its package (the folders above it that have
-    an `__init__.py`), e.g. /home/u/repo/torch_ref/models.py -> torch_ref/models.py; any other absolute name
-    becomes its base name. Relative names are returned as they are."""
+    an `__init__.py`), the top folder named as its package is imported, e.g. /home/u/repo/torch_ref/models.py ->
+    monosem_torch_ref/models.py; any other absolute name becomes its base name. Relative names are returned as
+    they are."""
     if not os.path.isabs(filename):
         return filename
     path = Path(filename)
     top = path.parent
     while (top / "__init__.py").is_file() and top.parent != top:
         top = top.parent
-    return path.relative_to(top).as_posix() if top != path.parent else path.name
+    if top == path.parent:
+        return path.name
+    relative = path.relative_to(top).parts
+    package = _IMPORT_NAMES.get(str(top / relative[0]), relative[0])
+    return "/".join((package, *relative[1:]))
+
+
+# The reference's folder (torch_ref/ in a checkout) under the name it is imported by.
+_IMPORT_NAMES = {str(Path(monosem_torch_ref.__file__).parent): monosem_torch_ref.__name__}
 
 
 def _relative_strings_in_pickle(data: bytes) -> bytes | None:

@@ -22,8 +22,8 @@ from jax_impl.jobs.rundir import MLP_PATH, SAE_PATH, dataset_path, run_config
 from jax_impl.models.mlp import DEFAULT_HOOK, HOOK_WIDTHS
 from jax_impl.task.pointer import SPLITS, TaskShape
 from jax_impl.task.splits import read_split
-from torch_ref.models import mlp_from_state_dict
-from torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
+from monosem_torch_ref.models import mlp_from_state_dict
+from monosem_torch_ref.saes import sae_from_state_dict  # any SAE architecture, told apart by its keys
 
 QUANTITIES = ("prediction", "layer2", "features", "reconstruction")
 

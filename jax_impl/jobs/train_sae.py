@@ -4,7 +4,7 @@ Reads a `.pt` (one tensor, weights_only), a `.npy` (memory-mapped and streamed i
 memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tensor), and writes into `out_dir`
 an SAE folder (its layout: jax_impl.jobs.rundir):
 
-  sae.pth           the SAE's torch state_dict (torch_ref.saes loads it strictly)
+  sae.pth           the SAE's torch state_dict (monosem_torch_ref.saes loads it strictly)
   sae.safetensors   the same tensors, loadable without an unpickler
   saelens/          the SAE in SAELens's format (cfg.json + sae_weights.safetensors; sae_lens.SAE.load_from_disk)
   sae_config.json   architecture, its config, the training config, widths, seed, the activation file

@@ -2,7 +2,7 @@
 
 Adding an architecture is one new module that defines `ARCHITECTURE` (a `base.Architecture`) and one line
 in `_MODULES`; the trainer, bridge, atlas, pipeline, export and CLI ask `get(name)` and never branch on a name.
-The torch side (torch_ref.saes) has a class per name with the same state_dict keys. Every architecture also
+The torch side (monosem_torch_ref.saes) has a class per name with the same state_dict keys. Every architecture also
 trains as a transcoder (`create(..., output_dim=D_out)`, optionally `skip=True`): see base.py.
 """
 

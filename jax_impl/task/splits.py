@@ -34,7 +34,7 @@ from jax_impl.errors import UserError
 from jax_impl.files import xlsx
 from jax_impl.task.pointer import Split, TaskShape, first_invalid_input, pointer_targets
 
-try:  # defusedxml (sae-lens brings it) refuses entity declarations, as openpyxl's reader did with it installed
+try:  # defusedxml (a requirement) refuses entity declarations, as openpyxl's reader does with it installed
     from defusedxml.ElementTree import fromstring as _xml_fromstring
     from defusedxml.ElementTree import iterparse as _xml_iterparse
 except ImportError:  # the standard library's expat stops an entity-expansion bomb by its amplification limit

@@ -142,8 +142,8 @@ def test_feature_patch_in_torch_equals_ours(tiny_run, tmp_path):
     from jax_impl.evaluation.causal.interventions import encode
     from jax_impl.evaluation.dictionary import Dictionary
     from jax_impl.jobs.rundir import load_run
-    from torch_ref.models import mlp_from_state_dict
-    from torch_ref.saes import sae_from_state_dict
+    from monosem_torch_ref.models import mlp_from_state_dict
+    from monosem_torch_ref.saes import sae_from_state_dict
 
     run = load_run(tiny_run, log=lambda _: None)
     p = PairSampler(VARIABLES, seed=9).pairs("A", 128)

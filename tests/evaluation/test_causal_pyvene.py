@@ -47,8 +47,8 @@ from jax_impl.training.mlp_trainer import (
     MLPConfig,  # noqa: E402
     fit_mlp,  # noqa: E402
 )
-from torch_ref.models import mlp_from_state_dict  # noqa: E402
-from torch_ref.saes import sae_from_state_dict  # noqa: E402
+from monosem_torch_ref.models import mlp_from_state_dict  # noqa: E402
+from monosem_torch_ref.saes import sae_from_state_dict  # noqa: E402
 
 HOOK, COMPONENT = "layer2", "act2.output"  # torch_ref: layer2 = act2(bn2(hidden1(...)))
 VARIABLE, RANK = "A", 4  # A's DAS IIA on this MLP is about 0.4 (its whole-vector IIA about 0.5)

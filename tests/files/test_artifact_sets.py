@@ -440,7 +440,7 @@ _EXPORT_SCRIPT = """
 import sys
 from pathlib import Path
 import torch
-from torch_ref.models import InterpretabilityMLP
+from monosem_torch_ref.models import InterpretabilityMLP
 from jax_impl.jobs.export import _write_torchscript
 torch.manual_seed(0)
 _write_torchscript(InterpretabilityMLP(20).eval().requires_grad_(False), Path(sys.argv[1]) / "mlp.torchscript.pt")

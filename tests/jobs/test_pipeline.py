@@ -112,8 +112,8 @@ def _recompute_edges_in_torch(run_dir, graph) -> None:
     true layer_{l-1}; an edge is source activation x virtual weight (docs/circuit.md)."""
     import torch
 
-    from torch_ref.models import mlp_from_state_dict
-    from torch_ref.saes import sae_from_state_dict
+    from monosem_torch_ref.models import mlp_from_state_dict
+    from monosem_torch_ref.saes import sae_from_state_dict
 
     mlp = mlp_from_state_dict(torch.load(run_dir / "mlp" / "perfect_mlp.pth", weights_only=True)).eval()
     tc = {layer: sae_from_state_dict(torch.load(run_dir / "circuit" / "transcoders" / layer / "sae.pth",

@@ -25,15 +25,16 @@ import pytest
 
 from conftest import REPO, TINY_RUN_ARGS
 
-PACKAGES = ("jax_impl", "torch_ref")
+# folder in the checkout -> the name it is imported (and installed) under
+PACKAGES = {"jax_impl": "jax_impl", "torch_ref": "monosem_torch_ref"}
 TRAIN_SAE_ARGS = ["--variant", "topk", "--k", "4", "--dict-size", "32", "--epochs", "2", "--batch-size", "64"]
 
 
 def _run_from(checkout: Path, cwd: Path, run_dir: Path, acts: Path, sae_out: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}
     script = (
-        "import sys, jax_impl, torch_ref; from jax_impl.cli import main\n"
-        "print('IMPORTED|' + jax_impl.__file__ + '|' + torch_ref.__file__)\n"
+        "import sys, jax_impl, monosem_torch_ref; from jax_impl.cli import main\n"
+        "print('IMPORTED|' + jax_impl.__file__ + '|' + monosem_torch_ref.__file__)\n"
         f"assert main(['run', '--run-dir', {str(run_dir)!r}, *{TINY_RUN_ARGS!r}]) == 0\n"
         f"assert main(['train-sae', '--activations', {str(acts)!r}, '--out', {str(sae_out)!r}, *{TRAIN_SAE_ARGS!r}]) == 0\n"
     )
@@ -67,8 +68,8 @@ def _without_timings(manifest: bytes) -> dict:
 
 def _checkout_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "elsewhere" / "another checkout"  # a space in the path, too
-    for package in PACKAGES:
-        shutil.copytree(REPO / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder, name in PACKAGES.items():
+        shutil.copytree(REPO / folder, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
     return copy
 
 

@@ -204,7 +204,7 @@ def strong_run(tmp_path_factory):
 @pytest.mark.parametrize("variant", ["topk", "anthropic"])
 def test_pipeline_stages_train_save_and_reload_a_variant(variant, strong_run, tmp_path):
     from jax_impl.jobs import pipeline
-    from torch_ref.saes import sae_from_state_dict
+    from monosem_torch_ref.saes import sae_from_state_dict
 
     run = pipeline.Run(tmp_path, _config(*TINY_STRONG, "--sae-variant", variant, *VARIANT_FLAGS[variant]), log=lambda _: None)
     run.splits, run.mlp, run.activations = strong_run.splits, strong_run.mlp, strong_run.activations

@@ -34,7 +34,7 @@ import json, sys
 sys.modules["jax_impl"] = None  # importing any of jax_impl now fails: torch_ref must stand alone
 sys.modules["jax"] = None
 import numpy as np, torch
-from torch_ref.saes import sae_from_state_dict, architecture_of
+from monosem_torch_ref.saes import sae_from_state_dict, architecture_of
 sd = torch.load(sys.argv[1], weights_only=True)
 x = torch.from_numpy(np.load(sys.argv[2]))
 name = architecture_of(sd)
@@ -145,7 +145,7 @@ def test_default_matryoshka_groups_are_saved_resolved(tmp_path):
     import jax
 
     from jax_impl.interop import bridge
-    from torch_ref.saes import sae_from_state_dict
+    from monosem_torch_ref.saes import sae_from_state_dict
 
     sae = saes.create("matryoshka", WIDTH, 64, key=jax.random.key(0))
     assert sae.cfg.groups == (8, 16, 32, 64)
