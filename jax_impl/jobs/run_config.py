@@ -125,6 +125,14 @@ class RunConfig:
             raise ValueError(f"config.hook holds {json_type_name(hook)}, expected a string")
         return cls(seed=seed, recipe=recipe, hook=hook, circuit_stage=circuit_stage, **sections)
 
+    @classmethod
+    def from_record(cls, path: Any) -> RunConfig:
+        """The config a run directory's manifest.json (path) records, validated: what `monosem run --config` reruns
+        (jax_impl.jobs.records; UserError naming the file and the key)."""
+        from jax_impl.jobs.records import run_config_from_record
+
+        return run_config_from_record(path)
+
     def validate(self) -> RunConfig:
         """Raise UserError naming the flag when a value cannot work; return self. (Whether the sizes fit in this
         machine's memory is memory_bytes's question, asked by the command that trains: a config read back from a

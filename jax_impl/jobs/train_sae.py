@@ -109,6 +109,15 @@ class TrainSAEConfig:
     def train_config(self) -> SAETrainConfig:
         return SAETrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, log_every=self.log_every)
 
+    @classmethod
+    def from_record(cls, path: Path | str) -> TrainSAEConfig:
+        """The config a train-sae folder's sae_config.json (path) records, validated: what `monosem train-sae
+        --config` reruns (jax_impl.jobs.records, which also reads the data's names and fingerprints; UserError naming
+        the file and the key)."""
+        from jax_impl.jobs.records import train_sae_from_record
+
+        return train_sae_from_record(path).config
+
     def validate(self, flag: Callable[[str], str] = str) -> TrainSAEConfig:
         """UserError naming the first field whose value cannot work, as flag(name) spells it (the field's name; the
         command line passes its flags' names); self. Whether the devices exist is data_mesh's question, asked when
