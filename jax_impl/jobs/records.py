@@ -7,8 +7,10 @@ writes, read back and checked as the configuration that reruns it.
   sweep      OUT/sweep.json          its `settings` (run_sweep's arguments, jax_impl.jobs.sweep.settings_record), its
                                      `grid`, and its `data` (names and fingerprints)
 
-A file of another kind (a sae_config.json given to `run`), an unknown key or a value of the wrong type or range is
-refused with one line naming the file and the key (UserError).
+The readers: RunConfig.from_record and TrainSAEConfig.from_record (the configs; jax_impl.jobs.record_kinds tells
+the kinds apart), train_sae_from_record (with its data) and sweep_from_record here. A file of another kind (a
+sae_config.json given to `run`), an unknown key or a value of the wrong type or range is refused with one line
+naming the file and the key (UserError).
 
 The data: a run makes its own from its seed. train-sae records its files by name and fingerprint only (its folder
 holds no path, so it is the same bytes wherever it is written: tests/jobs/test_reproducible.py), so its
@@ -21,7 +23,6 @@ recorded data where it does (check_data).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,82 +32,14 @@ from jax_impl import saes
 from jax_impl.checks import section_from_dict
 from jax_impl.errors import UserError
 from jax_impl.files import jsonfile
-from jax_impl.jobs.run_config import FLAG_ALIASES, RunConfig
+from jax_impl.jobs.record_kinds import read_record
 from jax_impl.jobs.train_sae import TrainSAEConfig, data_record, open_training_data
 from jax_impl.training.loop import Log
 from jax_impl.training.sae_trainer import SAETrainConfig
 
-SWEEP_FORMAT = "monosem-sweep/1"  # sweep.json's `format` (jax_impl.jobs.sweep writes it)
-
-# The kinds of record: the command that reruns it, what its file is, and how a document is told to be one.
-_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "run": ("a run's manifest.json", lambda d: "config" in d and "stages" in d),
-    "train-sae": ("train-sae's sae_config.json", lambda d: "architecture" in d and "training" in d),
-    "sweep": ("a sweep's sweep.json", lambda d: d.get("format") == SWEEP_FORMAT),
-}
-
-# sae_config.json's keys (config_record; `processes` where a multi-process run wrote it).
-_TRAIN_SAE_KEYS = ("architecture", "config", "training", "input_dim", "dict_size", "seed", "chunk_rows", "devices",
-                   "activations", "transcoder", "output_dim", "skip", "target", "processes")
 _DATA_KEYS = ("file", "rows", "width", "fingerprint")
 _SETTINGS_KEYS = ("stage", "activations", "run_dir", "target", "skip", "variants", "dict_size", "train", "seed",
                   "chunk_rows", "atlas_scores")
-
-
-def read_record(path: Path | str, kind: str) -> jsonfile.Node:
-    """The JSON document in `path`, checked to be a record of `kind` (a key of _KINDS: the command that reruns
-    it); UserError naming the file when it cannot be read or is a record of another kind or of none."""
-    what = _KINDS[kind][0]
-    doc = jsonfile.read(path, unreadable=f"not {what} (--config)")
-    if isinstance(doc.value, dict) and _KINDS[kind][1](doc.value):
-        return doc
-    other = next((k for k, (_, test) in _KINDS.items() if isinstance(doc.value, dict) and test(doc.value)), None)
-    if other is not None:
-        raise UserError(f"{path}: is {_KINDS[other][0]}, not {what}: give it to `monosem {other} --config`")
-    keys = ", ".join(sorted(map(str, doc.value))[:6]) if isinstance(doc.value, dict) else jsonfile.describe(doc.value)
-    raise UserError(f"{path}: not {what} (it holds {keys}); `monosem {kind} --config` takes the {what.split()[-1]} "
-                    "that the command wrote")
-
-
-# --------------------------------------------------------------------------- run
-
-
-def _flag_keys() -> dict[str, str]:
-    """Every flag of a RunConfig field -> its key in a manifest (config.SECTION.FIELD), for messages."""
-    config = RunConfig()
-    keys = {"--seed": "config.seed", "--recipe": "config.recipe", "--hook": "config.hook",
-            "--no-circuit": "config.circuit_stage"}
-    for section in ("data", "mlp", "sae", "causal", "circuit"):
-        for f in dataclasses.fields(getattr(config, section)):
-            keys[f"--{section}-{f.name}".replace("_", "-")] = f"config.{section}.{f.name}"
-    for (section, name), alias in FLAG_ALIASES.items():
-        keys.setdefault(alias, f"config.{section}.{name}")
-    for arch in saes.REGISTRY.values():
-        for f in dataclasses.fields(arch.config):
-            keys.setdefault(f"--sae-{f.name}".replace("_", "-"), f"config.sae.architecture.{f.name}")
-    keys["--matryoshka-groups"] = "config.sae.architecture.groups"
-    keys["--l1-coeff"] = "config.sae.architecture.l1_coeff"
-    return keys
-
-
-def run_config_from_record(path: Path | str) -> RunConfig:
-    """The RunConfig a run's manifest.json records (`monosem run --config`), validated as a run about to train
-    validates it: UserError `PATH: key config.X ...` naming the first key that cannot work."""
-    doc = read_record(path, "run")
-    try:
-        config = RunConfig.from_dict(doc["config"].object())
-    except ValueError as e:
-        raise UserError(f"{path}: key {e}") from None
-    try:
-        return config.validate()
-    except UserError as e:
-        # validate names the flag that sets a value; a file's reader wants its key (the flag stays: it overrides)
-        keys = _flag_keys()
-        flag = next((m for m in re.findall(r"--[a-z0-9-]+", str(e)) if m in keys), None)
-        key = keys.get(flag or "")
-        if str(e).startswith(f"--sae-variant {config.sae.variant}:"):  # the architecture's own check
-            key = "config.sae.architecture"
-        raise UserError(f"{path}: {f'key {key}: ' if key else ''}{e}") from None
 
 
 # --------------------------------------------------------------------------- train-sae
@@ -126,40 +59,12 @@ class TrainSAERecord:
         return "target" in self.data
 
 
-def _record_key(name: str) -> str:
-    """The key of sae_config.json that holds TrainSAEConfig's field `name` (for messages)."""
-    return {"variant": "config", "epochs": "training.epochs", "batch_size": "training.batch_size",
-            "lr": "training.lr", "log_every": "training.log_every"}.get(name, name)
-
-
 def train_sae_from_record(path: Path | str) -> TrainSAERecord:
     """The TrainSAEConfig and data a train-sae folder's sae_config.json records (`monosem train-sae --config`),
     validated: UserError naming the file and the key for an unknown key or a value that cannot work."""
     path = Path(path)
     doc = read_record(path, "train-sae")
-    doc.fields(_TRAIN_SAE_KEYS)  # an unknown key is refused
-    variant = doc["architecture"].string(saes.NAMES)
-    try:
-        arch_config = section_from_dict(saes.get(variant).config, doc["config"].object(), "config")
-        train = section_from_dict(SAETrainConfig, doc["training"].object(), "training")
-    except ValueError as e:
-        raise UserError(f"{path}: key {e}") from None
-    own = {f.name for f in dataclasses.fields(TrainSAEConfig)}
-    values = {k: v for k, v in dataclasses.asdict(train).items() if k in own}
-    devices = doc.get("devices", 1).integer(1)
-    config = TrainSAEConfig(
-        variant=variant, dict_size=doc["dict_size"].integer(1), seed=doc["seed"].integer(0),
-        chunk_rows=doc.get("chunk_rows", TrainSAEConfig.chunk_rows).integer(1),
-        devices=None if devices == 1 else devices,  # one device: the plain program (data_mesh), as recorded
-        skip=bool(doc.get("skip", False).boolean()), architecture=arch_config, **values,
-    )
-    if config.train_config() != train:  # a training field train-sae cannot set: it cannot be rerun here
-        other = [k for k, v in dataclasses.asdict(train).items() if k not in own]
-        raise UserError(f"{path}: key training.{other[0]}: train-sae has no setting for it")
-    try:
-        config.validate(lambda name: f"key {_record_key(name)}:")
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
+    config = TrainSAEConfig.from_record(doc)
     data = {"activations": _data_entry(doc["activations"])}
     if doc.get("transcoder", False).boolean():
         data["target"] = _data_entry(doc["target"])

@@ -45,6 +45,7 @@ from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import bridge
+from jax_impl.jobs.record_kinds import SWEEP_FORMAT
 from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import (
     ACTIVATIONS_PATH,
@@ -395,7 +396,7 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
         configurations, groups, out_dir, resume, log, epochs=lambda c: c.train.epochs,
         identity=lambda members: _sae_identity(members, source, chunk_rows, skip),
         read_row=lambda c, g: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows, skip), train=train)
-    doc = {"format": "monosem-sweep/1", "stage": "sae", "source": str(source.path),
+    doc = {"format": SWEEP_FORMAT, "stage": "sae", "source": str(source.path),
            "run_dir": None if run is None else str(run.run_dir), "grid": _grid_record(grid),
            "groups": group_records, "configurations": table}
     # what reruns it (`--config`): the arguments, and the data's names and fingerprints to check it against
@@ -517,7 +518,7 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
     table, group_records = _run_groups(
         configurations, groups, out_dir, resume, log, epochs=lambda c: c.cfg.epochs, identity=identity,
         read_row=lambda c, g: _read_mlp_row(c, g, run, out_dir / c.name, splits), train=train)
-    doc = {"format": "monosem-sweep/1", "stage": "mlp", "source": str(run.run_dir), "run_dir": str(run.run_dir),
+    doc = {"format": SWEEP_FORMAT, "stage": "mlp", "source": str(run.run_dir), "run_dir": str(run.run_dir),
            "grid": _grid_record(grid), "groups": group_records, "configurations": table,
            "settings": settings, "data": {"splits": splits}}  # what reruns it (`--config`), as for an SAE sweep
     return write_report(out_dir, doc, log)
