@@ -33,13 +33,14 @@ from jax_impl.checks import section_from_dict
 from jax_impl.errors import UserError
 from jax_impl.files import jsonfile
 from jax_impl.jobs.record_kinds import read_record
+from jax_impl.jobs.rundir import ACTIVATIONS_PATH, load_run
+from jax_impl.jobs.sweep import settings_record, splits_record
 from jax_impl.jobs.train_sae import TrainSAEConfig, data_record, open_training_data
 from jax_impl.training.loop import Log
 from jax_impl.training.sae_trainer import SAETrainConfig
 
 _DATA_KEYS = ("file", "rows", "width", "fingerprint")
-_SETTINGS_KEYS = ("stage", "activations", "run_dir", "target", "skip", "variants", "dict_size", "train", "seed",
-                  "chunk_rows", "atlas_scores")
+_SETTINGS_KEYS = tuple(settings_record(stage="sae"))  # sweep.json's `settings`, as the sweep writes them
 
 
 # --------------------------------------------------------------------------- train-sae
@@ -83,8 +84,8 @@ def _data_entry(node: jsonfile.Node) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """What a sweep.json records: run_sweep's arguments (`arguments()`), the grid, and the data's names and
-    fingerprints (`data`: data_record's form; an MLP sweep's {"splits": ...}); path: the file."""
+    """What a sweep.json records: run_sweep's arguments (the fields of the same names), the grid, and the data's
+    names and fingerprints (`data`: data_record's form; an MLP sweep's {"splits": ...}); path: the file."""
 
     stage: str
     grid: dict[str, list[Any]]
@@ -172,9 +173,6 @@ def current_data(*, activations: Path | str | None = None, target: Path | str | 
     """The data record (names and fingerprints, data_record's form) of the data a rerun reads: the activations
     (and target) files, a run directory's harvested activations, or (stage mlp) a run directory's splits.
     UserError naming a file that cannot be read."""
-    from jax_impl.jobs.rundir import ACTIVATIONS_PATH, load_run
-    from jax_impl.jobs.sweep import splits_record
-
     if stage == "mlp":
         return {"splits": splits_record(load_run(run_dir, log=lambda line: None))}
     path = Path(run_dir) / ACTIVATIONS_PATH if activations is None else activations

@@ -175,6 +175,8 @@ BAD = [
     ("train-sae", "sae_config", _set("config.k", 99), "key config"),
     ("train-sae", "sae_config", _set("dict_size", 2.5), "key 'dict_size'"),
     ("train-sae", "sae_config", _set("transcoder", True), "key 'target'"),
+    ("train-sae", "sae_config", lambda doc: doc.update(transcoder=True, skip=False, output_dim=doc["input_dim"],
+                                                      target=doc["activations"]), "give --target"),
     ("sweep", "sweep", _set("settings.chunk_rows", 0), "key 'settings.chunk_rows'"),
     ("sweep", "sweep", _set("settings.train.lr", -1), "key settings.train.lr"),
     ("sweep", "sweep", lambda doc: doc.pop("settings"), "key 'settings'"),
