@@ -30,14 +30,15 @@ _CONFIG_SECTIONS = ("data", "mlp", "sae", "causal", "circuit")
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig()
     group = parser.add_argument_group("configuration (defaults: the seed recipes)")
-    group.add_argument("--seed", type=int, default=defaults.seed, help=f"PRNG seed (default {defaults.seed})")
-    group.add_argument("--recipe", choices=RECIPES, default=defaults.recipe,
+    # Every default None: a flag not given takes the value of --config's file, else of the recipe.
+    group.add_argument("--seed", type=int, default=None, help=f"PRNG seed (default {defaults.seed})")
+    group.add_argument("--recipe", choices=RECIPES, default=None,
                        help="defaults for the flags below: the seed's, or the strong recipe's "
                        "(online-data MLP, TopK SAE; docs/run.md) (default seed)")
     group.add_argument("--hook", choices=HOOKS, default=None,
                        help="the MLP activation the SAE decomposes: layer1 (after bn1, 256), layer2 (after bn2, 512; "
                        "the seed's) or layer3 (after hidden2, 256) (default: the recipe's, layer2)")
-    group.add_argument("--no-circuit", dest="circuit_stage", action="store_false",
+    group.add_argument("--no-circuit", dest="circuit_stage", action="store_false", default=None,
                        help="leave out the circuit stage (transcoders replacing the MLP's layers and attribution "
                        "graphs of the probe's inputs, circuit/; docs/circuit.md)")
     for section in _CONFIG_SECTIONS:
@@ -65,9 +66,15 @@ def _add_section_flags(group, section: str, values: Any) -> None:
         )
 
 
-def _config_from_args(args: argparse.Namespace) -> RunConfig:
-    defaults = strong_recipe() if args.recipe == "strong" else RunConfig()
-    check_seed(args.seed)
+def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """`run`'s RunConfig: the flags given, on top of `base` (the config of --config's file) or else of the recipe's
+    defaults; validated."""
+    if base is not None and args.recipe is not None:
+        raise UserError(f"--recipe {args.recipe} with --config {args.config}: the file holds a whole config (of the "
+                        f"{base.recipe} recipe); give the flags of the values to change instead")
+    defaults = base if base is not None else strong_recipe() if args.recipe == "strong" else RunConfig()
+    seed = defaults.seed if args.seed is None else args.seed
+    check_seed(seed)
     sections = {}
     for section in _CONFIG_SECTIONS:
         given = {f.name: getattr(args, f"{section}.{f.name}", None) for f in dataclasses.fields(getattr(defaults, section))}
@@ -83,15 +90,16 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
                                            variant_flag="--sae-variant")
         sections["sae"] = dataclasses.replace(sae, architecture=arch_config)
     hook = defaults.hook if args.hook is None else args.hook
-    return RunConfig(seed=args.seed, recipe=defaults.recipe, hook=hook, circuit_stage=args.circuit_stage,
-                     **sections).validate()
+    circuit_stage = defaults.circuit_stage if args.circuit_stage is None else args.circuit_stage
+    return RunConfig(seed=seed, recipe=defaults.recipe, hook=hook, circuit_stage=circuit_stage, **sections).validate()
 
 
 # --- commands -----------------------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)  # a bad flag is reported before the slow imports (jax, torch)
+    base = None if args.config is None else RunConfig.from_record(args.config)
+    config = _config_from_args(args, base)  # a bad flag is reported before the slow imports (jax, torch)
     check_memory(config.memory_bytes(), config.memory_flags(), "the run")
     policy = CheckpointPolicy.parse(args.checkpoint_every)
     from jax_impl.jobs.pipeline import run_pipeline
@@ -356,26 +364,32 @@ def _add_train_sae_flags(group, sweep: bool = False) -> None:
         if f.name == "architecture" or (sweep and f.name not in _SWEEP_SAE_FIELDS):
             continue
         shown = f.metadata.get("shown_default", f.default)
-        if isinstance(f.default, bool):  # a switch, off unless given (no run directory sets one)
-            group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=f.metadata["help"])
+        if isinstance(f.default, bool):  # a switch, off unless given (or --config's file sets it)
+            group.add_argument(_flag(f.name), dest=f.name, action="store_true", default=None, help=f.metadata["help"])
             continue
         if sweep:
             where = f" where --grid does not set {f.name}" if f.name in SAE_KEYS else ""
             text = f"{f.metadata['help']}{where} (default: the run's, else {shown})"
         else:
             text = f"{f.metadata['help']} (default {shown})"
+        # default None: a flag not given takes the value of --config's file, else the field's default
         group.add_argument(_flag(f.name), dest=f.name, type=f.metadata.get("type", type(f.default)),
-                           choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"),
-                           default=None if sweep else f.default, help=text)
+                           choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"), default=None,
+                           help=text)
 
 
-def _train_sae_config(args: argparse.Namespace):
-    """train-sae's TrainSAEConfig from its flags, checked (UserError naming the flag)."""
+def _train_sae_config(args: argparse.Namespace, base: Any = None):
+    """train-sae's TrainSAEConfig: the flags given on top of `base` (the config of --config's file; None: the
+    defaults), checked (UserError naming the flag). The architecture's config is base's while the variant is."""
     from jax_impl.jobs.train_sae import TrainSAEConfig
 
+    base = TrainSAEConfig() if base is None else base
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSAEConfig) if f.name != "architecture"}
-    architecture = _architecture_config(args, args.variant, None, flag=_flag, variant_flag=_flag("variant"))
-    return TrainSAEConfig(**given, architecture=architecture).validate(_flag)
+    given = {name: value for name, value in given.items() if value is not None}
+    variant = given.get("variant", base.variant)
+    architecture = _architecture_config(args, variant, base.architecture if variant == base.variant else None,
+                                        flag=_flag, variant_flag=_flag("variant"))
+    return dataclasses.replace(base, **given, architecture=architecture).validate(_flag)
 
 
 def _parse_int_list(text: str) -> tuple[int, ...]:
@@ -388,7 +402,14 @@ def _parse_int_list(text: str) -> tuple[int, ...]:
 def cmd_train_sae(args: argparse.Namespace) -> int:
     from jax_impl.jobs.train_sae import train_sae
 
-    config = _train_sae_config(args)
+    record = None
+    if args.config is not None:
+        from jax_impl.jobs.records import train_sae_from_record
+
+        record = train_sae_from_record(args.config)
+    config = _train_sae_config(args, None if record is None else record.config)
+    if record is not None:
+        _check_recorded_data(args, record, config.skip)
     cluster = None
     given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
                             ("--process-id", args.process_id)) if v is not None]
@@ -408,29 +429,69 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_recorded_data(args: argparse.Namespace, record: Any, skip: bool) -> None:
+    """train-sae --config: the data given against the data the record names (jax_impl.jobs.records.check_data; given
+    explicitly, so a difference is one line, not an error). A transcoder's record needs --target again."""
+    from jax_impl.jobs.records import check_data, current_data
+
+    if record.transcoder and args.target is None:
+        raise UserError(f"{args.config}: key target: records a transcoder predicting {record.data['target']['file']}; "
+                        "give --target FILE too")
+    current = current_data(activations=args.activations, target=args.target, skip=skip)
+    check_data(record.data, current, where=args.config, prefix="", explicit=lambda part: True,
+               flag_of=lambda part: f"--{part}")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from jax_impl.jobs.sweep import run_sweep, sae_defaults
     from jax_impl.jobs.sweep_grid import parse_grid
 
-    grid = parse_grid(args.grid or [])
-    train = None
+    record = None
+    if args.config is not None:
+        from jax_impl.jobs.records import sweep_from_record
+
+        record = sweep_from_record(args.config)
+    # The flags given, each on top of the file's value (--grid key by key); the source as a whole.
+    source_given = args.activations is not None or args.run_dir is not None
+    if record is None and not source_given:
+        raise UserError("give one of --activations FILE and --run-dir DIR (or --config, a sweep.json to rerun)")
+    activations, run_dir = (args.activations, args.run_dir) if source_given else (record.activations, record.run_dir)
+
+    def given_or_recorded(value: Any, name: str, default: Any = None) -> Any:
+        return value if value is not None else default if record is None else getattr(record, name)
+
+    stage = given_or_recorded(args.stage, "stage", "sae")
+    grid = {**({} if record is None else record.grid), **parse_grid(args.grid or [])}
+    target = given_or_recorded(args.target, "target")
+    skip = bool(given_or_recorded(args.skip, "skip", False))
+    atlas_scores = not args.no_atlas if args.no_atlas is not None else given_or_recorded(None, "atlas_scores", True)
+    variants = [v.strip() for v in args.variant.split(",")] if args.variant else given_or_recorded(None, "variants")
+    chunk_rows = given_or_recorded(args.chunk_rows, "chunk_rows", _default_chunk_rows())
+    train = given_or_recorded(None, "train")
     given = {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "log_every")}
     if any(v is not None for v in given.values()):
-        if args.stage == "mlp":
+        if stage == "mlp":
             raise UserError("--epochs/--batch-size/--lr/--log-every set the SAE's training; with --stage mlp use "
                             "--grid epochs=..., --grid batch_size=..., --grid max_lr=...")
-        defaults = sae_defaults(None if args.run_dir is None else _run_config(args.run_dir)).train_config()
-        train = dataclasses.replace(defaults, **{name: value for name, value in given.items() if value is not None})
-    variants = [v.strip() for v in args.variant.split(",")] if args.variant else None
+        if train is None:
+            train = sae_defaults(None if run_dir is None else _run_config(Path(run_dir))).train_config()
+        train = dataclasses.replace(train, **{name: value for name, value in given.items() if value is not None})
+    if record is not None:
+        from jax_impl.jobs.records import check_data, current_data, recorded_paths
+
+        recorded_paths(record, source=not source_given, target=args.target is None)
+        current = current_data(activations=activations, target=target, skip=skip, run_dir=run_dir, stage=stage)
+        check_data(record.data, current, where=args.config, prefix="data.",
+                   explicit=lambda part: args.target is not None if part == "target" else source_given,
+                   flag_of=lambda part: {"target": "--target", "activations": "--activations"}.get(part, "--run-dir"))
     policy = CheckpointPolicy.parse(args.checkpoint_every)
     from jax_impl.training import interrupts
 
     with interrupts.handled():
-        doc = run_sweep(args.out, grid, stage=args.stage, activations=args.activations, run_dir=args.run_dir,
-                        target=args.target, skip=args.skip,
-                        variants=variants, dict_size=args.dict_size, train=train, seed=args.seed,
-                        chunk_rows=args.chunk_rows, atlas_scores=not args.no_atlas, resume=args.resume,
-                        checkpoint_every=policy, flag=_flag)
+        doc = run_sweep(args.out, grid, stage=stage, activations=activations, run_dir=run_dir, target=target,
+                        skip=skip, variants=variants, dict_size=given_or_recorded(args.dict_size, "dict_size"),
+                        train=train, seed=given_or_recorded(args.seed, "seed"), chunk_rows=chunk_rows,
+                        atlas_scores=atlas_scores, resume=args.resume, checkpoint_every=policy, flag=_flag)
     # A configuration that diverged is a result of the sweep (its row says why, it has no folder), not a reason to
     # lose the others: they are written. But the sweep did not train everything it was asked to: exit code 1, as
     # `parity` when a result is off, with one line (2 stays for input refused before anything ran).
@@ -441,6 +502,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _default_chunk_rows() -> int:
+    from jax_impl.jobs.train_sae import TrainSAEConfig
+
+    return TrainSAEConfig.chunk_rows
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
@@ -503,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue after the last completed stage, and inside an "
                    "unfinished training stage from its newest checkpoint")
     _add_checkpoint_flag(p)
+    p.add_argument("--config", type=Path, metavar="FILE", help="rerun the run a manifest.json records (flags given "
+                   "beside it override its values; docs/run.md)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -584,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=Path, metavar="FILE", help="train a transcoder: its encoder reads --activations, "
                    "its decoder predicts this file's rows (N, d_out), one per row of --activations (the same formats)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes sae.pth, sae_config.json, metrics.json")
+    p.add_argument("--config", type=Path, metavar="FILE", help="rerun the training a sae_config.json records, on "
+                   "--activations given again (flags given beside it override its values; docs/train-sae.md)")
     _add_train_sae_flags(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from its newest "
                    "checkpoint in --out (same flags and activations)")
@@ -603,14 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="train a grid of SAE (or MLP) configurations, those of one shape together in one "
                        "vmapped program; writes one folder per configuration, sweep.csv/.json and a Pareto plot")
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()  # one of them, or --config's
     source.add_argument("--activations", type=Path, metavar="FILE", help="an (N, d) float32 file, as for train-sae")
     source.add_argument("--run-dir", type=Path, metavar="DIR", help="a run directory: its activations and SAE settings "
                         "(and the atlas scores of every SAE), or with --stage mlp its MLP recipe and splits")
     p.add_argument("--target", type=Path, metavar="FILE", help="with --activations: train transcoders that predict "
                    "this file's rows (N, d_out), as train-sae --target")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the sweep's folder")
-    p.add_argument("--stage", choices=("sae", "mlp"), default="sae", help="what to train (default sae)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="rerun the sweep a sweep.json records (flags given "
+                   "beside it override its values, --grid key by key; docs/sweeps.md)")
+    p.add_argument("--stage", choices=("sae", "mlp"), default=None, help="what to train (default sae)")
     p.add_argument("--variant", metavar="NAME[,NAME...]", help=f"SAE architecture(s): {', '.join(NAMES)} "
                    f"(default: the run's, else {TrainSAEConfig.variant})")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
@@ -618,9 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "epochs, batch_size, lr or any field of the architecture (k, l1_coeff, aux_coeff, ...); "
                    "--stage mlp: seed and the MLP recipe's fields (max_lr, epochs, ...)")
     _add_train_sae_flags(p, sweep=True)
-    p.add_argument("--chunk-rows", type=int, default=TrainSAEConfig.chunk_rows, help="the most rows a sweep holds in "
+    p.add_argument("--chunk-rows", type=int, default=None, help="the most rows a sweep holds in "
                    f"memory (default {TrainSAEConfig.chunk_rows}; larger files: train-sae streams them)")
-    p.add_argument("--no-atlas", action="store_true", help="with --run-dir: skip the atlas scores (faster)")
+    p.add_argument("--no-atlas", action="store_true", default=None, help="with --run-dir: skip the atlas scores (faster)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out (same flags): finished "
                    "groups are read back, an interrupted one continues from its newest checkpoint")
     _add_checkpoint_flag(p)

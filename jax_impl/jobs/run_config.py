@@ -8,7 +8,9 @@ Every field is a CLI flag named `--{section}-{field}` (dashes for underscores), 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jax_impl import saes
@@ -16,6 +18,7 @@ from jax_impl.checks import FLOAT32, check_seed, json_type_name, non_finite_fiel
 from jax_impl.errors import UserError
 from jax_impl.evaluation.causal.config import CausalConfig
 from jax_impl.evaluation.circuit.config import CircuitConfig
+from jax_impl.jobs.record_kinds import read_record
 from jax_impl.models.mlp import DEFAULT_HOOK, HOOK_WIDTHS, HOOKS
 from jax_impl.saes import NAMES as SAE_VARIANTS  # the architecture registry's names
 from jax_impl.task.pointer import DataConfig, TaskShape, check_task_shape
@@ -125,6 +128,27 @@ class RunConfig:
             raise ValueError(f"config.hook holds {json_type_name(hook)}, expected a string")
         return cls(seed=seed, recipe=recipe, hook=hook, circuit_stage=circuit_stage, **sections)
 
+    @classmethod
+    def from_record(cls, path: Path | str) -> RunConfig:
+        """The config a run directory's manifest.json (path) records, validated as a run about to train validates
+        it: what `monosem run --config` reruns (jax_impl.jobs.records). UserError `PATH: key config.X ...` naming
+        the first key that cannot work, or saying which command takes a file of another kind."""
+        doc = read_record(path, "run")
+        try:
+            config = cls.from_dict(doc["config"].object())
+        except ValueError as e:
+            raise UserError(f"{path}: key {e}") from None
+        try:
+            return config.validate()
+        except UserError as e:
+            # validate names the flag that sets a value; a file's reader names its key (the flag stays: it overrides)
+            keys = _flag_keys()
+            flag = next((m for m in re.findall(r"--[a-z0-9-]+", str(e)) if m in keys), None)
+            key = keys.get(flag or "")
+            if str(e).startswith(f"--sae-variant {config.sae.variant}:"):  # the architecture's own check
+                key = "config.sae.architecture"
+            raise UserError(f"{path}: {f'key {key}: ' if key else ''}{e}") from None
+
     def validate(self) -> RunConfig:
         """Raise UserError naming the flag when a value cannot work; return self. (Whether the sizes fit in this
         machine's memory is memory_bytes's question, asked by the command that trains: a config read back from a
@@ -216,6 +240,24 @@ FLAG_ALIASES: dict[tuple[str, str], str] = {
     ("sae", "groups"): "--matryoshka-groups",
     ("sae", "dict_size"): "--dict-size",
 }
+
+
+def _flag_keys() -> dict[str, str]:
+    """Every flag of a RunConfig field -> its key in a manifest (config.SECTION.FIELD), for messages."""
+    config = RunConfig()
+    keys = {"--seed": "config.seed", "--recipe": "config.recipe", "--hook": "config.hook",
+            "--no-circuit": "config.circuit_stage"}
+    for section in ("data", "mlp", "sae", "causal", "circuit"):
+        for f in dataclasses.fields(getattr(config, section)):
+            keys[f"--{section}-{f.name}".replace("_", "-")] = f"config.{section}.{f.name}"
+    for (section, name), alias in FLAG_ALIASES.items():
+        keys.setdefault(alias, f"config.{section}.{name}")
+    for arch in saes.REGISTRY.values():
+        for f in dataclasses.fields(arch.config):
+            keys.setdefault(f"--sae-{f.name}".replace("_", "-"), f"config.sae.architecture.{f.name}")
+    keys["--matryoshka-groups"] = "config.sae.architecture.groups"
+    keys["--l1-coeff"] = "config.sae.architecture.l1_coeff"
+    return keys
 
 
 def flag_name(section: str, name: str) -> str:

@@ -45,6 +45,7 @@ from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import bridge
+from jax_impl.jobs.record_kinds import SWEEP_FORMAT
 from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import (
     ACTIVATIONS_PATH,
@@ -167,8 +168,9 @@ def run_sweep(
             check_memory(mlp_training_bytes(run.shape.input_dim, cfg.batch_size, steps, len(members)),
                          f"{flag('grid')}: {len(members)} MLP configuration(s) of {cfg.epochs} epochs trained at once "
                          f"({members[0].name}, ...)", "the sweep")
+        settings = settings_record(stage=stage, run_dir=run_dir)
         return _locked(out_dir, resume, configurations, flag, lambda: _mlp_sweep(
-            configurations, run, out_dir, grid, _Resume(resume, checkpoint_every), log))
+            configurations, run, out_dir, grid, _Resume(resume, checkpoint_every), log, settings))
     # The values given first (an explicit 0 is refused, never taken for "not given"), then the run directory's
     # defaults.
     given = {"dict_size": dict_size, "seed": seed, "chunk_rows": chunk_rows}
@@ -206,9 +208,28 @@ def run_sweep(
     if run is not None and atlas_scores:
         run.mlp  # noqa: B018  (load the run's MLP and splits before the lock: a bad run directory writes nothing)
         run.splits  # noqa: B018
+    settings = settings_record(
+        stage=stage, activations=activations, run_dir=run_dir, target=target, skip=skip, variants=variants,
+        dict_size=dict_size, train=train, seed=seed, chunk_rows=chunk_rows, atlas_scores=atlas_scores)
     return _locked(out_dir, resume, configurations, flag, lambda: _sae_sweep(
         configurations, source, run if atlas_scores else None, out_dir, grid, chunk_rows,
-        _Resume(resume, checkpoint_every), log, skip))
+        _Resume(resume, checkpoint_every), log, skip, settings))
+
+
+def settings_record(*, stage: str, activations: Path | str | None = None,
+                    run_dir: Path | str | None = None, target: Path | str | None = None, skip: bool = False,
+                    variants: Sequence[str] | None = None, dict_size: int | None = None,
+                    train: SAETrainConfig | None = None, seed: int | None = None,
+                    chunk_rows: int = TrainSAEConfig.chunk_rows, atlas_scores: bool = True) -> dict[str, Any]:
+    """run_sweep's arguments but the grid (sweep.json's `grid`) as sweep.json's `settings` records them (paths as
+    given; None: not given), so that `monosem sweep --config sweep.json` (jax_impl.jobs.records) reruns the sweep."""
+    def path(p: Path | str | None) -> str | None:
+        return None if p is None else str(p)
+
+    return {"stage": stage, "activations": path(activations), "run_dir": path(run_dir), "target": path(target),
+            "skip": bool(skip), "variants": None if variants is None else list(variants), "dict_size": dict_size,
+            "train": None if train is None else dataclasses.asdict(train), "seed": seed, "chunk_rows": chunk_rows,
+            "atlas_scores": bool(atlas_scores)}
 
 
 def _locked(out_dir: Path | str, resume: bool, configurations: Sequence[SAEConfiguration | MLPConfiguration],
@@ -349,7 +370,7 @@ def _run_groups(configurations: Sequence[Any], groups: list[list[Any]], out_dir:
 
 def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
                grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log,
-               skip: bool = False) -> dict[str, Any]:
+               skip: bool = False, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, sae_group_key)
     if isinstance(source, PairedActivations):
@@ -375,9 +396,11 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
         configurations, groups, out_dir, resume, log, epochs=lambda c: c.train.epochs,
         identity=lambda members: _sae_identity(members, source, chunk_rows, skip),
         read_row=lambda c, g: _read_sae_row(c, g, source, run, out_dir / c.name, chunk_rows, skip), train=train)
-    doc = {"format": "monosem-sweep/1", "stage": "sae", "source": str(source.path),
+    doc = {"format": SWEEP_FORMAT, "stage": "sae", "source": str(source.path),
            "run_dir": None if run is None else str(run.run_dir), "grid": _grid_record(grid),
            "groups": group_records, "configurations": table}
+    # what reruns it (`--config`): the arguments, and the data's names and fingerprints to check it against
+    doc |= {"settings": settings, "data": data_record(source, skip=skip)}
     return write_report(out_dir, doc, log)
 
 
@@ -473,7 +496,7 @@ def _atlas_row(doc: jsonfile.Node) -> dict[str, Any]:
 
 
 def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, grid: Mapping[str, Sequence[Any]],
-               resume: _Resume, log: Log) -> dict[str, Any]:
+               resume: _Resume, log: Log, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, lambda c: c.cfg)
     log(f"Sweep: {len(configurations)} MLP configuration(s) in {len(groups)} program(s) on the splits of {run.run_dir}")
@@ -495,8 +518,9 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
     table, group_records = _run_groups(
         configurations, groups, out_dir, resume, log, epochs=lambda c: c.cfg.epochs, identity=identity,
         read_row=lambda c, g: _read_mlp_row(c, g, run, out_dir / c.name, splits), train=train)
-    doc = {"format": "monosem-sweep/1", "stage": "mlp", "source": str(run.run_dir), "run_dir": str(run.run_dir),
-           "grid": _grid_record(grid), "groups": group_records, "configurations": table}
+    doc = {"format": SWEEP_FORMAT, "stage": "mlp", "source": str(run.run_dir), "run_dir": str(run.run_dir),
+           "grid": _grid_record(grid), "groups": group_records, "configurations": table,
+           "settings": settings, "data": {"splits": splits}}  # what reruns it (`--config`), as for an SAE sweep
     return write_report(out_dir, doc, log)
 
 

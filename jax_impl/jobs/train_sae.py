@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jax_impl import saes
-from jax_impl.checks import check_dict_size, check_memory, check_seed
+from jax_impl.checks import check_dict_size, check_memory, check_seed, section_from_dict
 from jax_impl.data.activations import (
     ActivationFile,
     PairedActivations,
@@ -49,10 +49,12 @@ from jax_impl.data.activations import (
 )
 from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.evaluation.metrics import metrics_from_sums, reconstruction_metrics, reconstruction_sums
+from jax_impl.files import jsonfile
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import bridge, saelens
+from jax_impl.jobs.record_kinds import read_record
 from jax_impl.jobs.rundir import (
     CHECKPOINTS_DIR,
     KEY_TRAIN_SAE_INIT,
@@ -108,6 +110,38 @@ class TrainSAEConfig:
 
     def train_config(self) -> SAETrainConfig:
         return SAETrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, log_every=self.log_every)
+
+    @classmethod
+    def from_record(cls, record: Path | str | jsonfile.Node) -> TrainSAEConfig:
+        """The config a train-sae folder's sae_config.json (its path, or the document read) records, validated: what
+        `monosem train-sae --config` reruns (jax_impl.jobs.records also reads its data's names and fingerprints).
+        UserError naming the file and the key for an unknown key or a value that cannot work."""
+        doc = record if isinstance(record, jsonfile.Node) else read_record(record, "train-sae")
+        path = doc.where
+        doc.fields(_RECORD_KEYS)  # an unknown key is refused
+        variant = doc["architecture"].string(saes.NAMES)
+        try:
+            arch_config = section_from_dict(saes.get(variant).config, doc["config"].object(), "config")
+            train = section_from_dict(SAETrainConfig, doc["training"].object(), "training")
+        except ValueError as e:
+            raise UserError(f"{path}: key {e}") from None
+        own = {f.name for f in dataclasses.fields(cls)}
+        devices = doc.get("devices", 1).integer(1)
+        config = cls(
+            variant=variant, dict_size=doc["dict_size"].integer(1), seed=doc["seed"].integer(0),
+            chunk_rows=doc.get("chunk_rows", cls.chunk_rows).integer(1),
+            devices=None if devices == 1 else devices,  # one device: the plain program (data_mesh), as recorded
+            skip=bool(doc.get("skip", False).boolean()), architecture=arch_config,
+            **{k: v for k, v in dataclasses.asdict(train).items() if k in own},
+        )
+        if config.train_config() != train:  # a training field train-sae has no setting for: not rerun here
+            other = [k for k in dataclasses.asdict(train) if k not in own]
+            raise UserError(f"{path}: key training.{other[0]}: train-sae has no setting for it")
+        try:
+            config.validate(lambda name: f"key {_RECORD_KEY_OF_FIELD.get(name, name)}:")
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        return config
 
     def validate(self, flag: Callable[[str], str] = str) -> TrainSAEConfig:
         """UserError naming the first field whose value cannot work, as flag(name) spells it (the field's name; the
@@ -312,6 +346,13 @@ def config_record(sae: saes.SAE, variant: str, train: SAETrainConfig, source: Ac
         "chunk_rows": chunk_rows,
         "devices": devices,
     } | data_record(source, skip=sae.skip)
+
+
+# sae_config.json's keys (config_record; `processes` where a multi-process run wrote it), and the key that holds
+# a TrainSAEConfig field where it is not the field's name (TrainSAEConfig.from_record's messages).
+_RECORD_KEYS = ("architecture", "config", "training", "input_dim", "dict_size", "seed", "chunk_rows", "devices",
+                "activations", "transcoder", "output_dim", "skip", "target", "processes")
+_RECORD_KEY_OF_FIELD = {"variant": "config", **{name: f"training.{name}" for name in SAETrainConfig.__dataclass_fields__}}
 
 
 def data_record(source: ActivationFile, *, skip: bool = False) -> dict[str, Any]:
