@@ -128,7 +128,7 @@ def stage_sae(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoint
     )
     out = run.run_dir if out is None else out
     bridge.save_sae(result.model, out / SAE_PATH)
-    saelens.save_saelens(result.model, out / SAELENS_DIR, hook_name=run.hook)
+    saelens.save_saelens(result.model, out / SAELENS_DIR, hook_name=run.hook, activations=run.activations)
     run.sae = result.model
     return {
         "variant": cfg.variant,
@@ -236,6 +236,7 @@ STAGES: list[Stage] = [
     Stage("harvest", "Harvesting Activations", stage_harvest, (ACTIVATIONS_PATH, bridge.safetensors_twin(ACTIVATIONS_PATH))),
     Stage("sae", "Training Sparse Autoencoder (SAE)", stage_sae, (
         SAE_PATH, bridge.safetensors_twin(SAE_PATH), SAELENS_DIR / saelens.WEIGHTS_FILE, SAELENS_DIR / saelens.CFG_FILE,
+        SAELENS_DIR / saelens.SPARSITY_FILE,
     ), trains=True),
     Stage("atlas", "Building Feature Atlas", stage_atlas, (Path(atlas.ATLAS_JSON), Path(atlas.ATLAS_HTML))),
     Stage("causal", "Mapping Variables to Features by Interventions", stage_causal, (CAUSAL_JSON, CAUSAL_HTML)),
