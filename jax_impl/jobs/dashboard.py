@@ -150,11 +150,13 @@ def _stderr(line: str) -> None:
 
 
 def dashboard(sae: SAE | Path | str, activations: Path | str | np.ndarray, out_dir: Path | str, *,
-              labels: Path | str | LabelTable | None = None, config: DashboardConfig = DashboardConfig(),
+              labels: Path | str | LabelTable | None = None, config: DashboardConfig | None = None,
               log: Callable[[str], object] = _stderr) -> Path:
     """Write the feature dashboard of `sae` (an SAE, or a path load_sae reads) over `activations` ((N, d) float32:
     a file open_activations reads, or an array), labelled by `labels` (a CSV path: header, then one row per
-    activation row; or a LabelTable), into out_dir as one artifact set. Returns out_dir/dashboard.html."""
+    activation row; or a LabelTable), into out_dir as one artifact set (config: DashboardConfig's defaults where
+    None). Returns out_dir/dashboard.html."""
+    config = DashboardConfig() if config is None else config
     try:
         config.validate()
     except ValueError as e:
