@@ -31,6 +31,7 @@ from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import saelens
+from jax_impl.precision import highest_precision
 from jax_impl.reports import dashboard_page
 from jax_impl.saes import SAE
 
@@ -149,6 +150,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+@highest_precision
 def dashboard(sae: SAE | Path | str, activations: Path | str | np.ndarray, out_dir: Path | str, *,
               labels: Path | str | LabelTable | None = None, config: DashboardConfig | None = None,
               log: Callable[[str], object] = _stderr) -> Path:
