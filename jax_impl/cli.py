@@ -228,8 +228,11 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         hook=run.hook, min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
     print(format_summary(doc))
+    from jax_impl.jobs.dashboard import DASHBOARD_PAGE
+
+    dashboard = DASHBOARD_PAGE if (run.out_dir / DASHBOARD_PAGE).is_file() else None  # the run's, when there
     with _output_set(run.out_dir, "--out" if args.out else "--run-dir") as staging:
-        written = write_atlas(doc, staging)
+        written = write_atlas(doc, staging, dashboard=dashboard)
     for path in written:
         print(f"Saved {run.out_dir / path.relative_to(staging)}")
     return 0

@@ -15,7 +15,7 @@ Every number depends only on the SAE and the rows (not on chunk_rows, up to floa
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -165,10 +165,12 @@ def decoder_neighbours(w_dec: np.ndarray | jax.Array, m: int) -> tuple[np.ndarra
     return np.concatenate(found), np.concatenate(cosines)
 
 
-def feature_statistics(sae: SAE, source: Rows, config: DashboardConfig = DashboardConfig(),
-                       progress: object = None) -> FeatureStatistics:
+def feature_statistics(sae: SAE, source: Rows, config: DashboardConfig | None = None,
+                       progress: Callable[[int, int], object] | None = None) -> FeatureStatistics:
     """FeatureStatistics of `sae` over every row of `source` ((N, sae.input_dim) float32; a transcoder's: its
-    input rows), streamed config.rows_per_chunk rows at a time. progress: called with (pass, rows done) or None."""
+    input rows), streamed config.rows_per_chunk rows at a time (config: the defaults where None). progress: called
+    with (pass 1 or 2, rows done so far) after each chunk."""
+    config = DashboardConfig() if config is None else config
     config.validate()
     if source.width != sae.input_dim:
         raise ValueError(f"rows of width {source.width}, expected the SAE's input width {sae.input_dim}")
@@ -187,7 +189,7 @@ def feature_statistics(sae: SAE, source: Rows, config: DashboardConfig = Dashboa
         row_l0 = max(row_l0, int(l0))
         sums += np.asarray(s, np.float64)
         largest = np.maximum(largest, np.asarray(mx))
-        if callable(progress):
+        if progress is not None:
             progress(1, min(start + chunk, n))
     histogram = np.zeros((n_features, config.bins), np.int64)
     device_largest = jnp.asarray(largest)
@@ -196,7 +198,7 @@ def feature_statistics(sae: SAE, source: Rows, config: DashboardConfig = Dashboa
     for start in range(0, n, chunk):
         x = jnp.asarray(source.rows(start, min(start + chunk, n)))
         histogram += np.asarray(_histogram(sae, x, device_largest, config.bins, per_row), np.int64)
-        if callable(progress):
+        if progress is not None:
             progress(2, min(start + chunk, n))
     top_values, top_rows = np.asarray(top_v, np.float32), np.asarray(top_i, np.int64)
     fired = top_values > 0
@@ -207,6 +209,3 @@ def feature_statistics(sae: SAE, source: Rows, config: DashboardConfig = Dashboa
         histogram=histogram, neighbours=neighbours, cosines=cosines,
     )
 
-
-def settings_record(config: DashboardConfig) -> dict[str, int]:
-    return dataclasses.asdict(config)

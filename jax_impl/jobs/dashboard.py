@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,7 +131,15 @@ def build_dashboard(sae: SAE, source: Rows, labels: Path | LabelTable | None, co
         columns = check_labels(labels, source.n_rows, str(activations_record["file"]))
     log(f"Dashboard: {sae.dict_size} features of a {sae.arch.name} SAE over {source.n_rows} x {source.width} "
         f"activations, {config.rows_per_chunk(sae.dict_size)} rows at a time")
-    stats = feature_statistics(sae, source, config)
+    started = time.perf_counter()
+    passes = {1: "firings, sums, top rows", 2: "histograms"}
+
+    def progress(step: int, done: int) -> None:
+        if done == source.n_rows:
+            log(f"  pass {step} of 2 ({passes[step]}) over {done} rows: {time.perf_counter() - started:.1f} s")
+
+    stats = feature_statistics(sae, source, config, progress=progress)
+    log(f"  decoder neighbours: {time.perf_counter() - started:.1f} s")
     wanted = {int(r) for r in np.unique(stats.top_rows) if r >= 0}
     cells = read_label_rows(labels, wanted) if labels is not None else {}
     index = dashboard_page.index_doc(stats, per_page=config.features_per_page, sae=sae_record,
@@ -164,6 +173,8 @@ def dashboard(sae: SAE | Path | str, activations: Path | str | np.ndarray, out_d
     except ValueError as e:
         raise UserError(f"dashboard: {e}") from None
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before the work, not after it
+        raise UserError(f"{out_dir}: is a file; --out must be a folder")
     if isinstance(sae, SAE):
         model, name = sae, "(in memory)"
     else:
@@ -175,8 +186,6 @@ def dashboard(sae: SAE | Path | str, activations: Path | str | np.ndarray, out_d
     label_source = Path(labels) if isinstance(labels, str | Path) else labels
     stats, index, cells = build_dashboard(model, source, label_source, config, sae_record=sae_record,
                                           activations_record=record, log=log)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: is a file; --out must be a folder")
     with folder_lock(out_dir, flag="--out", what="output folder"):
         remove_stale_temporaries(out_dir, (dashboard_page.DATA_DIR,))
         with artifact_set(out_dir, last=(SUMMARY_JSON,)) as staging:
