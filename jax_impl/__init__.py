@@ -10,6 +10,8 @@ The public API, for a notebook or a script (`import jax_impl as mm`; docs/run.md
 - a sweep: `run_sweep(out_dir, grid, ...)` (its training settings: `SAETrainConfig`);
 - reading the models: `evaluate`, `probe`, `build_atlas`, `atlas_from_models`, `feature_labels`, `causal_map`,
   `circuit` (transcoders and attribution graphs; its settings `CircuitConfig`);
+- a feature dashboard of any SAE over any activations: `dashboard(sae, activations, out_dir, labels=...)` (its
+  settings `DashboardConfig`; labels in memory `LabelTable`);
 - files: `load_mlp`, `save_mlp`, `load_sae`, `save_sae`, `save_saelens`, `read_split`, `export_models`,
   `export_run`; errors `UserError` (bad input, one line) and `Interrupted`.
 
@@ -45,6 +47,8 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "jax_impl.jobs.causal": ("causal_map",),
     "jax_impl.evaluation.circuit.config": ("CircuitConfig",),
     "jax_impl.jobs.circuit": ("circuit",),
+    "jax_impl.jobs.dashboard": ("dashboard", "LabelTable"),
+    "jax_impl.evaluation.dashboard": ("DashboardConfig",),
     "jax_impl.jobs.export": ("export_models", "export_run"),
     "jax_impl.interop.bridge": ("load_mlp", "save_mlp", "save_sae"),
     "jax_impl.interop.saelens": ("load_sae", "save_saelens"),
@@ -66,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.p
     from jax_impl.evaluation.atlas.document import feature_labels as feature_labels
     from jax_impl.evaluation.causal.config import CausalConfig as CausalConfig
     from jax_impl.evaluation.circuit.config import CircuitConfig as CircuitConfig
+    from jax_impl.evaluation.dashboard import DashboardConfig as DashboardConfig
     from jax_impl.evaluation.inference import evaluate as evaluate
     from jax_impl.evaluation.inference import probe as probe
     from jax_impl.interop.bridge import load_mlp as load_mlp
@@ -75,6 +80,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.p
     from jax_impl.interop.saelens import save_saelens as save_saelens
     from jax_impl.jobs.causal import causal_map as causal_map
     from jax_impl.jobs.circuit import circuit as circuit
+    from jax_impl.jobs.dashboard import LabelTable as LabelTable
+    from jax_impl.jobs.dashboard import dashboard as dashboard
     from jax_impl.jobs.export import export_models as export_models
     from jax_impl.jobs.export import export_run as export_run
     from jax_impl.jobs.pipeline import run_pipeline as run_pipeline

@@ -236,8 +236,11 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         hook=run.hook, min_f1=args.min_f1, min_gain=args.min_gain, steer_scale=args.steer_scale,
     )
     print(format_summary(doc))
+    from jax_impl.jobs.dashboard import DASHBOARD_PAGE
+
+    dashboard = DASHBOARD_PAGE if (run.out_dir / DASHBOARD_PAGE).is_file() else None  # the run's, when there
     with _output_set(run.out_dir, "--out" if args.out else "--run-dir") as staging:
-        written = write_atlas(doc, staging)
+        written = write_atlas(doc, staging, dashboard=dashboard)
     for path in written:
         print(f"Saved {run.out_dir / path.relative_to(staging)}")
     return 0
@@ -510,6 +513,21 @@ def _default_chunk_rows() -> int:
     return TrainSAEConfig.chunk_rows
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from jax_impl.evaluation.dashboard import DashboardConfig
+    from jax_impl.jobs.dashboard import dashboard
+
+    given = {f.name: getattr(args, f"dashboard.{f.name}") for f in dataclasses.fields(DashboardConfig)}
+    config = DashboardConfig(**{k: v for k, v in given.items() if v is not None})
+    try:
+        config.validate()
+    except ValueError as e:
+        raise UserError(f"--{str(e).replace('_', '-')}") from None
+    page = dashboard(args.sae, args.activations, args.out, labels=args.labels, config=config)
+    print(f"Saved {page}")
+    return 0
+
+
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from jax_impl.data.synthetic import SyntheticConfig, write_synthetic
 
@@ -698,6 +716,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "groups are read back, an interrupted one continues from its newest checkpoint")
     _add_checkpoint_flag(p)
     p.set_defaults(func=cmd_sweep)
+
+    from jax_impl.evaluation.dashboard import DashboardConfig
+
+    p = sub.add_parser("dashboard", help="write an offline page of every feature of any SAE over activations: density, "
+                       "histogram, top rows with your labels, decoder neighbours, search (docs/dashboard.md)")
+    p.add_argument("--sae", type=Path, required=True, metavar="PATH",
+                   help="a .pth, a .safetensors or a SAELens folder (e.g. train-sae's --out DIR/sae.pth)")
+    p.add_argument("--activations", type=Path, required=True, metavar="FILE",
+                   help="(N, d) float32 .npy, .safetensors or .pt/.pth, d the SAE's input width")
+    p.add_argument("--labels", type=Path, metavar="CSV",
+                   help="a header row of column names (e.g. token,context), then one row per activation row")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="writes DIR/dashboard.html, DIR/dashboard_data/, DIR/dashboard.json")
+    group = p.add_argument_group("the dashboard")
+    for f in dataclasses.fields(DashboardConfig):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"dashboard.{f.name}", type=int, default=None,
+                           metavar="N", help=f"{f.metadata['help']} (default {f.default})")
+    p.set_defaults(func=cmd_dashboard)
 
     from jax_impl.data.synthetic import SyntheticConfig
 

@@ -30,7 +30,7 @@ from jax_impl.task.pointer import Split
 INIT = REPO / "jax_impl" / "__init__.py"
 # The public functions that run JAX computations: each sets the precision for its call.
 COMPUTING = ("run_pipeline", "train_sae", "run_sweep", "evaluate", "probe", "build_atlas", "atlas_from_models",
-             "causal_map")
+             "causal_map", "dashboard")
 USER_PRECISION = "tensorfloat32"  # a user's own setting, which a public function must leave as it found it
 DOT = re.compile(r"stablehlo\.dot_general .*precision = \[(\w+), (\w+)\]")
 

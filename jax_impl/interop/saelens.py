@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,14 @@ from jax_impl.saes import SAE, Architecture
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+# SAELens's feature log-densities (its constants.SPARSITY_FILENAME): one tensor under SPARSITY_KEY, (d_sae,)
+# float32 log10(density + DENSITY_EPS), density = the share of rows on which the feature fires (activation != 0),
+# as SAELens's trainer writes it (training.sae_trainer._log_feature_sparsity) and its loaders and dashboards read it.
+SPARSITY_FILE = "sparsity.safetensors"
+SPARSITY_KEY = "sparsity"
+DENSITY_EPS = 1e-10
+# The chunk feature_density encodes at a time when given one (N, d_in) array (bounded device memory).
+DENSITY_CHUNK_ROWS = 65536
 # The cfg.json layout written: SAELens 6's (`architecture`, `metadata`); older loaders rename pre-6 keys.
 FORMAT_VERSION = "6.0.0"
 
@@ -136,22 +144,95 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+@jax.jit
+def _fire_counts(sae: SAE, x: jax.Array) -> jax.Array:
+    _, features = sae(x)
+    return jnp.sum(features != 0, axis=0, dtype=jnp.int32)
+
+
+def feature_density(sae: SAE, activations: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
+    """(d_sae,) float64: the share of rows on which each feature fires (activation != 0, as SAELens counts).
+    activations: the SAE's input rows, one (N, d_in) float32 array (encoded DENSITY_CHUNK_ROWS at a time) or an
+    iterable of (n, d_in) chunks (a file streamed chunk by chunk). ValueError for no rows or another width."""
+    if isinstance(activations, np.ndarray | jax.Array):
+        array = activations
+        activations = (array[i:i + DENSITY_CHUNK_ROWS] for i in range(0, len(array), DENSITY_CHUNK_ROWS))
+    counts = np.zeros(sae.dict_size, np.int64)  # int64 on the host: int32 per chunk cannot overflow
+    n = 0
+    for chunk in activations:
+        if chunk.ndim != 2 or chunk.shape[1] != sae.input_dim:
+            raise ValueError(f"activation chunk of shape {tuple(chunk.shape)}, expected (n, {sae.input_dim})")
+        if len(chunk):
+            counts += np.asarray(_fire_counts(sae, jnp.asarray(chunk, jnp.float32)))
+            n += len(chunk)
+    if n == 0:
+        raise ValueError("no activation rows to measure feature densities on")
+    return counts / n
+
+
+def log_density(density: np.ndarray) -> np.ndarray:
+    """(d_sae,) float32 log10(density + DENSITY_EPS): what SPARSITY_FILE holds (-10 for a feature that never fires)."""
+    return np.log10(np.asarray(density, np.float64) + DENSITY_EPS).astype(np.float32)
+
+
 def save_saelens(sae: SAE, folder: Path | str, *, hook_name: str | None = "layer2",
-                 log: Callable[[str], object] = _stderr) -> Path | None:
-    """Write `folder/sae_weights.safetensors` then `folder/cfg.json`, each atomically; returns the folder.
-    hook_name: the activation SAELens records it reads (None: none recorded).
+                 log: Callable[[str], object] = _stderr,
+                 activations: np.ndarray | Iterable[np.ndarray] | None = None,
+                 density: np.ndarray | None = None) -> Path | None:
+    """Write `folder/sparsity.safetensors`, `folder/sae_weights.safetensors` then `folder/cfg.json`, each
+    atomically; returns the folder. hook_name: the activation SAELens records it reads (None: none recorded).
+
+    The feature log-densities (SPARSITY_FILE) are measured on `activations` (the SAE's input rows, as
+    feature_density takes them: in practice its training activations) or given as `density` ((d_sae,) shares
+    of rows, feature_density's value, where the caller measured them already); at most one of the two.
+    With neither, no SPARSITY_FILE is written and one left by an earlier save is removed first (SAELens's
+    loaders then return no sparsity, as for SAEs published without one): densities are never invented.
 
     A transcoder SAELens has no architecture for (topk) is not written: one line to `log` says so, and None is
     returned (its state_dict, jax_impl.interop.bridge's format, is then the only one it has)."""
     folder = Path(folder)
+    if activations is not None and density is not None:
+        raise ValueError("save_saelens takes activations or density, not both")
     if sae.transcoder and saelens_architecture(sae) is None:
         log(f"{folder}: not written: SAELens has no {sae.arch.name} transcoder (only {', '.join(_TRANSCODER_FORMS)}); "
             "this transcoder is saved in our state_dict format only")
         return None
     cfg, tensors = saelens_state(sae, hook_name=hook_name)
+    if activations is not None:
+        density = feature_density(sae, activations)
+    if density is not None:
+        density = np.asarray(density)
+        if density.shape != (sae.dict_size,) or not np.all((density >= 0) & (density <= 1)):
+            raise ValueError(f"density must be (d_sae,) = ({sae.dict_size},) shares in [0, 1]; got shape {density.shape}")
+        sparsity = np.asarray(log_density(density), dtype=np.float32, order="C")
+        bridge.write_safetensors({SPARSITY_KEY: sparsity}, folder / SPARSITY_FILE)
+    else:  # never beside weights it was not measured for
+        (folder / SPARSITY_FILE).unlink(missing_ok=True)
     bridge.write_safetensors(tensors, folder / WEIGHTS_FILE)
     write_text_atomic(folder / CFG_FILE, json.dumps(cfg, indent=2) + "\n")
     return folder
+
+
+def read_sparsity(folder: Path | str, d_sae: int | None = None) -> np.ndarray | None:
+    """(d_sae,) float32 log10 feature densities of a SAELens folder's SPARSITY_FILE (as SAELens writes and reads it);
+    None where the folder has none. d_sae: the feature count it must have (None: any). One-line UserError naming
+    the file for another key, shape or dtype, or values that are no log10 of a share (NaN, > 0)."""
+    path = Path(folder) / SPARSITY_FILE
+    if not path.is_file():
+        return None
+    tensors = bridge.read_safetensors(path)
+    if SPARSITY_KEY not in tensors:
+        raise UserError(f"{path}: no tensor {SPARSITY_KEY!r} (holds {sorted(tensors)}); expected SAELens's feature "
+                        "log10 densities")
+    array = _float32(tensors, SPARSITY_KEY, path)
+    expected = "(d_sae,)" if d_sae is None else f"({d_sae},)"
+    if array.ndim != 1 or (d_sae is not None and array.shape[0] != d_sae):
+        raise UserError(f"{path}: tensor {SPARSITY_KEY!r} has shape {tuple(array.shape)}, expected {expected}")
+    # -inf is a log10(0) written without SAELens's epsilon: a feature that never fired, still a density
+    if np.isnan(array).any() or (array > 1e-6).any():
+        raise UserError(f"{path}: tensor {SPARSITY_KEY!r} holds NaN or values > 0; expected log10 of shares of rows "
+                        "(<= 0)")
+    return array
 
 
 # --------------------------------------------------------------------------- reading
@@ -271,9 +352,9 @@ def _dtype_name(value: Any) -> str:
     return str(value.dtype).removeprefix("torch.")  # torch.float32 and numpy's float32 both read "float32"
 
 
-def _tensor(tensors: dict[str, Any], name: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
-    """tensors[name] (a torch tensor or, without torch, a numpy array: bridge.read_safetensors) as a checked
-    float32 array of `shape`."""
+def _float32(tensors: dict[str, Any], name: str, path: Path) -> np.ndarray:
+    """tensors[name] (a torch tensor or, without torch, a numpy array: bridge.read_safetensors) as a float32
+    array; one-line UserError naming the file and tensor otherwise."""
     value = tensors[name]
     torch = loaded_torch()
     if torch is not None and isinstance(value, torch.Tensor):
@@ -286,6 +367,12 @@ def _tensor(tensors: dict[str, Any], name: str, shape: tuple[int, ...], path: Pa
     array = np.asarray(value)
     if array.dtype != np.float32:
         raise UserError(f"{path}: tensor {name!r} has dtype {_dtype_name(array)}, expected float32")
+    return array
+
+
+def _tensor(tensors: dict[str, Any], name: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """tensors[name] as a checked float32 array of `shape`, finite (a threshold also >= 0)."""
+    array = _float32(tensors, name, path)
     if tuple(array.shape) != shape:
         raise UserError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}, expected {shape}")
     if not np.all(np.isfinite(array)):
@@ -310,6 +397,7 @@ def load_saelens(folder: Path | str, *, input_dim: int | None = LAYER2_WIDTH, ou
         raise UserError(f"{cfg_path}: d_out is {got}, expected {output_dim}: the transcoder must predict {output_dim}-wide activations")
     arch, ours = _architecture(cfg, cfg_path)
     config = _config(arch, cfg, ours, cfg_path)
+    read_sparsity(folder, d_sae)  # checked where present: a damaged one is refused here, not by a later reader
     tensors = bridge.read_safetensors(weights_path)
     skip = d_out is not None and _TRANSCODER_FORMS[cfg["architecture"]][1]
 

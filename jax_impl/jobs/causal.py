@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from jax_impl import saes
 from jax_impl.data.harvest import harvest_activations
@@ -91,18 +92,20 @@ def hook_sae(run: Run, hook: str, log: Log = print) -> tuple[saes.SAE, Path]:
                               key=jax.random.fold_in(run.key(KEY_SAE_SHUFFLE), stream), log=lambda _: None)
     metrics = inference.evaluate(run.mlp, run.splits["test"], result.model, hook)
     metrics["train_seconds"] = round(time.perf_counter() - started, 3)
-    write_hook_sae(result.model, folder, hook, record, metrics)
+    write_hook_sae(result.model, folder, hook, record, metrics, activations)
     return result.model, folder / SAE_FILE
 
 
-def write_hook_sae(sae: saes.SAE, folder: Path, hook: str, record: dict[str, Any], metrics: dict[str, Any]) -> None:
+def write_hook_sae(sae: saes.SAE, folder: Path, hook: str, record: dict[str, Any], metrics: dict[str, Any],
+                   activations: np.ndarray | None = None) -> None:
     """The family's files for an SAE at a hook, one artifact set; the config (which marks the set complete)
-    moved into place last. The caller holds the output folder's lock."""
+    moved into place last. The caller holds the output folder's lock. activations: (N, d) float32, the SAE's
+    training rows, on which its SAELens folder's feature densities are measured."""
     from jax_impl.jobs.export import export_sae  # torch-only work, imported when an SAE is written
 
     with artifact_set(folder, last=(METRICS_FILE, SAE_CONFIG_FILE)) as staging:
         bridge.save_sae(sae, staging / SAE_FILE)
-        saelens.save_saelens(sae, staging / SAELENS_NAME, hook_name=hook)
+        saelens.save_saelens(sae, staging / SAELENS_NAME, hook_name=hook, activations=activations)
         export_sae(sae, staging / "sae.torchscript.pt")
         write_json_atomic(staging / METRICS_FILE, metrics)
         write_json_atomic(staging / SAE_CONFIG_FILE, {"causal": record, "architecture": sae.arch.name,

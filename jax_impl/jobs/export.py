@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 import monosem_torch_ref
+from jax_impl.data.activations import read_activations
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import atomic_path
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import bridge, saelens
-from jax_impl.jobs.rundir import MLP_PATH, SAE_PATH, SAELENS_DIR, WRITTEN_FOLDERS
+from jax_impl.jobs.rundir import ACTIVATIONS_PATH, MLP_PATH, SAE_PATH, SAELENS_DIR, WRITTEN_FOLDERS
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.saes import SAE
 from monosem_torch_ref.models import mlp_from_state_dict
@@ -204,7 +205,9 @@ def export_run(run_dir: Path | str) -> dict[str, Path]:
             for path, state in ((MLP_PATH, bridge.mlp_to_state_dict(mlp)), (SAE_PATH, bridge.sae_to_state_dict(sae))):
                 written[f"{path.stem}_safetensors"] = staging / bridge.safetensors_twin(path)
                 bridge.write_safetensors(state, written[f"{path.stem}_safetensors"])
-            written["sae_saelens"] = saelens.save_saelens(sae, staging / SAELENS_DIR)
+            activations = run_dir / ACTIVATIONS_PATH  # the SAE's training rows: its feature densities
+            rows = read_activations(activations, width=sae.input_dim) if activations.is_file() else None
+            written["sae_saelens"] = saelens.save_saelens(sae, staging / SAELENS_DIR, activations=rows)
     return {name: run_dir / path.relative_to(staging) for name, path in written.items()}
 
 

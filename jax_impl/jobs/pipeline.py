@@ -33,12 +33,14 @@ from jax_impl.data.harvest import harvest_activations
 from jax_impl.errors import UserError
 from jax_impl.evaluation import inference
 from jax_impl.evaluation.atlas import document as atlas
+from jax_impl.evaluation.dashboard import ArrayRows, DashboardConfig
 from jax_impl.files.artifact_set import artifact_set
 from jax_impl.files.atomic import write_json_atomic, write_text_atomic
 from jax_impl.files.locks import folder_lock, remove_stale_temporaries
 from jax_impl.interop import bridge, saelens
 from jax_impl.jobs.causal import CAUSAL_HTML, CAUSAL_JSON, causal_map, read_causal, write_causal
 from jax_impl.jobs.circuit import CIRCUIT_DIR, circuit, stage_files
+from jax_impl.jobs.dashboard import DASHBOARD_DIR, DASHBOARD_PAGE, LabelTable, build_dashboard, stage_dashboard
 from jax_impl.jobs.export import EXPORT_FILES, export_models
 from jax_impl.jobs.run_config import RunConfig
 from jax_impl.jobs.rundir import (
@@ -63,6 +65,7 @@ from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.precision import highest_precision
 from jax_impl.reports import circuit_page, circuit_trace
 from jax_impl.reports.atlas_page import write_atlas
+from jax_impl.reports.dashboard_page import INDEX_JS
 from jax_impl.task.pointer import SPLITS, Split, TaskShape, generate_splits
 from jax_impl.task.splits import split_filename, write_split
 from jax_impl.training import sae_trainer
@@ -128,7 +131,7 @@ def stage_sae(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoint
     )
     out = run.run_dir if out is None else out
     bridge.save_sae(result.model, out / SAE_PATH)
-    saelens.save_saelens(result.model, out / SAELENS_DIR, hook_name=run.hook)
+    saelens.save_saelens(result.model, out / SAELENS_DIR, hook_name=run.hook, activations=run.activations)
     run.sae = result.model
     return {
         "variant": cfg.variant,
@@ -145,14 +148,28 @@ def probe_inputs(shape: TaskShape, test: Split) -> np.ndarray:
 
 
 def stage_atlas(run: Run, out: Path | None = None) -> dict:
-    """Label every SAE feature on all rows and test the labels causally (a few seconds)."""
+    """Label every SAE feature on all rows and test the labels causally (a few seconds); beside it the feature
+    dashboard of the SAE over its training activations (RUN_DIR/dashboard/, jax_impl.jobs.dashboard), each row
+    labelled by its input and target, which the atlas page links."""
     rows = run.rows()
     # The source names no path: the same run in another directory writes the same bytes.
     doc = atlas.atlas_from_models(run.mlp, run.sae, rows, run.shape, source="the run's train, val and test splits",
                                   hook=run.hook)
-    write_atlas(doc, run.out_dir if out is None else out)
+    out = run.out_dir if out is None else out
+    train = run.splits["train"]
+    labels = LabelTable(("input", "target"), [(" ".join(map(str, x)), f"{t:g}")
+                                              for x, t in zip(train.inputs.tolist(), train.targets.tolist(), strict=True)])
+    stats, index, cells = build_dashboard(
+        run.sae, ArrayRows(run.activations), labels, DashboardConfig(), log=run.log,
+        sae_record={"name": SAE_PATH.as_posix(), "architecture": run.sae.arch.name, "kind": "SAE",
+                    "input_dim": run.sae.input_dim, "dict_size": run.sae.dict_size},
+        activations_record={"file": ACTIVATIONS_PATH.as_posix(), "rows": len(run.activations),
+                            "width": run.sae.input_dim})
+    stage_dashboard(out / DASHBOARD_DIR, stats, index, cells)
+    write_atlas(doc, out, dashboard=DASHBOARD_PAGE)
     run.log(atlas.format_summary(doc))
-    return {"metrics": doc["metrics"], "summary": doc["summary"]}
+    return {"metrics": doc["metrics"], "summary": doc["summary"],
+            "dashboard": {"page": DASHBOARD_PAGE, "pages": index["pages"], "dead": index["dead"]}}
 
 
 def stage_causal(run: Run, out: Path | None = None) -> dict:
@@ -236,8 +253,11 @@ STAGES: list[Stage] = [
     Stage("harvest", "Harvesting Activations", stage_harvest, (ACTIVATIONS_PATH, bridge.safetensors_twin(ACTIVATIONS_PATH))),
     Stage("sae", "Training Sparse Autoencoder (SAE)", stage_sae, (
         SAE_PATH, bridge.safetensors_twin(SAE_PATH), SAELENS_DIR / saelens.WEIGHTS_FILE, SAELENS_DIR / saelens.CFG_FILE,
+        SAELENS_DIR / saelens.SPARSITY_FILE,
     ), trains=True),
-    Stage("atlas", "Building Feature Atlas", stage_atlas, (Path(atlas.ATLAS_JSON), Path(atlas.ATLAS_HTML))),
+    Stage("atlas", "Building Feature Atlas and Dashboard", stage_atlas, (
+        Path(atlas.ATLAS_JSON), Path(atlas.ATLAS_HTML), Path(DASHBOARD_PAGE), Path(DASHBOARD_DIR) / INDEX_JS,
+    )),
     Stage("causal", "Mapping Variables to Features by Interventions", stage_causal, (CAUSAL_JSON, CAUSAL_HTML)),
     Stage("circuit", "Tracing Attribution Graphs through Transcoders", stage_circuit,
           (Path(circuit_page.CIRCUIT_JSON), Path(circuit_page.CIRCUIT_HTML)), enabled=lambda c: c.circuit_stage),

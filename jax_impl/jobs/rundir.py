@@ -66,7 +66,8 @@ PROBE_PATH = Path("probe.txt")
 CHECKPOINTS_DIR = Path("checkpoints")
 # Every folder of a run directory (or of an --out folder of `causal`) that monosem's writers write into: the
 # only places jax_impl.files.locks.remove_stale_temporaries looks for what a killed writer left (a glob per component).
-WRITTEN_FOLDERS = ("dataset", "mlp", "sae", str(SAELENS_DIR), "export", "causal", "causal/saes/*",
+WRITTEN_FOLDERS = ("dataset", "mlp", "sae", str(SAELENS_DIR), "export", "dashboard", "dashboard/dashboard_data",
+                   "causal", "causal/saes/*",
                    f"causal/saes/*/{SAELENS_NAME}", "circuit", "circuit/transcoders/*", str(CHECKPOINTS_DIR),
                    f"{CHECKPOINTS_DIR}/*")
 

@@ -71,6 +71,7 @@ from jax_impl.jobs.train_sae import (
     init_and_shuffle_keys,
     open_training_data,
     stage_artifacts,
+    training_density,
 )
 from jax_impl.precision import highest_precision
 from jax_impl.reports.sweep_page import write_report
@@ -430,7 +431,7 @@ def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFi
     # The folder's files, the atlas among them, are one set (metrics.json moved last: _read_sae_row).
     with artifact_set(folder, last=LAST_FILES) as staging:
         scores = _atlas_scores(run, t.model, folder.name, staging) if run is not None else None
-        stage_artifacts(t.model, staging, record, metrics)
+        stage_artifacts(t.model, staging, record, metrics, training_density(t.model, source, chunk_rows))
     return _sae_row(c, group, metrics, record, scores)
 
 

@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,7 +314,7 @@ def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConf
     check_metrics(metrics, source)
     record = config_record(result.model, variant, train, source, seed=config.seed, chunk_rows=chunk_rows,
                            devices=1 if mesh is None else mesh.size)
-    write_artifacts(result.model, out_dir, record, metrics)
+    write_artifacts(result.model, out_dir, record, metrics, training_density(result.model, source, chunk_rows))
     ev = metrics["explained_variance"]
     log(
         f"explained variance {'n/a' if ev is None else f'{ev:.4f}'} | L0 {metrics['l0']:.1f} | "
@@ -371,22 +371,41 @@ def activations_record(source: ActivationFile) -> dict[str, Any]:
     return {"file": source.path.name, "rows": source.n_rows, "width": source.width, "fingerprint": fingerprint(source)}
 
 
+def input_chunks(source: ActivationFile, chunk_rows: int, first: int = 0, last: int | None = None
+                 ) -> Iterator[np.ndarray]:
+    """Rows [first, last) of the SAE's input, (<= chunk_rows, d_in) float32 each: a transcoder's input file of its
+    pair, an SAE's file."""
+    inputs = source.inputs if isinstance(source, PairedActivations) else source
+    last = inputs.n_rows if last is None else last
+    for start in range(first, last, chunk_rows):
+        yield inputs.rows(start, min(start + chunk_rows, last))
+
+
+def training_density(sae: saes.SAE, source: ActivationFile, chunk_rows: int) -> np.ndarray:
+    """(F,) float64: the share of the training rows each feature of `sae` fires on (saelens.feature_density),
+    read chunk by chunk."""
+    return saelens.feature_density(sae, input_chunks(source, chunk_rows))
+
+
 # Moved into place last, in this order: a folder with metrics.json holds a complete set (jax_impl.jobs.sweep reads so).
 LAST_FILES = (SAE_CONFIG_FILE, METRICS_FILE)
 
 
-def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
+def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metrics: dict[str, Any],
+                    density: np.ndarray | None = None) -> None:
     """train-sae's files for a trained SAE into out_dir, committed as one set (jax_impl.files.artifact_set); the
     caller holds out_dir's lock."""
     with artifact_set(out_dir, last=LAST_FILES) as staging:
-        stage_artifacts(sae, staging, record, metrics)
+        stage_artifacts(sae, staging, record, metrics, density)
 
 
-def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics: dict[str, Any]) -> None:
+def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics: dict[str, Any],
+                    density: np.ndarray | None = None) -> None:
     """write_artifacts' files, written into `folder` (an artifact set's staging folder; jax_impl.jobs.sweep adds a
-    configuration's atlas to the same set)."""
+    configuration's atlas to the same set). density: (F,) the share of training rows each feature fires on
+    (training_density), written as the SAELens folder's sparsity.safetensors."""
     bridge.save_sae(sae, folder / SAE_FILE)
-    saelens.save_saelens(sae, folder / SAELENS_NAME, hook_name=None)
+    saelens.save_saelens(sae, folder / SAELENS_NAME, hook_name=None, density=density)
     write_json_atomic(folder / SAE_CONFIG_FILE, record)
     write_json_atomic(folder / METRICS_FILE, metrics)
 
@@ -440,10 +459,13 @@ def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: T
                 "final_loss": float(result.epoch_losses[-1]), "train_seconds": round(seconds, 3),
             }
             check_metrics(metrics, source)
+            # every process counts its shard's firings; the writer's density is over all rows
+            fired = saelens.feature_density(model, input_chunks(source, chunk_rows, first, last)) * (last - first)
+            density = distributed.gather(fired).sum(axis=0) / source.n_rows
             if writer:
                 record = config_record(model, variant, train, source, seed=config.seed, chunk_rows=chunk_rows,
                                        devices=mesh.size)
-                write_artifacts(model, out_dir, record | {"processes": cluster.num_processes}, metrics)
+                write_artifacts(model, out_dir, record | {"processes": cluster.num_processes}, metrics, density)
         except Exception as e:  # noqa: BLE001  (a peer lost mid-collective, or bad input: ends every process)
             distributed.failed(e)
         distributed.finish()

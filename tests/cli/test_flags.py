@@ -28,7 +28,8 @@ from jax_impl.training.sae_trainer import SAETrainConfig
 # Where 0 is a meaningful value of an integer flag (by argparse dest): it must still refuse -1.
 ZERO_ALLOWED = {"seed", "causal.seed", "synthetic.seed", "process_id", "synthetic.parents",
                 "synthetic.children_per_parent", "synthetic.correlation_rank", "circuit.train_rows", "circuit.checks",
-                "circuit.edge_checks", "circuit.skip", "circuit.chained", "circuit.finetune_epochs", "circuit.seed"}
+                "circuit.edge_checks", "circuit.skip", "circuit.chained", "circuit.finetune_epochs", "circuit.seed",
+                "dashboard.neighbours", "dashboard.chunk_rows"}
 CLUSTER = ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]
 
 
@@ -51,6 +52,7 @@ def _base(command: str, tmp: Path, acts: Path) -> list[str]:
         "sweep": ["--activations", str(acts), "--out", str(tmp / "out"), "--batch-size", "16"],
         "synthetic": ["--out", str(tmp / "out")],
         "synthetic-score": ["--data", missing, "--sae", missing],
+        "dashboard": ["--sae", missing, "--activations", missing, "--out", str(tmp / "out")],
     }[command]
 
 

@@ -142,6 +142,9 @@ COMMANDS_READING_TORCH_FILES = {
     ],
     # RUN/synthetic is written by `monosem synthetic` before the bomb is planted (see _SYNTHETIC_DIM).
     "synthetic-score": [(["synthetic-score", "--data", "RUN/synthetic", "--sae", "RUN/sae/sae_model.pth"], "sae")],
+    "dashboard": [
+        (["dashboard", "--sae", "RUN/sae/sae_model.pth", "--activations", "RUN/mlp_activations.pt", "--out", "RUN/dash"],
+         kind) for kind in ("sae", "activations")],
     # --resume reloads the artifacts of the completed stages: the MLP for harvest, the activations for
     # the SAE, the SAE for the probe.
     "run": [

@@ -205,7 +205,8 @@ def test_causal_command_trains_a_missing_hook_sae_and_writes_the_map(tiny_run, t
         assert {"hook", "sae", "features", "iia", "das_iia", "isolation"} <= set(v["best"])
     assert doc["hooks"]["layer2"]["sae"] == "sae/sae_model.pth"  # the run's own, named relative to the run
     folder = out / "causal" / "saes" / "layer3"
-    for name in ("sae.pth", "sae.safetensors", "saelens/cfg.json", "sae.torchscript.pt", "sae_config.json", "metrics.json"):
+    for name in ("sae.pth", "sae.safetensors", "saelens/cfg.json", "saelens/sparsity.safetensors", "sae.torchscript.pt",
+                 "sae_config.json", "metrics.json"):
         assert (folder / name).is_file(), name
     state = torch.load(folder / "sae.pth", weights_only=True)
     assert state["encoder.weight"].shape[1] == HOOK_WIDTHS["layer3"]

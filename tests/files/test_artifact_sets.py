@@ -190,12 +190,13 @@ def test_train_sae_failing_at_every_write_leaves_the_previous_set(acts, previous
         shutil.copytree(previous_set, out)
 
     renames = _fail_each_write_in_turn(monkeypatch, out, lambda: _train_sae(acts, out, seed=1), failed, reset)
-    # 6 files written and renamed in staging, the journal, then each file's predecessor and itself moved
-    assert renames == 6 + 1 + 2 * 6, renames
+    # 7 files (sae.pth, sae.safetensors, saelens/ x 3, sae_config.json, metrics.json) written and renamed in
+    # staging, the journal, then each file's predecessor and itself moved
+    assert renames == 7 + 1 + 2 * 7, renames
     assert _without_timing(out) == _without_timing(new_set)
 
 
-@pytest.mark.parametrize("k", range(1, 2 * 6 + 1))
+@pytest.mark.parametrize("k", range(1, 2 * 7 + 1))
 def test_a_commit_killed_between_renames_is_completed_by_the_next_command(acts, previous_set, new_set, tmp_path,
                                                                           monkeypatch, capsys, k):
     """SIGKILL between any two of the commit's renames (here: the k-th rename never returns, and nothing after
@@ -203,7 +204,7 @@ def test_a_commit_killed_between_renames_is_completed_by_the_next_command(acts, 
     even one that then fails (its training diverges)."""
     out = tmp_path / "out"
     shutil.copytree(previous_set, out)
-    staging_writes = 6 + 1  # the six files in staging and the journal come before the commit's renames
+    staging_writes = 7 + 1  # the seven files in staging and the journal come before the commit's renames
     with monkeypatch.context() as m:
         m.setattr(os, "replace", _Failing(os.replace, out, staging_writes + k, kill=True))
         with pytest.raises(_Killed):
@@ -287,7 +288,7 @@ def test_export_failing_at_writes_leaves_the_previous_files(run_copy, monkeypatc
     (run_copy / "export" / "mlp.pt2").write_bytes(b"an older export")  # so that the new set differs
     (run_copy / "sae" / "saelens" / "cfg.json").write_text('{"older": true}\n')
     before = _files(run_copy)
-    files = 8 + 1  # four programs, two twins, the SAELens folder's two files; the journal
+    files = 9 + 1  # four programs, two twins, the SAELens folder's three files; the journal
     with monkeypatch.context() as m:
         m.setattr(os, "replace", _Failing(os.replace, run_copy, files + 2 * 5 + 1))  # the sixth file's first move
         assert main(["export", "--run-dir", str(run_copy)]) == 2
@@ -296,7 +297,7 @@ def test_export_failing_at_writes_leaves_the_previous_files(run_copy, monkeypatc
     counting = _Failing(os.replace, run_copy, k=0)
     monkeypatch.setattr(os, "replace", counting)
     assert main(["export", "--run-dir", str(run_copy)]) == 0
-    assert counting.calls == files + 2 * 8  # every file replaced one: the failure above was mid-commit
+    assert counting.calls == files + 2 * 9  # every file replaced one: the failure above was mid-commit
     after = _files(run_copy)
     assert after["export/mlp.pt2"] != before["export/mlp.pt2"]
     assert after["sae/saelens/cfg.json"] != before["sae/saelens/cfg.json"]

@@ -207,6 +207,10 @@ def test_run_writes_a_saelens_folder_that_equals_its_sae(tiny_run):
     back = saelens.load_saelens(folder)
     for name, value in run.sae.params().items():
         np.testing.assert_array_equal(np.asarray(back.params()[name]), np.asarray(value))
+    # its feature densities: on the training activations the SAE was trained on
+    _, features = run.sae(run.activations)
+    share = (np.asarray(features) != 0).mean(axis=0)
+    np.testing.assert_allclose(saelens.read_sparsity(folder, run.sae.dict_size), np.log10(share + 1e-10), atol=1e-6)
 
 
 def test_atlas_probe_report_accept_a_saelens_folder(tiny_run, tmp_path, capsys, sae_lens):

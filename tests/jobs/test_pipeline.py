@@ -236,3 +236,22 @@ def test_second_process_in_the_same_run_dir_is_refused(tmp_path):
     assert refused.returncode != 0 and f"another monosem process (pid {os.getpid()})" in refused.stderr
     allowed = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True)
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_the_atlas_stage_writes_the_dashboard_and_links_it(tiny_run):
+    """RUN_DIR/dashboard/: the SAE's features over its training activations, each top row labelled by its input and
+    target; the atlas page links it."""
+    from jax_impl.jobs.rundir import ACTIVATIONS_PATH, SAE_PATH
+    from jax_impl.task.splits import read_split
+
+    assert 'href="dashboard/dashboard.html"' in (tiny_run / "feature_atlas.html").read_text()
+    index = json.loads((tiny_run / "dashboard" / "dashboard.json").read_text())
+    train = read_split(tiny_run / "dataset" / "mlp_train.xlsx")
+    assert index["columns"] == ["input", "target"] and index["activations"]["rows"] == len(train.targets)
+    assert index["sae"]["name"] == SAE_PATH.as_posix() and index["activations"]["file"] == ACTIVATIONS_PATH.as_posix()
+    text = (tiny_run / "dashboard" / "dashboard_data" / "page-00000.js").read_text()
+    page = json.loads(text[text.index("(0,") + 3:text.rindex(");")])
+    shown = [t for f in page["features"] for t in f["top"]]
+    assert shown, "some feature fires"
+    for row, _, (inputs, target) in shown:
+        assert inputs == " ".join(map(str, train.inputs[row].tolist())) and float(target) == train.targets[row]

@@ -17,6 +17,7 @@ from conftest import ACTIVATION_ROWS as ROWS
 from conftest import ACTIVATION_WIDTH as WIDTH
 from jax_impl import saes
 from jax_impl.cli import main
+from jax_impl.interop import saelens
 from jax_impl.jobs.rundir import METRICS_FILE, SAE_FILE
 from jax_impl.jobs.rundir import SAE_CONFIG_FILE as CONFIG_FILE
 
@@ -82,6 +83,12 @@ def test_streamed_chunks_train_the_same_architecture(activations, tmp_path):
                  "--dict-size", str(DICT), "--epochs", "3", "--batch-size", "100", "--k", "6", "--chunk-rows", "300"]) == 0
     metrics = json.loads((out / METRICS_FILE).read_text())
     assert metrics["rows"] == ROWS and metrics["explained_variance"] > 0.2
+    # the SAELens folder's feature densities, counted chunk by chunk, are those of every row at once
+    sae = saelens.load_saelens(out / "saelens", input_dim=WIDTH)
+    _, features = sae(np.load(activations))
+    share = (np.asarray(features) != 0).mean(axis=0)
+    assert 0 < share.max() < 1
+    np.testing.assert_allclose(saelens.read_sparsity(out / "saelens", DICT), np.log10(share + 1e-10), atol=1e-6)
 
 
 def _write_pickle_bomb(path: Path) -> Path:
@@ -160,7 +167,8 @@ def test_same_seed_same_bytes(variant, activations, tmp_path):
             "--batch-size", "100", *ARCH_FLAGS[variant]]
     for name in ("a", "b"):
         assert main(["train-sae", *argv, "--out", str(tmp_path / name)]) == 0
-    files = [SAE_FILE, "sae.safetensors", "saelens/sae_weights.safetensors", "saelens/cfg.json", CONFIG_FILE]
+    files = [SAE_FILE, "sae.safetensors", "saelens/sae_weights.safetensors", "saelens/cfg.json",
+             "saelens/sparsity.safetensors", CONFIG_FILE]
     for file in files:
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
     metrics = [json.loads((tmp_path / n / METRICS_FILE).read_text()) for n in ("a", "b")]
