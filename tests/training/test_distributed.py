@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,11 @@ def free_port() -> int:
 
 
 def launch(activations: Path, out: Path, process_id: int, port: int, *, epochs: int = 3, timeout: float = 10,
-           processes: int = 2) -> subprocess.Popen:
+           processes: int = 2, extra: Sequence[str] = ()) -> subprocess.Popen:
     argv = [sys.executable, "-u", "-m", "jax_impl.cli", "train-sae", "--activations", str(activations), "--out", str(out),
             "--variant", "topk", "--k", "6", "--dict-size", "48", "--epochs", str(epochs), "--batch-size", "100",
             "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(process_id),
-            "--peer-timeout", str(timeout)]
+            "--peer-timeout", str(timeout), *extra]
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -52,7 +53,11 @@ def errors(stderr: str) -> list[str]:
 def test_two_processes_train_what_one_process_trains(activations, tmp_path):
     port = free_port()
     # Process 1 gets another --out: only process 0 may write, so that folder must never appear.
-    procs = [launch(activations, tmp_path / "two", 0, port), launch(activations, tmp_path / "not-written", 1, port)]
+    # A checkpoint every epoch: orbax saves with both processes taking part (process 1's folder is not process 0's
+    # here, which orbax's one writer per array does not mind), and the folder is gone at the end.
+    every = ["--checkpoint-every", "1"]
+    procs = [launch(activations, tmp_path / "two", 0, port, extra=every),
+             launch(activations, tmp_path / "not-written", 1, port, extra=every)]
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert not (tmp_path / "not-written").exists()
