@@ -150,6 +150,21 @@ def sync_processes(what: str) -> None:
         _ocp().multihost.sync_global_processes(f"monosem-{what}-{next(_barriers)}")
 
 
+def _same_folder_everywhere(folder: Path) -> None:
+    """CheckpointError on every process of a many-host run whose checkpoint folder is not process 0's: orbax's
+    saves are collective over one folder (processes given folders of their own would wait on each other forever)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.frombuffer(hashlib.sha256(str(folder.absolute()).encode()).digest(), np.uint8)
+    if not np.array_equal(np.asarray(multihost_utils.broadcast_one_to_all(mine)), mine):
+        raise CheckpointError(f"{folder}: process {jax.process_index()}'s checkpoint folder is not process 0's; a "
+                              "multi-process run checkpoints into one folder that every process reaches under the same "
+                              "path: give every process the same output folder (on a shared file system), or turn "
+                              "checkpoints off")
+
+
 # --------------------------------------------------------------------------- arrays
 
 
@@ -472,6 +487,7 @@ class TrainingCheckpoints:
 
     def _manager(self) -> Any:
         if self._orbax is None:
+            _same_folder_everywhere(self.folder)
             self._orbax = _manager(self.folder)
         return self._orbax
 

@@ -185,6 +185,34 @@ def test_a_fresh_start_removes_old_checkpoints_and_resume_without_any_starts_at_
     assert lines == [f"No checkpoint in {tmp_path / 'c'}; training from the first epoch."]
 
 
+def test_a_killed_save_leaves_only_orbax_temporary_folder_which_the_next_run_sweeps(tmp_path, monkeypatch):
+    hook = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, EVERY_EPOCH, log=lambda _: None)
+    hook.save(_progress(1, 1.0))
+
+    def killed(tmp, final):  # the process dies after orbax wrote the step's files, before it commits them
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(ck, "seal_step", killed)
+    with pytest.raises(SystemExit):
+        hook.save(_progress(2, 2.0))
+    monkeypatch.undo()
+    assert [e for e, _ in ck.list_checkpoints(tmp_path / "c")] == [1]
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith("ckpt_000002")] == \
+        ["ckpt_000002.orbax-checkpoint-tmp"]
+    resuming = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, EVERY_EPOCH, resume=True, log=lambda _: None)
+    assert resuming.restore(TEMPLATE).epoch == 1
+    resuming.save(_progress(2, 2.0))
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ckpt_000001", "ckpt_000002"]
+
+
+def test_checkpoints_of_the_format_before_orbax_are_refused_in_one_line(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "ckpt-000003.ckpt").write_bytes(b"MONOCKPT")
+    with pytest.raises(CheckpointError, match=r"/c: holds checkpoints of an earlier version's format .*start over "
+                                              r"without --resume$"):
+        TrainingCheckpoints(tmp_path / "c", {}, resume=True, log=print).restore(TEMPLATE)
+
+
 def test_cadence_by_epochs_by_seconds_and_never_after_the_last_epoch():
     by_epochs = TrainingCheckpoints("unused", {}, CheckpointPolicy(epochs=3, seconds=None))
     assert [e for e in range(1, 11) if by_epochs.due(e, 10)] == [3, 6, 9]

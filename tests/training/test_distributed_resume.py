@@ -74,3 +74,20 @@ def test_resume_of_two_processes_with_no_checkpoint_trains_from_the_first_epoch(
     outs = _run_pair(activations, tmp_path / "out", "--resume")
     assert "No checkpoint in" in outs[0][0] and (tmp_path / "out" / "sae.pth").exists()
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_processes_given_checkpoint_folders_of_their_own_end_with_one_line(activations, tmp_path):
+    """orbax's saves are collective over one folder: process 1 with another --out would wait forever."""
+    port = free_port()
+    every = ["--checkpoint-every", "1"]
+    procs = [launch(activations, tmp_path / "zero", 0, port, extra=every),
+             launch(activations, tmp_path / "one", 1, port, extra=every)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], [o[1][-2000:] for o in outs]
+    assert errors(outs[1][1]) == [f"monosem: error: {tmp_path / 'one' / 'checkpoints'}: process 1's checkpoint folder "
+                                  "is not process 0's; a multi-process run checkpoints into one folder that every "
+                                  "process reaches under the same path: give every process the same output folder (on "
+                                  "a shared file system), or turn checkpoints off"]
+    assert len(errors(outs[0][1])) == 1 and "process 1 of 2 failed" in errors(outs[0][1])[0]
+    assert not (tmp_path / "zero" / "sae.pth").exists()
