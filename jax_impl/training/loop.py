@@ -299,5 +299,5 @@ def interrupted_message(signum: int, stage: str, done: int, epochs: int, checkpo
     if checkpoints is None:
         return f"{head}; no checkpoint was saved (checkpointing is off)"
     if checkpoints.last_saved is None:  # a many-host run saves no checkpoint of its own on a signal
-        return f"{head}; no checkpoint was saved yet; to start over, {checkpoints.resume_hint}"
+        return f"{head}; no checkpoint was saved yet (a multi-process run saves only the periodic ones)"
     return f"{head}; saved {checkpoints.last_saved}; to continue, {checkpoints.resume_hint}"
