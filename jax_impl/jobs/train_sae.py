@@ -164,7 +164,8 @@ def train_sae(
 
     config.devices: data parallel over this many local devices, or "all" (jax_impl.training.devices; None: one
     device). cluster: this process's part of a multi-process run (jax_impl.training.distributed; start every process
-    with the same arguments but its process_id); process 0 writes out_dir, the others only train.
+    with the same arguments but its process_id); process 0 writes out_dir, the others only train, and all take
+    part in its checkpoints and `resume` (out_dir: one folder every process reaches under the same path).
     Bad input raises UserError naming the file, or the field or argument (as flag(name) spells it: the command
     line passes its flags' names); nothing but out_dir's lock file (jax_impl.files.locks: a second process writing
     into the same out_dir is refused) and the training's checkpoints (out_dir/checkpoints, every
