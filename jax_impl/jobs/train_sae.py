@@ -198,7 +198,8 @@ def train_sae(
 
     config.devices: data parallel over this many local devices, or "all" (jax_impl.training.devices; None: one
     device). cluster: this process's part of a multi-process run (jax_impl.training.distributed; start every process
-    with the same arguments but its process_id); process 0 writes out_dir, the others only train.
+    with the same arguments but its process_id); process 0 writes out_dir, the others only train, and all take
+    part in its checkpoints and `resume` (out_dir: one folder every process reaches under the same path).
     Bad input raises UserError naming the file, or the field or argument (as flag(name) spells it: the command
     line passes its flags' names); nothing but out_dir's lock file (jax_impl.files.locks: a second process writing
     into the same out_dir is refused) and the training's checkpoints (out_dir/checkpoints, every
@@ -211,9 +212,6 @@ def train_sae(
         raise UserError(f"{flag('skip')} is a transcoder's skip connection: it needs {flag('target')}")
     train = config.train_config()
     if cluster is not None:
-        if resume:
-            raise UserError(f"{flag('resume')} with {flag('cluster')}: a multi-process run keeps no checkpoints; "
-                            "start it over")
         if config.devices is not None:
             raise UserError(f"{flag('devices')} with {flag('cluster')}: a multi-process run uses every device of "
                             "every process")
@@ -222,7 +220,7 @@ def train_sae(
                             "every shard on one host, which a multi-process run does not have; train it without "
                             f"{flag('cluster')}")
         return _train_distributed(Path(activations), None if target is None else Path(target), Path(out_dir), config,
-                                  cluster.validate(), log, flag)
+                                  cluster.validate(), log, flag, resume=resume, checkpoint_every=checkpoint_every)
     source = open_training_data(activations, target)
     chunk_rows = config.chunk_rows
     if train.batch_size > min(source.n_rows, chunk_rows):
@@ -239,14 +237,20 @@ def train_sae(
         raise UserError(f"{out_dir}: is a file; {flag('out_dir')} must be a folder")
     with folder_lock(out_dir, flag=flag("out_dir"), what="output folder"):
         remove_stale_temporaries(out_dir, _WRITTEN_FOLDERS)
-        checkpoints = TrainingCheckpoints(out_dir / CHECKPOINTS_DIR, {
-            "architecture": config.variant, "config": dataclasses.asdict(config.architecture),
-            "training": dataclasses.asdict(train), "dict_size": config.dict_size, "seed": config.seed,
-            "chunk_rows": chunk_rows, "devices": 1 if mesh is None else mesh.size,
-        } | data_record(source, skip=config.skip), checkpoint_every, resume=resume, log=log)
+        checkpoints = TrainingCheckpoints(out_dir / CHECKPOINTS_DIR, _identity(config, source, 1 if mesh is None else mesh.size),
+                                          checkpoint_every, resume=resume, log=log)
         metrics = _train_and_write(source, out_dir, config, mesh, log, checkpoints)
         checkpoints.clear()  # every file is written: nothing left to resume
         return metrics
+
+
+def _identity(config: TrainSAEConfig, source: ActivationFile, devices: int) -> dict[str, Any]:
+    """What a train-sae checkpoint must match to be resumed (TrainingCheckpoints' identity)."""
+    return {
+        "architecture": config.variant, "config": dataclasses.asdict(config.architecture),
+        "training": dataclasses.asdict(config.train_config()), "dict_size": config.dict_size, "seed": config.seed,
+        "chunk_rows": config.chunk_rows, "devices": devices,
+    } | data_record(source, skip=config.skip)
 
 
 def open_training_data(activations: Path | str, target: Path | str | None, *,
@@ -411,9 +415,12 @@ def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics
 
 
 def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: TrainSAEConfig, cluster: Cluster,
-                       log: Log, flag: Callable[[str], str]) -> dict[str, Any]:
+                       log: Log, flag: Callable[[str], str], *, resume: bool = False,
+                       checkpoint_every: CheckpointPolicy = CheckpointPolicy()) -> dict[str, Any]:
     """train_sae as one process of a multi-process run (jax_impl.training.distributed): this process reads only its
-    shard of the rows; the batches and gradients span every process's devices; process 0 alone writes out_dir."""
+    shard of the rows; the batches and gradients span every process's devices; process 0 alone writes out_dir.
+    Every process takes part in the checkpoints in out_dir/checkpoints (a folder all of them reach: one machine's
+    disk, or a shared file system), which orbax writes and restores collectively (TrainingCheckpoints)."""
     variant, dict_size, train, chunk_rows = config.variant, config.dict_size, config.train_config(), config.chunk_rows
     watchdog = distributed.start(cluster)  # before any other JAX computation
     writer = cluster.is_writer
@@ -445,8 +452,12 @@ def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: T
             say(f"{describe_training(sae, variant, source)}: {cluster.num_processes} processes, {mesh.size} devices, "
                 f"this process's rows {first}..{last - 1}")
             rows = distributed.global_rows(source.rows(first, last), shard_rows, mesh)
+            checkpoints = TrainingCheckpoints(
+                out_dir / CHECKPOINTS_DIR, _identity(config, source, mesh.size) | {"processes": cluster.num_processes},
+                checkpoint_every, resume=resume, log=say)
             started = time.perf_counter()
-            result = sae_trainer.fit(sae, rows, train, key=shuffle_key, log=say, mesh=mesh, n_rows=source.n_rows)
+            result = sae_trainer.fit(sae, rows, train, key=shuffle_key, log=say, mesh=mesh, n_rows=source.n_rows,
+                                     checkpoints=checkpoints)
             seconds = time.perf_counter() - started
             model = saes.SAE(result.model.arch, result.model.cfg, *distributed.local_copy(
                 (result.model.params(), result.model.buffers())), transcoder=result.model.transcoder)
@@ -466,6 +477,7 @@ def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: T
                 record = config_record(model, variant, train, source, seed=config.seed, chunk_rows=chunk_rows,
                                        devices=mesh.size)
                 write_artifacts(model, out_dir, record | {"processes": cluster.num_processes}, metrics, density)
+            checkpoints.clear()  # every file is written: nothing left to resume (process 0 removes, all wait)
         except Exception as e:  # noqa: BLE001  (a peer lost mid-collective, or bad input: ends every process)
             distributed.failed(e)
         distributed.finish()

@@ -287,7 +287,7 @@ def save_or_stop(checkpoints: TrainingCheckpoints | None, carry: Carry, done: in
     """After `done` epochs (each one's losses, the lines, each one's seconds): save a checkpoint when one is due
     or a SIGINT/SIGTERM is pending, then on a pending signal raise `Interrupted` naming it."""
     signum = interrupts.pending()
-    if checkpoints is not None and (signum is not None or checkpoints.due(done, epochs)):
+    if checkpoints is not None and (signum is not None and checkpoints.save_on_signal or checkpoints.due(done, epochs)):
         checkpoints.save(Progress(carry, done, np.stack(step_losses), log_lines, np.asarray(epoch_seconds)))
     if signum is not None:
         raise Interrupted(signum, interrupted_message(signum, stage, done, epochs, checkpoints))
@@ -298,4 +298,6 @@ def interrupted_message(signum: int, stage: str, done: int, epochs: int, checkpo
     head = f"interrupted by {interrupts.signal_name(signum)} after {stage} epoch {done}/{epochs}"
     if checkpoints is None:
         return f"{head}; no checkpoint was saved (checkpointing is off)"
+    if checkpoints.last_saved is None:  # a many-host run saves no checkpoint of its own on a signal
+        return f"{head}; no checkpoint was saved yet (a multi-process run saves only the periodic ones)"
     return f"{head}; saved {checkpoints.last_saved}; to continue, {checkpoints.resume_hint}"

@@ -496,17 +496,18 @@ def interrupted_training(activation_files, tmp_path_factory) -> tuple[Path, Path
 @budget(5, long=300)
 @given(data=st.data())
 def test_fuzzed_checkpoints(activation_files, interrupted_training, tmp_path_factory, data):
-    """Any change to a checkpoint's bytes is caught by its checksum: a damaged newest one falls back to the
+    """Any change to a checkpoint's bytes (a file of its step folder) is caught by its checksums: a damaged newest one falls back to the
     previous (one line naming it) and the resumed training writes the uninterrupted bytes; with both damaged,
     exit 2 naming the newest, nothing written. A checksum-valid file whose content does not fit (an array
     missing or of another shape, a wrong epoch) is damage too; one of another training (identity) is refused."""
     interrupted, reference = interrupted_training
     out = tmp_path_factory.mktemp("ckptfuzz") / "out"
     shutil.copytree(interrupted, out)
-    newest, older = out / "checkpoints" / "ckpt-000002.ckpt", out / "checkpoints" / "ckpt-000001.ckpt"
+    newest, older = out / "checkpoints" / "ckpt_000002", out / "checkpoints" / "ckpt_000001"
     which = data.draw(st.sampled_from(["newest", "both", "resigned"]))
     if which == "resigned":  # a checksum-valid file whose content is wrong: refused by what it holds
-        arrays, meta = ck.read_file(newest)
+        arrays, meta = ck.read_step(newest)
+        del meta["arrays"]  # write_step records the arrays as they are
         name = data.draw(st.sampled_from(sorted(arrays)))
         kind = data.draw(st.sampled_from(["drop", "shape", "dtype", "epoch", "identity", "lines"]))
         if kind == "drop":
@@ -523,10 +524,11 @@ def test_fuzzed_checkpoints(activation_files, interrupted_training, tmp_path_fac
             assume(meta["identity"] != original)
         else:
             meta["log_lines"] = data.draw(st.sampled_from([None, "x", [1], {}]))
-        ck.write_file(newest, arrays, meta)
+        ck.write_step(newest, arrays, meta)
         which = "other training" if kind == "identity" else "newest"  # a wrong content is damage: fall back
     else:
-        for path in [newest] + ([older] if which == "both" else []):
+        for step in [newest] + ([older] if which == "both" else []):  # any file the step's checksums cover
+            path = step / data.draw(st.sampled_from([*ck.step_files(step), ck.CHECKSUMS]))
             mutated = data.draw(byte_mutation(path.read_bytes()))
             assume(mutated != path.read_bytes())
             path.write_bytes(mutated)
@@ -535,7 +537,7 @@ def test_fuzzed_checkpoints(activation_files, interrupted_training, tmp_path_fac
     if which == "newest":
         assert outcome.rc == 0, outcome.err
         warnings = [line for line in outcome.out.splitlines() if "warning" in line]
-        assert len(warnings) == 1 and str(newest) in warnings[0] and "ckpt-000001.ckpt instead" in warnings[0]
+        assert len(warnings) == 1 and str(newest) in warnings[0] and "ckpt_000001 instead" in warnings[0]
         for name in ("sae.pth", "sae.safetensors", "saelens/sae_weights.safetensors", "sae_config.json"):
             assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     else:

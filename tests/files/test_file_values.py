@@ -7,7 +7,6 @@ the parser's own properties. Everything here runs in this process on documents o
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -369,13 +368,12 @@ def test_a_damaged_synthetic_config_is_one_line(synthetic_copy, text, fragment):
 
 
 def test_checkpoint_metadata_too_deep_is_a_damaged_checkpoint(tmp_path):
-    from safetensors.numpy import save as safetensors_save
-
-    blob = safetensors_save({"x": np.zeros(2, np.float32)}, metadata={"monosem": deep_list()})
-    path = tmp_path / "ckpt-000001.ckpt"
-    path.write_bytes(ck.MAGIC + hashlib.sha256(blob).digest() + blob)
+    path = tmp_path / "ckpt_000001"
+    ck.write_step(path, {"x": np.zeros(2, np.float32)}, {})
+    (path / ck.META / "metadata").write_text(deep_list())
+    ck.seal_step(path, path)
     with pytest.raises(ck.CheckpointError) as e:
-        ck.read_file(path)
+        ck.read_step(path)
     one_line(e.value, f"{path}: not a readable monosem checkpoint", "nested deeper than 64 levels")
 
 

@@ -111,13 +111,13 @@ def test_an_sae_sweep_interrupted_in_each_group_resumes_to_the_same_bytes(activa
     # 1. SIGTERM at group 1's 2nd epoch line: that epoch is saved, nothing is written
     first = _interrupted(sweep, _StopAtLine("SAE Epoch [2/3]", 1), resume=False)
     assert re.fullmatch(r"interrupted by SIGTERM after SAE \(sweep group 1/2\) epoch 2/3; saved .*group-000/"
-                        r"ckpt-000002\.ckpt; to continue, run the same command with --resume", first), first
+                        r"ckpt_000002; to continue, run the same command with --resume", first), first
     assert [e for e, _ in ck.list_checkpoints(tmp_path / "sw" / "checkpoints" / "group-000")] == [2, 1]
     assert not list((tmp_path / "sw").glob("0*"))
     # 2. resumed: group 1 ends (its folders written, its checkpoints gone); SIGINT at group 2's 2nd epoch
     stop = _StopAtLine("SAE Epoch [", 3, signal.SIGINT)
     _interrupted(sweep, stop, resume=True)
-    assert any(line.startswith("Resuming from") and "group-000/ckpt-000002" in line for line in stop.lines)
+    assert any(line.startswith("Resuming from") and "group-000/ckpt_000002" in line for line in stop.lines)
     assert any("resampled" in line for line in stop.lines)  # the epoch hook ran after the restore
     assert not (tmp_path / "sw" / "checkpoints" / "group-000").exists()
     assert [e for e, _ in ck.list_checkpoints(tmp_path / "sw" / "checkpoints" / "group-001")] == [2, 1]
@@ -147,7 +147,7 @@ def test_a_fresh_sweep_forgets_old_checkpoints_and_resume_refuses_other_settings
     out = tmp_path / "sw"
     stale = out / "checkpoints" / "group-007"
     stale.mkdir(parents=True)
-    (stale / "ckpt-000001.ckpt").write_bytes(b"old")
+    (stale / "ckpt_000001").mkdir()
     grid = {"seed": [0], "k": [2]}
     train = SAETrainConfig(epochs=1, batch_size=50)
     run_sweep(out, grid, activations=activations, variants=["topk"], dict_size=8, train=train, log=lambda _: None)
@@ -194,7 +194,7 @@ def test_sigterm_ends_the_cli_with_one_line_and_resume_completes(activations, tm
     lines = err.strip().splitlines()
     assert "Traceback" not in err and len([line for line in lines if line.startswith("monosem: interrupted")]) == 1
     assert re.fullmatch(r"monosem: interrupted by SIGTERM after SAE \(sweep group 1/2\) epoch \d+/40; saved "
-                        r".*checkpoints/group-000/ckpt-0000\d\d\.ckpt; to continue, run the same command with --resume",
+                        r".*checkpoints/group-000/ckpt_0000\d\d; to continue, run the same command with --resume",
                         lines[-1]), err
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

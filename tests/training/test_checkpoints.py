@@ -1,4 +1,5 @@
-"""Training checkpoints (issue 15, items 1-3) in one process: the file format, keep-two and fallback, identity
+"""Training checkpoints (issue 15, items 1-3; orbax-checkpoint since issue 27) in one process: the step folder and
+its checksums, keep-two and fallback, identity
 checks, the cadence, and bit-identical resumption of every trainer (the split and online MLP, every SAE
 architecture in memory, the streamed-chunk SAE path with and without an epoch hook) after a real SIGINT /
 SIGTERM delivered to this process mid-training, or after a crash between two checkpoints.
@@ -9,6 +10,7 @@ The cross-process SIGKILL chains (and a kill during a checkpoint write) are in t
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 
 import jax
@@ -45,9 +47,9 @@ def _tree():
 
 def test_a_pytree_round_trips_exactly_with_its_dtypes_shapes_and_prng_keys(tmp_path):
     tree = _tree()
-    ck.save_tree(tmp_path / "t.ckpt", tree, {"epoch": 1, "note": "x"})
+    ck.save_tree(tmp_path / "t", tree, {"epoch": 1, "note": "x"})
     template = jax.tree.map(jnp.zeros_like, tree)
-    restored, meta = ck.load_tree(tmp_path / "t.ckpt", template)
+    restored, meta = ck.load_tree(tmp_path / "t", template)
     assert meta["epoch"] == 1 and meta["note"] == "x"
     assert jax.tree.structure(restored) == jax.tree.structure(tree)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree), strict=True):
@@ -56,28 +58,37 @@ def test_a_pytree_round_trips_exactly_with_its_dtypes_shapes_and_prng_keys(tmp_p
             assert jax.random.key_impl(a) == jax.random.key_impl(b)
         else:
             assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
-    data = (tmp_path / "t.ckpt").read_bytes()
-    assert data.startswith(ck.MAGIC) and b"\x80\x02" not in data[:64]  # no pickle protocol header
-    # the payload after the checksum is plain safetensors: readable by any safetensors reader
-    from safetensors.numpy import load
+    files = [p for p in (tmp_path / "t").rglob("*") if p.is_file()]
+    assert all(not p.read_bytes().startswith(b"\x80") for p in files)  # no pickle protocol header anywhere
+    # orbax's own layout: its StandardCheckpointer reads the arrays (by their slot), JSON the metadata
+    import orbax.checkpoint as ocp
 
-    assert np.array_equal(load(data[len(ck.MAGIC) + 32:])["['w']"], np.asarray(tree["w"]))
+    state = ocp.StandardCheckpointer().restore((tmp_path / "t" / ck.STATE).absolute())
+    names = [a["name"] for a in json.loads((tmp_path / "t" / ck.META / "metadata").read_text())["arrays"]]
+    slot = names.index("['w']")
+    assert np.array_equal(state[f"a{slot:05d}"], np.asarray(tree["w"]))
 
 
 def test_a_template_of_another_structure_is_refused_naming_the_array(tmp_path):
-    ck.save_tree(tmp_path / "t.ckpt", _tree(), {})
+    ck.save_tree(tmp_path / "t", _tree(), {})
     other = _tree() | {"w": jnp.zeros((4, 3), jnp.float32)}
-    with pytest.raises(CheckpointError, match=r"t\.ckpt: array \['w'\] has shape \(3, 4\).*expected \(4, 3\)"):
-        ck.load_tree(tmp_path / "t.ckpt", other)
+    with pytest.raises(CheckpointError, match=r"/t: array \['w'\] has shape \(3, 4\).*expected \(4, 3\)"):
+        ck.load_tree(tmp_path / "t", other)
     with pytest.raises(CheckpointError, match=r"holds other state than this training's"):
-        ck.load_tree(tmp_path / "t.ckpt", {"w": jnp.zeros((3, 4))})
+        ck.load_tree(tmp_path / "t", {"w": jnp.zeros((3, 4))})
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "append", "empty", "other"])
+def _largest_array_file(step):
+    return max((p for p in (step / ck.STATE).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "append", "empty", "other", "meta", "removed", "added",
+                                    "checksums", "no checksums", "not a folder"])
 def test_every_kind_of_damage_is_detected_by_the_checksum(tmp_path, damage):
-    path = tmp_path / "t.ckpt"
+    path = tmp_path / "t"
     ck.save_tree(path, _tree(), {})
-    data = bytearray(path.read_bytes())
+    target = _largest_array_file(path)
+    data = bytearray(target.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
     elif damage == "flip":
@@ -86,11 +97,26 @@ def test_every_kind_of_damage_is_detected_by_the_checksum(tmp_path, damage):
         data += b"\0"
     elif damage == "empty":
         data = b""
-    else:
+    elif damage == "other":
         data = b"PK\x03\x04" + bytes(100)
-    path.write_bytes(bytes(data))
+    elif damage == "meta":
+        target = path / ck.META / "metadata"
+        data = target.read_bytes().replace(b'"epoch"', b'"epocH"').replace(b"float32", b"float16")
+    if damage == "removed":
+        target.unlink()
+    elif damage == "added":
+        (path / ck.STATE / "stray").write_bytes(b"x")
+    elif damage == "checksums":
+        (path / ck.CHECKSUMS).write_bytes(b"garbage")
+    elif damage == "no checksums":
+        (path / ck.CHECKSUMS).unlink()
+    elif damage == "not a folder":
+        shutil.rmtree(path)
+        path.write_bytes(b"MONOCKPT")
+    else:
+        target.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"^" + str(path).replace(".", r"\.") + ": (damaged|not a monosem)"):
-        ck.read_file(path)
+        ck.read_step(path)
 
 
 # --------------------------------------------------------------------------- the hook
@@ -109,29 +135,38 @@ def test_the_last_two_are_kept_and_the_newest_is_resumed(tmp_path):
     hook = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, EVERY_EPOCH, log=lambda _: None)
     for e in range(1, 6):
         hook.save(_progress(e, float(e)))
-    assert [p.name for _, p in ck.list_checkpoints(tmp_path / "c")] == ["ckpt-000005.ckpt", "ckpt-000004.ckpt"]
+    assert [p.name for _, p in ck.list_checkpoints(tmp_path / "c")] == ["ckpt_000005", "ckpt_000004"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ckpt_000004", "ckpt_000005"]  # orbax pruned
     lines = []
     resumed = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, resume=True, log=lines.append).restore(TEMPLATE)
     assert resumed.epoch == 5 and float(resumed.carry["w"][0]) == 5.0 and resumed.log_lines[-1] == "line 4"
-    assert resumed.step_losses.shape == (5, 2) and lines == [f"Resuming from {tmp_path / 'c' / 'ckpt-000005.ckpt'} (epoch 5 done)"]
+    assert resumed.step_losses.shape == (5, 2) and lines == [f"Resuming from {tmp_path / 'c' / 'ckpt_000005'} (epoch 5 done)"]
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_with_one_line(tmp_path):
     hook = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, EVERY_EPOCH, log=lambda _: None)
     hook.save(_progress(3, 3.0))
     hook.save(_progress(4, 4.0))
-    newest = tmp_path / "c" / "ckpt-000004.ckpt"
-    newest.write_bytes(newest.read_bytes()[:-10])  # truncated
+    newest = tmp_path / "c" / "ckpt_000004"
+    damaged = _largest_array_file(newest)
+    damaged.write_bytes(damaged.read_bytes()[:-10])  # truncated
     lines = []
-    resumed = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, resume=True, log=lines.append).restore(TEMPLATE)
+    resuming = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, EVERY_EPOCH, resume=True, log=lines.append)
+    resumed = resuming.restore(TEMPLATE)
     assert resumed.epoch == 3 and float(resumed.carry["w"][0]) == 3.0
     warnings = [line for line in lines if "warning" in line]
     assert len(warnings) == 1 and str(newest) in warnings[0] and "damaged checkpoint" in warnings[0]
-    assert "resuming from the previous checkpoint ckpt-000003.ckpt" in warnings[0]
+    assert "does not match its sha256" in warnings[0] and damaged.relative_to(newest).as_posix() in warnings[0]
+    assert "resuming from the previous checkpoint ckpt_000003" in warnings[0]
+    # the resumed training saves epoch 4 again over the damaged one
+    resuming.save(_progress(4, 4.5))
+    assert ck.read_step(newest)[0]["carry['w']"][0] == 4.5 and [e for e, _ in ck.list_checkpoints(tmp_path / "c")] == [4, 3]
+    damaged = _largest_array_file(newest)
+    damaged.write_bytes(damaged.read_bytes()[:-10])
     # both damaged: an error naming the newest, and how to start over
-    older = tmp_path / "c" / "ckpt-000003.ckpt"
-    older.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"ckpt-000004\.ckpt: damaged .*no valid checkpoint left in .*remove that folder"):
+    older = tmp_path / "c" / "ckpt_000003"
+    (older / ck.CHECKSUMS).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"ckpt_000004: damaged .*no valid checkpoint left in .*remove that folder"):
         TrainingCheckpoints(tmp_path / "c", {"seed": 1}, resume=True, log=lines.append).restore(TEMPLATE)
 
 
@@ -148,6 +183,34 @@ def test_a_fresh_start_removes_old_checkpoints_and_resume_without_any_starts_at_
     lines = []
     assert TrainingCheckpoints(tmp_path / "c", {}, resume=True, log=lines.append).restore(TEMPLATE) is None
     assert lines == [f"No checkpoint in {tmp_path / 'c'}; training from the first epoch."]
+
+
+def test_a_killed_save_leaves_only_orbax_temporary_folder_which_the_next_run_sweeps(tmp_path, monkeypatch):
+    hook = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, EVERY_EPOCH, log=lambda _: None)
+    hook.save(_progress(1, 1.0))
+
+    def killed(tmp, final):  # the process dies after orbax wrote the step's files, before it commits them
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(ck, "seal_step", killed)
+    with pytest.raises(SystemExit):
+        hook.save(_progress(2, 2.0))
+    monkeypatch.undo()
+    assert [e for e, _ in ck.list_checkpoints(tmp_path / "c")] == [1]
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith("ckpt_000002")] == \
+        ["ckpt_000002.orbax-checkpoint-tmp"]
+    resuming = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, EVERY_EPOCH, resume=True, log=lambda _: None)
+    assert resuming.restore(TEMPLATE).epoch == 1
+    resuming.save(_progress(2, 2.0))
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ckpt_000001", "ckpt_000002"]
+
+
+def test_checkpoints_of_the_format_before_orbax_are_refused_in_one_line(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "ckpt-000003.ckpt").write_bytes(b"MONOCKPT")
+    with pytest.raises(CheckpointError, match=r"/c: holds checkpoints of an earlier version's format .*start over "
+                                              r"without --resume$"):
+        TrainingCheckpoints(tmp_path / "c", {}, resume=True, log=print).restore(TEMPLATE)
 
 
 def test_cadence_by_epochs_by_seconds_and_never_after_the_last_epoch():
@@ -298,7 +361,7 @@ def test_every_sae_architecture_resumes_bit_identically_from_an_earlier_checkpoi
     run = _sae_run(variant, _sae_rows(), epochs=3)
     reference = run(lambda _: None, TrainingCheckpoints(tmp_path / "c", {"t": 1}, EVERY_EPOCH, log=print))
     assert [e for e, _ in ck.list_checkpoints(tmp_path / "c")] == [2, 1]
-    ck.checkpoint_path(tmp_path / "c", 2).unlink()
+    shutil.rmtree(ck.checkpoint_path(tmp_path / "c", 2))
     lines = []
     resumed = run(lines.append, TrainingCheckpoints(tmp_path / "c", {"t": 1}, EVERY_EPOCH, resume=True, log=lines.append))
     assert lines[0].endswith("(epoch 1 done)") and len(resumed.log_lines) == 3
@@ -324,7 +387,10 @@ def test_streamed_chunks_resume_bit_identically_after_a_signal(variant, tmp_path
 def test_checkpoint_metadata_is_json_and_names_no_absolute_path(tmp_path):
     hook = TrainingCheckpoints(tmp_path / "c", {"seed": 1}, log=lambda _: None)
     path = hook.save(_progress(2))
-    _, meta = ck.read_file(path)
+    meta = ck.read_meta(path)
     assert meta["epoch"] == 2 and meta["identity"] == {"seed": 1}
-    assert str(tmp_path).encode() not in path.read_bytes()
+    # orbax's commit markers (commit_success.txt) name the folder they were committed to; nothing read does
+    for p in path.rglob("*"):
+        if p.is_file() and p.name != "commit_success.txt":
+            assert str(tmp_path).encode() not in p.read_bytes(), p
     json.dumps(meta)

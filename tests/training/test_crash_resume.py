@@ -72,10 +72,13 @@ def _env() -> dict[str, str]:
 
 
 def _artifacts(run_dir: Path) -> list[Path]:
+    """The run's files (not its checkpoints: orbax's step folders hold .json and .txt files of their own, checked by
+    tests/training/test_kill_resume.py through their checksums)."""
     return sorted(
         p for p in run_dir.rglob("*")
         if p.is_file() and p.suffix in ARTIFACT_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(run_dir).parts)
+        and p.relative_to(run_dir).parts[0] != "checkpoints"
     )
 
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,11 @@ def free_port() -> int:
 
 
 def launch(activations: Path, out: Path, process_id: int, port: int, *, epochs: int = 3, timeout: float = 10,
-           processes: int = 2) -> subprocess.Popen:
+           processes: int = 2, extra: Sequence[str] = ()) -> subprocess.Popen:
     argv = [sys.executable, "-u", "-m", "jax_impl.cli", "train-sae", "--activations", str(activations), "--out", str(out),
             "--variant", "topk", "--k", "6", "--dict-size", "48", "--epochs", str(epochs), "--batch-size", "100",
             "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(process_id),
-            "--peer-timeout", str(timeout)]
+            "--peer-timeout", str(timeout), *extra]
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

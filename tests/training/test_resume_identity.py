@@ -55,6 +55,11 @@ class _Stop(Exception):
     pass
 
 
+def _files(step: Path) -> dict[str, bytes]:
+    """Every file of a checkpoint's step folder, by its path inside it."""
+    return {p.relative_to(step).as_posix(): p.read_bytes() for p in step.rglob("*") if p.is_file()}
+
+
 def _interrupted_training(acts: Path, out: Path) -> Path:
     """A train-sae that stops after its first epoch's checkpoint; returns that checkpoint."""
     def log(line: str) -> None:
@@ -73,7 +78,7 @@ def test_train_sae_resume_on_other_data_or_an_unfingerprinted_checkpoint_is_refu
     a, b = _save(tmp_path / "a" / "acts.npy", 0), _save(tmp_path / "b" / "acts.npy", 1)
     out = tmp_path / "out"
     ckpt = _interrupted_training(a, out)
-    before = ckpt.read_bytes()
+    before = _files(ckpt)
     capsys.readouterr()
 
     assert main(["train-sae", "--activations", str(b), "--out", str(out), *TRAIN, "--resume"]) == 2
@@ -81,19 +86,22 @@ def test_train_sae_resume_on_other_data_or_an_unfingerprinted_checkpoint_is_refu
     old, new = fingerprint(open_activations(a))[:12], fingerprint(open_activations(b))[:12]
     assert line == (f"monosem: error: {ckpt}: written for other activations (the fingerprint of acts.npy differs: {old} -> "
                     f"{new}); pass the data of the original training to --resume it, or start over without --resume")
-    assert ckpt.read_bytes() == before and not (out / "sae.pth").exists()
+    assert _files(ckpt) == before and not (out / "sae.pth").exists()
 
     # An earlier version's checkpoint: its identity has the file's name and shape, no fingerprint.
-    arrays, meta = checkpoints.read_file(ckpt)
+    arrays, meta = checkpoints.read_step(ckpt)
     del meta["identity"]["activations"]["fingerprint"]
-    checkpoints.write_file(ckpt, arrays, {k: v for k, v in meta.items() if k != "format"})
+    checkpoints.write_step(ckpt, arrays, {k: v for k, v in meta.items() if k not in ("format", "arrays")})
     assert main(["train-sae", "--activations", str(a), "--out", str(out), *TRAIN, "--resume"]) == 2
     assert one_line_error(capsys) == (
         f"monosem: error: {ckpt}: written by an earlier version that recorded no fingerprint of its data, so it cannot "
         "be checked that acts.npy is what the training ran on; start over without --resume")
 
     # The checkpoint as it was, and its data moved to another folder: the fingerprint is of the content, so it resumes.
-    ckpt.write_bytes(before)
+    shutil.rmtree(ckpt)
+    for rel, data in before.items():
+        (ckpt / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ckpt / rel).write_bytes(data)
     moved = tmp_path / "moved" / "acts.npy"
     moved.parent.mkdir()
     a.rename(moved)
