@@ -76,6 +76,7 @@ from jax_impl.reports.sweep_page import write_report
 from jax_impl.task.pointer import SPLITS
 from jax_impl.task.splits import split_filename
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints, data_mismatch
+from jax_impl.training.curves import CurveConfig, Curves
 from jax_impl.training.loop import Log
 from jax_impl.training.mlp_trainer import mlp_training_bytes
 from jax_impl.training.sae_trainer import SAETrainConfig, training_bytes
@@ -124,6 +125,7 @@ def run_sweep(
     atlas_scores: bool = True,
     resume: bool = False,
     checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
+    curves: CurveConfig = CurveConfig(),
     log: Log = print,
     flag: Callable[[str], str] = str,
 ) -> dict[str, Any]:
@@ -143,8 +145,10 @@ def run_sweep(
     checkpoints are removed once its folders are written. resume: groups whose folders are complete are read
     back, not retrained; an interrupted group continues from its newest valid checkpoint; the sweep.csv/json
     written are those of an uninterrupted sweep but for the timing columns (docs/sweeps.md). Without resume,
-    old checkpoints in out_dir are removed first.
+    old checkpoints in out_dir are removed first. curves: each configuration's training curves in its folder
+    (CONFIGURATION/metrics.jsonl, one run per configuration in --log's backends; jax_impl.training.curves).
     """
+    curves.validate(flag)
     if stage not in STAGES:
         raise UserError(f"{flag('stage')} must be one of {', '.join(STAGES)}, got {stage!r}")
     grid = dict(grid or {})
@@ -168,7 +172,7 @@ def run_sweep(
                          f"{flag('grid')}: {len(members)} MLP configuration(s) of {cfg.epochs} epochs trained at once "
                          f"({members[0].name}, ...)", "the sweep")
         return _locked(out_dir, resume, configurations, flag, lambda: _mlp_sweep(
-            configurations, run, out_dir, grid, _Resume(resume, checkpoint_every), log))
+            configurations, run, out_dir, grid, _Resume(resume, checkpoint_every), log, curves))
     # The values given first (an explicit 0 is refused, never taken for "not given"), then the run directory's
     # defaults.
     given = {"dict_size": dict_size, "seed": seed, "chunk_rows": chunk_rows}
@@ -208,7 +212,7 @@ def run_sweep(
         run.splits  # noqa: B018
     return _locked(out_dir, resume, configurations, flag, lambda: _sae_sweep(
         configurations, source, run if atlas_scores else None, out_dir, grid, chunk_rows,
-        _Resume(resume, checkpoint_every), log, skip))
+        _Resume(resume, checkpoint_every), log, skip, curves))
 
 
 def _locked(out_dir: Path | str, resume: bool, configurations: Sequence[SAEConfiguration | MLPConfiguration],
@@ -349,7 +353,7 @@ def _run_groups(configurations: Sequence[Any], groups: list[list[Any]], out_dir:
 
 def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
                grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log,
-               skip: bool = False) -> dict[str, Any]:
+               skip: bool = False, curves: CurveConfig = CurveConfig()) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, sae_group_key)
     if isinstance(source, PairedActivations):
@@ -367,7 +371,7 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
               label: str) -> list[dict[str, Any]]:
         keys = [init_and_shuffle_keys(c.seed) for c in members]
         trained = fit_sae_group(members, keys, rows, progress, checkpoints, label=f"SAE {label}", split=split,
-                                skip=skip)
+                                skip=skip, curves=[_curves(out_dir, c, curves) for c in members])
         return [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows)
                 for c, t in zip(members, trained, strict=True)]
 
@@ -379,6 +383,13 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
            "run_dir": None if run is None else str(run.run_dir), "grid": _grid_record(grid),
            "groups": group_records, "configurations": table}
     return write_report(out_dir, doc, log)
+
+
+def _curves(out_dir: Path, c: SAEConfiguration | MLPConfiguration, curves: CurveConfig) -> Curves:
+    """A configuration's training curves, in its folder (one run of its own in each backend)."""
+    settings = {"seed": c.seed} | ({"variant": c.variant, "dict_size": c.dict_size,
+                                   "training": dataclasses.asdict(c.train)} if isinstance(c, SAEConfiguration) else {})
+    return Curves(out_dir / c.name, curves, name=c.name, meta=settings | {"config": dataclasses.asdict(c.cfg)})
 
 
 def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, chunk_rows: int,
@@ -473,7 +484,7 @@ def _atlas_row(doc: jsonfile.Node) -> dict[str, Any]:
 
 
 def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, grid: Mapping[str, Sequence[Any]],
-               resume: _Resume, log: Log) -> dict[str, Any]:
+               resume: _Resume, log: Log, curves: CurveConfig = CurveConfig()) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, lambda c: c.cfg)
     log(f"Sweep: {len(configurations)} MLP configuration(s) in {len(groups)} program(s) on the splits of {run.run_dir}")
@@ -489,7 +500,7 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
         # each seed's keys as `monosem run --seed S` derives them (Run.key)
         keys = [(stream_key(c.seed, KEY_MLP_INIT), stream_key(c.seed, KEY_MLP_SHUFFLE)) for c in members]
         trained = fit_mlp_group(members, keys, run.splits["train"], run.splits["val"], run.shape, progress,
-                                checkpoints, label=f"MLP {label}")
+                                checkpoints, label=f"MLP {label}", curves=[_curves(out_dir, c, curves) for c in members])
         return [_write_mlp(c, t, g, run, out_dir / c.name, splits) for c, t in zip(members, trained, strict=True)]
 
     table, group_records = _run_groups(

@@ -3,8 +3,8 @@ training, written to `metrics.jsonl` (always) and to TensorBoard event files or 
 
 Nothing here slows the jitted epoch: the step's scalars (sae_trainer.curve_scalars; the MLP's loss) are extra
 outputs of the epoch's `lax.scan`, fetched with the losses at the epoch's one host sync, and reduced here on the
-host: one point per `every` steps of an epoch (the mean of those steps) and one for the epoch's remaining steps,
-so an epoch's last point closes it. An epoch is the unit of resuming: `Curves.start(first)` keeps the points of
+host: one point per `curve_every` steps of an epoch (the mean of those steps) and one for the epoch's remaining
+steps, so an epoch's last point closes it. An epoch is the unit of resuming: `Curves.start(first)` keeps the points of
 the `first` epochs already done and drops any later ones (a training killed after writing an epoch's points but
 before its checkpoint), so a resumed training appends without repeating a step.
 
@@ -44,42 +44,39 @@ BACKENDS = ("tensorboard", "wandb")  # --log: where curves go beside metrics.jso
 DEFAULT_EVERY = 100  # steps per point: the seed MLP's 125-step epochs get 2 points each, 62,500 steps 1,000 points
 
 
-def _parse_backends(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    for name in names:
-        if name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}; expected one or more of {', '.join(BACKENDS)}, comma-separated")
-    return tuple(dict.fromkeys(names))
+def parse_backends(text: str) -> tuple[str, ...]:
+    """--log's value, e.g. "tensorboard,wandb", as CurveConfig.log (checked by its validate)."""
+    return tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
 
 
 @dataclass(frozen=True)
 class CurveConfig:
-    """How a training writes its curves: a point every `every` optimizer steps (and at each epoch's end) into
-    metrics.jsonl (every 0: no curves, and the epoch computes nothing for them), and into each of `log`'s
+    """How a training writes its curves: a point every `curve_every` optimizer steps (and at each epoch's end) into
+    metrics.jsonl (0: no curves, and the epoch computes nothing for them), and into each of `log`'s
     backends too (BACKENDS)."""
 
-    every: int = field(default=DEFAULT_EVERY, metadata={
+    curve_every: int = field(default=DEFAULT_EVERY, metadata={
         "help": "optimizer steps per point of the training curves in metrics.jsonl (each epoch's end is one too; "
         "0: no curves)", "metavar": "STEPS"})
     log: tuple[str, ...] = field(default=(), metadata={
         "help": f"also write the curves to {' and '.join(BACKENDS)} (comma-separated): TensorBoard event files in "
-        f"{TENSORBOARD_DIR}/, an offline wandb run in {WANDB_DIR}/ beside metrics.jsonl", "type": _parse_backends,
+        f"{TENSORBOARD_DIR}/, an offline wandb run in {WANDB_DIR}/ beside metrics.jsonl", "type": parse_backends,
         "metavar": ",".join(BACKENDS), "shown_default": "metrics.jsonl only"})
 
     def validate(self, flag: Callable[[str], str] = str) -> CurveConfig:
         """UserError naming the field (as flag(name) spells it) whose value cannot work; self."""
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
-            raise UserError(f"{flag('every')} must be an integer >= 0, got {self.every!r}")
+        if isinstance(self.curve_every, bool) or not isinstance(self.curve_every, int) or self.curve_every < 0:
+            raise UserError(f"{flag('curve_every')} must be an integer >= 0, got {self.curve_every!r}")
         for name in self.log:
             if name not in BACKENDS:
                 raise UserError(f"{flag('log')}: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-        if self.log and not self.every:
-            raise UserError(f"{flag('log')} {','.join(self.log)} needs curves: {flag('every')} must be >= 1")
+        if self.log and not self.curve_every:
+            raise UserError(f"{flag('log')} {','.join(self.log)} needs curves: {flag('curve_every')} must be >= 1")
         return self
 
     @property
     def on(self) -> bool:
-        return self.every > 0
+        return self.curve_every > 0
 
 
 def split_output(out: Any) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
@@ -122,20 +119,21 @@ def epoch_points(e: int, scalars: Mapping[str, np.ndarray], every: int, *, steps
 
 
 class Curves:
-    """One training's curves: metrics.jsonl in `folder` and the backends config.log names (their files beside it).
+    """One training's curves: metrics.jsonl in `folder` and the backends config.log names (their files beside it);
+    folder None: none written (a multi-process run's other processes compute the same program, process 0 writes).
 
     name: the run's name in the backends (e.g. a sweep's configuration); meta: what the wandb run records as its
     config. The trainer sets `lr`, the learning rate (float) or each step's (its schedule's table, (total steps,)),
     and calls start(epochs done) once it knows where it starts, epoch() after each epoch, close() at the end."""
 
-    def __init__(self, folder: Path | str, config: CurveConfig, *, name: str = "train",
+    def __init__(self, folder: Path | str | None, config: CurveConfig, *, name: str = "train",
                  meta: Mapping[str, Any] | None = None):
-        self.folder = Path(folder)
+        self.folder = None if folder is None else Path(folder)
         self.config = config
         self.lr: float | np.ndarray = float("nan")
         self.name = name
         self.meta = dict(meta or {})
-        self.path = self.folder / CURVES_FILE
+        self.path = None if self.folder is None else self.folder / CURVES_FILE
         self._file: Any = None
         self._backends: list[Any] = []
         self._steps = 0
@@ -144,6 +142,8 @@ class Curves:
     def start(self, first: int) -> None:
         """Begin after `first` epochs (0: a fresh training, whose old curves are removed; else a resumed one: the
         points of those epochs are kept, later ones and a torn last line dropped)."""
+        if self.folder is None:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         kept = read_curves(self.path, before_epoch=first + 1) if first and self.path.exists() else []
         if kept or self.path.exists():
@@ -156,10 +156,12 @@ class Curves:
 
     def epoch(self, e: int, scalars: Mapping[str, np.ndarray], seconds: float) -> None:
         """Write epoch e's (0-based) points: scalars by name (S,) each, "loss" among them; seconds: its wall time."""
-        points = epoch_points(e, scalars, self.config.every, steps_before=self._steps, lr=self.lr,
+        points = epoch_points(e, scalars, self.config.curve_every, steps_before=self._steps, lr=self.lr,
                               seconds_before=self._seconds, seconds=seconds)
         self._steps += len(np.asarray(scalars["loss"]))
         self._seconds += seconds
+        if self._file is None:
+            return
         self._file.write("".join(json.dumps(p, allow_nan=False) + "\n" for p in points))
         self._file.flush()  # a point is on disk once its epoch is done (an interrupted run keeps its curves)
         for backend in self._backends:
@@ -211,7 +213,7 @@ def series(points: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, flo
 def _open_backend(name: str, folder: Path, run: str, meta: Mapping[str, Any], resumed: bool) -> Any:
     if name == "tensorboard":
         return TensorBoardWriter(folder / TENSORBOARD_DIR)
-    return _WandbWriter(folder / WANDB_DIR, run, meta, resumed)
+    return _WandbWriter(folder, run, meta, resumed)
 
 
 class TensorBoardWriter:
@@ -304,7 +306,7 @@ def _record(data: bytes) -> bytes:
 
 
 class _WandbWriter:
-    """An offline wandb run in `folder` (WANDB_MODE offline: nothing leaves the machine; `wandb sync` uploads it).
+    """An offline wandb run in `folder`/WANDB_DIR (wandb's own name for its folder; WANDB_MODE offline: nothing leaves the machine; `wandb sync` uploads it).
     wandb is imported only here: without it, one line says how to get it."""
 
     def __init__(self, folder: Path, name: str, meta: Mapping[str, Any], resumed: bool):
@@ -312,7 +314,6 @@ class _WandbWriter:
             import wandb
         except ImportError:
             raise UserError("--log wandb: the wandb package is not installed (pip install wandb)") from None
-        folder.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(dir=str(folder), name=name, config=dict(meta), mode="offline", reinit="create_new",
                                settings=wandb.Settings(silent=True, console="off"),
                                notes="resumed" if resumed else None)
@@ -323,4 +324,4 @@ class _WandbWriter:
                 "epoch": point["epoch"]}, step=int(point["step"]))
 
     def close(self) -> None:
-        self._run.finish(quiet=True)
+        self._run.finish()

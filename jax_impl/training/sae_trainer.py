@@ -173,7 +173,8 @@ def fit(
     tail is padding: a multi-process global array, jax_impl.training.distributed). Logs `SAE Epoch [10/100] | Loss: 0.004299`
     every train.log_every epochs. checkpoints: save the carry (parameters, buffers, Adam state, dead-latent
     counters) and resume from it (jax_impl.training.checkpoints). curves: write the training curves (loss, its terms,
-    L0, explained variance, dead share; jax_impl.training.curves), scanned out of the epoch beside the losses. Returns TrainResult(model = the trained SAE in a new module).
+    L0, explained variance, dead share; jax_impl.training.curves), scanned out of the epoch beside the losses.
+    Returns TrainResult(model = the trained SAE in a new module).
     """
     arch, cfg = sae.arch, sae.cfg
     streamed = isinstance(rows, ActivationFile)
