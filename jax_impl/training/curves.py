@@ -306,8 +306,8 @@ def _record(data: bytes) -> bytes:
 
 
 class _WandbWriter:
-    """An offline wandb run in `folder`/WANDB_DIR (wandb's own name for its folder; WANDB_MODE offline: nothing leaves the machine; `wandb sync` uploads it).
-    wandb is imported only here: without it, one line says how to get it."""
+    """An offline wandb run in `folder`/WANDB_DIR (wandb's own name for its folder); offline: nothing leaves the
+    machine, `wandb sync` uploads it. wandb is imported only here: without it, one line says how to get it."""
 
     def __init__(self, folder: Path, name: str, meta: Mapping[str, Any], resumed: bool):
         try:

@@ -39,6 +39,16 @@ def acts(tmp_path_factory) -> Path:
     return path
 
 
+CURVES = CurveConfig(curve_every=5, log=("tensorboard",))  # 5 + 5 + 2 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def trained(acts, tmp_path_factory) -> tuple[Path, dict]:
+    """train-sae's folder with curves every 5 steps and TensorBoard's files, and its metrics."""
+    out = tmp_path_factory.mktemp("trained") / "sae"
+    return out, train_sae(acts, out, CONFIG, curves=CURVES, log=lambda s: None)
+
+
 def _points(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / CURVES_FILE).read_text().splitlines()]
 
@@ -54,9 +64,8 @@ def _check_steps(points: list[dict], epochs: int, steps_per_epoch: int, every: i
         assert all("epoch_loss" not in p for p in mine[:-1])
 
 
-def test_train_sae_curves_agree_with_its_metrics_and_tensorboard_reads_them(acts, tmp_path):
-    out = tmp_path / "sae"
-    metrics = train_sae(acts, out, CONFIG, curves=CurveConfig(curve_every=5, log=("tensorboard",)), log=lambda s: None)
+def test_train_sae_curves_agree_with_its_metrics_and_tensorboard_reads_them(trained):
+    out, metrics = trained
     points = _points(out)
     _check_steps(points, epochs=3, steps_per_epoch=ROWS // BATCH, every=5)
     assert len(points) == 3 * 3  # 5 + 5 + 2 steps an epoch
@@ -86,14 +95,13 @@ def test_train_sae_curves_agree_with_its_metrics_and_tensorboard_reads_them(acts
     assert events.Scalars("epoch_loss")[-1].value == pytest.approx(metrics["final_loss"], rel=1e-7)
 
 
-def test_curves_change_no_artifact_and_zero_writes_none(acts, tmp_path):
-    train_sae(acts, tmp_path / "on", CONFIG, log=lambda s: None)  # the default: curves every 100 steps
+def test_curves_change_no_artifact_and_zero_writes_none(acts, trained, tmp_path):
+    on_dir, _ = trained
     train_sae(acts, tmp_path / "off", CONFIG, curves=CurveConfig(curve_every=0), log=lambda s: None)
     assert not (tmp_path / "off" / CURVES_FILE).exists()
-    assert len(_points(tmp_path / "on")) == 3  # 12 steps an epoch: its end is its one point
     for name in ("sae.safetensors", "sae.pth", "sae_config.json", "saelens/sae_weights.safetensors"):
-        assert (tmp_path / "on" / name).read_bytes() == (tmp_path / "off" / name).read_bytes(), name
-    on, off = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("on", "off"))
+        assert (on_dir / name).read_bytes() == (tmp_path / "off" / name).read_bytes(), name
+    on, off = (json.loads((d / "metrics.json").read_text()) for d in (on_dir, tmp_path / "off"))
     assert {k: v for k, v in on.items() if k != "train_seconds"} == {k: v for k, v in off.items() if k != "train_seconds"}
 
 
@@ -101,10 +109,9 @@ class _Stop(Exception):
     pass
 
 
-def test_a_resumed_training_appends_after_its_checkpoint_without_repeating_a_step(acts, tmp_path):
-    full, out = tmp_path / "full", tmp_path / "resumed"
-    curves = CurveConfig(curve_every=4)
-    train_sae(acts, full, CONFIG, curves=curves, log=lambda s: None)
+def test_a_resumed_training_appends_after_its_checkpoint_without_repeating_a_step(acts, trained, tmp_path):
+    (full, _), out = trained, tmp_path / "resumed"
+    curves = CurveConfig(curve_every=CURVES.curve_every)
 
     def stop_in_epoch_3(line: str) -> None:  # after epoch 3's points are written, before its checkpoint
         if line.startswith("SAE Epoch [3/"):
@@ -122,24 +129,25 @@ def test_a_resumed_training_appends_after_its_checkpoint_without_repeating_a_ste
             == [{k: v for k, v in p.items() if k not in drop} for p in _points(full)])
 
 
-def test_mlp_curves_follow_the_onecycle_schedule_of_schedules_py(tmp_path):
+@pytest.mark.slow  # the tiny run's MLP stage (test_a_runs_training_stages_write_their_curves) checks the same, for free
+@pytest.mark.parametrize("data", ["split", "online"])
+def test_mlp_curves_follow_the_onecycle_schedule_of_schedules_py(data, tmp_path):
     rng = np.random.default_rng(0)
     inputs, targets = rng.integers(0, 10, (200, 10)), rng.random(200)
     cfg = MLPConfig(epochs=4, batch_size=32, log_every=100)  # 7 steps an epoch, the last one partial
     lr = onecycle_tables(4 * 7, cfg.max_lr, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
                          final_div_factor=cfg.final_div_factor)[0]
-    for name, fit in (("split", lambda c: fit_mlp(InterpretabilityMLP(10, rngs=_rngs()), inputs, targets, cfg,
-                                                  key=jax.random.key(1), log=lambda s: None, curves=c)),
-                      ("online", lambda c: fit_mlp_online(InterpretabilityMLP(10, rngs=_rngs()), cfg, _shape(),
-                                                          n_train=200, key=jax.random.key(1), log=lambda s: None,
-                                                          curves=c))):
-        result = fit(Curves(tmp_path / name, CurveConfig(curve_every=3)))
-        points = _points(tmp_path / name)
-        _check_steps(points, epochs=4, steps_per_epoch=7, every=3)
-        assert [p["lr"] for p in points] == [float(lr[p["step"] - 1]) for p in points]
-        assert [p["epoch_loss"] for p in points if "epoch_loss" in p] == [float(v) for v in result.epoch_losses]
-        first = points[0]
-        assert first["loss"] == pytest.approx(float(result.step_losses[0, :3].mean()), rel=1e-6)
+    model, curves = InterpretabilityMLP(10, rngs=_rngs()), Curves(tmp_path, CurveConfig(curve_every=3))
+    if data == "split":
+        result = fit_mlp(model, inputs, targets, cfg, key=jax.random.key(1), log=lambda s: None, curves=curves)
+    else:
+        result = fit_mlp_online(model, cfg, _shape(), n_train=200, key=jax.random.key(1), log=lambda s: None,
+                                curves=curves)
+    points = _points(tmp_path)
+    _check_steps(points, epochs=4, steps_per_epoch=7, every=3)
+    assert [p["lr"] for p in points] == [float(lr[p["step"] - 1]) for p in points]
+    assert [p["epoch_loss"] for p in points if "epoch_loss" in p] == [float(v) for v in result.epoch_losses]
+    assert points[0]["loss"] == pytest.approx(float(result.step_losses[0, :3].mean()), rel=1e-6)
 
 
 def _rngs():
@@ -154,18 +162,37 @@ def _shape():
     return TaskShape()
 
 
+def test_a_runs_training_stages_write_their_curves(tiny_run):
+    """`monosem run` (the default curves): RUN_DIR/mlp/metrics.jsonl and RUN_DIR/sae/metrics.jsonl, beside the
+    stages' files, agree with the manifest's metrics; the MLP's lr is schedules.py's OneCycle."""
+    from jax_impl.jobs.rundir import MLP_PATH, SAE_PATH, run_config
+
+    config, manifest = run_config(tiny_run), json.loads((tiny_run / "manifest.json").read_text())
+    mlp, sae = _points(tiny_run / MLP_PATH.parent), _points(tiny_run / SAE_PATH.parent)
+    steps = -(-512 // config.mlp.batch_size)  # TINY_RUN_ARGS: 512 training rows
+    _check_steps(mlp, epochs=config.mlp.epochs, steps_per_epoch=steps, every=CurveConfig().curve_every)
+    lr = onecycle_tables(config.mlp.epochs * steps, config.mlp.max_lr, pct_start=config.mlp.pct_start,
+                         div_factor=config.mlp.div_factor, final_div_factor=config.mlp.final_div_factor)[0]
+    assert [p["lr"] for p in mlp] == [float(lr[p["step"] - 1]) for p in mlp]
+    assert mlp[-1]["epoch_loss"] == manifest["metrics"]["mlp"]["final_train_loss"]
+    assert sae[-1]["epoch"] == config.sae.epochs and sae[-1]["epoch_loss"] == manifest["metrics"]["sae"]["final_loss"]
+    assert all(p["lr"] == config.sae.lr for p in sae) and {"mse", "l0", "dead_fraction"} <= set(sae[-1])
+
+
 def test_a_sweep_writes_one_run_per_configuration(acts, tmp_path):
-    doc = run_sweep(tmp_path / "sweep", {"seed": [0, 1], "k": [2, 3]}, activations=acts, variants=["topk"],
-                    dict_size=24, train=CONFIG.train_config(), curves=CurveConfig(curve_every=6, log=("tensorboard",)),
+    train = CONFIG.train_config()
+    doc = run_sweep(tmp_path / "sweep", {"k": [3], "aux_coeff": [0.0, 0.1]}, activations=acts, variants=["topk"],
+                    dict_size=24, train=train, curves=CurveConfig(curve_every=6, log=("tensorboard",)),
                     log=lambda s: None)
-    assert len(doc["configurations"]) == 4
+    assert len(doc["configurations"]) == 2 and len(doc["groups"]) == 1  # one vmapped program
     for row in doc["configurations"]:
         folder = tmp_path / "sweep" / row["name"]
         points = _points(folder)
-        _check_steps(points, epochs=3, steps_per_epoch=ROWS // BATCH, every=6)
+        _check_steps(points, epochs=train.epochs, steps_per_epoch=ROWS // BATCH, every=6)
         metrics = json.loads((folder / "metrics.json").read_text())
         assert points[-1]["epoch_loss"] == metrics["final_loss"]
-        assert max(p["l0"] for p in points) <= row["k"]
+        assert max(p["l0"] for p in points) <= 3
+        assert all(p["loss"] == pytest.approx(p["mse"] + row["aux_coeff"] * p["aux"], rel=1e-6) for p in points)
         assert len(list((folder / TENSORBOARD_DIR).glob("events.out.tfevents.*"))) == 1
 
 
