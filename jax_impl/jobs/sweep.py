@@ -76,7 +76,7 @@ from jax_impl.reports.sweep_page import write_report
 from jax_impl.task.pointer import SPLITS
 from jax_impl.task.splits import split_filename
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints, data_mismatch
-from jax_impl.training.curves import CurveConfig, Curves
+from jax_impl.training.curves import CurveConfig, Curves, remove_curves
 from jax_impl.training.loop import Log
 from jax_impl.training.mlp_trainer import mlp_training_bytes
 from jax_impl.training.sae_trainer import SAETrainConfig, training_bytes
@@ -404,6 +404,7 @@ def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, c
 def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFile, run: Run | None, folder: Path,
                chunk_rows: int) -> dict[str, Any]:
     if t.model is None:
+        remove_curves(folder)  # no folder for a diverged configuration, its curves included (the row says why)
         return {"name": c.name, "group": group, "variant": c.variant, **c.values, "status": t.diverged,
                 "seconds": round(t.seconds, 3)}
     metrics = reconstruction_metrics(t.model, source, chunk_rows) | {
@@ -527,6 +528,7 @@ def splits_record(run: Run) -> dict[str, dict[str, Any]]:
 def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Path,
                splits: dict[str, Any]) -> dict[str, Any]:
     if t.model is None:
+        remove_curves(folder)  # as _write_sae
         return {"name": c.name, "group": group, **c.values, "status": t.diverged, "seconds": round(t.seconds, 3)}
     metrics = {s: inference.evaluate(t.model, run.splits[s]) for s in SPLITS} | {
         "final_train_loss": t.final_loss, "train_seconds": round(t.seconds, 3),

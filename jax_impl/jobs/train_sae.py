@@ -172,9 +172,10 @@ def train_sae(
     Bad input raises UserError naming the file, or the field or argument (as flag(name) spells it: the command
     line passes its flags' names); nothing but out_dir's lock file (jax_impl.files.locks: a second process writing
     into the same out_dir is refused), the training's checkpoints (out_dir/checkpoints, every
-    `checkpoint_every`) and its curves (metrics.jsonl, as it trains) is written before the activations are validated and the training has finished. resume:
-    continue from the newest valid checkpoint there (one written by a training with the same settings and data
-    shape); without it, old checkpoints in out_dir are removed and training starts at the first epoch.
+    `checkpoint_every`) and its curves (metrics.jsonl, as it trains) is written before the activations are validated
+    and the training has finished. resume: continue from the newest valid checkpoint there (one written by a
+    training with the same settings and data shape); without it, old checkpoints in out_dir are removed and training
+    starts at the first epoch.
     curves: the training curves written to out_dir/metrics.jsonl as it trains (jax_impl.training.curves; a resumed
     training appends to them), by process 0 of a multi-process run.
     """

@@ -24,9 +24,11 @@ computes it (metrics.json's final_loss is the last epoch's). A NaN or infinite v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +176,18 @@ class Curves:
         for backend in self._backends:
             backend.close()
         self._backends = []
+
+
+def remove_curves(folder: Path | str) -> None:
+    """Remove the curves a training wrote into folder (metrics.jsonl and the backends' folders), and the folder when
+    nothing else is left in it (a sweep's configuration that diverged keeps no folder)."""
+    folder = Path(folder)
+    (folder / CURVES_FILE).unlink(missing_ok=True)
+    for name in (TENSORBOARD_DIR, WANDB_DIR):
+        if (folder / name).is_dir() and not (folder / name).is_symlink():
+            shutil.rmtree(folder / name)
+    with contextlib.suppress(OSError):  # not empty (a user's file) or already gone: left as it is
+        folder.rmdir()
 
 
 def read_curves(path: Path | str, before_epoch: int | None = None) -> list[dict[str, Any]]:
