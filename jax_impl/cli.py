@@ -102,11 +102,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args, base)  # a bad flag is reported before the slow imports (jax, torch)
     check_memory(config.memory_bytes(), config.memory_flags(), "the run")
     policy = CheckpointPolicy.parse(args.checkpoint_every)
+    curves = _curve_config(args)
     from jax_impl.jobs.pipeline import run_pipeline
     from jax_impl.training import interrupts
 
     with interrupts.handled():
-        run_pipeline(config, args.run_dir, resume=args.resume, checkpoint_every=policy)
+        run_pipeline(config, args.run_dir, resume=args.resume, checkpoint_every=policy, curves=curves)
     return 0
 
 
@@ -381,6 +382,26 @@ def _add_train_sae_flags(group, sweep: bool = False) -> None:
                            help=text)
 
 
+def _add_curve_flags(p) -> None:
+    """The training curves' flags (jax_impl.training.curves.CurveConfig's fields: type, default, help)."""
+    from jax_impl.training.curves import CurveConfig
+
+    group = p.add_argument_group("training curves (metrics.jsonl in the output folder; docs/curves.md)")
+    for f in dataclasses.fields(CurveConfig):
+        shown = f.metadata.get("shown_default", f.default)
+        group.add_argument(_flag(f.name), dest=f"curves.{f.name}", type=f.metadata.get("type", type(f.default)),
+                           metavar=f.metadata.get("metavar"), default=f.default, help=f"{f.metadata['help']} "
+                           f"(default {shown})")
+
+
+def _curve_config(args: argparse.Namespace):
+    """The CurveConfig of the curve flags, checked (UserError naming the flag)."""
+    from jax_impl.training.curves import CurveConfig
+
+    given = {f.name: getattr(args, f"curves.{f.name}") for f in dataclasses.fields(CurveConfig)}
+    return CurveConfig(**given).validate(_flag)
+
+
 def _train_sae_config(args: argparse.Namespace, base: Any = None):
     """train-sae's TrainSAEConfig: the flags given on top of `base` (the config of --config's file; None: the
     defaults), checked (UserError naming the flag). The architecture's config is base's while the variant is."""
@@ -428,7 +449,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     with interrupts.handled():
         train_sae(args.activations, args.out, config, target=args.target, cluster=cluster, resume=args.resume,
-                  checkpoint_every=policy, flag=_flag)
+                  checkpoint_every=policy, curves=_curve_config(args), flag=_flag)
     return 0
 
 
@@ -494,7 +515,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         doc = run_sweep(args.out, grid, stage=stage, activations=activations, run_dir=run_dir, target=target,
                         skip=skip, variants=variants, dict_size=given_or_recorded(args.dict_size, "dict_size"),
                         train=train, seed=given_or_recorded(args.seed, "seed"), chunk_rows=chunk_rows,
-                        atlas_scores=atlas_scores, resume=args.resume, checkpoint_every=policy, flag=_flag)
+                        atlas_scores=atlas_scores, resume=args.resume, checkpoint_every=policy, curves=_curve_config(args),
+                        flag=_flag)
     # A configuration that diverged is a result of the sweep (its row says why, it has no folder), not a reason to
     # lose the others: they are written. But the sweep did not train everything it was asked to: exit code 1, as
     # `parity` when a result is off, with one line (2 stays for input refused before anything ran).
@@ -590,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flag(p)
     p.add_argument("--config", type=Path, metavar="FILE", help="rerun the run a manifest.json records (flags given "
                    "beside it override its values; docs/run.md)")
+    _add_curve_flags(p)
     _add_config_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -677,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from its newest "
                    "checkpoint in --out (same flags and activations)")
     _add_checkpoint_flag(p)
+    _add_curve_flags(p)
     group = p.add_argument_group("many hosts (JAX's multi-process runtime; start one process per host with the same "
                                  "flags but --process-id; process 0 writes --out; docs/devices.md)")
     group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address for the coordination service")
@@ -715,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out (same flags): finished "
                    "groups are read back, an interrupted one continues from its newest checkpoint")
     _add_checkpoint_flag(p)
+    _add_curve_flags(p)
     p.set_defaults(func=cmd_sweep)
 
     from jax_impl.evaluation.dashboard import DashboardConfig

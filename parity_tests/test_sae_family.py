@@ -225,7 +225,7 @@ def test_scripts_and_exports(name: str, x: np.ndarray) -> None:
 def test_batchtopk_keeps_k_per_row_on_average_and_estimates_a_threshold(x: np.ndarray) -> None:
     sae = saes.create("batchtopk", D, F, saes.batchtopk.Config(k=K), key=jax.random.key(0))
     ctx = TrainContext(dead=jnp.zeros(F, bool))
-    _, (features, buffers) = sae.arch.loss(sae.params(), sae.buffers(), sae.arch.batch(jnp.asarray(x)), ctx, sae.cfg)
+    _, (features, buffers, _) = sae.arch.loss(sae.params(), sae.buffers(), sae.arch.batch(jnp.asarray(x)), ctx, sae.cfg)
     counts = np.asarray(features > 0).sum(axis=1)
     assert counts.sum() <= K * ROWS and counts.min() != counts.max()  # a shared budget, not k per row
     positive = np.asarray(features)[np.asarray(features) > 0]

@@ -70,6 +70,7 @@ from jax_impl.task.pointer import SPLITS, Split, TaskShape, generate_splits
 from jax_impl.task.splits import split_filename, write_split
 from jax_impl.training import sae_trainer
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints
+from jax_impl.training.curves import CurveConfig, Curves
 from jax_impl.training.mlp_trainer import fit_mlp
 from jax_impl.training.online import fit_mlp_online
 
@@ -92,18 +93,31 @@ def stage_data(run: Run, out: Path | None = None) -> dict:
     return {"rows": sizes}
 
 
-def stage_mlp(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoints | None = None) -> dict:
+def stage_curves(run: Run, folder: Path, curves: CurveConfig | None) -> Curves | None:
+    """A training stage's curves, RUN_DIR/FOLDER/metrics.jsonl (the stage's folder: mlp/, sae/): written as it
+    trains, straight into the run directory (not into the stage's artifact set, which exists once it is done)."""
+    if curves is None:
+        return None
+    return Curves(run.run_dir / folder, curves, name=f"{run.run_dir.name}/{folder}",
+                  meta={"stage": str(folder), "seed": run.config.seed})
+
+
+def stage_mlp(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoints | None = None,
+              curves: CurveConfig | None = None) -> dict:
     train, val, test = (run.splits[s] for s in SPLITS)
     model = InterpretabilityMLP(run.shape.input_dim, rngs=nnx.Rngs(run.key(KEY_MLP_INIT)))
+    curve = stage_curves(run, MLP_PATH.parent, curves)
     if run.config.mlp.data == "online":  # fresh rows every step; the train split is only harvested
         result = fit_mlp_online(
             model, run.config.mlp, run.shape, n_train=len(train),
             key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log, checkpoints=checkpoints,
+            curves=curve,
         )
     else:
         result = fit_mlp(
             model, train.inputs, train.targets, run.config.mlp,
             key=run.key(KEY_MLP_SHUFFLE), val=(val.inputs, val.targets), log=run.log, checkpoints=checkpoints,
+            curves=curve,
         )
     bridge.save_mlp(result.model, (run.run_dir if out is None else out) / MLP_PATH)
     run.mlp = result.model
@@ -120,14 +134,16 @@ def stage_harvest(run: Run, out: Path | None = None) -> dict:
     return {"shape": list(activations.shape), "hook": run.hook}
 
 
-def stage_sae(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoints | None = None) -> dict:
+def stage_sae(run: Run, out: Path | None = None, checkpoints: TrainingCheckpoints | None = None,
+              curves: CurveConfig | None = None) -> dict:
     cfg = run.config.sae
     run.log(f"Loaded activations: {list(run.activations.shape)}")
     sae = saes.create(
         cfg.variant, run.activations.shape[1], cfg.dict_size, cfg.architecture, key=run.key(KEY_SAE_INIT)
     )
     result = sae_trainer.fit(
-        sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log, checkpoints=checkpoints
+        sae, run.activations, cfg.train_config(), key=run.key(KEY_SAE_SHUFFLE), log=run.log, checkpoints=checkpoints,
+        curves=stage_curves(run, SAE_PATH.parent, curves),
     )
     out = run.run_dir if out is None else out
     bridge.save_sae(result.model, out / SAE_PATH)
@@ -236,8 +252,8 @@ def stage_export(run: Run, out: Path | None = None) -> dict:
 @dataclass(frozen=True)
 class Stage:
     """fn(run, out) -> metrics, its files written under `out`; a training stage's fn also takes `checkpoints`
-    (its TrainingCheckpoints). enabled(config): whether a run of that config has this stage (an optional one,
-    left out by a flag, counts as done and writes nothing)."""
+    (its TrainingCheckpoints) and `curves` (its CurveConfig: stage_curves). enabled(config): whether a run of that
+    config has this stage (an optional one, left out by a flag, counts as done and writes nothing)."""
 
     name: str
     title: str
@@ -369,13 +385,15 @@ def _remove_checkpoints(run_dir: Path, keep: str | None) -> None:
         folder.rmdir()  # only if empty
 
 
-def run_stage(run: Run, stage: Stage, manifest: dict, checkpoints: TrainingCheckpoints | None = None) -> dict:
+def run_stage(run: Run, stage: Stage, manifest: dict, checkpoints: TrainingCheckpoints | None = None,
+              curves: CurveConfig | None = None) -> dict:
     """Run one stage and commit its files together with the manifest that records it, as one artifact set
     (jax_impl.files.artifact_set; the caller holds the run directory's lock). Returns the new manifest; on any
     failure the run directory holds its previous files and manifest."""
     with artifact_set(run.run_dir, last=(MANIFEST,)) as staging:
         t0 = time.perf_counter()
-        metrics = stage.fn(run, staging, checkpoints=checkpoints) if stage.trains else stage.fn(run, staging)
+        metrics = (stage.fn(run, staging, checkpoints=checkpoints, curves=curves) if stage.trains
+                   else stage.fn(run, staging))
         seconds = time.perf_counter() - t0
         recorded = {"seconds": round(seconds, 3), "completed_at": datetime.now().isoformat()}
         manifest = {**manifest, "stages": {**manifest["stages"], stage.name: recorded},
@@ -388,13 +406,15 @@ def run_stage(run: Run, stage: Stage, manifest: dict, checkpoints: TrainingCheck
 def run_pipeline(
     config: RunConfig, run_dir: Path | str, *, resume: bool = False, log: Log = print,
     checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
+    curves: CurveConfig | None = CurveConfig(),
 ) -> dict:
     """Run (or resume) every stage of `config` (data, mlp, harvest, sae, atlas, causal, circuit, probe, reports, export)
     into `run_dir`; returns the final manifest (config, versions, each stage's metrics). log: where progress goes.
 
     The training stages save their state to RUN_DIR/checkpoints/STAGE every `checkpoint_every`; with `resume`
     the first unfinished stage continues from its newest valid checkpoint. A stage's checkpoints are removed
-    once it is recorded as completed."""
+    once it is recorded as completed. curves: each training stage's curves in its folder (stage_curves; None: none),
+    not part of the manifest (they change no result)."""
     config.validate()
     run_dir = Path(run_dir)
     started = datetime.now()
@@ -422,7 +442,7 @@ def run_pipeline(
                 continue
             log(f"[{i}/{len(STAGES)}] {stage.title}...")
             checkpoints = _stage_checkpoints(run_dir, stage, config, checkpoint_every, resume, log) if stage.trains else None
-            manifest = run_stage(run, stage, manifest, checkpoints)
+            manifest = run_stage(run, stage, manifest, checkpoints, curves)
             if checkpoints is not None:  # recorded as completed: its checkpoints are no longer needed
                 _remove_checkpoints(run_dir, keep=None)
         seconds = {name: s["seconds"] for name, s in manifest["stages"].items()}

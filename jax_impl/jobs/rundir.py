@@ -6,6 +6,7 @@ this module only.
     RUN_DIR/manifest.json               config, versions, completed stages and their metrics
     RUN_DIR/dataset/mlp_{split}.xlsx    the task rows
     RUN_DIR/mlp/perfect_mlp.pth         the MLP (and perfect_mlp.safetensors: the same tensors, no pickle)
+    RUN_DIR/mlp/metrics.jsonl           its training curves (jax_impl.training.curves; sae/metrics.jsonl the SAE's)
     RUN_DIR/mlp_activations.pt          the harvested activations at the run's hook (N, d) float32 (and .safetensors)
     RUN_DIR/sae/sae_model.pth           the SAE (any architecture of jax_impl.saes; and .safetensors)
     RUN_DIR/sae/saelens/                the SAE in SAELens's format (cfg.json + sae_weights.safetensors)
@@ -19,6 +20,7 @@ causal/saes/HOOK/ of a run):
     DIR/saelens/                        the SAE in SAELens's format
     DIR/sae_config.json                 architecture, its config, the training, the data
     DIR/metrics.json                    what the training measured
+    DIR/metrics.jsonl                   the training curves (jax_impl.training.curves), written as it trains
     DIR/checkpoints/                    an unfinished training's checkpoints (a sweep's: checkpoints/group-NNN/)
 """
 

@@ -78,6 +78,7 @@ from jax_impl.reports.sweep_page import write_report
 from jax_impl.task.pointer import SPLITS
 from jax_impl.task.splits import split_filename
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints, data_mismatch
+from jax_impl.training.curves import CurveConfig, Curves, remove_curves
 from jax_impl.training.loop import Log
 from jax_impl.training.mlp_trainer import mlp_training_bytes
 from jax_impl.training.sae_trainer import SAETrainConfig, training_bytes
@@ -126,6 +127,7 @@ def run_sweep(
     atlas_scores: bool = True,
     resume: bool = False,
     checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
+    curves: CurveConfig = CurveConfig(),
     log: Log = print,
     flag: Callable[[str], str] = str,
 ) -> dict[str, Any]:
@@ -145,8 +147,10 @@ def run_sweep(
     checkpoints are removed once its folders are written. resume: groups whose folders are complete are read
     back, not retrained; an interrupted group continues from its newest valid checkpoint; the sweep.csv/json
     written are those of an uninterrupted sweep but for the timing columns (docs/sweeps.md). Without resume,
-    old checkpoints in out_dir are removed first.
+    old checkpoints in out_dir are removed first. curves: each configuration's training curves in its folder
+    (CONFIGURATION/metrics.jsonl, one run per configuration in --log's backends; jax_impl.training.curves).
     """
+    curves.validate(flag)
     if stage not in STAGES:
         raise UserError(f"{flag('stage')} must be one of {', '.join(STAGES)}, got {stage!r}")
     grid = dict(grid or {})
@@ -171,7 +175,7 @@ def run_sweep(
                          f"({members[0].name}, ...)", "the sweep")
         settings = settings_record(stage=stage, run_dir=run_dir)
         return _locked(out_dir, resume, configurations, flag, lambda: _mlp_sweep(
-            configurations, run, out_dir, grid, _Resume(resume, checkpoint_every), log, settings))
+            configurations, run, out_dir, grid, _Resume(resume, checkpoint_every), log, settings, curves))
     # The values given first (an explicit 0 is refused, never taken for "not given"), then the run directory's
     # defaults.
     given = {"dict_size": dict_size, "seed": seed, "chunk_rows": chunk_rows}
@@ -214,7 +218,7 @@ def run_sweep(
         dict_size=dict_size, train=train, seed=seed, chunk_rows=chunk_rows, atlas_scores=atlas_scores)
     return _locked(out_dir, resume, configurations, flag, lambda: _sae_sweep(
         configurations, source, run if atlas_scores else None, out_dir, grid, chunk_rows,
-        _Resume(resume, checkpoint_every), log, skip, settings))
+        _Resume(resume, checkpoint_every), log, skip, settings, curves))
 
 
 def settings_record(*, stage: str, activations: Path | str | None = None,
@@ -371,7 +375,8 @@ def _run_groups(configurations: Sequence[Any], groups: list[list[Any]], out_dir:
 
 def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, run: Run | None, out_dir: Path,
                grid: Mapping[str, Sequence[Any]], chunk_rows: int, resume: _Resume, log: Log,
-               skip: bool = False, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+               skip: bool = False, settings: dict[str, Any] | None = None,
+               curves: CurveConfig = CurveConfig()) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, sae_group_key)
     if isinstance(source, PairedActivations):
@@ -389,7 +394,7 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
               label: str) -> list[dict[str, Any]]:
         keys = [init_and_shuffle_keys(c.seed) for c in members]
         trained = fit_sae_group(members, keys, rows, progress, checkpoints, label=f"SAE {label}", split=split,
-                                skip=skip)
+                                skip=skip, curves=[_curves(out_dir, c, curves) for c in members])
         return [_write_sae(c, t, g, source, run, out_dir / c.name, chunk_rows)
                 for c, t in zip(members, trained, strict=True)]
 
@@ -405,6 +410,13 @@ def _sae_sweep(configurations: list[SAEConfiguration], source: ActivationFile, r
     return write_report(out_dir, doc, log)
 
 
+def _curves(out_dir: Path, c: SAEConfiguration | MLPConfiguration, curves: CurveConfig) -> Curves:
+    """A configuration's training curves, in its folder (one run of its own in each backend)."""
+    settings = {"seed": c.seed} | ({"variant": c.variant, "dict_size": c.dict_size,
+                                   "training": dataclasses.asdict(c.train)} if isinstance(c, SAEConfiguration) else {})
+    return Curves(out_dir / c.name, curves, name=c.name, meta=settings | {"config": dataclasses.asdict(c.cfg)})
+
+
 def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, chunk_rows: int,
                   skip: bool = False) -> dict[str, Any]:
     """What a group's checkpoint must match to be resumed: its configurations and the data's shape."""
@@ -417,6 +429,7 @@ def _sae_identity(members: Sequence[SAEConfiguration], source: ActivationFile, c
 def _write_sae(c: SAEConfiguration, t: Trained, group: int, source: ActivationFile, run: Run | None, folder: Path,
                chunk_rows: int) -> dict[str, Any]:
     if t.model is None:
+        remove_curves(folder)  # no folder for a diverged configuration, its curves included (the row says why)
         return {"name": c.name, "group": group, "variant": c.variant, **c.values, "status": t.diverged,
                 "seconds": round(t.seconds, 3)}
     metrics = reconstruction_metrics(t.model, source, chunk_rows) | {
@@ -497,7 +510,8 @@ def _atlas_row(doc: jsonfile.Node) -> dict[str, Any]:
 
 
 def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, grid: Mapping[str, Sequence[Any]],
-               resume: _Resume, log: Log, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+               resume: _Resume, log: Log, settings: dict[str, Any] | None = None,
+               curves: CurveConfig = CurveConfig()) -> dict[str, Any]:
     out_dir = Path(out_dir)
     groups = group_by(configurations, lambda c: c.cfg)
     log(f"Sweep: {len(configurations)} MLP configuration(s) in {len(groups)} program(s) on the splits of {run.run_dir}")
@@ -513,7 +527,7 @@ def _mlp_sweep(configurations: list[MLPConfiguration], run: Run, out_dir: Path, 
         # each seed's keys as `monosem run --seed S` derives them (Run.key)
         keys = [(stream_key(c.seed, KEY_MLP_INIT), stream_key(c.seed, KEY_MLP_SHUFFLE)) for c in members]
         trained = fit_mlp_group(members, keys, run.splits["train"], run.splits["val"], run.shape, progress,
-                                checkpoints, label=f"MLP {label}")
+                                checkpoints, label=f"MLP {label}", curves=[_curves(out_dir, c, curves) for c in members])
         return [_write_mlp(c, t, g, run, out_dir / c.name, splits) for c, t in zip(members, trained, strict=True)]
 
     table, group_records = _run_groups(
@@ -541,6 +555,7 @@ def splits_record(run: Run) -> dict[str, dict[str, Any]]:
 def _write_mlp(c: MLPConfiguration, t: Trained, group: int, run: Run, folder: Path,
                splits: dict[str, Any]) -> dict[str, Any]:
     if t.model is None:
+        remove_curves(folder)  # as _write_sae
         return {"name": c.name, "group": group, **c.values, "status": t.diverged, "seconds": round(t.seconds, 3)}
     metrics = {s: inference.evaluate(t.model, run.splits[s]) for s in SPLITS} | {
         "final_train_loss": t.final_loss, "train_seconds": round(t.seconds, 3),

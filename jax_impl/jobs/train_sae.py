@@ -10,6 +10,8 @@ an SAE folder (its layout: jax_impl.jobs.rundir):
   sae_config.json   architecture, its config, the training config, widths, seed, the activation file
   metrics.json      explained variance, L0, dead fraction and MSE over every row, training seconds
   checkpoints/      the training state while it runs (jax_impl.training.checkpoints); removed once the files above exist
+  metrics.jsonl     the training curves, a point every `--curve-every` steps (jax_impl.training.curves; tensorboard/ and
+                    wandb/ beside it with `--log`); written as the training goes, not part of the set below
 
 With a target file (`--target`), the same folder holds a transcoder (every architecture; optionally with a
 skip connection, `--skip`) whose encoder reads the activations and whose decoder predicts the target's rows: the
@@ -68,6 +70,7 @@ from jax_impl.jobs.rundir import (
 from jax_impl.precision import highest_precision
 from jax_impl.training import distributed, sae_trainer
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints
+from jax_impl.training.curves import CurveConfig, Curves
 from jax_impl.training.devices import data_mesh
 from jax_impl.training.distributed import Cluster
 from jax_impl.training.loop import Log
@@ -186,6 +189,7 @@ def train_sae(
     cluster: Cluster | None = None,
     resume: bool = False,
     checkpoint_every: CheckpointPolicy = CheckpointPolicy(),
+    curves: CurveConfig = CurveConfig(),
     log: Log = print,
     flag: Callable[[str], str] = str,
 ) -> dict[str, Any]:
@@ -202,12 +206,16 @@ def train_sae(
     part in its checkpoints and `resume` (out_dir: one folder every process reaches under the same path).
     Bad input raises UserError naming the file, or the field or argument (as flag(name) spells it: the command
     line passes its flags' names); nothing but out_dir's lock file (jax_impl.files.locks: a second process writing
-    into the same out_dir is refused) and the training's checkpoints (out_dir/checkpoints, every
-    `checkpoint_every`) is written before the activations are validated and the training has finished. resume:
-    continue from the newest valid checkpoint there (one written by a training with the same settings and data
-    shape); without it, old checkpoints in out_dir are removed and training starts at the first epoch.
+    into the same out_dir is refused), the training's checkpoints (out_dir/checkpoints, every
+    `checkpoint_every`) and its curves (metrics.jsonl, as it trains) is written before the activations are validated
+    and the training has finished. resume: continue from the newest valid checkpoint there (one written by a
+    training with the same settings and data shape); without it, old checkpoints in out_dir are removed and training
+    starts at the first epoch.
+    curves: the training curves written to out_dir/metrics.jsonl as it trains (jax_impl.training.curves; a resumed
+    training appends to them), by process 0 of a multi-process run.
     """
     config.validate(flag)
+    curves.validate(flag)
     if config.skip and target is None:
         raise UserError(f"{flag('skip')} is a transcoder's skip connection: it needs {flag('target')}")
     train = config.train_config()
@@ -220,7 +228,8 @@ def train_sae(
                             "every shard on one host, which a multi-process run does not have; train it without "
                             f"{flag('cluster')}")
         return _train_distributed(Path(activations), None if target is None else Path(target), Path(out_dir), config,
-                                  cluster.validate(), log, flag, resume=resume, checkpoint_every=checkpoint_every)
+                                  cluster.validate(), log, flag, curves, resume=resume,
+                                  checkpoint_every=checkpoint_every)
     source = open_training_data(activations, target)
     chunk_rows = config.chunk_rows
     if train.batch_size > min(source.n_rows, chunk_rows):
@@ -239,7 +248,7 @@ def train_sae(
         remove_stale_temporaries(out_dir, _WRITTEN_FOLDERS)
         checkpoints = TrainingCheckpoints(out_dir / CHECKPOINTS_DIR, _identity(config, source, 1 if mesh is None else mesh.size),
                                           checkpoint_every, resume=resume, log=log)
-        metrics = _train_and_write(source, out_dir, config, mesh, log, checkpoints)
+        metrics = _train_and_write(source, out_dir, config, mesh, log, checkpoints, curves)
         checkpoints.clear()  # every file is written: nothing left to resume
         return metrics
 
@@ -295,7 +304,7 @@ def init_and_shuffle_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConfig, mesh: Mesh | None, log: Log,
-                     checkpoints: TrainingCheckpoints) -> dict[str, Any]:
+                     checkpoints: TrainingCheckpoints, curves: CurveConfig) -> dict[str, Any]:
     """train_sae's work once the inputs are checked and out_dir's lock is held."""
     variant, dict_size, train, chunk_rows = config.variant, config.dict_size, config.train_config(), config.chunk_rows
     init_key, shuffle_key = init_and_shuffle_keys(config.seed)
@@ -307,7 +316,7 @@ def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConf
     try:
         result = sae_trainer.fit(
             sae, rows, train, key=shuffle_key, chunk_rows=None if in_memory else chunk_rows,
-            log=log, mesh=mesh, checkpoints=checkpoints,
+            log=log, mesh=mesh, checkpoints=checkpoints, curves=training_curves(out_dir, curves, config),
         )
     except TrainingDiverged as e:  # here the data is the user's: name the file (huge values diverge too)
         raise TrainingDiverged(f"{source.path}: {e}") from None
@@ -325,6 +334,15 @@ def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConf
         f"dead {metrics['dead_fraction']:.1%} | MSE {metrics['mse']:.6g} | {seconds:.1f} s -> {out_dir / SAE_FILE}"
     )
     return metrics
+
+
+def training_curves(folder: Path | None, curves: CurveConfig, config: TrainSAEConfig, name: str | None = None
+                    ) -> Curves:
+    """The curves of a training of `config` written into folder (None: computed alike but written nowhere, a
+    multi-process run's other processes, whose program must be process 0's); name: the run's in the backends."""
+    meta = {"variant": config.variant, "dict_size": config.dict_size, "seed": config.seed,
+            "training": dataclasses.asdict(config.train_config()), "config": dataclasses.asdict(config.architecture)}
+    return Curves(folder, curves, name=name or ("train" if folder is None else folder.name), meta=meta)
 
 
 def check_metrics(metrics: dict[str, Any], source: ActivationFile) -> None:
@@ -415,7 +433,8 @@ def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics
 
 
 def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: TrainSAEConfig, cluster: Cluster,
-                       log: Log, flag: Callable[[str], str], *, resume: bool = False,
+                       log: Log, flag: Callable[[str], str], curves: CurveConfig, *,
+                       resume: bool = False,
                        checkpoint_every: CheckpointPolicy = CheckpointPolicy()) -> dict[str, Any]:
     """train_sae as one process of a multi-process run (jax_impl.training.distributed): this process reads only its
     shard of the rows; the batches and gradients span every process's devices; process 0 alone writes out_dir.
@@ -457,7 +476,8 @@ def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: T
                 checkpoint_every, resume=resume, log=say)
             started = time.perf_counter()
             result = sae_trainer.fit(sae, rows, train, key=shuffle_key, log=say, mesh=mesh, n_rows=source.n_rows,
-                                     checkpoints=checkpoints)
+                                     checkpoints=checkpoints,
+                                     curves=training_curves(out_dir if writer else None, curves, config))
             seconds = time.perf_counter() - started
             model = saes.SAE(result.model.arch, result.model.cfg, *distributed.local_copy(
                 (result.model.params(), result.model.buffers())), transcoder=result.model.transcoder)

@@ -61,8 +61,8 @@ def activate(pre: jax.Array, params: Params, buffers: dict, cfg) -> jax.Array:
 def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
     """MSE(reconstruction, target) + l1_coeff * batch mean of sum_j |f_j|."""
     features = jax.nn.relu(batch.pre_activation(p))
-    return (mse(batch.decode(p, features), batch.target) + cfg.l1_coeff * jnp.mean(jnp.sum(features, axis=-1)),
-            (features, buffers))
+    error, l1 = mse(batch.decode(p, features), batch.target), jnp.mean(jnp.sum(features, axis=-1))
+    return error + cfg.l1_coeff * l1, (features, buffers, {"mse": error, "l1": l1})
 
 
 @jax.jit

@@ -311,7 +311,8 @@ class Architecture:
 
     init(key, input_dim, dict_size, cfg, output_dim=None) -> (Params, Buffers)   (output_dim: a transcoder's)
     activate(pre (N, F), params, buffers, cfg) -> features (N, F)   (inference: needs no batch)
-    loss(params, buffers, batch: Batch, ctx, cfg) -> (loss, (features (B, F), new buffers))   (training)
+    loss(params, buffers, batch: Batch, ctx, cfg) -> (loss, (features (B, F), new buffers, terms))   (training;
+        terms: the loss's parts by name, () float32 each, "mse" (the reconstruction's) always: training curves)
     epoch_hook(params, opt_state, rows: Batch (M rows), key, epoch, cfg, train_cfg) -> (params, opt_state, line | None)
     unit_decoder: remove the parallel gradient and renormalise the decoder rows after each step.
     keep_partial_batch: train on the last, shorter batch of an epoch too (torch DataLoader's default, the
@@ -323,7 +324,7 @@ class Architecture:
     config: type
     init: Callable[..., tuple[Params, Buffers]]
     activate: Callable[..., jax.Array]
-    loss: Callable[..., tuple[jax.Array, tuple[jax.Array, Buffers]]]
+    loss: Callable[..., tuple[jax.Array, tuple[jax.Array, Buffers, dict[str, jax.Array]]]]
     key_map: tuple[KeyMapEntry, ...]
     unit_decoder: bool = True
     keep_partial_batch: bool = False

@@ -73,7 +73,8 @@ def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config)
     reconstruction = batch.decode(p, features)
     aux = aux_k_loss(p, pre, batch.target, reconstruction, ctx.dead, topk.aux_k(cfg, pre.shape[-1]),
                      group_dead=ctx.group_dead)
-    return mse(reconstruction, batch.target) + cfg.aux_coeff * aux, (features, buffers)
+    error = mse(reconstruction, batch.target)
+    return error + cfg.aux_coeff * aux, (features, buffers, {"mse": error, "aux": aux})
 
 
 KEY_MAP = (

@@ -118,7 +118,8 @@ def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config)
     pre = batch.pre_activation(p)
     features = jumprelu(pre, p["threshold"], cfg.bandwidth)
     l0 = jnp.mean(jnp.sum(heaviside(pre, p["threshold"], cfg.bandwidth), axis=-1))
-    return mse(batch.decode(p, features), batch.target) + cfg.l0_coeff * l0, (features, buffers)
+    error = mse(batch.decode(p, features), batch.target)
+    return error + cfg.l0_coeff * l0, (features, buffers, {"mse": error, "l0_penalty": l0})
 
 
 def keep_thresholds_positive(p: Params) -> Params:

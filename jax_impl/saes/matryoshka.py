@@ -66,10 +66,11 @@ def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config)
     total, start, partial = 0.0, 0, jnp.broadcast_to(with_skip(p, batch.x, p["b_dec"]), target.shape)
     for end in group_ends(cfg, pre.shape[-1]):
         partial = partial + features[:, start:end] @ p["w_dec"][start:end]  # the prefix's reconstruction
-        total = total + mse(partial, target)
+        error = mse(partial, target)  # the last prefix's: the whole dictionary's reconstruction
+        total = total + error
         start = end
     aux = aux_k_loss(p, pre, target, partial, ctx.dead, topk.aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
-    return total + cfg.aux_coeff * aux, (features, buffers)
+    return total + cfg.aux_coeff * aux, (features, buffers, {"mse": error, "prefix_mse": total, "aux": aux})
 
 
 ARCHITECTURE = Architecture(

@@ -43,8 +43,8 @@ def activate(pre: jax.Array, params: Params, buffers: dict, cfg: Config) -> jax.
 
 def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config):
     features = jax.nn.relu(batch.pre_activation(p))
-    value = mse(batch.decode(p, features), batch.target) + cfg.l1_coeff * jnp.mean(jnp.sum(jnp.abs(features), axis=1))
-    return value, (features, buffers)
+    error, l1 = mse(batch.decode(p, features), batch.target), jnp.mean(jnp.sum(jnp.abs(features), axis=1))
+    return error + cfg.l1_coeff * l1, (features, buffers, {"mse": error, "l1": l1})
 
 
 ARCHITECTURE = Architecture(

@@ -60,7 +60,8 @@ def loss(p: Params, buffers: dict, batch: Batch, ctx: TrainContext, cfg: Config)
     reconstruction = batch.decode_sparse(p, values, indices)
     aux = aux_k_loss(p, pre, batch.target, reconstruction, ctx.dead, aux_k(cfg, pre.shape[-1]), group_dead=ctx.group_dead)
     features = jnp.put_along_axis(jnp.zeros_like(pre), indices, jax.lax.stop_gradient(values), axis=-1, inplace=False)
-    return mse(reconstruction, batch.target) + cfg.aux_coeff * aux, (features, buffers)
+    error = mse(reconstruction, batch.target)
+    return error + cfg.aux_coeff * aux, (features, buffers, {"mse": error, "aux": aux})
 
 
 ARCHITECTURE = Architecture(

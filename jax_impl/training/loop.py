@@ -28,6 +28,7 @@ from tqdm import tqdm  # not tqdm.auto: the bar shows on terminals only, and Jup
 from jax_impl.errors import Interrupted, TrainingDiverged
 from jax_impl.training import interrupts
 from jax_impl.training.checkpoints import Progress, TrainingCheckpoints
+from jax_impl.training.curves import Curves, split_output
 
 Log = Callable[[str], None]
 
@@ -148,7 +149,8 @@ def non_finite_parameters(tree: Any) -> list[str]:
 
 def make_batched_epoch(step, batch_size: int, keep_partial_batch: bool = True):
     """A jitted `epoch(carry, arrays, permutation (n,)) -> (carry, step_losses (S,))` for any
-    `step(carry, batch) -> (carry, loss)`, batch = the tuple of `arrays` gathered at a batch of indices.
+    `step(carry, batch) -> (carry, loss)`, batch = the tuple of `arrays` gathered at a batch of indices (a step
+    whose output is a dict of scalars, the training curves' (sae_trainer.curve_scalars): a dict of (S,) arrays).
 
     Consecutive slices of the permutation are the batches (torch's DataLoader order), scanned; the last,
     shorter batch is one more step when keep_partial_batch (DataLoader's drop_last=False), else dropped.
@@ -163,7 +165,7 @@ def make_batched_epoch(step, batch_size: int, keep_partial_batch: bool = True):
         tail = permutation[n_full * batch_size :]
         if keep_partial_batch and tail.shape[0]:
             carry, last = step(carry, tuple(a[tail] for a in arrays))
-            losses = jnp.concatenate([losses, last[None]])
+            losses = jax.tree.map(lambda scanned, one: jnp.concatenate([scanned, one[None]]), losses, last)
         return carry, losses
 
     return epoch
@@ -188,6 +190,7 @@ def fit_module(
     on_epoch_end: Callable[[nnx.Module, int, np.ndarray], str | None],
     log: Log,
     checkpoints: TrainingCheckpoints | None = None,
+    curves: Curves | None = None,
 ) -> TrainResult:
     n = arrays[0].shape[0]
     if permutations is None:
@@ -213,7 +216,7 @@ def fit_module(
         return carry, on_epoch_end(nnx.merge(graphdef, carry[0], carry[1]), e, losses)
 
     carry, step_losses, log_lines, epoch_seconds = run_epochs(
-        epochs, stage, (params, rest, tx.init(params)), run_epoch, end_of_epoch, log, checkpoints
+        epochs, stage, (params, rest, tx.init(params)), run_epoch, end_of_epoch, log, checkpoints, curves
     )
     model = nnx.merge(graphdef, carry[0], carry[1])
     model.eval()
@@ -228,6 +231,7 @@ def run_epochs(
     on_epoch_end: Callable[[Carry, int, np.ndarray], tuple[Carry, str | None]],
     log: Log,
     checkpoints: TrainingCheckpoints | None = None,
+    curves: Curves | None = None,
 ) -> tuple[Carry, np.ndarray, list[str], np.ndarray]:
     """The host loop of every trainer: `run_epoch(carry, e) -> (carry, the epoch's step losses (steps,))`,
     fetched once per epoch; `on_epoch_end(carry, e, losses) -> (carry, a line to print or None)`.
@@ -238,10 +242,13 @@ def run_epochs(
     SIGINT/SIGTERM (jax_impl.training.interrupts) end the loop after the current epoch with a checkpoint and an
     `Interrupted` naming it. Stops on a NaN/inf or exploding loss (raise_if_diverged) and on parameters that
     end NaN/inf (non_finite_parameters). On a terminal, a progress bar with
-    the running loss and the lines above it; otherwise just the lines, through `log`.
-    Returns (carry, step losses (epochs, steps), the lines, wall seconds of each epoch (epochs,)).
+    the running loss and the lines above it; otherwise just the lines, through `log`. curves: write each epoch's
+    points (jax_impl.training.curves) from what run_epoch returned: its step losses, or a dict of step scalars
+    ("loss" among them), fetched together. Returns (carry, step losses (epochs, steps), the lines, wall seconds of each epoch (epochs,)).
     """
     carry, first, all_losses, log_lines, epoch_seconds = resume_progress(checkpoints, carry)
+    if curves is not None:
+        curves.start(first)
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
     bar = tqdm(range(first, epochs), desc=stage, unit="epoch", disable=not interactive, dynamic_ncols=True,
                initial=first, total=epochs)
@@ -250,8 +257,10 @@ def run_epochs(
         try:
             for e in bar:
                 started = time.perf_counter()
-                carry, losses = run_epoch(carry, e)
-                losses = np.asarray(losses)  # the one host sync of the epoch
+                carry, out = run_epoch(carry, e)
+                losses, scalars = split_output(jax.device_get(out))  # the one host sync of the epoch
+                if curves is not None:  # before the divergence check: a diverged epoch's curve shows how
+                    curves.epoch(e, scalars or {"loss": losses}, time.perf_counter() - started)
                 raise_if_diverged(losses, stage, e, first_step_loss(all_losses))
                 all_losses.append(losses)
                 bar.set_postfix(loss=f"{losses.mean():.6f}")
@@ -263,6 +272,8 @@ def run_epochs(
                 save_or_stop(checkpoints, carry, e + 1, epochs, all_losses, log_lines, epoch_seconds, stage)
         finally:
             bar.close()
+            if curves is not None:
+                curves.close()
     bad = non_finite_parameters(carry)
     if bad:
         raise TrainingDiverged(f"{stage} training diverged: after epoch {epochs} its state holds NaN or infinite values "

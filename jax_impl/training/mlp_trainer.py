@@ -15,6 +15,7 @@ from jax_impl.checks import FLOAT32
 from jax_impl.models.mlp import LAYER1_WIDTH, LAYER2_WIDTH, LAYER3_WIDTH, InterpretabilityMLP
 from jax_impl.precision import highest_precision
 from jax_impl.training.checkpoints import TrainingCheckpoints
+from jax_impl.training.curves import Curves
 from jax_impl.training.loop import Log, TrainResult, fit_module, steps_per_epoch
 from jax_impl.training.schedules import onecycle_tables
 
@@ -28,9 +29,7 @@ def mlp_loss(model: InterpretabilityMLP, x: jax.Array, y: jax.Array) -> jax.Arra
 
 def mlp_optimizer(cfg: MLPConfig, total_steps: int) -> optax.GradientTransformation:
     """AdamW (decay on every parameter, like torch) with OneCycle lr and beta1 looked up per step."""
-    lr, beta1 = onecycle_tables(
-        total_steps, cfg.max_lr, pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor
-    )
+    lr, beta1 = mlp_schedule(cfg, total_steps)
     # The default float dtype: float32 normally, float64 under jax.enable_x64 (where the float64 parity
     # tests then match torch's float64 OneCycleLR exactly instead of to float32 rounding).
     lr, beta1 = jnp.asarray(lr), jnp.asarray(beta1)
@@ -40,6 +39,13 @@ def mlp_optimizer(cfg: MLPConfig, total_steps: int) -> optax.GradientTransformat
         b2=0.999,
         eps=1e-8,
         weight_decay=cfg.weight_decay,  # always explicit: torch's default is 1e-2, optax's 1e-4
+    )
+
+
+def mlp_schedule(cfg: MLPConfig, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The recipe's OneCycle lr and beta1 of each step, (total_steps,) float64 each (schedules.onecycle_tables)."""
+    return onecycle_tables(
+        total_steps, cfg.max_lr, pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor
     )
 
 
@@ -69,16 +75,20 @@ def fit_mlp(
     val: tuple[np.ndarray, np.ndarray] | None = None,
     log: Log = print,
     checkpoints: TrainingCheckpoints | None = None,
+    curves: Curves | None = None,
 ) -> TrainResult:
     """Train the MLP with the seed recipe: AdamW + OneCycle stepped per batch, MSE.
 
     inputs (N, D) int/float, targets (N,). Prints `Epoch 50 | Val MSE: 0.709485` every `cfg.log_every`
     epochs when `val` is given (the exact MSE over all val rows; upstream averaged per-batch MSEs).
-    checkpoints: save and resume the training state (jax_impl.training.checkpoints). Returns the trained model in eval mode.
+    checkpoints: save and resume the training state (jax_impl.training.checkpoints). curves: write the training curves
+    (the loss, the batch's MSE, and the OneCycle lr; jax_impl.training.curves). Returns the trained model in eval mode.
     """
     x = jnp.asarray(inputs, jnp.float32)
     y = jnp.asarray(targets, jnp.float32).reshape(-1, 1)
-    tx = mlp_optimizer(cfg, cfg.epochs * steps_per_epoch(len(x), cfg.batch_size))
+    total_steps = cfg.epochs * steps_per_epoch(len(x), cfg.batch_size)
+    tx = mlp_optimizer(cfg, total_steps)
+    curves = mlp_curves(curves, cfg, total_steps)
 
     def on_epoch_end(current: InterpretabilityMLP, e: int, losses: np.ndarray) -> str | None:
         if val is None or (e + 1) % cfg.log_every:
@@ -88,7 +98,16 @@ def fit_mlp(
     return fit_module(
         model, mlp_loss, (x, y), tx, epochs=cfg.epochs, batch_size=cfg.batch_size, key=key,
         permutations=permutations, stage="MLP", on_epoch_end=on_epoch_end, log=log, checkpoints=checkpoints,
+        curves=curves,
     )
+
+
+def mlp_curves(curves: Curves | None, cfg: MLPConfig, total_steps: int) -> Curves | None:
+    """curves with the recipe's lr schedule, or None when there are none (or config.every is 0)."""
+    if curves is None or not curves.config.on:
+        return None
+    curves.lr = mlp_schedule(cfg, total_steps)[0]
+    return curves
 
 
 MLP_DATA = ("split", "online")  # train on the fixed split (seed) or on fresh rows every step (jax_impl.training.online)

@@ -23,8 +23,9 @@ from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.precision import highest_precision
 from jax_impl.task.pointer import TaskShape, sample_pointer_task
 from jax_impl.training.checkpoints import TrainingCheckpoints
+from jax_impl.training.curves import Curves
 from jax_impl.training.loop import Log, TrainResult, make_train_step, run_epochs, steps_per_epoch
-from jax_impl.training.mlp_trainer import MLPConfig, evaluation_mse, mlp_loss, mlp_optimizer
+from jax_impl.training.mlp_trainer import MLPConfig, evaluation_mse, mlp_curves, mlp_loss, mlp_optimizer
 
 
 def _make_online_epoch_fn(
@@ -60,16 +61,18 @@ def fit_mlp_online(
     val: tuple[np.ndarray, np.ndarray] | None = None,
     log: Log = print,
     checkpoints: TrainingCheckpoints | None = None,
+    curves: Curves | None = None,
 ) -> TrainResult:
     """Train the MLP on fresh rows: AdamW + OneCycle as the seed recipe, `cfg.epochs` epochs of
     ceil(n_train / cfg.batch_size) steps of `cfg.batch_size` new rows each (drawn from `key`).
 
     Logs `Epoch 50 | Val MSE: 0.000123` every `cfg.log_every` epochs when `val` (inputs (N, D), targets (N,))
-    is given. checkpoints: save and resume the training state (jax_impl.training.checkpoints). Returns the trained model
-    in eval mode; `step_losses` is (epochs, steps_per_epoch).
+    is given. checkpoints: save and resume the training state (jax_impl.training.checkpoints). curves: as fit_mlp's.
+    Returns the trained model in eval mode; `step_losses` is (epochs, steps_per_epoch).
     """
     n_steps = steps_per_epoch(n_train, cfg.batch_size)
     tx = mlp_optimizer(cfg, cfg.epochs * n_steps)
+    curves = mlp_curves(curves, cfg, cfg.epochs * n_steps)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     # The epoch donates its carry; copy so the caller's model keeps its (initial) weights.
@@ -85,7 +88,7 @@ def fit_mlp_online(
         return carry, f"Epoch {e + 1} | Val MSE: {evaluation_mse(nnx.merge(graphdef, carry[0], carry[1]), *val):.6f}"
 
     carry, step_losses, log_lines, epoch_seconds = run_epochs(
-        cfg.epochs, "MLP", (params, rest, tx.init(params)), run_epoch, on_epoch_end, log, checkpoints
+        cfg.epochs, "MLP", (params, rest, tx.init(params)), run_epoch, on_epoch_end, log, checkpoints, curves
     )
     model = nnx.merge(graphdef, carry[0], carry[1])
     model.eval()

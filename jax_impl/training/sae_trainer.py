@@ -35,6 +35,7 @@ from jax_impl.precision import highest_precision
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, Batch, TrainContext, project_out_parallel, renormalise_decoder
 from jax_impl.training.checkpoints import TrainingCheckpoints
+from jax_impl.training.curves import Curves
 from jax_impl.training.devices import place_rows, replicate, shard_batch
 from jax_impl.training.loop import Log, TrainResult, epoch_permutation, make_batched_epoch, run_epochs
 
@@ -78,12 +79,14 @@ def as_batch(arch: Architecture, rows: jax.Array, split: int | None) -> Batch:
 
 
 def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation, dead_after: int,
-                  mesh: Mesh | None = None, axis_name: str | None = None, split: int | None = None):
+                  mesh: Mesh | None = None, axis_name: str | None = None, split: int | None = None,
+                  curves: bool = False):
     """`step(carry, x (B, D)) -> (carry, loss)`; carry = (params, buffers, opt_state, since_fired (F,) int32).
 
     mesh: split each batch over its devices (jax_impl.training.devices), the carry replicated. axis_name: the step runs
     under `jax.vmap(..., axis_name=axis_name)` over a sweep's configurations (jax_impl.training.vmapped).
-    split: a transcoder's input width (as_batch)."""
+    split: a transcoder's input width (as_batch). curves: the step's output is a dict of () float32 scalars instead,
+    "loss" and curve_scalars' (the training curves: jax_impl.training.curves), scanned out with the losses."""
 
     def step(carry, x):
         x = as_batch(arch, shard_batch(x, mesh), split)
@@ -93,7 +96,7 @@ def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation
         # so that AuxK's lax.switch stays a switch instead of a select over every branch (base.aux_k_loss).
         group_dead = None if axis_name is None else jax.lax.pmax(jnp.sum(dead, dtype=jnp.int32), axis_name)
         ctx = TrainContext(dead=dead, group_dead=group_dead)
-        (loss, (features, b)), grads = jax.value_and_grad(arch.loss, has_aux=True)(p, b, x, ctx, cfg)
+        (loss, (features, b, terms)), grads = jax.value_and_grad(arch.loss, has_aux=True)(p, b, x, ctx, cfg)
         if arch.unit_decoder:
             grads = project_out_parallel(grads, p)
         updates, opt_state = tx.update(grads, opt_state, p)
@@ -103,9 +106,27 @@ def make_sae_step(arch: Architecture, cfg: Any, tx: optax.GradientTransformation
         if arch.post_update is not None:
             p = arch.post_update(p)
         since_fired = jnp.where(jnp.any(features > 0, axis=0), 0, since_fired + 1)
+        if curves:
+            return (p, b, opt_state, since_fired), curve_scalars(loss, terms, features, x.target, since_fired, dead_after)
         return (p, b, opt_state, since_fired), loss
 
     return step
+
+
+def curve_scalars(loss: jax.Array, terms: dict[str, jax.Array], features: jax.Array, target: jax.Array,
+                  since_fired: jax.Array, dead_after: int) -> dict[str, jax.Array]:
+    """One step's points of the training curves, () float32 each: the loss and its terms (the architecture's, "mse"
+    among them), the batch's mean L0 (features (B, F) > 0 per row), its explained variance (1 - the squared error
+    over the squared deviation of target (B, D) from its batch mean; "mse" x B x D is the squared error) and the
+    share of dead latents after the step (silent for `dead_after` steps). A few reductions of what the step holds
+    (B x F and B x D elementwise), no extra matmul: they cost little beside the step's own."""
+    deviation = jnp.sum(jnp.square(target - jnp.mean(target, axis=0)))
+    error = terms["mse"] * target.size
+    return {"loss": loss} | {name: value for name, value in terms.items()} | {
+        "l0": jnp.mean(jnp.sum(features > 0, axis=1, dtype=jnp.float32)),
+        "explained_variance": jnp.where(deviation > 0, 1 - error / jnp.where(deviation > 0, deviation, 1), jnp.nan),
+        "dead_fraction": jnp.mean(since_fired >= dead_after, dtype=jnp.float32),
+    }
 
 
 def make_chunk_fn(step, batch_size: int, keep_partial_batch: bool):
@@ -140,6 +161,7 @@ def fit(
     mesh: Mesh | None = None,
     n_rows: int | None = None,
     checkpoints: TrainingCheckpoints | None = None,
+    curves: Curves | None = None,
 ) -> TrainResult:
     """Train `sae` (any architecture, SAE or transcoder; it is left untouched) on rows (N, D) float32 or a
     streamed file (a transcoder's: (N, D_in + D_out), its input and target side by side).
@@ -150,7 +172,9 @@ def fit(
     (jax_impl.training.devices.data_mesh; None: one device). n_rows: train on rows[:n_rows] only (in-memory rows whose
     tail is padding: a multi-process global array, jax_impl.training.distributed). Logs `SAE Epoch [10/100] | Loss: 0.004299`
     every train.log_every epochs. checkpoints: save the carry (parameters, buffers, Adam state, dead-latent
-    counters) and resume from it (jax_impl.training.checkpoints). Returns TrainResult(model = the trained SAE in a new module).
+    counters) and resume from it (jax_impl.training.checkpoints). curves: write the training curves (loss, its terms,
+    L0, explained variance, dead share; jax_impl.training.curves), scanned out of the epoch beside the losses.
+    Returns TrainResult(model = the trained SAE in a new module).
     """
     arch, cfg = sae.arch, sae.cfg
     streamed = isinstance(rows, ActivationFile)
@@ -174,7 +198,11 @@ def fit(
     chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
     n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
     initial = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)
-    step = make_sae_step(arch, cfg, tx, dead_after=n_steps, mesh=mesh, split=split)  # dead: silent for a whole epoch of batches
+    with_curves = curves is not None and curves.config.on
+    if with_curves:
+        curves.lr = train.lr
+    # dead: silent for a whole epoch of batches
+    step = make_sae_step(arch, cfg, tx, dead_after=n_steps, mesh=mesh, split=split, curves=with_curves)
     run_chunk = make_chunk_fn(step, train.batch_size, arch.keep_partial_batch)
     if permutations is not None:
         permutations = np.asarray(permutations)
@@ -192,7 +220,7 @@ def fit(
             order = epoch_permutation(epoch_key, i, len(chunk))
             carry, chunk_losses = run_chunk(carry, *replicate((jnp.asarray(chunk), order), mesh))
             losses.append(chunk_losses)
-        return carry, jnp.concatenate(losses)
+        return carry, jax.tree.map(lambda *parts: jnp.concatenate(parts), *losses)
 
     def on_epoch_end(carry, e: int, losses: np.ndarray):
         head = f"SAE Epoch [{e + 1}/{train.epochs}]"
@@ -209,7 +237,7 @@ def fit(
         return carry, line
 
     carry, step_losses, log_lines, epoch_seconds = run_epochs(
-        train.epochs, "SAE", initial, run_epoch, on_epoch_end, log, checkpoints
+        train.epochs, "SAE", initial, run_epoch, on_epoch_end, log, checkpoints, curves if with_curves else None
     )
     trained = SAE(arch, cfg, carry[0], carry[1], transcoder=sae.transcoder)
     return TrainResult(model=trained, step_losses=step_losses, log_lines=log_lines, epoch_seconds=epoch_seconds)

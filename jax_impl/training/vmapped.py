@@ -34,6 +34,7 @@ from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.task.pointer import Split, TaskShape
 from jax_impl.training import interrupts
 from jax_impl.training.checkpoints import TrainingCheckpoints
+from jax_impl.training.curves import Curves, split_output
 from jax_impl.training.loop import (
     Log,
     divergence,
@@ -45,7 +46,7 @@ from jax_impl.training.loop import (
     save_or_stop,
     steps_per_epoch,
 )
-from jax_impl.training.mlp_trainer import MLPConfig, evaluation_mse, mlp_loss, mlp_optimizer
+from jax_impl.training.mlp_trainer import MLPConfig, evaluation_mse, mlp_loss, mlp_optimizer, mlp_schedule
 from jax_impl.training.online import make_online_epoch_fn
 from jax_impl.training.sae_trainer import SAETrainConfig, as_batch, make_sae_step, sae_optimizer, steps_in
 
@@ -160,8 +161,8 @@ def _loss_range(losses: np.ndarray, diverged: Sequence[str | None]) -> str:
 def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], carry: Any,
                   run_epoch: Callable[[Any, int], tuple[Any, jax.Array]],
                   end_of_epoch: Callable[[Any, int, np.ndarray, list[str | None]], tuple[Any, str | None]],
-                  progress: Progress, checkpoints: TrainingCheckpoints | None
-                  ) -> tuple[Any, np.ndarray, list[str | None], np.ndarray]:
+                  progress: Progress, checkpoints: TrainingCheckpoints | None,
+                  curves: Sequence[Curves] | None = None) -> tuple[Any, np.ndarray, list[str | None], np.ndarray]:
     """A group's host loop (training.loop.run_epochs for C stacked configurations, which may diverge one by one):
     `run_epoch(carry, e) -> (carry, losses (C, S))`, `end_of_epoch(carry, e, losses, diverged) -> (carry, line)`.
 
@@ -169,7 +170,9 @@ def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], car
     (stacked carry, epochs done, every epoch's losses (E, C * S), lines, epoch seconds) resumes bit-identically;
     the diverged list is not saved but replayed from the losses (the same checks give the same messages).
     SIGINT/SIGTERM (jax_impl.training.interrupts): the epoch finishes, a checkpoint is saved, `Interrupted` names it.
-    Returns (carry, the last epoch's losses (C, S), why each configuration diverged or None, epoch seconds).
+    curves: each configuration's (jax_impl.training.curves), written from run_epoch's output when it is a dict of
+    step scalars (C, S) each ("loss" among them), else from the losses; a configuration's stop after the epoch it
+    diverged in. Returns (carry, the last epoch's losses (C, S), why each configuration diverged or None, epoch seconds).
     """
     c = len(names)
     diverged: list[str | None] = [None] * c
@@ -178,20 +181,31 @@ def _group_epochs(epochs: int, stage: str, label: str, names: Sequence[str], car
         _check_losses(flat.reshape(c, -1), diverged, stage, e, names, all_losses[0].reshape(c, -1)[:, 0])
     if first:
         progress.advance(first * c)
-    with interrupts.deferred():
-        for e in range(first, epochs):
-            started = time.perf_counter()
-            carry, losses = run_epoch(carry, e)
-            losses = np.asarray(losses)  # (C, S): the one host sync of the epoch
-            firsts = (all_losses[0].reshape(c, -1) if all_losses else losses)[:, 0]
-            _check_losses(losses, diverged, stage, e, names, firsts)
-            carry, line = end_of_epoch(carry, e, losses, diverged)
-            all_losses.append(losses.reshape(-1))
-            if line:
-                lines.append(line)
-            progress.advance(c, line)
-            epoch_seconds.append(time.perf_counter() - started)
-            save_or_stop(checkpoints, carry, e + 1, epochs, all_losses, lines, epoch_seconds, label)
+    for curve in curves or ():
+        curve.start(first)
+    try:
+        with interrupts.deferred():
+            for e in range(first, epochs):
+                started = time.perf_counter()
+                carry, out = run_epoch(carry, e)
+                losses, scalars = split_output(jax.device_get(out))  # (C, S) each: the one host sync of the epoch
+                firsts = (all_losses[0].reshape(c, -1) if all_losses else losses)[:, 0]
+                was_live = [d is None for d in diverged]
+                _check_losses(losses, diverged, stage, e, names, firsts)
+                for i, curve in enumerate(curves or ()):
+                    if was_live[i]:  # the epoch it diverged in is the last its curves show
+                        curve.epoch(e, {k: v[i] for k, v in (scalars or {"loss": losses}).items()},
+                                    time.perf_counter() - started)
+                carry, line = end_of_epoch(carry, e, losses, diverged)
+                all_losses.append(losses.reshape(-1))
+                if line:
+                    lines.append(line)
+                progress.advance(c, line)
+                epoch_seconds.append(time.perf_counter() - started)
+                save_or_stop(checkpoints, carry, e + 1, epochs, all_losses, lines, epoch_seconds, label)
+    finally:
+        for curve in curves or ():
+            curve.close()
     _check_state(carry, diverged, stage, epochs, names)
     return carry, all_losses[-1].reshape(c, -1), diverged, np.asarray(epoch_seconds)
 
@@ -226,7 +240,7 @@ def group_by(items: Sequence[Any], key: Callable[[Any], Any]) -> list[list[Any]]
 
 def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.ndarray, progress: Progress,
                   checkpoints: TrainingCheckpoints | None = None, label: str = "SAE", *, split: int | None = None,
-                  skip: bool = False) -> list[Trained]:
+                  skip: bool = False, curves: Sequence[Curves] | None = None) -> list[Trained]:
     """Train configurations of one group (sae_group_key) together: one vmapped jitted epoch over rows (N, D) float32.
     split: train transcoders, whose rows hold their input (N, split) and target (N, D - split) side by side
     (sae_trainer.fit's); skip: with their linear skip connection.
@@ -234,7 +248,7 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
     Each one is initialised from its init key and shuffled from its shuffle key (keys[i]), and sees the same
     sequence of batches and epoch hooks as sae_trainer.fit would give it alone with those keys.
     checkpoints: resume from / save the group's stacked state (_group_epochs); label: the group in the line an
-    interrupt ends with.
+    interrupt ends with. curves: each configuration's training curves (jax_impl.training.curves), as fit's.
     """
     first = members[0]
     arch, train = saes.get(first.variant), first.train
@@ -257,13 +271,17 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
         states.append(((p, sae.buffers(), tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), hyper))
     carry = stack(states)
     dead_after = steps_in(n, train.batch_size, arch.keep_partial_batch)  # as fit: silent for an epoch of batches
+    curves = list(curves) if curves and all(curve.config.on for curve in curves) else None
+    for curve, c in zip(curves or (), members, strict=True):
+        curve.lr = c.train.lr
 
     def step(carry, batch):
         state, hyper = carry
         cfg = dataclasses.replace(models[0].cfg, **{f: hyper[f] for f in traced})
         tx = sae_optimizer(dataclasses.replace(train, lr=hyper["lr"]))
-        state, loss = make_sae_step(arch, cfg, tx, dead_after, axis_name=CONFIG_AXIS, split=split)(state, *batch)
-        return (state, hyper), loss
+        step = make_sae_step(arch, cfg, tx, dead_after, axis_name=CONFIG_AXIS, split=split, curves=curves is not None)
+        state, out = step(state, *batch)
+        return (state, hyper), out
 
     # vmap of the jitted epoch: one compiled program (the epoch's donation and compiler options kept) for all.
     epoch = jax.vmap(make_batched_epoch(step, train.batch_size, arch.keep_partial_batch), in_axes=(0, None, 0),
@@ -296,7 +314,7 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
         return carry, line
 
     carry, losses, diverged, epoch_seconds = _group_epochs(train.epochs, "SAE", label, names, carry, run_epoch,
-                                                           end_of_epoch, progress, checkpoints)
+                                                           end_of_epoch, progress, checkpoints, curves)
     seconds = float(epoch_seconds.sum()) / len(members)  # every process's epochs, on a resumed group too
     out = []
     for i, sae in enumerate(models):
@@ -308,15 +326,18 @@ def fit_sae_group(members: Sequence[SAEMember], keys: Sequence[Keys], rows: np.n
 
 def fit_mlp_group(members: Sequence[MLPMember], keys: Sequence[Keys], train: Split, val: Split, shape: TaskShape,
                   progress: Progress, checkpoints: TrainingCheckpoints | None = None,
-                  label: str = "MLP") -> list[Trained]:
+                  label: str = "MLP", curves: Sequence[Curves] | None = None) -> list[Trained]:
     """Train MLP configurations of one recipe (the same cfg; seeds) together: one vmapped jitted epoch, each one
     initialised from its init key and shuffled from its shuffle key (keys[i]) as mlp_trainer.fit_mlp (or
     online.fit_mlp_online) would with those keys, on a train split (val: the periodic log line's validation MSE).
-    checkpoints, label: as fit_sae_group."""
+    checkpoints, label, curves: as fit_sae_group."""
     cfg = members[0].cfg
     n = len(train)
     n_steps = steps_per_epoch(n, cfg.batch_size)
     tx = mlp_optimizer(cfg, cfg.epochs * n_steps)
+    curves = list(curves) if curves and all(curve.config.on for curve in curves) else None
+    for curve in curves or ():
+        curve.lr = mlp_schedule(cfg, cfg.epochs * n_steps)[0]
     models = [InterpretabilityMLP(shape.input_dim, rngs=nnx.Rngs(init_key)) for init_key, _ in keys]
     graphdef, states = None, []
     for model in models:
@@ -349,7 +370,7 @@ def fit_mlp_group(members: Sequence[MLPMember], keys: Sequence[Keys], train: Spl
         return carry, f"MLP Epoch {e + 1} | {len(members)} seeds | {shown}"
 
     carry, losses, diverged, epoch_seconds = _group_epochs(cfg.epochs, "MLP", label, names, carry, run_epoch,
-                                                           end_of_epoch, progress, checkpoints)
+                                                           end_of_epoch, progress, checkpoints, curves)
     seconds = float(epoch_seconds.sum()) / len(members)
     out = []
     for i in range(len(members)):

@@ -29,7 +29,8 @@ from jax_impl.training.sae_trainer import SAETrainConfig
 ZERO_ALLOWED = {"seed", "causal.seed", "synthetic.seed", "process_id", "synthetic.parents",
                 "synthetic.children_per_parent", "synthetic.correlation_rank", "circuit.train_rows", "circuit.checks",
                 "circuit.edge_checks", "circuit.skip", "circuit.chained", "circuit.finetune_epochs", "circuit.seed",
-                "dashboard.neighbours", "dashboard.chunk_rows"}
+                "dashboard.neighbours", "dashboard.chunk_rows",
+                "curves.curve_every"}
 CLUSTER = ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]
 
 

@@ -88,6 +88,9 @@ def _assert_same(a: Path, b: Path) -> None:
         elif rel == "metrics.json":  # train-sae's, with its training seconds
             ours, theirs = json.loads(files_a[rel]), json.loads(files_b[rel])
             assert ours.pop("train_seconds") > 0 and theirs.pop("train_seconds") > 0 and ours == theirs
+        elif rel.endswith("metrics.jsonl"):  # training curves (train-sae's, a run's mlp/ and sae/): with seconds
+            ours, theirs = ([json.loads(line) for line in f[rel].splitlines()] for f in (files_a, files_b))
+            assert all(p.pop("seconds") >= 0 for p in ours + theirs) and ours == theirs, rel
         else:
             assert files_a[rel] == files_b[rel], rel
 

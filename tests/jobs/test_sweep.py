@@ -164,6 +164,12 @@ def test_mlp_seeds_train_together_and_the_run_seed_is_the_runs_mlp(tiny_run, tmp
     assert spread["n"] == 3 and spread["metrics"]["test_mse"]["std"] > 0
     assert spread["metrics"]["test_mse"]["min"] <= metrics["test"]["mse"] <= spread["metrics"]["test_mse"]["max"]
     assert "test_exact_match" in (tmp_path / "mlp" / SWEEP_CSV).read_text().splitlines()[0]
+    # each configuration's training curves (jax_impl.training.curves): the run's MLP's steps and lr, its losses
+    points, run_points = ([json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+                          for folder in (tmp_path / "mlp" / "001-seed7", tiny_run / MLP_PATH.parent))
+    assert [(p["step"], p["lr"]) for p in points] == [(p["step"], p["lr"]) for p in run_points]
+    assert [p["loss"] for p in points] == pytest.approx([p["loss"] for p in run_points], rel=1e-4)
+    assert points[-1]["epoch_loss"] == metrics["final_train_loss"]
 
 
 def test_sae_sweep_on_a_run_directory_has_atlas_scores(tiny_run, tmp_path):

@@ -95,6 +95,9 @@ def _assert_same_sweep(ours: Path, reference: Path, weights: str) -> None:
     for name in a:
         if name.endswith(".json"):  # metrics.json: equal but for train_seconds; sweep.json: but for timing
             assert _without_timing(json.loads(a[name])) == _without_timing(json.loads(b[name])), name
+        elif name.endswith(".jsonl"):  # the curves: a resumed group's are the uninterrupted one's, but for seconds
+            assert ([_without_timing(json.loads(line)) for line in a[name].splitlines()]
+                    == [_without_timing(json.loads(line)) for line in b[name].splitlines()]), name
         elif name.endswith(".csv"):
             assert _csv_without_timing(ours / name) == _csv_without_timing(reference / name)
         elif not name.endswith(".html"):  # the plot's hover text shows seconds
@@ -113,7 +116,8 @@ def test_an_sae_sweep_interrupted_in_each_group_resumes_to_the_same_bytes(activa
     assert re.fullmatch(r"interrupted by SIGTERM after SAE \(sweep group 1/2\) epoch 2/3; saved .*group-000/"
                         r"ckpt_000002; to continue, run the same command with --resume", first), first
     assert [e for e, _ in ck.list_checkpoints(tmp_path / "sw" / "checkpoints" / "group-000")] == [2, 1]
-    assert not list((tmp_path / "sw").glob("0*"))
+    # no configuration's files: its folder holds only the curves its training writes as it goes
+    assert {p.name for p in (tmp_path / "sw").glob("0*/*")} <= {"metrics.jsonl"}
     # 2. resumed: group 1 ends (its folders written, its checkpoints gone); SIGINT at group 2's 2nd epoch
     stop = _StopAtLine("SAE Epoch [", 3, signal.SIGINT)
     _interrupted(sweep, stop, resume=True)

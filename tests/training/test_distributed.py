@@ -68,6 +68,9 @@ def test_two_processes_train_what_one_process_trains(activations, tmp_path):
         assert ma[key] == pytest.approx(mb[key], abs=METRICS), key
     config = json.loads((tmp_path / "two" / "sae_config.json").read_text())
     assert config["processes"] == 2 and config["devices"] == 2
+    # process 0 wrote the curves (jax_impl.training.curves), the global batches' steps: 3 epochs of 12 steps
+    points = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points] == [12, 24, 36] and points[-1]["epoch_loss"] == ma["final_loss"]
 
 
 def test_a_peer_that_never_arrives_ends_process_0_within_the_timeout(activations, tmp_path):

@@ -228,7 +228,7 @@ def finetune_transcoders(transcoders: Sequence[SAE], hidden: Sequence[jax.Array]
         for arch, cfg, p, b, target in zip(archs, cfgs, params, buffers, targets):
             batch = arch.batch(h, target)
             ctx = TrainContext(dead=jnp.zeros(p["b_enc"].shape, bool))
-            value, (_, new_b) = arch.loss(p, b, batch, ctx, cfg)
+            value, (_, new_b, _) = arch.loss(p, b, batch, ctx, cfg)
             h = batch.decode(p, arch.activate(batch.pre_activation(p), p, b, cfg))
             total = total + value
             updated.append(new_b)
