@@ -133,3 +133,35 @@ def test_two_processes_on_whole_shards_train_what_two_processes_on_the_file_trai
     for key in ("explained_variance", "mse", "l0", "dead_fraction", "final_loss"):
         assert ma[key] == pytest.approx(mb[key], abs=1e-6), key
 
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_on_shards_with_a_buffer_writes_the_uninterrupted_bytes_and_knows_its_buffer(activations, tmp_path,
+                                                                                              capsys):
+    from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
+    from jax_impl.training.checkpoints import CheckpointPolicy
+
+    folder = shard(activations, tmp_path / "set")
+    config = TrainSAEConfig(variant="topk", dict_size=48, epochs=2, batch_size=100, chunk_rows=300, shuffle_buffer=600,
+                            architecture=saes.topk.Config(k=6))
+
+    def stop_at_epoch_2(line: str) -> None:
+        if line.startswith("SAE Epoch [2/"):
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_sae(folder, tmp_path / "out", config, checkpoint_every=CheckpointPolicy(epochs=1, seconds=None),
+                  log=stop_at_epoch_2)
+    argv = ["train-sae", "--activations", str(folder), "--out", str(tmp_path / "out"), *FLAGS, "--chunk-rows", "300",
+            "--resume"]
+    assert main([*argv, "--shuffle-buffer", "300"]) == 2  # another buffer: another order of rows
+    err = capsys.readouterr().err
+    assert "written by another training" in err and "shuffle_buffer" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / SAE_FILE).exists()
+    assert main([*argv, "--shuffle-buffer", "600"]) == 0
+    assert main(["train-sae", "--activations", str(folder), "--out", str(tmp_path / "whole"), *FLAGS, "--chunk-rows",
+                 "300", "--shuffle-buffer", "600"]) == 0
+    same_files(tmp_path / "out", tmp_path / "whole")
