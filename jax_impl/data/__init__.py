@@ -1,3 +1,2 @@
-"""The SAE's training data: a user's activation files (activations), sets of them and SAELens's cached activations
-(activation_sets), their chunks as the trainer streams them (streaming), activations harvested from the MLP (harvest)
-and synthetic activations with planted features (synthetic)."""
+"""The SAE's training data: a user's activation files (activations), shards and SAELens caches (activation_sets),
+streamed chunks (streaming), activations harvested from the MLP (harvest) and synthetic ones (synthetic)."""
