@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dict-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--reps", type=int, default=4)
+    parser.add_argument("--only", action="append", metavar="CASE", help="run only these cases (repeatable), e.g. "
+                        "'memory, chunked'")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs, not a measurement")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if "saelens" in paths:
             cases["saelens, prefetch"] = {"rows": open_activations(paths["saelens"])}
+        if args.only:
+            cases = {name: case for name, case in cases.items() if name in args.only or name.startswith("memory")}
         seconds: dict[str, list[float]] = {name: [] for name in cases}
         read_seconds: dict[str, list[float]] = {}
         for rep in range(args.reps):

@@ -139,6 +139,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow  # four trainings (~1 min on 2 cores); a streamed resume's bytes are tests/training/test_checkpoints'
 def test_resume_on_shards_with_a_buffer_writes_the_uninterrupted_bytes_and_knows_its_buffer(activations, tmp_path,
                                                                                               capsys):
     from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
