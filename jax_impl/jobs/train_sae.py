@@ -1,8 +1,9 @@
 """`monosem train-sae`: train any SAE architecture of the family on any (N, d) float32 activations.
 
 Reads a `.pt` (one tensor, weights_only), a `.npy` (memory-mapped and streamed in shuffled chunks, so peak
-memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tensor), and writes into `out_dir`
-an SAE folder (its layout: jax_impl.jobs.rundir):
+memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tensor), or a folder or glob of shards or
+a SAELens cache (jax_impl.data.activation_sets; streamed through a shuffle buffer, `shuffle_buffer`), and writes
+into `out_dir` an SAE folder (its layout: jax_impl.jobs.rundir):
 
   sae.pth           the SAE's torch state_dict (torch_ref.saes loads it strictly)
   sae.safetensors   the same tensors, loadable without an unpickler
