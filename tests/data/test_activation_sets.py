@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +219,5 @@ def test_a_consumer_that_stops_early_stops_the_thread():
     before = threading.active_count()
     stream = prefetched(endless(), depth=2)
     assert [next(stream) for _ in range(3)] == [0, 1, 2]
-    stream.close()
-    time.sleep(0.3)
+    stream.close()  # joins the thread
     assert threading.active_count() == before and len(produced) <= 3 + 2 + 1
