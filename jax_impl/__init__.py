@@ -6,7 +6,8 @@ The public API, for a notebook or a script (`import jax_impl as mm`; docs/run.md
   `run_pipeline(config, run_dir)`, `load_run(run_dir)` -> `Run`, `CheckpointPolicy`;
 - an SAE on any activations: `train_sae(activations, out_dir, TrainSAEConfig(...))`, the family `saes`
   (`saes.create`, `saes.NAMES`, `saes.topk.Config`, ...; `output_dim=` makes a transcoder) and its model class
-  `SAE`; `open_activations(path)`, `pair_activations(inputs, targets)` (a transcoder's training rows);
+  `SAE`; `open_activations(path)` (a file, a folder or glob of shards, a SAELens cache),
+  `pair_activations(inputs, targets)` (a transcoder's training rows);
 - a sweep: `run_sweep(out_dir, grid, ...)` (its training settings: `SAETrainConfig`);
 - reading the models: `evaluate`, `probe`, `build_atlas`, `atlas_from_models`, `feature_labels`, `causal_map`,
   `circuit` (transcoders and attribution graphs; its settings `CircuitConfig`);
@@ -40,7 +41,8 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "jax_impl.jobs.train_sae": ("TrainSAEConfig", "train_sae"),
     "jax_impl.training.sae_trainer": ("SAETrainConfig",),
     "jax_impl.saes.base": ("SAE",),
-    "jax_impl.data.activations": ("open_activations", "pair_activations"),
+    "jax_impl.data.activation_sets": ("open_activations",),
+    "jax_impl.data.activations": ("pair_activations",),
     "jax_impl.jobs.sweep": ("run_sweep",),
     "jax_impl.evaluation.inference": ("evaluate", "probe"),
     "jax_impl.evaluation.atlas.document": ("build_atlas", "atlas_from_models", "feature_labels"),
@@ -61,7 +63,7 @@ __all__ = [*_HOME, *_SUBPACKAGES]
 
 if TYPE_CHECKING:  # what type checkers and editors see; tests/test_public_api.py keeps it equal to _LAZY
     from jax_impl import saes as saes
-    from jax_impl.data.activations import open_activations as open_activations
+    from jax_impl.data.activation_sets import open_activations as open_activations
     from jax_impl.data.activations import pair_activations as pair_activations
     from jax_impl.errors import Interrupted as Interrupted
     from jax_impl.errors import UserError as UserError

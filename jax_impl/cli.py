@@ -689,8 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_circuit)
 
     p = sub.add_parser("train-sae", help="train an SAE of any architecture on an (N, d) float32 activation file")
-    p.add_argument("--activations", type=Path, required=True, metavar="FILE",
-                   help=".pt (one tensor), .npy (memory-mapped, streamed in chunks) or .safetensors (one tensor)")
+    p.add_argument("--activations", type=Path, required=True, metavar="PATH",
+                   help=".pt (one tensor), .npy (memory-mapped, streamed in chunks) or .safetensors (one tensor); a "
+                   "folder or quoted glob of .npy/.safetensors shards; a SAELens cached-activations folder")
     p.add_argument("--target", type=Path, metavar="FILE", help="train a transcoder: its encoder reads --activations, "
                    "its decoder predicts this file's rows (N, d_out), one per row of --activations (the same formats)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes sae.pth, sae_config.json, metrics.json")
@@ -717,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid of SAE (or MLP) configurations, those of one shape together in one "
                        "vmapped program; writes one folder per configuration, sweep.csv/.json and a Pareto plot")
     source = p.add_mutually_exclusive_group()  # one of them, or --config's
-    source.add_argument("--activations", type=Path, metavar="FILE", help="an (N, d) float32 file, as for train-sae")
+    source.add_argument("--activations", type=Path, metavar="PATH", help="an (N, d) float32 file, shards or a SAELens "
+                        "cache, as for train-sae")
     source.add_argument("--run-dir", type=Path, metavar="DIR", help="a run directory: its activations and SAE settings "
                         "(and the atlas scores of every SAE), or with --stage mlp its MLP recipe and splits")
     p.add_argument("--target", type=Path, metavar="FILE", help="with --activations: train transcoders that predict "

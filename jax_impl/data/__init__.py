@@ -1,2 +1,2 @@
-"""The SAE's training data: a user's activation files (activations), activations harvested from the MLP
-(harvest) and synthetic activations with planted features (synthetic)."""
+"""The SAE's training data: a user's activation files (activations), shards and SAELens caches (activation_sets),
+streamed chunks (streaming), activations harvested from the MLP (harvest) and synthetic ones (synthetic)."""

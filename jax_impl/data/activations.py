@@ -135,14 +135,7 @@ class ActivationFile:
         What a checkpoint's identity records of its training data (jax_impl.training.checkpoints): a resume on another
         file of the same name and shape is told apart unless the two agree on every sampled row, which data that
         differs anywhere but in a few rows does not. Independent of the path, so a moved file still resumes."""
-        n = self.n_rows
-        sampled = np.random.default_rng(_FINGERPRINT_SEED).choice(n, size=min(FINGERPRINT_ROWS, n), replace=False)
-        indices = np.unique(np.concatenate(([0, n - 1], sampled)).astype(np.int64))
-        digest = hashlib.sha256(f"{_FINGERPRINT_FORMAT} {self.path.stat().st_size} bytes, {n} x {self.width} "
-                                "float32\n".encode())
-        digest.update(indices.astype("<i8").tobytes())
-        digest.update(self.take(indices).astype("<f4").tobytes())
-        return digest.hexdigest()
+        return sampled_fingerprint(self, self.path.stat().st_size)
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows at integer `indices` (len,), in the order given (sorted or not, repeats allowed).
@@ -292,6 +285,18 @@ FINGERPRINT_ROWS = 64  # rows sampled over the file beside its first and last
 _FINGERPRINT_SEED = 0x5EED  # fixed: the same file always gives the same sample, hence the same fingerprint
 _FINGERPRINT_FORMAT = "monosem-activations-fingerprint/1"
 _PAIRED_FORMAT = "monosem-paired-activations-fingerprint/1"
+
+
+def sampled_fingerprint(source: ActivationFile, size_bytes: int, kind: str = _FINGERPRINT_FORMAT) -> str:
+    """ActivationFile.fingerprint's sha256 (hex) of `kind`, the data's size in bytes, the shape, and the rows sampled
+    with the fixed seed (a source kept in several files, jax_impl.data.activation_sets, passes their total size)."""
+    n = source.n_rows
+    sampled = np.random.default_rng(_FINGERPRINT_SEED).choice(n, size=min(FINGERPRINT_ROWS, n), replace=False)
+    indices = np.unique(np.concatenate(([0, n - 1], sampled)).astype(np.int64))
+    digest = hashlib.sha256(f"{kind} {size_bytes} bytes, {n} x {source.width} float32\n".encode())
+    digest.update(indices.astype("<i8").tobytes())
+    digest.update(source.take(indices).astype("<f4").tobytes())
+    return digest.hexdigest()
 
 
 def fingerprint(source: ActivationFile) -> str:

@@ -1,8 +1,9 @@
 """`monosem train-sae`: train any SAE architecture of the family on any (N, d) float32 activations.
 
 Reads a `.pt` (one tensor, weights_only), a `.npy` (memory-mapped and streamed in shuffled chunks, so peak
-memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tensor), and writes into `out_dir`
-an SAE folder (its layout: jax_impl.jobs.rundir):
+memory is set by `chunk_rows`, not the file) or a `.safetensors` file (one tensor), or a folder or glob of shards or
+a SAELens cache (jax_impl.data.activation_sets; streamed through a shuffle buffer, `shuffle_buffer`), and writes
+into `out_dir` an SAE folder (its layout: jax_impl.jobs.rundir):
 
   sae.pth           the SAE's torch state_dict (monosem_torch_ref.saes loads it strictly)
   sae.safetensors   the same tensors, loadable without an unpickler
@@ -41,14 +42,8 @@ from jax.sharding import Mesh
 
 from jax_impl import saes
 from jax_impl.checks import check_dict_size, check_memory, check_seed, section_from_dict
-from jax_impl.data.activations import (
-    ActivationFile,
-    PairedActivations,
-    check_finite_rows,
-    fingerprint,
-    open_activations,
-    pair_activations,
-)
+from jax_impl.data.activation_sets import check_finite_rows, open_activations, shard_assignment
+from jax_impl.data.activations import ActivationFile, PairedActivations, fingerprint, pair_activations
 from jax_impl.errors import TrainingDiverged, UserError
 from jax_impl.evaluation.metrics import metrics_from_sums, reconstruction_metrics, reconstruction_sums
 from jax_impl.files import jsonfile
@@ -99,6 +94,9 @@ class TrainSAEConfig:
     seed: int = field(default=0, metadata={"help": "PRNG seed for init and shuffling"})
     # 262,144 rows: 512 MiB of float32 at d = 512
     chunk_rows: int = field(default=1 << 18, metadata={"help": "rows per streamed chunk, one compiled program each"})
+    shuffle_buffer: int = field(default=0, metadata={
+        "help": "rows of a buffer that mixes the streamed chunks' rows across blocks and shards (0: each chunk is one "
+        "contiguous block; data.streaming)", "metavar": "ROWS"})
     devices: int | str | None = field(default=None, metadata={
         "help": "data parallel: split each batch over N local devices (parameters replicated, gradients reduced by "
         "the compiler)", "type": str, "metavar": "N|all", "shown_default": "one device"})
@@ -135,6 +133,7 @@ class TrainSAEConfig:
             chunk_rows=doc.get("chunk_rows", cls.chunk_rows).integer(1),
             devices=None if devices == 1 else devices,  # one device: the plain program (data_mesh), as recorded
             skip=bool(doc.get("skip", False).boolean()), architecture=arch_config,
+            shuffle_buffer=doc.get("shuffle_buffer", 0).integer(0),  # recorded only where a buffer was used
             **{k: v for k, v in dataclasses.asdict(train).items() if k in own},
         )
         if config.train_config() != train:  # a training field train-sae has no setting for: not rerun here
@@ -176,6 +175,8 @@ class TrainSAEConfig:
         check_seed(self.seed, flag("seed"))
         if self.chunk_rows < 1:
             raise UserError(f"{flag('chunk_rows')} must be >= 1, got {self.chunk_rows}")
+        if self.shuffle_buffer < 0:
+            raise UserError(f"{flag('shuffle_buffer')} must be >= 0, got {self.shuffle_buffer}")
         return self
 
 
@@ -238,7 +239,8 @@ def train_sae(
             f"{'the file' if source.n_rows <= chunk_rows else 'a chunk'} ({min(source.n_rows, chunk_rows)} rows of "
             f"{source.path})"
         )
-    check_memory(training_bytes(source.width, config.dict_size, train.batch_size, min(source.n_rows, chunk_rows)),
+    check_memory(training_bytes(source.width, config.dict_size, train.batch_size,
+                                min(source.n_rows, chunk_rows) + _buffer_rows(config, source)),
                  _memory_flags(config, source, flag), "training")
     mesh = data_mesh(config.devices, batch_size=train.batch_size)
     out_dir = Path(out_dir)
@@ -259,7 +261,19 @@ def _identity(config: TrainSAEConfig, source: ActivationFile, devices: int) -> d
         "architecture": config.variant, "config": dataclasses.asdict(config.architecture),
         "training": dataclasses.asdict(config.train_config()), "dict_size": config.dict_size, "seed": config.seed,
         "chunk_rows": config.chunk_rows, "devices": devices,
-    } | data_record(source, skip=config.skip)
+    } | _buffer_record(config, source) | data_record(source, skip=config.skip)
+
+
+def _buffer_rows(config: TrainSAEConfig, source: ActivationFile) -> int:
+    """The shuffle buffer's rows where the file is streamed (0 where it fits one chunk: held in memory, every epoch
+    a full permutation, no buffer to mix)."""
+    return config.shuffle_buffer if source.n_rows > config.chunk_rows else 0
+
+
+def _buffer_record(config: TrainSAEConfig, source: ActivationFile) -> dict[str, Any]:
+    # Recorded only where a buffer is used: a training without one records what it recorded before the buffer existed.
+    rows = _buffer_rows(config, source)
+    return {"shuffle_buffer": rows} if rows else {}
 
 
 def open_training_data(activations: Path | str, target: Path | str | None, *,
@@ -316,7 +330,8 @@ def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConf
     try:
         result = sae_trainer.fit(
             sae, rows, train, key=shuffle_key, chunk_rows=None if in_memory else chunk_rows,
-            log=log, mesh=mesh, checkpoints=checkpoints, curves=training_curves(out_dir, curves, config),
+            log=log, mesh=mesh, checkpoints=checkpoints, shuffle_buffer=_buffer_rows(config, source),
+            curves=training_curves(out_dir, curves, config),
         )
     except TrainingDiverged as e:  # here the data is the user's: name the file (huge values diverge too)
         raise TrainingDiverged(f"{source.path}: {e}") from None
@@ -327,7 +342,8 @@ def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConf
     check_metrics(metrics, source)
     record = config_record(result.model, variant, train, source, seed=config.seed, chunk_rows=chunk_rows,
                            devices=1 if mesh is None else mesh.size)
-    write_artifacts(result.model, out_dir, record, metrics, training_density(result.model, source, chunk_rows))
+    write_artifacts(result.model, out_dir, record | _buffer_record(config, source), metrics,
+                     training_density(result.model, source, chunk_rows))
     ev = metrics["explained_variance"]
     log(
         f"explained variance {'n/a' if ev is None else f'{ev:.4f}'} | L0 {metrics['l0']:.1f} | "
@@ -373,7 +389,7 @@ def config_record(sae: saes.SAE, variant: str, train: SAETrainConfig, source: Ac
 # sae_config.json's keys (config_record; `processes` where a multi-process run wrote it), and the key that holds
 # a TrainSAEConfig field where it is not the field's name (TrainSAEConfig.from_record's messages).
 _RECORD_KEYS = ("architecture", "config", "training", "input_dim", "dict_size", "seed", "chunk_rows", "devices",
-                "activations", "transcoder", "output_dim", "skip", "target", "processes")
+                "activations", "transcoder", "output_dim", "skip", "target", "processes", "shuffle_buffer")
 _RECORD_KEY_OF_FIELD = {"variant": "config", **{name: f"training.{name}" for name in SAETrainConfig.__dataclass_fields__}}
 
 
@@ -432,6 +448,21 @@ def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics
     write_json_atomic(folder / METRICS_FILE, metrics)
 
 
+def _process_rows(source: ActivationFile, cluster: Cluster) -> tuple[int, int, int, np.ndarray | None]:
+    """(start, stop, shard_rows, positions): the rows [start, stop) this process reads, each process's part of the
+    global array (shard_rows rows, padded), and where the set's rows lie in that array, (n_rows,) int32, or None
+    where they are its first n_rows. A set of at least one shard per process is dealt out as whole shards
+    (activation_sets.shard_assignment: no shard read by two processes), else every process reads an even row range
+    (distributed.shard_range)."""
+    ranges = [shard_assignment(source, cluster.num_processes, p) for p in range(cluster.num_processes)]
+    if ranges[0] is None:
+        return (*distributed.shard_range(source.n_rows, cluster), None)
+    shard_rows = max(b - a for a, b in ranges)
+    positions = np.concatenate([p * shard_rows + np.arange(b - a) for p, (a, b) in enumerate(ranges)]).astype(np.int32)
+    first, last = ranges[cluster.process_id]
+    return first, last, shard_rows, positions
+
+
 def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: TrainSAEConfig, cluster: Cluster,
                        log: Log, flag: Callable[[str], str], curves: CurveConfig, *,
                        resume: bool = False,
@@ -447,7 +478,7 @@ def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: T
     with contextlib.ExitStack() as stack:
         try:
             source = open_training_data(path, target, check_finite=False)
-            first, last, shard_rows = distributed.shard_range(source.n_rows, cluster)
+            first, last, shard_rows, positions = _process_rows(source, cluster)
             for part in (source.inputs, source.targets) if isinstance(source, PairedActivations) else (source,):
                 check_finite_rows(part, first, last)  # each file's own scan: a message names the file at fault
             mesh = distributed.global_mesh()
@@ -476,7 +507,7 @@ def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: T
                 checkpoint_every, resume=resume, log=say)
             started = time.perf_counter()
             result = sae_trainer.fit(sae, rows, train, key=shuffle_key, log=say, mesh=mesh, n_rows=source.n_rows,
-                                     checkpoints=checkpoints,
+                                     checkpoints=checkpoints, row_positions=positions,
                                      curves=training_curves(out_dir if writer else None, curves, config))
             seconds = time.perf_counter() - started
             model = saes.SAE(result.model.arch, result.model.cfg, *distributed.local_copy(

@@ -30,7 +30,8 @@ import optax
 from jax.sharding import Mesh
 
 from jax_impl.checks import FLOAT32, require_finite
-from jax_impl.data.activations import ActivationFile, iter_chunks, sample_rows
+from jax_impl.data.activations import ActivationFile, sample_rows
+from jax_impl.data.streaming import stream_chunks
 from jax_impl.precision import highest_precision
 from jax_impl.saes import SAE
 from jax_impl.saes.base import Architecture, Batch, TrainContext, project_out_parallel, renormalise_decoder
@@ -162,6 +163,9 @@ def fit(
     n_rows: int | None = None,
     checkpoints: TrainingCheckpoints | None = None,
     curves: Curves | None = None,
+    shuffle_buffer: int = 0,
+    prefetch: int = 1,
+    row_positions: np.ndarray | None = None,
 ) -> TrainResult:
     """Train `sae` (any architecture, SAE or transcoder; it is left untouched) on rows (N, D) float32 or a
     streamed file (a transcoder's: (N, D_in + D_out), its input and target side by side).
@@ -174,7 +178,11 @@ def fit(
     every train.log_every epochs. checkpoints: save the carry (parameters, buffers, Adam state, dead-latent
     counters) and resume from it (jax_impl.training.checkpoints). curves: write the training curves (loss, its terms,
     L0, explained variance, dead share; jax_impl.training.curves), scanned out of the epoch beside the losses.
-    Returns TrainResult(model = the trained SAE in a new module).
+    row_positions: (n_rows,) where the rows to train on lie in `rows` (a multi-process global array whose processes
+    hold shards of uneven lengths, each padded: jax_impl.jobs.train_sae; None: the first n_rows). shuffle_buffer:
+    rows of a buffer that mixes a streamed file's blocks (jax_impl.data.streaming.stream_chunks; 0: the blocks as
+    they are). prefetch: chunks read ahead by a thread while the device trains (timing only: the same bytes for any
+    value). Returns TrainResult(model = the trained SAE in a new module).
     """
     arch, cfg = sae.arch, sae.cfg
     streamed = isinstance(rows, ActivationFile)
@@ -193,8 +201,11 @@ def fit(
     tx = sae_optimizer(train)
     # Copies: the chunk function donates its carry, and `sae` keeps its initial weights.
     p, b = jax.tree.map(jnp.copy, (sae.params(), sae.buffers()))
+    if row_positions is not None:
+        row_positions = replicate(jnp.asarray(row_positions, jnp.int32), mesh)
     if arch.tied_bias:  # centre (papers: geometric median); a transcoder's b_dec: the target's mean
-        p = p | {"b_dec": _column_mean(rows, chunk_rows, n)[0 if split is None else split:]}
+        mean_of = rows if row_positions is None else rows[row_positions]
+        p = p | {"b_dec": _column_mean(mean_of, chunk_rows, n)[0 if split is None else split:]}
     chunk_lengths = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
     n_steps = sum(steps_in(length, train.batch_size, arch.keep_partial_batch) for length in chunk_lengths)
     initial = replicate((p, b, tx.init(p), jnp.zeros((sae.dict_size,), jnp.int32)), mesh)
@@ -212,13 +223,18 @@ def fit(
         # Epoch e's order (and the streamed chunks' order) is drawn from fold_in(key, e) alone: resumable.
         if not streamed:
             order = jnp.asarray(permutations[e]) if permutations is not None else epoch_permutation(key, e, n)
+            if row_positions is not None:
+                order = row_positions[order]
             return run_chunk(carry, rows, replicate(order, mesh))
         epoch_key = jax.random.fold_in(key, e)
         rng = np.random.default_rng(np.asarray(jax.random.key_data(epoch_key)))
         losses = []
-        for i, chunk in enumerate(iter_chunks(rows, chunk_rows, rng)):
-            order = epoch_permutation(epoch_key, i, len(chunk))
-            carry, chunk_losses = run_chunk(carry, *replicate((jnp.asarray(chunk), order), mesh))
+        # The read and the copy to the device of the next chunk overlap this chunk's training (prefetch).
+        chunks = stream_chunks(rows, chunk_rows, rng, shuffle_buffer=shuffle_buffer, prefetch=prefetch,
+                               transform=jnp.asarray)
+        for i, chunk in enumerate(chunks):
+            order = epoch_permutation(epoch_key, i, chunk.shape[0])
+            carry, chunk_losses = run_chunk(carry, *replicate((chunk, order), mesh))
             losses.append(chunk_losses)
         return carry, jax.tree.map(lambda *parts: jnp.concatenate(parts), *losses)
 

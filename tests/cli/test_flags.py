@@ -26,7 +26,7 @@ from jax_impl.jobs.sweep_grid import SAE_KEYS, mlp_configurations, mlp_keys, sae
 from jax_impl.training.sae_trainer import SAETrainConfig
 
 # Where 0 is a meaningful value of an integer flag (by argparse dest): it must still refuse -1.
-ZERO_ALLOWED = {"seed", "causal.seed", "synthetic.seed", "process_id", "synthetic.parents",
+ZERO_ALLOWED = {"seed", "causal.seed", "synthetic.seed", "process_id", "shuffle_buffer", "synthetic.parents",
                 "synthetic.children_per_parent", "synthetic.correlation_rank", "circuit.train_rows", "circuit.checks",
                 "circuit.edge_checks", "circuit.skip", "circuit.chained", "circuit.finetune_epochs", "circuit.seed",
                 "dashboard.neighbours", "dashboard.chunk_rows",
