@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,6 +73,10 @@ from jax_impl.training.loop import Log
 from jax_impl.training.sae_trainer import SAETrainConfig, training_bytes
 
 # The folders of out_dir that train-sae writes into (jax_impl.files.locks sweeps only these, and out_dir itself).
+# The curves of the training in progress (metrics.jsonl, tensorboard/, wandb/: jax_impl.training.curves), moved into
+# the artifact set when it commits: until then a folder's earlier set keeps its own curves, and --resume continues
+# these.
+LIVE_CURVES_DIR = "training"
 _WRITTEN_FOLDERS = (SAELENS_NAME, str(CHECKPOINTS_DIR))
 
 
@@ -331,7 +336,7 @@ def _train_and_write(source: ActivationFile, out_dir: Path, config: TrainSAEConf
         result = sae_trainer.fit(
             sae, rows, train, key=shuffle_key, chunk_rows=None if in_memory else chunk_rows,
             log=log, mesh=mesh, checkpoints=checkpoints, shuffle_buffer=_buffer_rows(config, source),
-            curves=training_curves(out_dir, curves, config),
+            curves=training_curves(out_dir / LIVE_CURVES_DIR, curves, config, name=out_dir.name),
         )
     except TrainingDiverged as e:  # here the data is the user's: name the file (huge values diverge too)
         raise TrainingDiverged(f"{source.path}: {e}") from None
@@ -433,8 +438,12 @@ def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metric
                     density: np.ndarray | None = None) -> None:
     """train-sae's files for a trained SAE into out_dir, committed as one set (jax_impl.files.artifact_set); the
     caller holds out_dir's lock."""
+    live = out_dir / LIVE_CURVES_DIR
     with artifact_set(out_dir, last=LAST_FILES) as staging:
         stage_artifacts(sae, staging, record, metrics, density)
+        if live.is_dir():  # this training's curves join its set
+            shutil.copytree(live, staging, dirs_exist_ok=True)
+    shutil.rmtree(live, ignore_errors=True)
 
 
 def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics: dict[str, Any],
@@ -508,7 +517,8 @@ def _train_distributed(path: Path, target: Path | None, out_dir: Path, config: T
             started = time.perf_counter()
             result = sae_trainer.fit(sae, rows, train, key=shuffle_key, log=say, mesh=mesh, n_rows=source.n_rows,
                                      checkpoints=checkpoints, row_positions=positions,
-                                     curves=training_curves(out_dir if writer else None, curves, config))
+                                     curves=training_curves(out_dir / LIVE_CURVES_DIR if writer else None, curves,
+                                                            config, name=out_dir.name))
             seconds = time.perf_counter() - started
             model = saes.SAE(result.model.arch, result.model.cfg, *distributed.local_copy(
                 (result.model.params(), result.model.buffers())), transcoder=result.model.transcoder)

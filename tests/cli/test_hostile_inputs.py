@@ -59,9 +59,11 @@ def fabricate_run(run_dir: Path, stages=("data", "mlp", "harvest", "sae", "probe
     for name, split in generate_splits(jax.random.key(0), sizes, TaskShape()).items():
         write_split(dataset_path(run_dir, name), split)
     bridge.save_mlp(InterpretabilityMLP(10, rngs=nnx.Rngs(0)), run_dir / MLP_PATH)
-    bridge.save_activations(np.random.default_rng(0).random((d.n_train, 512), dtype=np.float32), run_dir / ACTIVATIONS_PATH)
+    activations = np.random.default_rng(0).random((d.n_train, 512), dtype=np.float32)
+    bridge.save_activations(activations, run_dir / ACTIVATIONS_PATH)
     bridge.save_sae(saes.create("relu-l1", 512, config.sae.dict_size, key=jax.random.key(1)), run_dir / SAE_PATH)
-    saelens.save_saelens(bridge.load_sae(run_dir / SAE_PATH), run_dir / SAELENS_DIR)
+    # with its feature densities (sparsity.safetensors), as the sae stage writes it
+    saelens.save_saelens(bridge.load_sae(run_dir / SAE_PATH), run_dir / SAELENS_DIR, activations=activations)
     (run_dir / "probe.txt").write_text("probe\n")
     manifest = {"config": config.to_dict(), "seed": config.seed, "stages": {s: {"seconds": 0.0} for s in stages},
                 "metrics": {s: {} for s in stages}}
