@@ -66,7 +66,7 @@ from jax_impl.jobs.rundir import (
 from jax_impl.precision import highest_precision
 from jax_impl.training import distributed, sae_trainer
 from jax_impl.training.checkpoints import CheckpointPolicy, TrainingCheckpoints
-from jax_impl.training.curves import CurveConfig, Curves
+from jax_impl.training.curves import CURVES_FILE, CurveConfig, Curves
 from jax_impl.training.devices import data_mesh
 from jax_impl.training.distributed import Cluster
 from jax_impl.training.loop import Log
@@ -255,7 +255,15 @@ def train_sae(
         remove_stale_temporaries(out_dir, _WRITTEN_FOLDERS)
         checkpoints = TrainingCheckpoints(out_dir / CHECKPOINTS_DIR, _identity(config, source, 1 if mesh is None else mesh.size),
                                           checkpoint_every, resume=resume, log=log)
-        metrics = _train_and_write(source, out_dir, config, mesh, log, checkpoints, curves)
+        try:
+            metrics = _train_and_write(source, out_dir, config, mesh, log, checkpoints, curves)
+        except Exception:
+            # An error (diverged, bad rows, a full disk): no curves are left of a training that wrote nothing. A
+            # signal (Interrupted) or a kill leaves them for --resume to continue beside its checkpoint, and a
+            # refused --resume leaves those of the training it was to continue.
+            if not resume:
+                shutil.rmtree(out_dir / LIVE_CURVES_DIR, ignore_errors=True)
+            raise
         checkpoints.clear()  # every file is written: nothing left to resume
         return metrics
 
@@ -439,11 +447,14 @@ def write_artifacts(sae: saes.SAE, out_dir: Path, record: dict[str, Any], metric
     """train-sae's files for a trained SAE into out_dir, committed as one set (jax_impl.files.artifact_set); the
     caller holds out_dir's lock."""
     live = out_dir / LIVE_CURVES_DIR
+    curves = live.is_dir()
     with artifact_set(out_dir, last=LAST_FILES) as staging:
         stage_artifacts(sae, staging, record, metrics, density)
-        if live.is_dir():  # this training's curves join its set
+        if curves:  # this training's curves join its set
             shutil.copytree(live, staging, dirs_exist_ok=True)
     shutil.rmtree(live, ignore_errors=True)
+    if not curves:  # trained without curves (--curve-every 0): an earlier set's are not this SAE's
+        (out_dir / CURVES_FILE).unlink(missing_ok=True)
 
 
 def stage_artifacts(sae: saes.SAE, folder: Path, record: dict[str, Any], metrics: dict[str, Any],

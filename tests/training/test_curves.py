@@ -15,7 +15,7 @@ import pytest
 
 from jax_impl.cli import main
 from jax_impl.jobs.sweep import run_sweep
-from jax_impl.jobs.train_sae import TrainSAEConfig, train_sae
+from jax_impl.jobs.train_sae import LIVE_CURVES_DIR, TrainSAEConfig, train_sae
 from jax_impl.models.mlp import InterpretabilityMLP
 from jax_impl.saes import topk
 from jax_impl.training import curves as curves_module
@@ -105,8 +105,8 @@ def test_curves_change_no_artifact_and_zero_writes_none(acts, trained, tmp_path)
     assert {k: v for k, v in on.items() if k != "train_seconds"} == {k: v for k, v in off.items() if k != "train_seconds"}
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """Ends the training as a kill or signal would: not an error, so its curves stay for --resume."""
 
 
 def test_a_resumed_training_appends_after_its_checkpoint_without_repeating_a_step(acts, trained, tmp_path):
@@ -120,10 +120,13 @@ def test_a_resumed_training_appends_after_its_checkpoint_without_repeating_a_ste
     with pytest.raises(_Stop):
         train_sae(acts, out, CONFIG, curves=curves, checkpoint_every=CheckpointPolicy(epochs=1, seconds=None),
                   log=stop_in_epoch_3)
-    assert _points(out)[-1]["epoch"] == 3  # written, but its checkpoint is epoch 2's
-    with open(out / CURVES_FILE, "a") as f:
+    live = out / LIVE_CURVES_DIR  # the curves of the training in progress
+    assert _points(live)[-1]["epoch"] == 3  # written, but its checkpoint is epoch 2's
+    assert not (out / CURVES_FILE).exists()
+    with open(live / CURVES_FILE, "a") as f:
         f.write('{"step": 99, "epo')  # and a torn line, as a kill mid-write leaves
     train_sae(acts, out, CONFIG, curves=curves, resume=True, log=lambda s: None)
+    assert not live.exists()  # moved into the finished set
     drop = {"seconds"}
     assert ([{k: v for k, v in p.items() if k not in drop} for p in _points(out)]
             == [{k: v for k, v in p.items() if k not in drop} for p in _points(full)])
