@@ -109,9 +109,10 @@ def test_a_peer_killed_mid_training_ends_the_other_with_one_line(killed, activat
     assert errors(err) == [(f"monosem: error: process {killed} of 2 stopped responding (no heartbeat for --peer-timeout "
                             f"5 s: it died or hangs); process {1 - killed} stops too, nothing was written")], err[-2000:]
     assert time.monotonic() - killed_at < 5 + 15
-    # No artifact, no temporary; the training curve so far (metrics.jsonl, docs/curves.md) stays for --resume to
-    # continue, as the checkpoints would.
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != "metrics.jsonl") == [".monosem.lock"]
+    # No artifact, no temporary; the training curve so far (training/metrics.jsonl, docs/curves.md) stays for
+    # --resume to continue, as the checkpoints would.
+    kept = {"metrics.jsonl", "training"}  # the live curves, wherever the writer keeps them
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name not in kept) == [".monosem.lock"]
 
 
 @pytest.mark.parametrize("argv, message", [
