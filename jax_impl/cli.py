@@ -535,12 +535,18 @@ def _default_chunk_rows() -> int:
     return TrainSAEConfig.chunk_rows
 
 
+def _given_config(args: argparse.Namespace, section: str, kind: type) -> Any:
+    """A config dataclass `kind` of the flags stored as `section.FIELD` that were given (None: not given: the
+    field's default)."""
+    given = {f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(kind)}
+    return kind(**{name: value for name, value in given.items() if value is not None})
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from jax_impl.evaluation.dashboard import DashboardConfig
     from jax_impl.jobs.dashboard import dashboard
 
-    given = {f.name: getattr(args, f"dashboard.{f.name}") for f in dataclasses.fields(DashboardConfig)}
-    config = DashboardConfig(**{k: v for k, v in given.items() if v is not None})
+    config = _given_config(args, "dashboard", DashboardConfig)
     try:
         config.validate()
     except ValueError as e:
@@ -553,8 +559,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from jax_impl.data.synthetic import SyntheticConfig, write_synthetic
 
-    fields = {f.name: getattr(args, f"synthetic.{f.name}") for f in dataclasses.fields(SyntheticConfig)}
-    cfg = SyntheticConfig(**{name: value for name, value in fields.items() if value is not None})
+    cfg = _given_config(args, "synthetic", SyntheticConfig)
     try:
         cfg.validate()
     except ValueError as e:
