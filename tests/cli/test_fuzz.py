@@ -421,6 +421,7 @@ def complete_run(tiny_run) -> Path:
     return tiny_run
 
 
+@pytest.mark.slow  # -m slow for make test's 10 minutes: test_fuzz_json's damaged manifests stay
 @budget(15, long=300)
 @given(data=st.data())
 def test_fuzzed_manifests_on_resume(complete_run, tmp_path_factory, data):

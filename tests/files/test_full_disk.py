@@ -57,6 +57,7 @@ def tiny_filesystem(tmp_path):
     subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
+@pytest.mark.slow  # -m slow for make test's 10 minutes: the injected ENOSPC test below checks the same guarantee
 def test_a_real_full_disk_keeps_the_earlier_artifacts(activations, tiny_filesystem, capsys):
     out = tiny_filesystem / "out"
     assert _train(activations, out, dict_size=48) == 0  # ~60 KB of files: fits

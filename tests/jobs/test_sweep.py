@@ -232,6 +232,7 @@ def test_a_second_sweep_into_the_same_folder_is_refused(activations, tmp_path, c
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".monosem.lock"]
 
 
+@pytest.mark.slow  # -m slow for make test's 10 minutes: MLP seed sweeps are test_mlp_seeds_train_together's
 def test_online_mlp_seeds_are_what_fit_mlp_online_trains(tiny_run, tmp_path):
     import dataclasses
 

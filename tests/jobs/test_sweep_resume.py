@@ -162,6 +162,7 @@ def test_a_fresh_sweep_forgets_old_checkpoints_and_resume_refuses_other_settings
                   train=SAETrainConfig(epochs=2, batch_size=50), log=lambda _: None)
 
 
+@pytest.mark.slow  # -m slow for make test's 10 minutes: divergence is kept in the table by test_sweep too
 def test_a_diverged_configuration_is_kept_across_a_resume(activations, tmp_path):
     """Its row (no folder) survives in the group's done.json until the sweep ends."""
     out = tmp_path / "sw"
@@ -180,6 +181,9 @@ def test_a_diverged_configuration_is_kept_across_a_resume(activations, tmp_path)
     assert statuses[:2] == ["ok", "ok"] and all(s.startswith("SAE (") and "diverged" in s for s in statuses[2:])
 
 
+# -m slow for make test's 10 minutes: the sweep's resume bytes are test_an_sae_sweep_interrupted_in_each_group's,
+# a signal's one line test_kill_resume's
+@pytest.mark.slow
 def test_sigterm_ends_the_cli_with_one_line_and_resume_completes(activations, tmp_path):
     args = ["sweep", "--activations", str(activations), "--variant", "topk", "--grid", "k=2,3", "--dict-size", "8",
             "--epochs", "40", "--batch-size", "50"]
